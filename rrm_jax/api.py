@@ -1,0 +1,191 @@
+"""The public entry points: ``load``, ``init``, ``save_hf`` and the :class:`Model` they return.
+
+A Model is a config, a sharded ``nnx.State`` of parameters, the ``nnx.GraphDef`` that turns it back into
+a :class:`~rrm_jax.model.Qwen2`, the mesh it lives on and (optionally) a tokenizer. Everything heavy is a
+pure function of ``(graphdef, state, ...)`` under ``jax.jit`` with explicit shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from . import hf_io
+from .config import ModelConfig, resolve_config
+from .model import Qwen2, param_axes
+from .sharding import DEFAULT_RULES, ShardingRules, as_auto
+
+
+@dataclasses.dataclass
+class Model:
+    config: ModelConfig
+    graphdef: Any
+    state: Any
+    mesh: Mesh
+    rules: ShardingRules = DEFAULT_RULES
+    tokenizer: Any = None
+
+    @property
+    def module(self) -> Qwen2:
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def param_dtype(self):
+        return jax.tree_util.tree_leaves(self.state)[0].dtype
+
+    @cached_property
+    def state_shardings(self):
+        return state_shardings(self.state, self.mesh, self.rules)
+
+    def batch_sharding(self, ndim: int = 2, shape=None) -> NamedSharding:
+        return self.rules.sharding(self.mesh, ("batch",) + (None,) * (ndim - 1), shape)
+
+    def batch_multiple(self) -> int:
+        """Batch sizes are padded to a multiple of the devices the batch is split over."""
+        spec = self.rules.spec(("batch",), self.mesh)
+        axes = spec[0] or ()
+        axes = (axes,) if isinstance(axes, str) else axes
+        return int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+
+    @cached_property
+    def _logits_fn(self):
+        gd = self.graphdef
+
+        def fwd(state, tokens, positions, mask):
+            logits, _ = nnx.merge(gd, state)(tokens, positions, mask)
+            return logits
+
+        out = self.rules.sharding(self.mesh, ("batch", None, "vocab"))
+        return jax.jit(fwd, out_shardings=out)
+
+    def logits(self, token_ids, attention_mask=None, positions=None) -> jax.Array:
+        """[B, T] token ids -> [B, T, V] float32 logits.
+
+        ``attention_mask`` marks real tokens (left or right padding both work); ``positions`` default to the
+        count of real tokens before each one, so a padded row gives the same logits at its real positions as
+        the row alone. Shapes are bucketed (T to a power of two, B to the data-parallel size) to limit
+        recompiles; the result is sliced back.
+        """
+        tokens = np.asarray(token_ids, dtype=np.int32)
+        if tokens.ndim != 2:
+            raise ValueError(f"token_ids must be [batch, time], got shape {tokens.shape}")
+        b, t = tokens.shape
+        mask = np.ones((b, t), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        if positions is None:
+            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        positions = np.asarray(positions, np.int32)
+        if (tokens >= self.config.vocab_size).any() or (tokens < 0).any():
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        bb = -(-b // self.batch_multiple()) * self.batch_multiple()
+        tb = bucket(t)
+        pad = ((0, bb - b), (0, tb - t))
+        arrays = [np.pad(a, pad) for a in (tokens, positions, mask)]
+        placed = [jax.device_put(a, self.batch_sharding(2, a.shape)) for a in arrays]
+        return self._logits_fn(self.state, *placed)[:b, :t]
+
+    def with_state(self, state) -> "Model":
+        """The same model with new parameters (e.g. from the trainer); shares graphdef, mesh and tokenizer."""
+        return dataclasses.replace(self, state=state)
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round a length up to a power of two (at least ``minimum``) so few shapes compile."""
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def state_shardings(state, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: rules.sharding(mesh, param_axes(path), x.shape), state
+    )
+
+
+def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, seed=0):
+    make = lambda: Qwen2(
+        cfg, rngs=nnx.Rngs(seed), param_dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention_impl, remat=remat
+    )
+    return make, nnx.split(nnx.eval_shape(make))
+
+
+def init(
+    config_or_toml,
+    *,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    dtype=jnp.float32,
+    compute_dtype=None,
+    tokenizer=None,
+    rules: ShardingRules = DEFAULT_RULES,
+    attention_impl: str = "xla",
+    remat: str = "none",
+) -> Model:
+    """Random-init a model from a ``models/*.toml`` (path or preset name), an HF config or a ModelConfig.
+
+    Parameters are created directly in their sharding inside ``jit`` (no host copy of the full model).
+    """
+    cfg = resolve_config(config_or_toml)
+    mesh = as_auto(mesh)
+    make, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, seed)
+    shardings = state_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+    return Model(cfg, graphdef, state, mesh, rules, tokenizer)
+
+
+def load(
+    path: str | Path,
+    *,
+    mesh: Mesh | None = None,
+    dtype=jnp.bfloat16,
+    compute_dtype=None,
+    rules: ShardingRules = DEFAULT_RULES,
+    attention_impl: str = "xla",
+    remat: str = "none",
+    tokenizer: Any = "auto",
+) -> Model:
+    """Load an HF checkpoint directory (safetensors, single or sharded) straight into its sharding."""
+    path = Path(path)
+    cfg = ModelConfig.from_json(path / "config.json")
+    mesh = as_auto(mesh)
+    _, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat)
+    shardings = state_shardings(abstract, mesh, rules)
+    state = hf_io.load_params(path, cfg, abstract, shardings, dtype)
+    if tokenizer == "auto":
+        tokenizer = load_tokenizer(path)
+    return Model(cfg, graphdef, state, mesh, rules, tokenizer)
+
+
+def load_tokenizer(path: str | Path):
+    """``transformers.AutoTokenizer`` from a directory, or None when it holds no tokenizer files."""
+    path = Path(path)
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def params_dict(model: Model) -> dict[str, jax.Array]:
+    """Flat ``name -> array`` view of the parameters (names as in model.PARAM_AXES)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(model.state):
+        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        out[[n for n in names if n not in (None, "value")][-1]] = leaf
+    return out
+
+
+def save_hf(model: Model, out_dir: str | Path, *, dtype=None, max_shard_bytes: int = 4 << 30) -> Path:
+    """Write ``config.json`` + safetensors (sharded when large) + tokenizer, loadable by transformers."""
+    params = params_dict(model)
+    if dtype is not None:
+        params = {k: v.astype(dtype) for k, v in params.items()}
+    out = hf_io.save_checkpoint(out_dir, model.config, params, max_shard_bytes)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(out))
+    return out

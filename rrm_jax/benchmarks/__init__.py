@@ -1,0 +1,15 @@
+"""`rrm-jax bench NAME`: side-by-side benchmarks that print ratios measured in one run (never timed tests)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = ("forward", "generate", "judge", "train")
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHES:
+        print(f"usage: rrm-jax bench {{{'|'.join(BENCHES)}}} [args]", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"rrm_jax.benchmarks.{argv[0]}").main(argv[1:]) or 0

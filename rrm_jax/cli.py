@@ -1,0 +1,36 @@
+"""`rrm-jax <command> ...`: a thin dispatcher. Each command lives beside the code it drives and takes argv."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> "module:function(argv)"; imported lazily so `rrm-jax --help` does not import jax.
+COMMANDS = {
+    "demo": ("rrm_jax.demo:main", "train and evaluate a tiny RRM on a synthetic task (CPU, no downloads)"),
+    "generate": ("rrm_jax.sampler:cli", "sample completions from a model"),
+    "judge": ("rrm_jax.evaluate:judge_cli", "judge a JSONL of pairs"),
+    "rank": ("rrm_jax.evaluate:rank_cli", "rank candidates per query with a tournament"),
+    "eval": ("rrm_jax.evaluate:eval_cli", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL"),
+    "train": ("rrm_jax.train:cli", "train an RRM with GRPO (or SFT) from a recipe TOML"),
+    "plot": ("rrm_jax.train:plot_cli", "plot a training run's metrics"),
+    "bench": ("rrm_jax.benchmarks:cli", "benchmarks: forward | generate | judge | train"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"rrm-jax: unknown command {argv[0]!r}\n", file=sys.stderr)
+        print("usage: rrm-jax <command> [args]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<10} {help_}")
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    target, _ = COMMANDS[argv[0]]
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

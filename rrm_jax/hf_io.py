@@ -1,0 +1,265 @@
+"""HF checkpoints in and out: the key-map table, a streaming sharded safetensors loader, and export.
+
+Loading never builds the whole model on one host in float32: safetensors files are memory-mapped, and
+each device's shard is sliced from the mapped tensor and cast on its own (``make_array_from_callback``).
+Only safetensors are read — pickled ``pytorch_model.bin`` files are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+from typing import Callable
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from .config import ModelConfig
+from .model import param_shapes
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, malformed or does not match the config; the message names it."""
+
+
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+# ------------------------------------------------------------------------------ the key-map table
+# our name -> (HF key template, HF tensor -> ours, ours -> HF). Transforms are numpy views where possible,
+# so slicing a device's shard afterwards copies only that shard.
+def _proj_in(heads_attr):
+    def to_ours(w, c):  # HF [N*hd, D] -> [D, N, hd]
+        return w.reshape(getattr(c, heads_attr), c.head_dim, c.hidden_size).transpose(2, 0, 1)
+
+    def to_hf(w, c):
+        return w.transpose(1, 2, 0).reshape(-1, c.hidden_size)
+
+    return to_ours, to_hf
+
+
+def _bias(heads_attr):
+    return (lambda b, c: b.reshape(getattr(c, heads_attr), c.head_dim)), (lambda b, c: b.reshape(-1))
+
+
+_T = (lambda w, c: w.T), (lambda w, c: w.T)
+_SAME = (lambda w, c: w), (lambda w, c: w)
+
+KEY_MAP: dict[str, tuple[str, Callable, Callable]] = {
+    "embed": ("model.embed_tokens.weight", *_SAME),
+    "final_norm": ("model.norm.weight", *_SAME),
+    "lm_head": ("lm_head.weight", *_T),
+    "attn_norm": ("model.layers.{}.input_layernorm.weight", *_SAME),
+    "mlp_norm": ("model.layers.{}.post_attention_layernorm.weight", *_SAME),
+    "q_proj": ("model.layers.{}.self_attn.q_proj.weight", *_proj_in("num_heads")),
+    "k_proj": ("model.layers.{}.self_attn.k_proj.weight", *_proj_in("num_kv_heads")),
+    "v_proj": ("model.layers.{}.self_attn.v_proj.weight", *_proj_in("num_kv_heads")),
+    "q_bias": ("model.layers.{}.self_attn.q_proj.bias", *_bias("num_heads")),
+    "k_bias": ("model.layers.{}.self_attn.k_proj.bias", *_bias("num_kv_heads")),
+    "v_bias": ("model.layers.{}.self_attn.v_proj.bias", *_bias("num_kv_heads")),
+    "o_proj": (
+        "model.layers.{}.self_attn.o_proj.weight",  # HF [D, H*hd] -> [H, hd, D]
+        lambda w, c: w.reshape(c.hidden_size, c.num_heads, c.head_dim).transpose(1, 2, 0),
+        lambda w, c: w.transpose(2, 0, 1).reshape(c.hidden_size, -1),
+    ),
+    "gate_proj": ("model.layers.{}.mlp.gate_proj.weight", *_T),
+    "up_proj": ("model.layers.{}.mlp.up_proj.weight", *_T),
+    "down_proj": ("model.layers.{}.mlp.down_proj.weight", *_T),
+}
+
+
+# ------------------------------------------------------------------------------ safetensors, by hand
+class SafetensorsFile:
+    """A memory-mapped safetensors file; ``get(key)`` returns a zero-copy numpy view (bf16 included)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            (n,) = struct.unpack("<Q", head)
+            try:
+                self.header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._offset = 8 + n
+        self.header.pop("__metadata__", None)
+
+    def keys(self):
+        return self.header.keys()
+
+    def get(self, key: str) -> np.ndarray:
+        info = self.header[key]
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(self._mm, dtype=_ST_DTYPES[info["dtype"]], count=(end - start) // np.dtype(_ST_DTYPES[info["dtype"]]).itemsize, offset=self._offset + start)
+        return arr.reshape(info["shape"])
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    header, offset = {}, 0
+    for k, v in tensors.items():
+        n = v.nbytes
+        header[k] = {"dtype": _ST_NAMES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for v in tensors.values():
+            f.write(np.ascontiguousarray(v).tobytes())
+
+
+class CheckpointReader:
+    """All tensors of an HF checkpoint directory (single file or sharded index)."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+        if not self.dir.is_dir():
+            raise CheckpointError(f"{self.dir}: not a directory")
+        index = self.dir / "model.safetensors.index.json"
+        self._files: dict[str, SafetensorsFile] = {}
+        if index.exists():
+            try:
+                self._where = dict(json.loads(index.read_text())["weight_map"])
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index}: malformed index ({e})") from None
+            return
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            pickles = sorted(p.name for p in self.dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            if pickles:
+                raise CheckpointError(
+                    f"{self.dir}: only pickle checkpoints found ({', '.join(pickles)}); rrm-jax reads safetensors "
+                    "only and never unpickles. Convert once with transformers: "
+                    "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+                )
+            raise CheckpointError(f"{self.dir}: no model.safetensors or model.safetensors.index.json")
+        self._where = {k: f.name for f in files for k in self._open(f.name).keys()}
+
+    def _open(self, name: str) -> SafetensorsFile:
+        if name not in self._files:
+            p = self.dir / name
+            if not p.exists():
+                raise CheckpointError(f"{p}: listed in model.safetensors.index.json but missing")
+            self._files[name] = SafetensorsFile(p)
+        return self._files[name]
+
+    def __contains__(self, key):
+        return key in self._where
+
+    def get(self, key: str) -> np.ndarray:
+        if key not in self._where:
+            raise CheckpointError(f"{self.dir}: tensor {key!r} is missing from the checkpoint")
+        return self._open(self._where[key]).get(key)
+
+    def where(self, key: str) -> str:
+        return str(self.dir / self._where.get(key, "?"))
+
+
+# ------------------------------------------------------------------------------ load
+def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, dtype) -> object:
+    """Fill an abstract ``nnx.State`` from an HF checkpoint, each device reading only its shard."""
+    reader = CheckpointReader(path)
+    shapes = param_shapes(cfg)
+    dtype = np.dtype(dtype)
+
+    def fetch(name: str, layer: int | None) -> np.ndarray:
+        template, to_ours, _ = KEY_MAP[name]
+        key = template.format(layer) if layer is not None else template
+        raw = reader.get(key)
+        try:
+            out = to_ours(raw, cfg)
+        except ValueError:
+            out = None
+        want = shapes[name][1:] if layer is not None else shapes[name]
+        if out is None or out.shape != tuple(want):
+            raise CheckpointError(
+                f"{reader.where(key)}: tensor {key!r} has shape {list(raw.shape)}, which does not fit the config "
+                f"(expected {name} {list(want)} after conversion)"
+            )
+        return out
+
+    # Validate every tensor up front (cheap: headers only) so a bad checkpoint fails before any device work.
+    for name in shapes:
+        for layer in range(cfg.num_layers) if shapes[name][0:1] == (cfg.num_layers,) and name not in ("embed", "final_norm", "lm_head") else [None]:
+            fetch(name, layer)
+
+    def build(path_keys, leaf, sharding):
+        name = [getattr(k, "key", getattr(k, "name", None)) for k in path_keys]
+        name = [n for n in name if n not in (None, "value")][-1]
+        stacked = name not in ("embed", "final_norm", "lm_head")
+
+        def cb(index):
+            if stacked:
+                layers = range(cfg.num_layers)[index[0]]
+                return np.stack([fetch(name, l)[index[1:]].astype(dtype) for l in layers])
+            return np.asarray(fetch(name, None)[index]).astype(dtype)
+
+        return jax.make_array_from_callback(leaf.shape, sharding, cb)
+
+    return jax.tree_util.tree_map_with_path(build, abstract_state, shardings)
+
+
+# ------------------------------------------------------------------------------ export
+def export_tensors(cfg: ModelConfig, params: dict[str, np.ndarray | jax.Array]):
+    """Yield (HF key, numpy array) for every tensor, one layer at a time (bounded host memory)."""
+    for name, (template, _, to_hf) in KEY_MAP.items():
+        if name not in params:
+            continue
+        arr = params[name]
+        if name in ("embed", "final_norm", "lm_head"):
+            yield template, np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr)), cfg))
+        else:
+            for l in range(cfg.num_layers):
+                yield template.format(l), np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr[l])), cfg))
+
+
+def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_shard_bytes: int = 4 << 30) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype_name = None
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key, arr in export_tensors(cfg, params):
+        dtype_name = dtype_name or {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(arr.dtype.name, "float32")
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        write_safetensors(out / "model.safetensors", shards[0])
+        (out / "model.safetensors.index.json").unlink(missing_ok=True)
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            write_safetensors(out / fname, shard)
+            weight_map.update({k: fname for k in shard})
+            total += sum(v.nbytes for v in shard.values())
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
+    (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(dtype_name or "float32"), indent=2))
+    return out

@@ -1,0 +1,298 @@
+"""The Qwen2 decoder (and its bias-free Llama sibling) in Flax NNX.
+
+Layers are stored stacked (leading ``layers`` axis) and run under ``jax.lax.scan``, so compile time does
+not grow with depth. Parameters may be float32 while compute runs in bfloat16; RMSNorm statistics,
+RoPE angles, attention softmax and the final logits are always float32.
+
+One attention entry point serves every caller: a forward over a padded batch (``cache=None``) and
+prefill/decode steps that read and write a :class:`KVCache` (the sampler drives those).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from .config import ModelConfig
+
+# Logical axes of every parameter, by name. sharding.ShardingRules maps these onto mesh axes.
+PARAM_AXES: dict[str, tuple[str | None, ...]] = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": (None,),
+    "attn_norm": ("layers", None),
+    "q_proj": ("layers", "embed", "heads", "head_dim"),
+    "k_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "v_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "q_bias": ("layers", "heads", "head_dim"),
+    "k_bias": ("layers", "kv_heads", "head_dim"),
+    "v_bias": ("layers", "kv_heads", "head_dim"),
+    "o_proj": ("layers", "heads", "head_dim", "embed"),
+    "mlp_norm": ("layers", None),
+    "gate_proj": ("layers", "embed", "mlp"),
+    "up_proj": ("layers", "embed", "mlp"),
+    "down_proj": ("layers", "mlp", "embed"),
+}
+# Logical axes of the KV cache's k/v buffers ([layers, batch, slots, kv_heads, head_dim]).
+CACHE_AXES = ("layers", "batch", "cache_sequence", "kv_heads", "head_dim")
+
+
+@struct.dataclass
+class KVCache:
+    """Preallocated keys/values for every layer plus per-slot bookkeeping.
+
+    ``valid[b, s]`` marks slots that hold a real token (padding is written but never attended to);
+    ``length[b]`` is the next slot row ``b`` writes to, so rows may sit at different lengths
+    (continuous batching).
+    """
+
+    k: jax.Array  # [L, B, S, K, hd]
+    v: jax.Array  # [L, B, S, K, hd]
+    valid: jax.Array  # [B, S] bool
+    length: jax.Array  # [B] int32
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16) -> "KVCache":
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((batch, slots), bool),
+            length=jnp.zeros((batch,), jnp.int32),
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+
+# ------------------------------------------------------------------------------------------ maths
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    # HF numerics: statistics in float32, cast back to the activation dtype, then scale.
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half RoPE; x [B, T, N, hd], positions [B, T]. Angles in float32."""
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(ang)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(ang)[:, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attention(q, k, v, mask, impl: str = "xla") -> jax.Array:
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]."""
+    b, t, h, hd = q.shape
+    kh = k.shape[2]
+    if impl in ("cudnn", "auto"):
+        # jax picks cuDNN flash attention on GPU when it can ("auto" falls back to XLA elsewhere).
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"
+        )
+    qg = q.reshape(b, t, kh, h // kh, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (hd**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+# ------------------------------------------------------------------------------------------ modules
+def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' weights, stacked on a leading ``layers`` axis (scanned, never unrolled)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        H, K, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.attn_norm = nnx.Param(jnp.ones((L, D), dtype))
+        self.q_proj = nnx.Param(_normal(rngs, (L, D, H, hd), dtype))
+        self.k_proj = nnx.Param(_normal(rngs, (L, D, K, hd), dtype))
+        self.v_proj = nnx.Param(_normal(rngs, (L, D, K, hd), dtype))
+        if cfg.qkv_bias:
+            self.q_bias = nnx.Param(_normal(rngs, (L, H, hd), dtype))
+            self.k_bias = nnx.Param(_normal(rngs, (L, K, hd), dtype))
+            self.v_bias = nnx.Param(_normal(rngs, (L, K, hd), dtype))
+        self.o_proj = nnx.Param(_normal(rngs, (L, H, hd, D), dtype))
+        self.mlp_norm = nnx.Param(jnp.ones((L, D), dtype))
+        self.gate_proj = nnx.Param(_normal(rngs, (L, D, F), dtype))
+        self.up_proj = nnx.Param(_normal(rngs, (L, D, F), dtype))
+        self.down_proj = nnx.Param(_normal(rngs, (L, F, D), dtype))
+
+    def stacked(self) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...] for name in PARAM_AXES if isinstance(getattr(self, name, None), nnx.Param)}
+
+
+def _layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype):
+    """One decoder layer. ``kv`` is (k_layer, v_layer) of the cache or None; returns (x, new_kv)."""
+    cd = compute_dtype
+    h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btd,dhk->bthk", h, p["q_proj"].astype(cd))
+    k = jnp.einsum("btd,dhk->bthk", h, p["k_proj"].astype(cd))
+    v = jnp.einsum("btd,dhk->bthk", h, p["v_proj"].astype(cd))
+    if "q_bias" in p:
+        q, k, v = q + p["q_bias"].astype(cd), k + p["k_bias"].astype(cd), v + p["v_bias"].astype(cd)
+    q = rope(q, positions, cfg.rope_theta)
+    k = rope(k, positions, cfg.rope_theta)
+    if kv is not None:
+        ck, cv = kv
+        rows, slots = write
+        ck = ck.at[rows, slots].set(k.astype(ck.dtype), mode="drop")
+        cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
+        k, v, kv = ck.astype(cd), cv.astype(cd), (ck, cv)
+    o = attention(q, k, v, mask, impl)
+    x = x + jnp.einsum("bthk,hkd->btd", o, p["o_proj"].astype(cd))
+    h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    g = jnp.einsum("btd,df->btf", h, p["gate_proj"].astype(cd))
+    u = jnp.einsum("btd,df->btf", h, p["up_proj"].astype(cd))
+    x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down_proj"].astype(cd))
+    return x, kv
+
+
+class Qwen2(nnx.Module):
+    """Qwen2-family causal LM. ``__call__(tokens, positions, mask, cache)`` -> (logits | hidden, cache)."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        compute_dtype=None,
+        attention_impl: str = "xla",
+        remat: str = "none",
+    ):
+        self.cfg = cfg
+        self.compute_dtype = jnp.dtype(compute_dtype or param_dtype)
+        self.attention_impl = attention_impl
+        self.remat = remat
+        self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype))
+        self.layers = DecoderLayers(cfg, rngs=rngs, dtype=param_dtype)
+        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), param_dtype))
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Param(_normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype))
+
+    # -- pieces the trainer and sampler reuse ------------------------------------------------------
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.compute_dtype)
+
+    def head_weight(self) -> jax.Array:
+        """[D, V] output projection (the embedding's transpose when tied)."""
+        return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        """Final-normed hidden [..., D] -> float32 logits [..., V]."""
+        w = self.head_weight().astype(self.compute_dtype)
+        return jnp.einsum("...d,dv->...v", h.astype(self.compute_dtype), w, preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        cache: KVCache | None = None,
+        *,
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """tokens [B, T]; positions [B, T] (default: count of real tokens so far); mask [B, T] real-token mask.
+
+        Without a cache, query i attends to real keys j <= i of its own row. With a cache the T tokens are
+        written at slots ``cache.length + arange(T)`` and attend to every valid slot up to their own.
+        Returns float32 logits [B, T, V] (or final-normed hidden states when ``return_hidden``).
+        """
+        cfg = self.cfg
+        b, t = tokens.shape
+        if mask is None:
+            mask = jnp.ones((b, t), bool)
+        mask = mask.astype(bool)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+            if cache is not None:
+                # continue from the number of real tokens already cached
+                positions = positions + jnp.sum(cache.valid, axis=1, keepdims=True)
+        x = self.embed_tokens(tokens)
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((t, t), bool))
+            attn_mask = causal[None] & mask[:, None, :]
+            write = None
+        else:
+            s = cache.slots
+            slots = cache.length[:, None] + jnp.arange(t)[None]  # [B, T]
+            rows = jnp.arange(b)[:, None]
+            valid = cache.valid.at[rows, slots].set(mask, mode="drop")
+            attn_mask = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= slots[:, :, None])
+            write = (rows, slots)
+
+        params = self.layers.stacked()
+        layer = lambda x, p, kv: _layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl, self.compute_dtype)
+        if self.remat == "full":
+            layer = jax.checkpoint(layer)
+        elif self.remat == "dots":
+            layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+
+        if cache is None:
+            def body(x, p):
+                x, _ = layer(x, p, None)
+                return x, None
+
+            x, _ = jax.lax.scan(body, x, params)
+            new_cache = None
+        else:
+            def body(carry, p):
+                x, ck, cv, i = carry
+                x, (lk, lv) = layer(x, p, (ck[i], cv[i]))
+                ck = jax.lax.dynamic_update_index_in_dim(ck, lk, i, 0)
+                cv = jax.lax.dynamic_update_index_in_dim(cv, lv, i, 0)
+                return (x, ck, cv, i + 1), None
+
+            (x, ck, cv, _), _ = jax.lax.scan(body, (x, cache.k, cache.v, jnp.int32(0)), params)
+            new_cache = KVCache(k=ck, v=cv, valid=valid, length=cache.length + t)
+
+        h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+        if return_hidden:
+            return h, new_cache
+        return self.logits_from_hidden(h), new_cache
+
+
+def param_axes(path: tuple[Any, ...]) -> tuple[str | None, ...]:
+    """Logical axes of a parameter from its pytree path in ``nnx.split(model)[1]``."""
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    names = [n for n in names if n not in (None, "value")]
+    return PARAM_AXES[names[-1]]
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """name -> shape for every parameter of a config (the HF key map checks tensors against this)."""
+    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    H, K, hd, V = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+    shapes = {
+        "embed": (V, D),
+        "final_norm": (D,),
+        "attn_norm": (L, D),
+        "q_proj": (L, D, H, hd),
+        "k_proj": (L, D, K, hd),
+        "v_proj": (L, D, K, hd),
+        "o_proj": (L, H, hd, D),
+        "mlp_norm": (L, D),
+        "gate_proj": (L, D, F),
+        "up_proj": (L, D, F),
+        "down_proj": (L, F, D),
+    }
+    if cfg.qkv_bias:
+        shapes.update(q_bias=(L, H, hd), k_bias=(L, K, hd), v_bias=(L, K, hd))
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes

@@ -1,0 +1,109 @@
+"""The device mesh and the one table that maps logical axes to mesh axes.
+
+Every array that lives on devices (params, optimizer state, activations, KV cache, batches) is named
+with logical axes (``"embed"``, ``"heads"``, ``"batch"`` ...); :class:`ShardingRules` turns those names
+into a ``PartitionSpec`` for the mesh at hand. Change the table, not the model, to change the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """logical axis -> mesh axis (or axes, or None for replicated)."""
+
+    batch: tuple[str, ...] | str | None = ("data", "fsdp")
+    sequence: str | None = None
+    layers: str | None = None
+    vocab: str | None = "tensor"
+    embed: str | None = "fsdp"
+    heads: str | None = "tensor"
+    kv_heads: str | None = "tensor"
+    head_dim: str | None = None
+    mlp: str | None = "tensor"
+    cache_sequence: str | None = None
+    act_embed: str | None = None  # activations keep the hidden dim whole (no all-gathers inside a layer)
+
+    def spec(self, logical: Sequence[str | None], mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
+        """PartitionSpec for logical axes; a mesh axis that does not divide the dim is dropped (replicated)."""
+        out, used = [], set()
+        for i, name in enumerate(logical):
+            axes = None if name is None else getattr(self, name)
+            if axes is None:
+                out.append(None)
+                continue
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            if mesh is not None:
+                axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
+                if shape is not None:
+                    keep, size = [], 1
+                    for a in axes:
+                        if shape[i] % (size * mesh.shape[a]) == 0:
+                            keep.append(a)
+                            size *= mesh.shape[a]
+                    axes = tuple(keep)
+            used.update(axes)
+            out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return P(*out)
+
+    def sharding(self, mesh: Mesh, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
+        return NamedSharding(mesh, self.spec(logical, mesh, shape))
+
+
+DEFAULT_RULES = ShardingRules()
+
+
+def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
+    """A mesh over all devices. ``shape`` defaults to pure FSDP ``(1, n, 1)``; -1 fills the remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if shape is None:
+        shape = (1, n, 1)
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one -1")
+    if -1 in shape:
+        rest = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = n // rest
+    if math.prod(shape) != n:
+        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {n}")
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+
+
+def as_auto(mesh: Mesh | None) -> Mesh:
+    """The same devices and axis names with Auto axis types.
+
+    A user may pass a mesh with Explicit axes (``jax.make_mesh``'s default in new jax); our jitted
+    functions state their shardings explicitly with pjit semantics, so we run them on the Auto view.
+    """
+    if mesh is None:
+        return make_mesh()
+    types = getattr(mesh, "axis_types", None)
+    if types is not None and all(t == AxisType.Auto for t in types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def logical_sharding(mesh: Mesh, logical, shape=None, rules: ShardingRules = DEFAULT_RULES) -> NamedSharding:
+    return rules.sharding(mesh, logical, shape)
+
+
+def shard_batch(x, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
+    """Place a host array with batch on the leading axis (rest replicated)."""
+    x = np.asarray(x)
+    logical = ("batch",) + (None,) * (x.ndim - 1)
+    return jax.device_put(x, rules.sharding(mesh, logical, x.shape))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
