@@ -1,0 +1,203 @@
+"""The training input pipeline (grain): preference pairs -> shuffled, repeated, randomly ordered, rendered
+and tokenised judge prompts, batched for rollouts; plus the SFT variant over {prompt, completion} traces.
+
+Bad input is dropped when the file is read, counted by reason (the first few named by file:line):
+unparseable JSON, missing/empty/non-string fields, ``chosen == rejected``, and pairs whose rendered prompt
+would exceed ``data.max_prompt_tokens`` (dropped, never truncated: a truncated pair may hide the very
+difference the judge must see). The length check uses the fields' token counts plus the template's own
+(a conservative estimate; exact BPE merges across field boundaries can only shorten it).
+
+The iterator's state (grain's ``get_state``: the next index in the shuffled, repeated order) is what the
+checkpoint stores; per-example position swaps come from grain's per-index RNG, so a resumed run sees
+exactly the examples, in exactly the order, that an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import grain
+import numpy as np
+
+from ..rl.rollout import check_pair, to_prompt
+
+MAX_REPORTED = 5
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (vocab 256 + a few specials) and a one-line chat template.
+
+    For random tiny models: nothing to download, every string encodes, ids stay below 300.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
+    tok.add_special_tokens([AddedToken(t, special=t in ("<pad>", "<eos>"), normalized=False) for t in specials])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}<eos>"
+        "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+    )
+    return fast
+
+
+def load_tokenizer(spec: str):
+    """"bytes" (byte-level, generated), "demo" (the demo task's char-level tokenizer) or a path."""
+    if spec == "bytes":
+        return byte_tokenizer()
+    if spec == "demo":
+        from ..demo_task import build_tokenizer
+
+        return build_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec)
+
+
+# ------------------------------------------------------------------------------------------ data files
+def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Verifiable toy pairs: "a+b=?" with the right sum as chosen and a near miss as rejected."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = (int(x) for x in rng.integers(0, 10, 2))
+        wrong = a + b + int(rng.choice([-2, -1, 1, 2]))
+        out.append({"query": f"{a}+{b}=?", "chosen": str(a + b), "rejected": str(wrong)})
+    return out
+
+
+def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
+    """The data file a recipe names, writing the synthetic one first when ``data.synthetic > 0``."""
+    d = config.data
+    if d.synthetic:
+        path = run_dir / "pairs.jsonl"
+        path.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(d.synthetic, d.shuffle_seed)))
+        return path, {"synthetic": d.synthetic}
+    if not d.path:
+        raise ValueError("data.path is empty (set it, or data.synthetic = N for generated pairs)")
+    path = Path(d.path)
+    if not path.exists():
+        raise FileNotFoundError(f"data.path {path} does not exist")
+    return path, {}
+
+
+def _read_jsonl(path: Path, check: Callable[[dict, str], str | None]) -> tuple[list[dict], Counter, list[str]]:
+    keep, reasons, problems = [], Counter(), []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}: "
+            try:
+                rec = json.loads(line)
+                why = check(rec, where) if isinstance(rec, dict) else f"{where}not a JSON object"
+            except json.JSONDecodeError as e:
+                why = f"{where}invalid JSON ({e.msg})"
+            if why is None:
+                keep.append(rec)
+                continue
+            reasons[why.split(": ", 1)[1].split(" (")[0]] += 1
+            if len(problems) < MAX_REPORTED:
+                problems.append(why)
+    return keep, reasons, problems
+
+
+def read_pairs(path: Path, tokenizer, render: Callable, max_prompt_tokens: int) -> tuple[list[dict], dict]:
+    """Valid pairs from a JSONL of {query, chosen, rejected} and a report of what was dropped and why."""
+    pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(r, w))
+    overhead = len(tokenizer.encode(render("", "", ""), add_special_tokens=False)) + 12
+    kept = []
+    if pairs:
+        fields = [tokenizer([p[k] for p in pairs], add_special_tokens=False)["input_ids"] for k in ("query", "chosen", "rejected")]
+        for i, p in enumerate(pairs):
+            n = overhead + sum(len(f[i]) for f in fields)
+            if n > max_prompt_tokens:
+                reasons[f"prompt longer than max_prompt_tokens={max_prompt_tokens}"] += 1
+                continue
+            kept.append({k: p[k] for k in ("query", "chosen", "rejected")})
+    if not kept:
+        raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+    return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(reasons), "problems": problems}
+
+
+class _Pipeline:
+    def __init__(self, ds: grain.MapDataset):
+        self.ds = ds
+        self.it = iter(ds)
+
+    def next(self):
+        return next(self.it)
+
+    def get_state(self) -> dict:
+        return self.it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.it = iter(self.ds)
+        self.it.set_state(state)
+
+
+class PairPipeline(_Pipeline):
+    """Batches of ``grpo.prompts_per_step`` judge prompts (dicts with prompt_ids and label), endlessly."""
+
+    def __init__(self, path: Path, render: Callable, tokenizer, config):
+        d = config.data
+        pairs, self.report = read_pairs(Path(path), tokenizer, render, d.max_prompt_tokens)
+
+        def show(pair, rng: np.random.Generator):
+            flip = bool(rng.random() < 0.5) if d.swap else False
+            return to_prompt(pair, flip, render, tokenizer)
+
+        ds = (
+            grain.MapDataset.source(pairs)
+            .shuffle(seed=d.shuffle_seed)
+            .repeat(None)
+            .random_map(show, seed=config.seed)
+            .batch(config.grpo.prompts_per_step, batch_fn=list)
+        )
+        super().__init__(ds)
+
+
+def _check_trace(rec: dict, where: str) -> str | None:
+    for k in ("prompt", "completion"):
+        if not isinstance(rec.get(k), str) or not rec[k]:
+            return f"{where}field {k!r} is missing, empty or not a string"
+    return None
+
+
+class SFTPipeline(_Pipeline):
+    """Batches of (prompt_ids, completion_ids) from a JSONL of {prompt, completion} texts (chat-templated)."""
+
+    def __init__(self, path: Path, tokenizer, config):
+        recs, reasons, problems = _read_jsonl(Path(path), _check_trace)
+        items = []
+        for r in recs:
+            p = tokenizer.encode(r["prompt"], add_special_tokens=False)
+            c = tokenizer.encode(r["completion"], add_special_tokens=False)
+            if tokenizer.eos_token_id is not None:
+                c = c + [tokenizer.eos_token_id]
+            if len(p) + len(c) - 1 > (config.grpo.seq_bucket or config.data.max_prompt_tokens + config.grpo.max_new_tokens):
+                reasons["trace longer than the sequence limit"] += 1
+                continue
+            items.append((np.asarray(p, np.int32), np.asarray(c, np.int32)))
+        if not items:
+            raise ValueError(f"{path}: no usable traces (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+        self.report = {"read": len(recs) + sum(reasons.values()), "kept": len(items), "dropped": dict(reasons), "problems": problems}
+        ds = (
+            grain.MapDataset.source(items)
+            .shuffle(seed=config.data.shuffle_seed)
+            .repeat(None)
+            .batch(config.batch_size, batch_fn=lambda xs: ([x[0] for x in xs], [x[1] for x in xs]))
+        )
+        super().__init__(ds)

@@ -1,0 +1,133 @@
+"""The demo's synthetic, verifiable preference task and the small tokenizer it runs on.
+
+A query asks for ``a+b`` (single digits); two candidate answers are shown, exactly one of them right.
+Judging correctly needs the sum: the reasoning writes the computation (``3+4=7``), closes the thought
+and gives the verdict in the real RRM format (``</think>`` then ``\\boxed{Assistant N}``), which the real
+parser reads. Wrong candidates are near misses (±1, ±2, ±10), so no surface feature gives the answer away.
+
+The tokenizer is character level (printable ASCII) plus a few whole-word tokens (``<think>``,
+``</think>``, ``\\boxed{``, ``Assistant``) and a one-line chat template, built with the ``tokenizers``
+library as a ``transformers.PreTrainedTokenizerFast`` -- no download, the same prompt/parse code paths as
+a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+WORD_TOKENS = ("<think>", "</think>", "\\boxed{", "Assistant", "<|user|>", "<|assistant|>")
+# Generation prompt ends with "<think>\n" already, so render_prompt adds nothing.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% if m['content'] %}{{ m['content'] }}\n{% endif %}"
+    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% else %}<|assistant|>{{ m['content'] }}<eos>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+WRONG_OFFSETS = (-10, -2, -1, 1, 2, 10)
+
+
+def build_tokenizer():
+    """A char-level ``PreTrainedTokenizerFast`` (vocab ~105) with think tags, eos, pad and a chat template."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, EOS, UNK]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + list(WORD_TOKENS) + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # tokens are characters: join them without spaces
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    # think tags stay non-special (as in DeepSeek-R1 tokenizers) so decoded text keeps them for the parser.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in WORD_TOKENS])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+
+    @property
+    def query(self) -> str:
+        return f"{self.a}+{self.b}=?"
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A preference pair: ``chosen`` is the right sum, ``rejected`` a near miss."""
+
+    problem: Problem
+    wrong: int
+
+    @property
+    def query(self) -> str:
+        return self.problem.query
+
+    @property
+    def chosen(self) -> str:
+        return str(self.problem.answer)
+
+    @property
+    def rejected(self) -> str:
+        return str(self.wrong)
+
+
+def all_pairs() -> list[Pair]:
+    out = []
+    for a in range(10):
+        for b in range(10):
+            s = a + b
+            out += [Pair(Problem(a, b), s + d) for d in WRONG_OFFSETS if s + d >= 0]
+    return out
+
+
+def split_pairs(seed: int, heldout_fraction: float = 0.2) -> tuple[list[Pair], list[Pair]]:
+    """Disjoint train / held-out pairs (a held-out pair's (query, wrong answer) never appears in training)."""
+    pairs = all_pairs()
+    perm = np.random.default_rng(seed).permutation(len(pairs))
+    n_held = int(round(len(pairs) * heldout_fraction))
+    return [pairs[i] for i in perm[n_held:]], [pairs[i] for i in perm[:n_held]]
+
+
+def reasoning(problem: Problem, first: str, second: str, computed: int | None = None) -> str:
+    """The completion after ``<think>\\n``: the computation, then the verdict for the matching answer."""
+    s = problem.answer if computed is None else computed
+    pick = 1 if str(s) == first else 2 if str(s) == second else None
+    if pick is None:
+        raise ValueError(f"{problem.query}: neither {first!r} nor {second!r} equals {s}")
+    return f"{problem.a}+{problem.b}={s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
+
+
+def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct answers for best-of-N: the right one plus n-1 near misses, shuffled."""
+    s = problem.answer
+    wrong = [s + d for d in WRONG_OFFSETS if s + d >= 0]
+    extra = [s + d for d in (-3, 3, -5, 5, 11, -11) if s + d >= 0]
+    pool = wrong + [x for x in extra if x not in wrong]
+    if n - 1 > len(pool):
+        raise ValueError(f"at most {len(pool) + 1} candidates for {problem.query}")
+    cands = [s] + list(rng.choice(pool, size=n - 1, replace=False))
+    rng.shuffle(cands)
+    return [str(int(c)) for c in cands]
+
+
+def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
+    """Endless seeded shuffled batches."""
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(len(pairs))
+        for i in range(0, len(perm) - batch + 1, batch):
+            yield [pairs[j] for j in perm[i : i + batch]]

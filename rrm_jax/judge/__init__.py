@@ -1,0 +1,15 @@
+"""RRM judging: the prompt, verdict parsing, and the `Judge` (majority voting, soft scores, tournaments)."""
+from rrm_jax.judge.verdict import Verdict, majority
+from rrm_jax.judge.parse import parse_verdict
+from rrm_jax.judge.prompt import JudgePrompt, RRM_PROMPT_V1, get_prompt, register_prompt, render_prompt
+
+__all__ = ["Verdict", "majority", "parse_verdict", "JudgePrompt", "RRM_PROMPT_V1", "get_prompt",
+           "register_prompt", "render_prompt", "Judge"]
+
+
+def __getattr__(name):
+    # Lazy: `Judge` pulls in the sampler and JAX; parsing/verdicts/prompts stay importable without them.
+    if name == "Judge":
+        from rrm_jax.judge.judge import Judge
+        return Judge
+    raise AttributeError(name)

@@ -1,0 +1,61 @@
+"""Rewards: pluggable functions ``(prompts, completions, batch) -> np.ndarray[float32]`` (one per completion).
+
+``prompts[i]`` is the prompt of ``completions[i]`` (prompt-major, G per prompt); ``batch`` holds
+per-completion fields from the data: at least ``label`` (int array, the side holding ``chosen``: 0 = shown
+first, 1 = shown second) and the lists ``query``, ``chosen``, ``rejected``. A reward function may use any
+of them, so a user can train a policy with an RRM judge as the reward just as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class RewardFn(Protocol):
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], batch: dict) -> np.ndarray: ...
+
+
+def _parse(text: str) -> int | None:
+    from ..judge.parse import parse_verdict  # the judge's parsing rule (the one evaluation uses)
+
+    return parse_verdict(text)
+
+
+def verdict_reward(prompts, completions, batch, *, correct: float = 1.0, wrong: float = -1.0) -> np.ndarray:
+    """The RRM paper's rule: +1 when the parsed verdict picks the side holding ``chosen``, else -1.
+
+    A completion without a parseable verdict (no ``</think>``, no boxed answer, truncated) gets -1.
+    """
+    labels = np.asarray(batch["label"])
+    if len(labels) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(labels)} labels")
+    out = np.full(len(completions), wrong, np.float32)
+    for i, c in enumerate(completions):
+        v = _parse(c.text)
+        if v is not None and v == int(labels[i]):
+            out[i] = correct
+    return out
+
+
+def verdicts(completions) -> np.ndarray:
+    """Parsed verdict per completion: 0, 1, or -1 when none (for accuracy / invalid-rate metrics)."""
+    return np.array([(-1 if (v := _parse(c.text)) is None else v) for c in completions], np.int32)
+
+
+REWARDS: dict[str, Callable] = {"verdict": verdict_reward}
+
+
+def get(name_or_fn) -> Callable:
+    """A reward function by name (``"verdict"``) or ``"module:function"``, or the callable itself."""
+    if callable(name_or_fn):
+        return name_or_fn
+    if name_or_fn in REWARDS:
+        return REWARDS[name_or_fn]
+    if ":" in name_or_fn:
+        import importlib
+
+        mod, fn = name_or_fn.split(":", 1)
+        return getattr(importlib.import_module(mod), fn)
+    raise ValueError(f"unknown reward {name_or_fn!r}: use one of {sorted(REWARDS)} or 'module:function'")

@@ -1,0 +1,199 @@
+"""Rollouts: preference pairs -> judge prompts (random order) -> G samples each -> rewards -> advantages
+-> one padded training batch.
+
+The policy samples from the trainer's live params (``model.with_state(state.params)``: same arrays, same
+mesh, no host copy). Rows are padded to a bucketed length (and the row count to a fixed multiple) so the
+train step compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import advantages as adv_lib
+
+# A short judge prompt for tiny byte-level models (the released RRMs need the full rrm-v1 prompt).
+SHORT_PROMPT = dict(
+    name="short",
+    version=1,
+    system="Pick the better answer.",
+    user_template="Q: {question}\nA1: {answer1}\nA2: {answer2}\n",
+    analysis_suffix="Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.",
+)
+
+
+def make_render(tokenizer, prompt: str | Any = "rrm-v1") -> Callable[[str, str, str], str]:
+    """``render(query, first, second) -> prompt string`` with the judge's prompt and the chat template."""
+    from ..judge import prompt as jp
+
+    if isinstance(prompt, str):
+        if prompt == "rrm-v1":
+            prompt = jp.RRM_PROMPT_V1
+        elif prompt == "short":
+            prompt = jp.JudgePrompt(**SHORT_PROMPT)
+        else:
+            raise ValueError(f"unknown judge prompt {prompt!r}: rrm-v1 | short")
+    return lambda q, a, b: jp.render_prompt(tokenizer, prompt, q, a, b)
+
+
+def check_pair(pair: dict, where: str = "") -> str | None:
+    """Why a preference pair is unusable (None when fine)."""
+    for k in ("query", "chosen", "rejected"):
+        v = pair.get(k)
+        if not isinstance(v, str):
+            return f"{where}field {k!r} is missing or not a string"
+        if not v.strip():
+            return f"{where}field {k!r} is empty"
+    if pair["chosen"].strip() == pair["rejected"].strip():
+        return f"{where}chosen == rejected"
+    return None
+
+
+def to_prompt(pair: dict, flip: bool, render: Callable, tokenizer) -> dict:
+    """One pair shown in a given order: adds first/second, label (the side holding chosen) and prompt_ids."""
+    first, second = (pair["rejected"], pair["chosen"]) if flip else (pair["chosen"], pair["rejected"])
+    text = render(pair["query"], first, second)
+    ids = list(text) if not isinstance(text, str) else tokenizer.encode(text, add_special_tokens=False)
+    return dict(pair, first=first, second=second, label=int(flip), prompt=text, prompt_ids=np.asarray(ids, np.int32))
+
+
+def assign_sides(pairs: Sequence[dict], *, seed: int, step: int, swap: bool = True) -> np.ndarray:
+    """Per-example flips, a pure function of (seed, step, index) so a resumed run redraws the same ones."""
+    if not swap:
+        return np.zeros(len(pairs), bool)
+    return np.random.default_rng([seed, step, 0x5A9]).random(len(pairs)) < 0.5
+
+
+def bucket_len(n: int, fixed: int = 0, minimum: int = 16) -> int:
+    if fixed:
+        if n > fixed:
+            raise ValueError(f"a sequence of {n} tokens exceeds seq_bucket={fixed}")
+        return fixed
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def pack(
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    *,
+    completion_logprobs: Sequence[np.ndarray] | None = None,
+    completion_masks: Sequence[np.ndarray] | None = None,
+    row_multiple: int = 1,
+    rows: int = 0,
+    seq_bucket: int = 0,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """Right-padded next-token rows: ``tokens``/``targets`` = seq[:-1]/seq[1:]; the loss mask covers the
+    completion's targets. Row count is padded to ``rows`` (or a multiple of ``row_multiple``) with empty rows.
+    """
+    n = len(prompt_ids)
+    lens = [len(p) + len(c) - 1 for p, c in zip(prompt_ids, completion_ids)]
+    t = bucket_len(max(lens + [1]), seq_bucket)
+    b = rows or -(-max(n, 1) // row_multiple) * row_multiple
+    if b < n:
+        raise ValueError(f"{n} sequences do not fit {b} rows")
+    out = dict(
+        tokens=np.full((b, t), pad_id, np.int32),
+        targets=np.full((b, t), pad_id, np.int32),
+        positions=np.zeros((b, t), np.int32),
+        mask=np.zeros((b, t), bool),
+        loss_mask=np.zeros((b, t), bool),
+        old_logp=np.zeros((b, t), np.float32),
+    )
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        seq = np.concatenate([np.asarray(p, np.int32), np.asarray(c, np.int32)])
+        L = len(seq) - 1
+        out["tokens"][i, :L] = seq[:-1]
+        out["targets"][i, :L] = seq[1:]
+        out["positions"][i, :L] = np.arange(L)
+        out["mask"][i, :L] = True
+        s = len(p) - 1  # target index of the first completion token
+        cm = np.ones(len(c), bool) if completion_masks is None else np.asarray(completion_masks[i], bool)
+        out["loss_mask"][i, s:L] = cm
+        if completion_logprobs is not None:
+            out["old_logp"][i, s:L] = np.asarray(completion_logprobs[i], np.float32)[: len(c)]
+    return out
+
+
+@dataclasses.dataclass
+class Rollout:
+    batch: dict[str, np.ndarray]  # packed rows incl. advantages [rows]
+    rewards: np.ndarray  # [P*G]
+    stats: dict[str, float]
+    completions: list
+
+
+def rollout(
+    policy,
+    examples: Sequence[dict],
+    *,
+    group_size: int,
+    sampling,
+    reward_fn: Callable,
+    advantage: str = "grpo",
+    adv_eps: float = 1e-6,
+    rows: int = 0,
+    row_multiple: int = 1,
+    seq_bucket: int = 0,
+    forced_len: int = 0,
+    generate_fn: Callable | None = None,
+) -> Rollout:
+    """Sample G completions per example (examples carry ``prompt_ids`` and ``label``) and build the batch."""
+    if generate_fn is None:
+        from ..sampler import generate as generate_fn
+    t0 = time.perf_counter()
+    prompts = [e["prompt_ids"].tolist() for e in examples]
+    comps = generate_fn(policy, prompts, dataclasses.replace(sampling, n=group_size))
+    t_gen = time.perf_counter() - t0
+    if len(comps) != len(examples) * group_size:
+        raise RuntimeError(f"sampler returned {len(comps)} completions for {len(examples)} x {group_size}")
+    rep = lambda key: [e.get(key) for e in examples for _ in range(group_size)]
+    meta = {k: rep(k) for k in ("query", "chosen", "rejected", "first", "second")}
+    meta["label"] = np.asarray(rep("label"), np.int32)
+    prompt_texts = rep("prompt")
+    rewards = np.asarray(reward_fn(prompt_texts, comps, meta), np.float32)
+    if rewards.shape != (len(comps),):
+        raise ValueError(f"reward function returned shape {rewards.shape}, expected ({len(comps)},)")
+    advs = adv_lib.compute(rewards, group_size, advantage, adv_eps)
+
+    masks = []
+    for c in comps:
+        m = np.ones(len(c.token_ids), bool)
+        if c.forced_at is not None and forced_len:
+            m[c.forced_at : c.forced_at + forced_len] = False  # forced suffix tokens were not sampled
+        masks.append(m)
+    batch = pack(
+        [prompts[c_i // group_size] for c_i in range(len(comps))],
+        [c.token_ids for c in comps],
+        completion_logprobs=[c.logprobs for c in comps],
+        completion_masks=masks,
+        rows=rows,
+        row_multiple=row_multiple,
+        seq_bucket=seq_bucket,
+    )
+    batch["advantages"] = np.zeros(len(batch["tokens"]), np.float32)
+    batch["advantages"][: len(advs)] = advs
+    lengths = np.array([c.num_tokens for c in comps], np.float32)
+    groups = rewards.reshape(-1, group_size)
+    stats = dict(
+        reward_mean=float(rewards.mean()),
+        reward_std=float(rewards.std()),
+        response_len=float(lengths.mean()),
+        response_len_max=float(lengths.max()),
+        truncated_frac=float(np.mean([c.finish_reason != "stop" for c in comps])),
+        zero_signal_frac=float(np.mean(groups.max(1) == groups.min(1))),
+        time_generate=t_gen,
+    )
+    try:
+        from .rewards import verdicts
+
+        v = verdicts(comps)
+        stats["accuracy"] = float(np.mean(v == meta["label"]))
+        stats["invalid_frac"] = float(np.mean(v < 0))
+    except ImportError:  # no judge package (a custom reward on other data)
+        pass
+    return Rollout(batch, rewards, stats, comps)

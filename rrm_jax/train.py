@@ -1,0 +1,358 @@
+"""Training: GRPO (and SFT) for reward reasoning models, as a library (:class:`Trainer`) and a CLI.
+
+Programmatic use (what ``rrm-jax demo`` does)::
+
+    import jax.numpy as jnp, rrm_jax
+    from rrm_jax.train import Trainer
+    from rrm_jax.train_config import TrainConfig, OptimConfig, GRPOConfig
+
+    model = rrm_jax.init("tiny", compute_dtype=jnp.bfloat16, tokenizer=tok)     # fp32 master, bf16 compute
+    cfg = TrainConfig(steps=50, optim=OptimConfig(lr=1e-3),
+                      grpo=GRPOConfig(prompts_per_step=8, group_size=8, max_new_tokens=48, seq_bucket=256))
+    tr = Trainer(model, cfg, render=lambda q, a, b: my_prompt(q, a, b))       # reward: verdict vs label
+    tr.sft_step(prompt_ids, completion_ids)     # token cross-entropy on completions -> metrics dict
+    tr.grpo_step(pairs)                         # pairs: [{query, chosen, rejected}] -> rollout + mu updates
+    judge_model = tr.policy                     # Model sharing the live params (no host copy)
+
+Shapes are bucketed (rows fixed per step kind, lengths to ``seq_bucket`` or a power of two), so a tiny
+model compiles each step once. ``rrm-jax train train/<recipe>.toml key=value ...`` runs :func:`train`:
+a grain pipeline over pairs, rollouts, updates, metrics.jsonl, orbax checkpoints with exact resume, and
+an HF export of the final policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .rl import rewards as rewards_lib
+from .rl.loss import LossConfig
+from .rl.rollout import assign_sides, make_render, pack, rollout, to_prompt
+from .train_config import DataConfig, GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
+from .train_step import TrainState, init_state, make_logprob_fn, make_optimizer, make_train_step, place_batch
+
+__all__ = [
+    "Trainer", "TrainConfig", "TrainState", "OptimConfig", "GRPOConfig", "DataConfig", "make_train_step",
+    "train", "cli", "plot_cli", "load_config",
+]
+
+
+class Trainer:
+    """Holds the train state and the compiled steps for one model; see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        config: TrainConfig = TrainConfig(),
+        reward_fn: Callable | str | None = None,
+        *,
+        render: Callable[[str, str, str], str] | None = None,
+        generate_fn: Callable | None = None,
+        total_updates: int | None = None,
+    ):
+        self.model, self.cfg = model, config
+        g = config.grpo
+        self.loss_cfg = LossConfig(
+            eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
+            norm_length=g.norm_length or g.max_new_tokens, logprob_chunk=g.logprob_chunk,
+        )
+        per_step = g.inner_iters if config.mode == "grpo" else 1
+        self.total_updates = total_updates or config.steps * per_step
+        self.tx, self.schedule = make_optimizer(config.optim, self.total_updates, model.state)
+        self.state: TrainState = init_state(model, self.tx, config.seed)
+        # The frozen reference is the model's own (undonated) params; with beta = 0 it is never read.
+        self.ref_params = model.state if g.beta > 0 else None
+        self.reward_fn = rewards_lib.get(reward_fn or g.reward)
+        self._render = render
+        self.generate_fn = generate_fn
+        self.iteration = 0  # rollout batches done (seeds the position swaps and the sampler)
+        mult = config.optim.micro_batches * model.batch_multiple()
+        self.rows = -(-g.prompts_per_step * g.group_size // mult) * mult
+        self.sft_rows = -(-config.batch_size // mult) * mult
+        self._steps: dict[str, Callable] = {}
+        self._logprob = None
+        self._forced_len = None
+
+    # -- pieces -----------------------------------------------------------------------------------
+    @property
+    def policy(self):
+        """The model with the trainer's current params (same device arrays: valid until the next update)."""
+        return self.model.with_state(self.state.params)
+
+    @property
+    def render(self):
+        if self._render is None:
+            self._render = make_render(self.model.tokenizer, self.cfg.data.prompt)
+        return self._render
+
+    def step_fn(self, kind: str):
+        if kind not in self._steps:
+            self._steps[kind] = make_train_step(
+                self.model, self.cfg.optim, self.total_updates, kind=kind, loss_cfg=self.loss_cfg,
+                micro_batches=self.cfg.optim.micro_batches,
+            )
+        return self._steps[kind]
+
+    def sampling(self):
+        from .sampler import SamplingConfig
+
+        g = self.cfg.grpo
+        return SamplingConfig(
+            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+            max_think_tokens=g.max_think_tokens or None, max_slots=g.max_slots, n=g.group_size,
+            seed=(self.cfg.seed * 1_000_003 + self.iteration) % (2**31),
+        )
+
+    def update(self, batch: dict[str, np.ndarray], kind: str) -> dict[str, float]:
+        """One optimizer step on a packed host batch; returns host metrics."""
+        fn = self.step_fn(kind)
+        self.state, metrics = fn(self.state, place_batch(self.model, batch, fn.keys))
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    # -- SFT --------------------------------------------------------------------------------------
+    def sft_step(self, prompt_ids_or_batch, completion_ids: Sequence[Sequence[int]] | None = None) -> dict:
+        """Token cross-entropy on the completions given their prompts (or on a packed batch dict)."""
+        if completion_ids is None:
+            batch = prompt_ids_or_batch
+        else:
+            batch = pack(prompt_ids_or_batch, completion_ids, rows=max(self.sft_rows, _ceil(len(completion_ids), self.model.batch_multiple() * self.cfg.optim.micro_batches)),
+                         seq_bucket=self.cfg.grpo.seq_bucket)
+        return self.update(batch, "sft")
+
+    # -- GRPO -------------------------------------------------------------------------------------
+    def prepare(self, pairs: Sequence[dict]) -> list[dict]:
+        """Raw pairs -> prompts in a seeded random order (examples that already carry prompt_ids pass)."""
+        if all("prompt_ids" in p for p in pairs):
+            return list(pairs)
+        flips = assign_sides(pairs, seed=self.cfg.seed, step=self.iteration, swap=self.cfg.data.swap)
+        return [to_prompt(p, bool(f), self.render, self.model.tokenizer) for p, f in zip(pairs, flips)]
+
+    def logprobs(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self._logprob is None:
+            self._logprob = make_logprob_fn(self.model, self.loss_cfg.logprob_chunk)
+        arrays = place_batch(self.model, batch, ("tokens", "positions", "mask", "targets"))
+        return self._logprob(params, arrays["tokens"], arrays["positions"], arrays["mask"], arrays["targets"])
+
+    def forced_len(self) -> int:
+        if self._forced_len is None:
+            sfx = self.sampling().forced_suffix
+            tok = self.model.tokenizer
+            self._forced_len = len(sfx) if not isinstance(sfx, str) else (len(tok.encode(sfx, add_special_tokens=False)) if tok else 0)
+        return self._forced_len
+
+    def grpo_step(self, pairs: Sequence[dict]) -> dict:
+        """One rollout batch: sample G per pair, reward, advantages, then ``inner_iters`` updates."""
+        g = self.cfg.grpo
+        examples = self.prepare(pairs)
+        t0 = time.perf_counter()
+        ro = rollout(
+            self.policy, examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
+            advantage=g.advantage, adv_eps=g.adv_eps, rows=max(self.rows, _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches)),
+            seq_bucket=g.seq_bucket, forced_len=self.forced_len(), generate_fn=self.generate_fn,
+        )
+        t1 = time.perf_counter()
+        batch = ro.batch
+        if g.old_logprobs == "recompute":
+            batch["old_logp"] = np.asarray(self.logprobs(self.state.params, batch))
+        if g.beta > 0:
+            batch["ref_logp"] = np.asarray(self.logprobs(self.ref_params, batch))
+        t2 = time.perf_counter()
+        per_iter = [self.update(batch, "grpo") for _ in range(g.inner_iters)]
+        t3 = time.perf_counter()
+        self.iteration += 1
+        metrics = dict(per_iter[-1])
+        metrics["skipped"] = float(sum(m["skipped"] for m in per_iter))
+        metrics.update(ro.stats)
+        metrics.update(time_rollout=t1 - t0, time_logprob=t2 - t1, time_update=t3 - t2)
+        return metrics
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def build_model(cfg: TrainConfig):
+    """The policy from a recipe: random init for a preset/TOML, or an HF checkpoint directory."""
+    import rrm_jax
+    from .sharding import make_mesh
+    from .data.train_pipeline import load_tokenizer
+
+    mesh = make_mesh(cfg.mesh)
+    dt, cdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.compute_dtype)
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    if Path(cfg.model).is_dir() and (Path(cfg.model) / "config.json").exists():
+        model = rrm_jax.load(cfg.model, mesh=mesh, dtype=dt, compute_dtype=cdt, remat=cfg.remat,
+                             attention_impl=cfg.attention, tokenizer=tok or "auto")
+    else:
+        model = rrm_jax.init(cfg.model, seed=cfg.seed, mesh=mesh, dtype=dt, compute_dtype=cdt, tokenizer=tok,
+                             remat=cfg.remat, attention_impl=cfg.attention)
+    if model.tokenizer is None:
+        raise ValueError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
+    return model
+
+
+def _metrics_file(run_dir: Path, keep_upto: int) -> Path:
+    """metrics.jsonl truncated to steps <= keep_upto (a resumed run rewrites what came after its checkpoint)."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_upto]
+        path.write_text("".join(ln + "\n" for ln in lines))
+    return path
+
+
+def train(config: TrainConfig, *, model=None, generate_fn=None, on_step: Callable | None = None, progress: bool = True) -> dict:
+    """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary."""
+    from .checkpoint import Checkpointer
+    from .data.train_pipeline import PairPipeline, SFTPipeline, prepare_data
+
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(dump_toml(config))
+    model = model or build_model(config)
+    trainer = Trainer(model, config, generate_fn=generate_fn)
+    data_path, data_report = prepare_data(config, run_dir)
+    if config.mode == "grpo":
+        pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
+    else:
+        pipe = SFTPipeline(data_path, model.tokenizer, config)
+    report = dict(data_report, **pipe.report)
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep, async_=config.async_checkpoint)
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        trainer.state, meta = ckpt.restore(latest, trainer.state)
+        pipe.set_state(meta["data_iter"])
+        trainer.iteration = int(meta["iteration"])
+        start = latest
+        print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
+    mpath = _metrics_file(run_dir, start)
+    t_start = time.perf_counter()
+    last = {}
+    with mpath.open("a") as mf, _progress(progress, config.steps, start) as bar:
+        for step in range(start + 1, config.steps + 1):
+            batch = pipe.next()
+            if config.mode == "grpo":
+                metrics = trainer.grpo_step(batch)
+            else:
+                metrics = trainer.sft_step(*batch)
+                trainer.iteration += 1
+            record = {"step": step, **metrics}
+            mf.write(json.dumps(record) + "\n")
+            mf.flush()
+            last = record
+            if bar is not None:
+                bar.update(step, reward=metrics.get("reward_mean", float("nan")), loss=metrics["loss"])
+            if on_step is not None:
+                on_step(step, record)
+            if step % config.save_every == 0 or step == config.steps:
+                ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
+    ckpt.close()
+    summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
+               "skipped_total": int(trainer.state.skipped), "data": report}
+    if config.export_hf and config.steps > start:
+        summary["export"] = str(__import__("rrm_jax").save_hf(trainer.policy, run_dir / "hf"))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+class _progress:
+    """A rich progress bar (or nothing when disabled / not a terminal)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled and sys.stderr.isatty(), total, start
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self.p = Progress(*Progress.get_default_columns(), "reward {task.fields[reward]:.3f} loss {task.fields[loss]:.4f}")
+        self.p.start()
+        task = self.p.add_task("train", total=self.total, completed=self.start, reward=float("nan"), loss=float("nan"))
+        outer = self
+
+        class Bar:
+            def update(self, step, **fields):
+                outer.p.update(task, completed=step, **fields)
+
+        return Bar()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.stop()
+
+
+# ------------------------------------------------------------------------------------------ CLIs
+def cli(argv: list[str]) -> int:
+    """``rrm-jax train RECIPE.toml [key=value ...]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="rrm-jax train", description="train an RRM with GRPO (or SFT) from a recipe")
+    ap.add_argument("recipe", help="train/<recipe>.toml")
+    ap.add_argument("overrides", nargs="*", help="key=value or section.key=value (e.g. steps=10 optim.lr=1e-6)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rrm-jax train: {e}", file=sys.stderr)
+        return 2
+    summary = train(cfg)
+    last = summary["last"]
+    print(json.dumps({k: summary[k] for k in ("steps", "resumed_from", "seconds", "skipped_total")}
+                     | {"last": {k: last.get(k) for k in ("reward_mean", "accuracy", "loss", "kl") if k in last}}))
+    return 0
+
+
+PLOTS = (("reward_mean", "reward"), ("accuracy", "verdict accuracy"), ("kl", "KL to reference"),
+         ("response_len", "response length (tokens)"), ("loss", "loss"), ("entropy", "entropy"))
+
+
+def plot_cli(argv: list[str]) -> int:
+    """``rrm-jax plot RUN_DIR``: reward, accuracy, KL and response-length curves -> RUN_DIR/curves.png."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="rrm-jax plot")
+    ap.add_argument("run_dir")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    path = Path(args.run_dir) / "metrics.jsonl"
+    if not path.exists():
+        print(f"rrm-jax plot: {path} does not exist", file=sys.stderr)
+        return 2
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    out = Path(args.out or Path(args.run_dir) / "curves.png")
+    plot_metrics(rows, out)
+    print(out)
+    return 0
+
+
+def plot_metrics(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in PLOTS if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 2.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*pts), lw=1.2)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,226 @@
+"""The functional train step: ``train_step(state, batch) -> (state, metrics)`` under one ``jax.jit``.
+
+* State is a pure pytree (:class:`TrainState`): fp32 master params (an ``nnx.State``), a plain optax state
+  whose shardings mirror the params', the step, the count of skipped steps and an RNG key. The NNX module
+  only exists inside the jitted function (``nnx.merge(graphdef, params)``), so the jit boundary carries
+  arrays alone: explicit in/out shardings and a donated state.
+* The batch is split into micro-batches (strided, so each keeps the data-parallel sharding) and gradients
+  are accumulated with ``lax.scan``. Loss weights come from the whole batch first (see rl.loss), so the
+  accumulated gradient equals the full-batch gradient whatever the aggregation mode.
+* A non-finite loss or gradient norm leaves params and optimizer state untouched (the step is counted in
+  ``skipped``); a NaN never reaches the weights, hence never a checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from .rl.loss import LossConfig, grpo_loss, mean_weights, sequence_logprobs, sft_loss, token_weights
+from .train_config import OptimConfig
+
+GRPO_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask", "old_logp", "advantages")
+SFT_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask")
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: train_step calls so far (applied or skipped)
+    params: Any  # nnx.State of nnx.Param (fp32 master weights)
+    opt_state: Any  # optax state
+    rng: jax.Array  # uint32 key data (raw, so orbax stores it like any array)
+    skipped: jax.Array  # int32: steps whose loss or gradient was not finite
+
+
+def _no_decay(path) -> bool:
+    names = [getattr(k, "key", getattr(k, "name", "")) for k in path]
+    return any(str(n).endswith(("norm", "bias")) for n in names)
+
+
+def make_optimizer(cfg: OptimConfig, total_updates: int, params) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with linear warm-up + cosine decay and global-norm clipping; returns (tx, schedule)."""
+    decay = cfg.decay_steps or max(total_updates, 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if cfg.warmup_steps else cfg.lr,
+        peak_value=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        decay_steps=max(decay, cfg.warmup_steps + 1),
+        end_value=cfg.lr * cfg.end_lr_ratio,
+    )
+    mask = jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask))
+    return optax.chain(*parts), schedule
+
+
+def state_shardings(model, tx, abstract_params=None) -> TrainState:
+    """Shardings of a TrainState: params by the model's rules, optimizer moments mirror them."""
+    rep = NamedSharding(model.mesh, P())
+    params_sh = model.state_shardings
+    abstract_params = abstract_params if abstract_params is not None else jax.eval_shape(lambda s: s, model.state)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, params_sh,
+        transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return TrainState(step=rep, params=params_sh, opt_state=opt_sh, rng=rep, skipped=rep)
+
+
+def init_state(model, tx, seed: int = 0) -> TrainState:
+    """A fresh TrainState holding a COPY of the model's params (the step donates its state)."""
+    sh = state_shardings(model, tx)
+
+    def make(params):
+        params = jax.tree_util.tree_map(lambda x: x + 0, params)  # fresh buffers, the model keeps its own
+        key = jax.random.key_data(jax.random.key(seed))
+        return TrainState(jnp.int32(0), params, tx.init(params), key, jnp.int32(0))
+
+    return jax.jit(make, out_shardings=sh)(model.state)
+
+
+def batch_shardings(model, keys) -> dict[str, NamedSharding]:
+    ndim = {"advantages": 1}
+    return {k: model.batch_sharding(ndim.get(k, 2)) for k in keys}
+
+
+def _split(x: jax.Array, k: int, sharding_spec) -> jax.Array:
+    # [B, ...] -> [k, B/k, ...] taking rows i*k + j into micro-batch j: every micro-batch spans all data shards.
+    y = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(y, sharding_spec(y.ndim))
+
+
+_CACHE: dict = {}
+
+
+def _signature(model) -> tuple:
+    leaves = jax.tree_util.tree_leaves(model.state)
+    return (model.graphdef, model.mesh, model.rules, tuple((x.shape, str(x.dtype)) for x in leaves))
+
+
+def cached(kind_name: str, model, key: tuple, build):
+    """Compiled functions depend on the graph, mesh, rules and hyper-parameters, never on param values:
+    new Trainers for the same model (a resumed run, the demo's SFT then GRPO phases) reuse them."""
+    full = (kind_name, _signature(model)) + key
+    if full not in _CACHE:
+        _CACHE[full] = build()
+    return _CACHE[full]
+
+
+def make_train_step(model, optim: OptimConfig, total_updates: int, *, kind: str, loss_cfg: LossConfig,
+                    micro_batches: int = 1, donate: bool = True):
+    """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``kind`` "grpo" or "sft".
+
+    The optimizer is ``make_optimizer(optim, total_updates, ...)``; states from :func:`init_state` with the
+    same arguments fit it.
+    """
+    key = (optim, total_updates, kind, loss_cfg, micro_batches, donate)
+    return cached("train_step", model, key, lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate))
+
+
+def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate):
+    tx, schedule = make_optimizer(optim, total_updates, model.state)
+    graphdef = model.graphdef
+    mesh, rules = model.mesh, model.rules
+    keys = GRPO_KEYS + (("ref_logp",) if loss_cfg.beta > 0 else ()) if kind == "grpo" else SFT_KEYS
+    if kind not in ("grpo", "sft"):
+        raise ValueError(f"kind must be grpo or sft, got {kind!r}")
+
+    def micro_spec(ndim):
+        return rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
+
+    def loss_fn(params, mb):
+        module = nnx.merge(graphdef, params)
+        logp, ent = sequence_logprobs(module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], loss_cfg.logprob_chunk)
+        m = mb["loss_mask"]
+        if kind == "grpo":
+            ref = mb.get("ref_logp", logp)
+            loss, metrics = grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], m, mb["w"], mb["mw"], loss_cfg)
+        else:
+            loss, metrics = sft_loss(logp, m, mb["w"], mb["mw"])
+        metrics["entropy"] = jnp.sum(mb["mw"] * ent * m)
+        metrics["loss"] = loss
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: dict):
+        batch = dict(batch)
+        m = batch["loss_mask"]
+        if kind == "grpo":
+            norm = loss_cfg.norm_length
+            batch["w"] = token_weights(m, loss_cfg.aggregation, norm)
+        else:
+            batch["w"] = token_weights(m, "token-mean")
+        batch["mw"] = mean_weights(m)
+        if micro_batches == 1:
+            (_, metrics), grads = grad_fn(state.params, batch)
+        else:
+            mbs = {k: _split(v, micro_batches, micro_spec) for k, v in batch.items()}
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            _, shapes = jax.eval_shape(grad_fn, state.params, {k: v[0] for k, v in mbs.items()})[0]
+            mzeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+            def body(carry, mb):
+                g_acc, m_acc = carry
+                (_, met), g = grad_fn(state.params, mb)
+                return (jax.tree_util.tree_map(jnp.add, g_acc, g), jax.tree_util.tree_map(jnp.add, m_acc, met)), None
+
+            (grads, metrics), _ = jax.lax.scan(body, (zeros, mzeros), mbs)
+        loss = metrics["loss"]
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        applied = state.step - state.skipped
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            rng=state.rng,
+            skipped=state.skipped + (~ok).astype(jnp.int32),
+        )
+        metrics = dict(metrics, grad_norm=gnorm, lr=jnp.asarray(schedule(applied), jnp.float32),
+                       skipped=(~ok).astype(jnp.int32), tokens=jnp.sum(m.astype(jnp.int32)))
+        return new_state, metrics
+
+    rep = NamedSharding(mesh, P())
+    st_sh = state_shardings(model, tx)
+    fn = jax.jit(
+        step,
+        in_shardings=(st_sh, batch_shardings(model, keys)),
+        out_shardings=(st_sh, rep),
+        donate_argnums=(0,) if donate else (),
+    )
+    fn.keys = keys
+    return fn
+
+
+def make_logprob_fn(model, chunk: int = 256):
+    """Jitted ``(params, batch) -> [B, T]`` log-probs of the batch's targets (old-policy / reference pass)."""
+    return cached("logprob", model, (chunk,), lambda: _make_logprob_fn(model, chunk))
+
+
+def _make_logprob_fn(model, chunk):
+    graphdef = model.graphdef
+
+    def fwd(params, tokens, positions, mask, targets):
+        lp, _ = sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, mask, targets, chunk)
+        return lp
+
+    b2 = model.batch_sharding(2)
+    return jax.jit(fwd, in_shardings=(model.state_shardings, b2, b2, b2, b2), out_shardings=b2)
+
+
+def place_batch(model, batch: dict[str, np.ndarray], keys) -> dict[str, jax.Array]:
+    """Host arrays -> device arrays in the batch sharding (only ``keys``)."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing}")
+    return {k: jax.device_put(np.asarray(batch[k]), model.batch_sharding(np.ndim(batch[k]))) for k in keys}

@@ -1,0 +1,278 @@
+"""The sampler against transformers' generate, against itself (batch invariance, continuous == static,
+sharded == single device) and against closed-form distributions (sampling math)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rrm_jax
+from rrm_jax.sampler import Completion, GenerateStats, SamplingConfig, generate
+from rrm_jax.sampling import sample
+
+NEW = 8  # max_new_tokens used by most tests (shared shapes -> shared compiles)
+PROMPTS = [[5, 17, 300], [42] * 2 + list(range(60, 69)), [7, 8, 9, 10, 11, 12, 13], list(range(100, 116)), [1]]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random Qwen2 in HF format with weights large enough that greedy argmax is decisive."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, eos_token_id=None, bos_token_id=None, pad_token_id=0,
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("hf_qwen2")
+    model.save_pretrained(out)
+    return out, model
+
+
+@pytest.fixture(scope="module")
+def model(hf_dir, mesh1):
+    return rrm_jax.load(hf_dir[0], mesh=mesh1, dtype=jnp.float32)
+
+
+def greedy(**kw) -> SamplingConfig:
+    return SamplingConfig(**{"max_new_tokens": NEW, "temperature": 0.0, **kw})
+
+
+def test_greedy_matches_transformers(hf_dir, model):
+    import torch
+
+    hf = hf_dir[1]
+    prompts = PROMPTS[:4]
+    outs = generate(model, prompts, greedy(max_new_tokens=10))
+    t = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), t), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # HF batches with left padding
+        ids[i, t - len(p) :] = torch.tensor(p)
+        mask[i, t - len(p) :] = 1
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    for i, c in enumerate(outs):
+        assert c.token_ids == ref[i, t:].tolist(), f"prompt {i}"
+        assert c.finish_reason == "length" and c.num_tokens == 10
+    # the chosen tokens' log-probs are the unfiltered model log-softmax (teacher-forced reference from torch)
+    full = torch.tensor([prompts[0] + outs[0].token_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(full).logits[0].double(), -1).numpy()
+    n0 = len(prompts[0])
+    want = lp[np.arange(n0 - 1, n0 - 1 + 10), outs[0].token_ids]
+    np.testing.assert_allclose(outs[0].logprobs, want, atol=2e-4)
+
+
+def test_batch_invariance_and_continuous_equals_static(model):
+    cfg = greedy(max_slots=8)
+    mixed = generate(model, PROMPTS, cfg)
+    alone = [generate(model, [p], cfg)[0] for p in PROMPTS[:2]]
+    for a, m_ in zip(alone, mixed):
+        assert a.token_ids == m_.token_ids
+    # more requests than slots, different limits per prompt: slots are refilled while others decode
+    limits = [3, 8, 2, 8, 5]
+    small = dataclasses.replace(cfg, max_slots=2)
+    st_c, st_s = GenerateStats(), GenerateStats()
+    cont = generate(model, PROMPTS, small, max_new_tokens=limits, refill_min=1, stats=st_c)
+    stat = generate(model, PROMPTS, small, max_new_tokens=limits, continuous=False, stats=st_s)
+    assert [c.token_ids for c in cont] == [c.token_ids for c in stat]
+    assert [c.token_ids for c in cont] == [m_.token_ids[:k] for m_, k in zip(mixed, limits)]
+    assert st_c.decode_steps < st_s.decode_steps  # refilled slots do not wait for the batch's longest row
+
+
+def test_seeds_n_samples_and_one_prefill(model):
+    cfg = SamplingConfig(max_new_tokens=NEW, temperature=1.0, top_p=0.95, n=4, seed=3, max_slots=8)
+    st = GenerateStats()
+    a = generate(model, PROMPTS[:2], cfg, stats=st)
+    assert [(c.prompt_index, c.sample_index) for c in a] == [(p, s) for p in range(2) for s in range(4)]
+    assert st.prefill_rows == 2 and st.prefill_calls == 1  # 8 rows, 2 prompts: each prompt prefilled once
+    b = generate(model, PROMPTS[:2], cfg)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    c = generate(model, PROMPTS[:2], dataclasses.replace(cfg, seed=4))
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+    assert len({tuple(x.token_ids) for x in a[:4]}) > 1  # the n samples differ from each other
+    # a sample does not depend on which slot or batch it lands in (2 slots: refilled 3 times)
+    shifted = generate(model, PROMPTS[:2], dataclasses.replace(cfg, max_slots=2))
+    assert [x.token_ids for x in shifted] == [x.token_ids for x in a]
+
+
+def test_top_k_one_is_greedy(model):
+    g = generate(model, PROMPTS[:2], greedy())
+    k1 = generate(model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=1.3, top_k=1, seed=9))
+    assert [c.token_ids for c in g] == [c.token_ids for c in k1]
+
+
+@pytest.mark.parametrize("top_k,top_p,temperature,min_p", [(0, 0.8, 0.7, 0.0), (5, 0.9, 1.5, 0.0), (0, 1.0, 1.0, 0.1)])
+def test_sampling_frequencies_match_renormalised_distribution(top_k, top_p, temperature, min_p):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=12).astype(np.float32) * 1.5
+    # reference: numpy, sorted formulation (temperature -> top-k -> top-p -> min-p -> renormalise)
+    p = np.exp(logits / temperature - np.max(logits / temperature))
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = np.zeros(12, bool)
+    keep[order[: top_k or 12]] = True
+    q = np.where(keep, p, 0) / np.where(keep, p, 0).sum()
+    mass_before = np.cumsum(q[order]) - q[order]
+    nucleus = np.zeros(12, bool)
+    nucleus[order[mass_before < top_p]] = True
+    keep &= nucleus
+    keep &= p >= min_p * p.max()
+    want = np.where(keep, p, 0) / np.where(keep, p, 0).sum()
+    draws = 20000
+    keys = jax.random.split(jax.random.key(1), draws)
+    f = jax.jit(lambda k: sample(jnp.broadcast_to(logits, (draws, 12)), k, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+    got = np.bincount(np.asarray(f(keys)), minlength=12)
+    assert got[~keep].sum() == 0
+    expected = want[keep] * draws
+    chi2 = float((((got[keep] - expected) ** 2) / expected).sum())
+    dof = int(keep.sum()) - 1
+    assert chi2 < dof + 6 * np.sqrt(2 * dof) + 10, (chi2, dof, got, want)
+
+
+def test_stop_tokens_end_rows_independently(model):
+    base = generate(model, PROMPTS[:3], greedy())
+    stop = base[0].token_ids[3]  # a token row 0 emits at step 3
+    outs = generate(model, PROMPTS[:3], greedy(stop_token_ids=(stop,)))
+    for b_, o in zip(base, outs):
+        if stop in b_.token_ids:
+            k = b_.token_ids.index(stop)
+            assert o.token_ids == b_.token_ids[: k + 1] and o.finish_reason == "stop"
+        else:
+            assert o.token_ids == b_.token_ids and o.finish_reason == "length"
+    assert outs[0].num_tokens <= 4
+
+
+class CharTokenizer:
+    """A minimal HF-tokenizer stand-in (the sampler uses encode/decode/convert_tokens_to_ids/eos)."""
+
+    THINK_END, EOS = 300, 301
+    eos_token_id = EOS
+    unk_token_id = None
+
+    def encode(self, text, add_special_tokens=False):
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith("</think>", i):
+                out.append(self.THINK_END)
+                i += len("</think>")
+            else:
+                out.append(ord(text[i]) % 256)
+                i += 1
+        return out
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("</think>" if t == self.THINK_END else "" if t == self.EOS else chr(t) for t in ids if t < 302)
+
+    def convert_tokens_to_ids(self, token):
+        return self.THINK_END if token == "</think>" else None
+
+
+def test_stop_strings_and_text(model):
+    m = model.with_state(model.state)
+    m.tokenizer = CharTokenizer()
+    base = generate(m, PROMPTS[:3], greedy())
+    text0 = m.tokenizer.decode(base[0].token_ids)
+    assert base[0].text == text0
+    needle = text0[2:4]
+    outs = generate(m, PROMPTS[:3], greedy(stop_strings=(needle,)))
+    for b_, o in zip(base, outs):
+        full = m.tokenizer.decode(b_.token_ids)
+        if needle in full:
+            j = next(j for j in range(1, len(b_.token_ids) + 1) if needle in m.tokenizer.decode(b_.token_ids[:j]))
+            assert o.token_ids == b_.token_ids[:j] and o.finish_reason == "stop"
+            assert o.text.endswith(needle) and o.text == full[: full.index(needle) + len(needle)]
+        else:
+            assert o.token_ids == b_.token_ids and o.finish_reason == "length"
+
+
+def test_thinking_budget_forces_suffix_once(model):
+    m = model.with_state(model.state)
+    m.tokenizer = CharTokenizer()
+    suffix = "\n</think>\n\n\\boxed{Assistant "
+    sfx = m.tokenizer.encode(suffix)
+    cfg = greedy(max_think_tokens=3, forced_suffix=suffix, max_new_tokens=6, add_eos_stop=False)
+    outs = generate(m, PROMPTS[:3], cfg)
+    base = generate(m, PROMPTS[:3], greedy(max_new_tokens=6, add_eos_stop=False))
+    assert any(o.finish_reason == "budget" for o in outs)
+    for b_, o in zip(base, outs):
+        if CharTokenizer.THINK_END in b_.token_ids[:3]:  # closed its reasoning itself: untouched
+            assert o.token_ids == b_.token_ids and o.forced_at is None
+            continue
+        assert o.finish_reason == "budget" and o.forced_at == 3
+        assert o.token_ids[:3] == b_.token_ids[:3]
+        assert o.token_ids[3 : 3 + len(sfx)] == sfx
+        assert o.num_tokens == 6 + len(sfx)  # the suffix does not eat into max_new_tokens
+        assert o.text.count(suffix) == 1
+        n = len(sfx)
+        assert sum(o.token_ids[j : j + n] == sfx for j in range(o.num_tokens)) == 1
+        # after the suffix the row continues from the model (greedy continuation of the forced prefix)
+        ref = generate(m, [PROMPTS[outs.index(o)] + o.token_ids[: 3 + len(sfx)]], greedy(max_new_tokens=3, add_eos_stop=False))[0]
+        assert o.token_ids[3 + len(sfx) :] == ref.token_ids
+
+
+def test_logprobs_and_probes(model):
+    probes = (3, 77, 500)
+    outs = generate(model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=0.8, seed=1, probe_token_ids=probes))
+    for i, o in enumerate(outs):
+        seq = np.asarray([PROMPTS[i] + o.token_ids])
+        logits = np.asarray(model.logits(seq), np.float64)[0]
+        lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        n0 = len(PROMPTS[i])
+        rows = lp[n0 - 1 : n0 - 1 + o.num_tokens]
+        np.testing.assert_allclose(o.logprobs, rows[np.arange(o.num_tokens), o.token_ids], atol=2e-4)
+        np.testing.assert_allclose(o.probe_logprobs, rows[:, probes], atol=2e-4)
+
+
+def test_sharded_equals_single_device(hf_dir, model):
+    mesh = rrm_jax.make_mesh((1, 2, 4))
+    sharded = rrm_jax.load(hf_dir[0], mesh=mesh, dtype=jnp.float32)
+    cfg = greedy(max_slots=8)
+    a = generate(model, PROMPTS, cfg)
+    b = generate(sharded, PROMPTS, cfg)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(n=0), "n"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=-0.1), "temperature"),
+    ],
+)
+def test_bad_config(kw, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingConfig(**kw)
+
+
+def test_bad_prompts(model):
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        generate(model, [[1, 2], []], greedy())
+    with pytest.raises(ValueError, match=r"prompts\[0\].*max_position_embeddings"):
+        generate(model, [list(range(250))], greedy())
+    with pytest.raises(ValueError, match="no tokenizer"):
+        generate(model, ["hello"], greedy())
+    with pytest.raises(ValueError, match="outside"):
+        generate(model, [[1, 512]], greedy())
+
+
+def test_completion_type(model):
+    (c,) = generate(model, [PROMPTS[0]], greedy(max_new_tokens=2))
+    assert isinstance(c, Completion) and c.logprobs.dtype == np.float32 and c.probe_logprobs is None
