@@ -45,6 +45,13 @@ class ModelConfig:
             )
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(f"model_type={self.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+        # Each family has exactly one bias layout in transformers; any other combination could not be
+        # exported (transformers would silently re-initialise or drop the biases).
+        if self.qkv_bias != (self.model_type == "qwen2"):
+            raise ConfigError(
+                f"qkv_bias={self.qkv_bias} does not fit model_type={self.model_type!r} "
+                "(qwen2 always has q/k/v biases; llama has none here)"
+            )
 
     @property
     def num_params(self) -> int:
@@ -96,7 +103,10 @@ class ModelConfig:
         if model_type == "qwen2":
             qkv_bias = True
         else:
-            qkv_bias = bool(d.get("attention_bias", False))
+            qkv_bias = False
+            if d.get("attention_bias"):
+                # Llama's attention_bias also puts a bias on o_proj, which this decoder does not have.
+                raise ConfigError(f"{source}: field 'attention_bias'=true is not supported for model_type 'llama'")
             if d.get("mlp_bias"):
                 raise ConfigError(f"{source}: field 'mlp_bias'=true is not supported")
         return cls(
@@ -151,7 +161,7 @@ class ModelConfig:
             "use_cache": True,
         }
         if self.model_type == "llama":
-            d["attention_bias"] = self.qkv_bias
+            d["attention_bias"] = False
             d["mlp_bias"] = False
         if self.bos_token_id is not None:
             d["bos_token_id"] = self.bos_token_id

@@ -29,7 +29,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
 )
-WRONG_OFFSETS = (-10, -2, -1, 1, 2, 10)
+WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
 
 
 def build_tokenizer():
@@ -55,14 +55,15 @@ def build_tokenizer():
 class Problem:
     a: int
     b: int
+    op: str = "+"
 
     @property
     def query(self) -> str:
-        return f"{self.a}+{self.b}=?"
+        return f"{self.a}{self.op}{self.b}=?"
 
     @property
     def answer(self) -> int:
-        return self.a + self.b
+        return self.a + self.b if self.op == "+" else self.a - self.b
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +86,15 @@ class Pair:
         return str(self.wrong)
 
 
+def all_problems() -> list[Problem]:
+    """Every single-digit ``a+b`` and ``a-b`` whose result is a single digit (110 problems)."""
+    return [Problem(a, b, op) for op in "+-" for a in range(10) for b in range(10) if 0 <= Problem(a, b, op).answer <= 9]
+
+
 def all_pairs() -> list[Pair]:
     out = []
-    for a in range(10):
-        for b in range(10):
-            s = a + b
-            out += [Pair(Problem(a, b), s + d) for d in WRONG_OFFSETS if s + d >= 0]
+    for p in all_problems():
+        out += [Pair(p, p.answer + d) for d in WRONG_OFFSETS if 0 <= p.answer + d <= 9]
     return out
 
 
@@ -108,15 +112,13 @@ def reasoning(problem: Problem, first: str, second: str, computed: int | None = 
     pick = 1 if str(s) == first else 2 if str(s) == second else None
     if pick is None:
         raise ValueError(f"{problem.query}: neither {first!r} nor {second!r} equals {s}")
-    return f"{problem.a}+{problem.b}={s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
+    return f"{problem.a}{problem.op}{problem.b}={s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
 
 
 def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:
     """``n`` distinct answers for best-of-N: the right one plus n-1 near misses, shuffled."""
     s = problem.answer
-    wrong = [s + d for d in WRONG_OFFSETS if s + d >= 0]
-    extra = [s + d for d in (-3, 3, -5, 5, 11, -11) if s + d >= 0]
-    pool = wrong + [x for x in extra if x not in wrong]
+    pool = [x for x in range(10) if x != s]
     if n - 1 > len(pool):
         raise ValueError(f"at most {len(pool) + 1} candidates for {problem.query}")
     cands = [s] + list(rng.choice(pool, size=n - 1, replace=False))

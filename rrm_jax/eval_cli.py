@@ -76,6 +76,53 @@ class RankConfig(JudgeOptions):
     swap: str = "random"
 
 
+HELP = {
+    "model": "checkpoint dir (HF safetensors), model TOML or preset name (random weights)",
+    "tokenizer": "tokenizer dir, for models without one",
+    "mesh": "device mesh data,fsdp,tensor, e.g. 1,1,8 (empty: all devices data-parallel)",
+    "prompt": "judge prompt key (rrm-v1)",
+    "max_slots": "rows decoded at once (continuous batching)",
+    "max_prompt_tokens": "cut longer comparisons in the middle of the longest texts (0: no limit)",
+    "dataset": "rewardbench | pandalm | llmbar | jsonl",
+    "data": "source file or directory (rewardbench: empty = download)",
+    "data_dir": "TFDS ArrayRecord cache dir",
+    "split": "TFDS split with optional slicing, e.g. test[:100]",
+    "votes": "comma-separated vote counts; one run per value",
+    "max_think_tokens": "comma-separated thinking budgets (none = no budget); one run per value",
+    "swap": "random (one seeded order per pair) | both | none",
+    "adaptive": "stop voting once the majority is settled",
+    "max_items": "judge only the first N items (0: all)",
+    "batch_size": "pairs per compare_many call (records are flushed after each)",
+    "on_bad": "raise | skip (skipped items are listed)",
+    "pairs": "JSONL of {query, response_a, response_b, [label], [id]}",
+    "queries": "JSONL of {query, candidates: [...], [id]}",
+    "strategy": "knockout | elo",
+}
+
+
+def validate(cfg) -> None:
+    """Reject impossible settings before any work starts."""
+    from rrm_jax.data.records import KINDS
+
+    def bad(msg):
+        raise SystemExit(f"rrm-jax: {msg}")
+
+    if getattr(cfg, "swap", "random") not in ("random", "both", "none"):
+        bad(f"swap must be random, both or none, got {cfg.swap!r}")
+    if getattr(cfg, "on_bad", "raise") not in ("raise", "skip"):
+        bad(f"on_bad must be raise or skip, got {cfg.on_bad!r}")
+    if getattr(cfg, "dataset", "jsonl") not in KINDS:
+        bad(f"dataset must be one of {', '.join(KINDS)}, got {cfg.dataset!r}")
+    votes = cfg.votes if isinstance(cfg.votes, tuple) else (cfg.votes,)
+    if not votes or min(votes) < 1:
+        bad(f"votes must be >= 1, got {cfg.votes!r}")
+    budgets = cfg.max_think_tokens if isinstance(cfg.max_think_tokens, tuple) else (cfg.max_think_tokens,)
+    if not budgets or any(b is not None and b < 1 for b in budgets):
+        bad(f"max_think_tokens must be >= 1 or none, got {cfg.max_think_tokens!r}")
+    if getattr(cfg, "batch_size", 1) < 1:
+        bad(f"batch_size must be >= 1, got {cfg.batch_size}")
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def _convert(tp: Any, value: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
@@ -124,7 +171,7 @@ def build_config(cls, argv: list[str], prog: str, description: str):
     ap.add_argument("rest", nargs="*", help="an optional recipe .toml, then key=value overrides")
     for name in fields:
         ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=_metavar(hints[name]),
-                        help=f"default {fields[name].default!r}")
+                        help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip())
     ns = ap.parse_intermixed_args(argv)
     values: dict[str, Any] = {}
     overrides: list[str] = []
@@ -209,6 +256,9 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     from rrm_jax.evaluate import EvalError, Setting, evaluate, load_records, write_summary
 
     cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL")
+    validate(cfg)
+    if judge_factory is None and not cfg.model:
+        raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
     out = Path(cfg.out)
     try:
         pairs = load_pairs(cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad,
@@ -231,11 +281,14 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
             for votes in cfg.votes:
                 summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
                                           max_items=cfg.max_items, batch_size=cfg.batch_size, adaptive=cfg.adaptive,
-                                          kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress))
+                                          kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress,
+                                          extra_meta={"model": cfg.model or None}))
     except (EvalError, DataError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
-    records = {k: v for k, v in load_records(out).items() if k in {s["setting"] for s in summaries}}
+    # the records files may also hold rows beyond this run's max_items (an earlier, larger run)
+    n = {s["setting"]: s["n"] for s in summaries}
+    records = {k: [r for r in v if r["row"] < n[k]] for k, v in load_records(out).items() if k in n}
     write_summary(out, summaries, plots=cfg.plots, records=records)
     print((out / "summary.md").read_text())
     return 0
@@ -247,6 +300,7 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     from rrm_jax.evaluate import EvalError, run_records, summarize
 
     cfg = build_config(JudgeConfig, argv, "rrm-jax judge", "judge a JSONL of pairs")
+    validate(cfg)
     if not cfg.pairs:
         raise SystemExit("rrm-jax judge: --pairs FILE.jsonl is required")
     try:
@@ -259,7 +313,8 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
     try:
         recs = run_records(judge, pairs.records, cfg.out, meta={"dataset": "jsonl", "source": cfg.pairs,
-                           "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt},
+                           "model": cfg.model or None, "max_think_tokens": cfg.max_think_tokens,
+                           "prompt": cfg.prompt},
                            votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
                            adaptive=cfg.adaptive, progress=cfg.progress)
     except (EvalError, DataError) as e:
@@ -279,6 +334,7 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     from rrm_jax.evaluate import RecordsFile, _progress
 
     cfg = build_config(RankConfig, argv, "rrm-jax rank", "rank candidates per query with a tournament")
+    validate(cfg)
     if not cfg.queries:
         raise SystemExit("rrm-jax rank: --queries FILE.jsonl is required")
     if cfg.strategy not in ("knockout", "elo"):

@@ -97,7 +97,8 @@ class RecordsFile:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{self.path}:{n}: corrupt record ({e.msg}); move the file away to start over") from None
+                raise DataError(f"{self.path}:{n}: corrupt record ({e.msg}); "
+                                "move the file away to start over") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{self.path}:{n}:id: record without an id")
             if rec["id"] in seen:
@@ -148,7 +149,8 @@ def _check_meta(path: Path, meta: dict, have_records: bool) -> None:
     path.write_text(json.dumps(meta, indent=1))
 
 
-_RESUME_KEYS = ("dataset", "votes", "max_think_tokens", "swap", "seed", "adaptive", "prompt", "record_version")
+_RESUME_KEYS = ("dataset", "fingerprint", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
+                "prompt", "record_version")
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -163,8 +165,7 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
         raise ValueError(f"votes and batch_size must be >= 1 (got {votes}, {batch_size})")
     path = Path(records_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = {r.id: i for i, r in enumerate(items)}
-    if len(rows) != len(items):
+    if len({r.id for r in items}) != len(items):
         raise DataError("items have duplicate ids")
     rf = RecordsFile(path)
     meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive,
@@ -223,7 +224,8 @@ def _progress(enabled: bool, description: str, total: int, completed: int = 0):
     if not enabled:
         yield _Bar(None, None)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[cps]:.2f} cmp/s  {task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
@@ -251,14 +253,17 @@ def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str =
         raise ValueError(f"setting.votes={setting.votes} but votes={votes}")
     out = Path(out_dir)
     prompt = getattr(getattr(judge, "prompt", None), "key", None)
-    meta = {"dataset": kind, "source": getattr(dataset, "source", None), "setting": setting.tag,
+    meta = {"dataset": kind, "source": getattr(dataset, "source", None),
+            "fingerprint": getattr(dataset, "fingerprint", None), "setting": setting.tag,
             "max_think_tokens": setting.max_think_tokens, "prompt": prompt, **(extra_meta or {})}
     records = run_records(judge, items, out / f"records-{setting.tag}.jsonl", meta=meta, votes=votes, swap=swap,
                           seed=seed, batch_size=batch_size, adaptive=adaptive, progress=progress,
                           description=f"{kind} {setting.tag}")
     summary = summarize(records, kind=kind)
     summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
-                   max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None), problems=len(getattr(dataset, "problems", []) or []), notes=len(getattr(dataset, "notes", []) or []))
+                   max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
+                   problems=len(getattr(dataset, "problems", None) or []),
+                   notes=len(getattr(dataset, "notes", None) or []))
     return summary
 
 
@@ -277,6 +282,9 @@ def summarize(records: Sequence[dict], *, kind: str = "jsonl") -> dict:
         "no_verdict": sum(r["winner"] is None for r in records),
         "invalid_samples": sum(r["invalid"] for r in records),
         "samples": sum(r["samples_drawn"] for r in records),
+        # adaptive voting: the share of the vote budget (votes x shown orders) that was not drawn
+        "samples_saved": 1.0 - sum(r["samples_drawn"] for r in records)
+        / max(1, sum(r.get("votes_requested", 1) * (2 if r.get("swap") == "both" else 1) for r in records)),
         "forced": sum(r["forced"] for r in records),
         "truncated": sum(bool(r["truncated"]) for r in records),
         "tokens_per_comparison": float(np.mean(tokens)) if tokens else 0.0,
@@ -321,12 +329,12 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
     if not summaries:
         return "(no results)\n"
     head = _headline(summaries[0])
-    names = ["setting", "n"] + [k for k, _ in head] + ["no verdict", "tok/cmp", "cmp/s", "tok/s"]
+    names = ["setting", "n"] + [k for k, _ in head] + ["no verdict", "truncated", "tok/cmp", "cmp/s", "tok/s"]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for s in summaries:
         vals = [s["setting"], str(s["n"])] + [v for _, v in _headline(s)]
-        vals += [str(s["no_verdict"]), f"{s['tokens_per_comparison']:.0f}", f"{s['comparisons_per_s']:.2f}",
-                 f"{s['tokens_per_s']:.0f}"]
+        vals += [str(s["no_verdict"]), str(s["truncated"]), f"{s['tokens_per_comparison']:.0f}",
+                 f"{s['comparisons_per_s']:.2f}", f"{s['tokens_per_s']:.0f}"]
         lines.append("| " + " | ".join(vals) + " |")
     notes = ["", "Accuracies in %; pairwise accuracy counts a missing verdict as 0.5."]
     if any("rewardbench" in s and not s["rewardbench"]["complete"] for s in summaries):
@@ -374,7 +382,7 @@ def make_plots(out_dir: Path, summaries: Sequence[dict], records: dict[str, list
         if not any(len(v) >= 2 for v in groups.values()):
             return
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for g, pts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        for g, pts in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             pts.sort()
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=f"{group_key}={g}")
         if logx:

@@ -168,6 +168,9 @@ class CheckpointReader:
     def __contains__(self, key):
         return key in self._where
 
+    def keys(self):
+        return self._where.keys()
+
     def get(self, key: str) -> np.ndarray:
         if key not in self._where:
             raise CheckpointError(f"{self.dir}: tensor {key!r} is missing from the checkpoint")
@@ -178,6 +181,14 @@ class CheckpointReader:
 
 
 # ------------------------------------------------------------------------------ load
+_UNSTACKED = ("embed", "final_norm", "lm_head")
+
+
+def _ignorable(key: str, cfg: ModelConfig) -> bool:
+    # old checkpoints store RoPE's inv_freq buffer; tied checkpoints sometimes store the head copy too
+    return key.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and key == "lm_head.weight")
+
+
 def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, dtype) -> object:
     """Fill an abstract ``nnx.State`` from an HF checkpoint, each device reading only its shard."""
     reader = CheckpointReader(path)
@@ -201,14 +212,23 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
         return out
 
     # Validate every tensor up front (cheap: headers only) so a bad checkpoint fails before any device work.
+    expected = set()
     for name in shapes:
-        for layer in range(cfg.num_layers) if shapes[name][0:1] == (cfg.num_layers,) and name not in ("embed", "final_norm", "lm_head") else [None]:
+        for layer in range(cfg.num_layers) if name not in _UNSTACKED else [None]:
             fetch(name, layer)
+            expected.add(KEY_MAP[name][0].format(layer) if layer is not None else KEY_MAP[name][0])
+    # A tensor we would not read means the checkpoint has maths we do not implement (e.g. an o_proj bias).
+    unused = sorted(k for k in reader.keys() if k not in expected and not _ignorable(k, cfg))
+    if unused:
+        raise CheckpointError(
+            f"{reader.where(unused[0])}: tensor {unused[0]!r} is not used by a {cfg.model_type} decoder with this "
+            f"config ({len(unused)} unused tensor(s): {unused[:4]})"
+        )
 
     def build(path_keys, leaf, sharding):
         name = [getattr(k, "key", getattr(k, "name", None)) for k in path_keys]
         name = [n for n in name if n not in (None, "value")][-1]
-        stacked = name not in ("embed", "final_norm", "lm_head")
+        stacked = name not in _UNSTACKED
 
         def cb(index):
             if stacked:

@@ -272,9 +272,14 @@ class _Engine:
             st = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), st, fresh)
             return cache, st
 
-        def decode(state, cache, st, kn, kill, n_steps, threshold):
+        def decode(state, cache, st, kn, kill, n_steps, threshold, *, window):
             module = nnx.merge(gd, state)
             st = st.replace(done=st.done | kill)
+            # Attend over the first `window` slots only (every live row fits for this chunk): attention
+            # cost follows the longest live row, not the preallocated cache.
+            sub = cache if window == s else KVCache(
+                k=cache.k[:, :, :window], v=cache.v[:, :, :window], valid=cache.valid[:, :window], length=cache.length
+            )
 
             def cond(c):
                 i, _, st = c
@@ -288,8 +293,16 @@ class _Engine:
                 st = _advance(spec, kn, st, _head(module, h[:, 0]), active)
                 return i + 1, cache, st
 
-            i, cache, st = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, st))
-            return cache, st, i
+            i, sub, st = jax.lax.while_loop(cond, body, (jnp.int32(0), sub, st))
+            if window < s:
+                z = jnp.int32(0)
+                sub = KVCache(
+                    k=jax.lax.dynamic_update_slice(cache.k, sub.k, (z,) * 5),
+                    v=jax.lax.dynamic_update_slice(cache.v, sub.v, (z,) * 5),
+                    valid=jax.lax.dynamic_update_slice(cache.valid, sub.valid, (z, z)),
+                    length=sub.length,
+                )
+            return sub, st, i
 
         self.prefill = jax.jit(
             prefill,
@@ -297,32 +310,38 @@ class _Engine:
             out_shardings=(self.cache_sh, self.slots_sh),
             donate_argnums=(1, 2),
         )
-        self.decode = jax.jit(
-            decode,
-            in_shardings=(params_sh, self.cache_sh, self.slots_sh, rep, self.slots_sh.done, rep, rep),
-            out_shardings=(self.cache_sh, self.slots_sh, rep),
-            donate_argnums=(1, 2),
+        self._decode_fn, self._decoders = decode, {}
+        self._decode_shardings = (
+            (params_sh, self.cache_sh, self.slots_sh, rep, self.slots_sh.done, rep, rep),
+            (self.cache_sh, self.slots_sh, rep),
         )
         self.init = jax.jit(
             lambda: (KVCache.zeros(cfg, b, s, cache_dtype), _empty_slots(b, m, spec.n_probes, spec.window, key_shape)),
             out_shardings=(self.cache_sh, self.slots_sh),
         )
 
+    def decode(self, window: int):
+        """The decode chunk compiled for an attention window (a power of two, or the whole cache)."""
+        if window not in self._decoders:
+            ins, outs = self._decode_shardings
+            self._decoders[window] = jax.jit(
+                functools.partial(self._decode_fn, window=window), in_shardings=ins, out_shardings=outs, donate_argnums=(1, 2)
+            )
+        return self._decoders[window]
 
-@functools.lru_cache(maxsize=32)
-def _engine(model_key, spec, b, s, m, cache_dtype) -> _Engine:
-    return _Engine(_ENGINE_MODELS[model_key], spec, b, s, m, cache_dtype)
 
-
-_ENGINE_MODELS: dict[Any, Model] = {}
+_ENGINES: dict[Any, _Engine] = {}
 
 
 def _get_engine(model: Model, spec: _Spec, b: int, s: int, m: int, cache_dtype) -> _Engine:
-    # Engines depend on the graph, mesh and rules only (not the parameter values): models from
-    # with_state(...) reuse the compiled functions.
-    key = (model.graphdef, model.mesh, model.rules)
-    _ENGINE_MODELS.setdefault(key, model)
-    return _engine(key, spec, b, s, m, jnp.dtype(cache_dtype))
+    # Engines depend on the graph, mesh and rules only (not the parameter values), so models from
+    # with_state(...) reuse the compiled functions. Only shardings are kept, never parameters.
+    key = (model.graphdef, model.mesh, model.rules, spec, b, s, m, jnp.dtype(cache_dtype))
+    if key not in _ENGINES:
+        if len(_ENGINES) >= 32:
+            _ENGINES.pop(next(iter(_ENGINES)))
+        _ENGINES[key] = _Engine(model, spec, b, s, m, jnp.dtype(cache_dtype))
+    return _ENGINES[key]
 
 
 # ------------------------------------------------------------------------------------------ host side
@@ -442,6 +461,8 @@ def generate(
     stop_checked = [0] * b
     results: dict[tuple[int, int], Completion] = {}
     kill = np.zeros((b,), bool)
+    counts = np.zeros((b,), np.int64)  # tokens chosen per slot, as of the last chunk
+    tb = s - m
     bar = _progress(progress, len(requests))
     try:
         while queue or any(o is not None for o in occupant):
@@ -451,11 +472,16 @@ def generate(
                 for r in free:  # a refilled slot starts fresh (a pending kill was for its previous request)
                     stop_checked[r] = 0
                     kill[r] = False
+                    counts[r] = 1
             n_free = sum(o is None for o in occupant)
             threshold = n_free + min(len(queue), refill_min) if (continuous and queue) else b + 1
             t0 = time.perf_counter()
-            cache, slots, steps = engine.decode(model.state, cache, slots, knobs, kill, np.int32(chunk_steps), np.int32(threshold))
+            live_count = max((int(counts[r]) for r in range(b) if occupant[r] is not None), default=0)
+            window = min(s, bucket(tb + live_count + chunk_steps))
+            decode = engine.decode(window)
+            cache, slots, steps = decode(model.state, cache, slots, knobs, kill, np.int32(chunk_steps), np.int32(threshold))
             host = jax.device_get({"done": slots.done, "count": slots.count, "steps": steps})
+            counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
             st.decode_chunks += 1
             st.decode_steps += int(host["steps"])

@@ -87,12 +87,14 @@ def bradley_terry(wins: np.ndarray, *, prior: float = 0.01, max_iter: int = 100,
         step = np.linalg.lstsq(-hess, grad, rcond=None)[0]
         step -= step.mean() if prior == 0 else 0.0
         t = 1.0
-        while t > 1e-8:
+        while True:
             cand = theta + t * step
             fc = loglik(cand)
             if fc >= f - 1e-12:
                 break
             t *= 0.5
+            if t < 1e-8:   # no ascent direction left: converged as far as floating point allows
+                return ELO_CENTER + ELO_SCALE * (theta - theta.mean())
         theta, f_old, f = cand, f, fc
         if np.max(np.abs(t * step)) < tol or abs(f - f_old) < tol * max(1.0, abs(f)):
             break

@@ -209,8 +209,12 @@ def _metrics_file(run_dir: Path, keep_upto: int) -> Path:
     return path
 
 
-def train(config: TrainConfig, *, model=None, generate_fn=None, on_step: Callable | None = None, progress: bool = True) -> dict:
-    """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary."""
+def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, on_step: Callable | None = None,
+          progress: bool = True) -> dict:
+    """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary.
+
+    ``on_step(step, record)`` is called after each step's metrics are written (tests use it to kill a run).
+    """
     from .checkpoint import Checkpointer
     from .data.train_pipeline import PairPipeline, SFTPipeline, prepare_data
 
@@ -218,7 +222,7 @@ def train(config: TrainConfig, *, model=None, generate_fn=None, on_step: Callabl
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(dump_toml(config))
     model = model or build_model(config)
-    trainer = Trainer(model, config, generate_fn=generate_fn)
+    trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
     data_path, data_report = prepare_data(config, run_dir)
     if config.mode == "grpo":
         pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
@@ -238,6 +242,19 @@ def train(config: TrainConfig, *, model=None, generate_fn=None, on_step: Callabl
         print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
     mpath = _metrics_file(run_dir, start)
     t_start = time.perf_counter()
+    try:
+        last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress)
+    finally:
+        ckpt.close()  # waits for an in-flight async save: an exception never leaves a half-written step
+    summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
+               "skipped_total": int(trainer.state.skipped), "data": report}
+    if config.export_hf and config.steps > start:
+        summary["export"] = str(__import__("rrm_jax").save_hf(trainer.policy, run_dir / "hf"))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress) -> dict:
     last = {}
     with mpath.open("a") as mf, _progress(progress, config.steps, start) as bar:
         for step in range(start + 1, config.steps + 1):
@@ -257,13 +274,7 @@ def train(config: TrainConfig, *, model=None, generate_fn=None, on_step: Callabl
                 on_step(step, record)
             if step % config.save_every == 0 or step == config.steps:
                 ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
-    ckpt.close()
-    summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
-               "skipped_total": int(trainer.state.skipped), "data": report}
-    if config.export_hf and config.steps > start:
-        summary["export"] = str(__import__("rrm_jax").save_hf(trainer.policy, run_dir / "hf"))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return last
 
 
 class _progress:

@@ -173,7 +173,7 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
 
             (grads, metrics), _ = jax.lax.scan(body, (zeros, mzeros), mbs)
         loss = metrics["loss"]
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 import transformers
 
-# Four tiny architectures that between them cover: tied/untied head, q/k/v bias on/off (Llama with and
-# without attention_bias), GQA group sizes 1, 2 and 7, rope_theta 1e4 and 1e6, head_dim 64 and 128.
+# Four tiny architectures that between them cover: tied/untied head, q/k/v bias on (Qwen2) and off (Llama), GQA group sizes 1, 2 and 7, rope_theta 1e4 and 1e6, head_dim 64 and 128.
 TINY_CONFIGS = {
     "qwen2-tied-g1-hd64-1e4": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_attention_heads=4,
                                    num_key_value_heads=4, head_dim=64, rope_theta=1e4, tie_word_embeddings=True,
@@ -24,9 +23,9 @@ TINY_CONFIGS = {
     "llama-untied-nobias-g7-hd64-1e6": dict(model_type="llama", hidden_size=112, intermediate_size=192,
                                             num_attention_heads=7, num_key_value_heads=1, head_dim=64, rope_theta=1e6,
                                             tie_word_embeddings=False, attention_bias=False, vocab_size=320),
-    "llama-tied-bias-g7-hd128-1e4": dict(model_type="llama", hidden_size=112, intermediate_size=160,
-                                         num_attention_heads=14, num_key_value_heads=2, head_dim=128, rope_theta=1e4,
-                                         tie_word_embeddings=True, attention_bias=True, vocab_size=256),
+    "llama-tied-g7-hd128-1e4": dict(model_type="llama", hidden_size=112, intermediate_size=160,
+                                    num_attention_heads=14, num_key_value_heads=2, head_dim=128, rope_theta=1e4,
+                                    tie_word_embeddings=True, vocab_size=256),
 }
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_jax.data import DataError, PairRecord, read_llmbar, read_pairs, read_pairs_jsonl, read_pandalm, read_rewardbench
+from rrm_jax.data import (DataError, PairRecord, read_llmbar, read_pairs, read_pairs_jsonl, read_pandalm,
+                          read_rewardbench)
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -69,7 +70,7 @@ def test_rewardbench_schema_files(tmp_path, fmt):
     elif fmt == "json":
         path.write_text(json.dumps(RB_ROWS))
     else:
-        import pyarrow as pa
+        pa = pytest.importorskip("pyarrow")
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(RB_ROWS), path)

@@ -14,7 +14,6 @@ from rrm_jax import scoring
 from rrm_jax.data import DataError, PairRecord
 from rrm_jax.evaluate import EvalError, RecordsFile, evaluate, summarize
 from rrm_jax.judge.judge import show_first_b
-from rrm_jax.judge.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +127,27 @@ def test_position_bias_follows_the_seeded_coin(shared_dir, tmp_path):
     assert s["llmbar"]["subsets"] == {"Natural": pytest.approx(sum(want) / len(want))}
     flips = sum(show_first_b(3, i) for i in range(len(pairs)))
     assert 30 < flips < 70
+
+
+def test_rewardbench_schema_end_to_end(tmp_path):
+    from rrm_jax.data import load_pairs
+
+    subsets = ["alpacaeval-easy"] * 6 + ["mt-bench-med"] * 4 + ["hep-go"] * 5 + ["math-prm"] * 3
+    rows = [{"prompt": f"p{i}", "chosen": f"right {i}", "rejected": f"wrong {i}", "subset": s, "id": 100 + i,
+             "chosen_model": "x", "rejected_model": "y"} for i, s in enumerate(subsets)]
+    src = tmp_path / "filtered.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = load_pairs("rewardbench", src, data_dir=tmp_path / "tfds")
+    judge = OracleJudge(list(pairs), mute_every=3)
+    s = evaluate(judge, pairs, tmp_path / "out", batch_size=7, progress=False)
+    acc = {}
+    for sub in set(subsets):
+        cr = [0.5 if judge.muted(f"p{i}") else 1.0 for i, x in enumerate(subsets) if x == sub]
+        acc[sub] = sum(cr) / len(cr)
+    assert {k: v["accuracy"] for k, v in s["subsets"].items()} == pytest.approx(acc)
+    want = scoring.rewardbench_scores(acc)
+    assert s["rewardbench"]["sections"] == pytest.approx(want["sections"])
+    assert set(want["sections"]) == {"Chat", "Reasoning"} and not s["rewardbench"]["complete"]
 
 
 def test_swap_modes_pass_through(tmp_path):
@@ -247,12 +267,15 @@ def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
     data = synthetic(12)
     src = tmp_path / "p.jsonl"
     src.write_text("".join(json.dumps({"id": r.id, "query": r.query, "response_a": r.response_a,
-                                       "response_b": r.response_b, "label": r.label}) + "\n" for r in data))
+                                       "response_b": r.response_b, "label": r.label}) + "\n" for r in data)
+                   + '{"query": "q", "response_a": "", "response_b": "b", "label": 0}\n')
     out = tmp_path / "out"
+    assert eval_main(["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--data-dir",
+                      str(tmp_path / "tfds")], judge_factory=lambda b: OracleJudge(data)) == 2   # on_bad=raise
     budgets = []
     rc = eval_main(["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--votes", "1,3",
                     "--max-think-tokens", "none,64", "--progress", "false", "--data-dir", str(tmp_path / "tfds"),
-                    "max_items=10"],
+                    "max_items=10", "on_bad=skip"],
                    judge_factory=lambda b: budgets.append(b) or OracleJudge(data, mute_every=3, budget=b))
     assert rc == 0 and budgets == [None, 64]
     tags = ["v1-tnone", "v3-tnone", "v1-t64", "v3-t64"]
@@ -263,7 +286,9 @@ def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
         recs = RecordsFile(out / f"records-{s['setting']}.jsonl").load()
         assert s["accuracy"] == pytest.approx(summarize(recs)["accuracy"])
     md = (out / "summary.md").read_text()
-    assert md.count("| v") == 4 and "missing verdict as 0.5" in md
+    assert md.count("| v") == 4 and "missing verdict as 0.5" in md and "1 bad items skipped" in md
+    skipped = json.loads((out / "problems.json").read_text())["skipped"]
+    assert skipped == [f"{src}:13:response_a: empty"]
     for png in ("accuracy_vs_votes.png", "accuracy_vs_budget.png", "tokens_per_comparison.png"):
         assert (out / png).stat().st_size > 1000
     cfg = json.loads((out / "config.json").read_text())
@@ -283,6 +308,13 @@ def test_recipes_and_overrides(tmp_path):
         build_config(EvalConfig, ["vots=3"], "t", "")
     with pytest.raises(SystemExit, match="votes: expected int, got 'x'"):
         build_config(EvalConfig, ["votes=x"], "t", "")
+    from rrm_jax.eval_cli import eval_main
+
+    for bad, msg in ((["--swap", "maybe"], "swap must be"), (["--votes", "0"], "votes must be >= 1"),
+                     (["--dataset", "mmlu"], "dataset must be one of"), ([], "--model is required"),
+                     (["--max-think-tokens", "0"], "max_think_tokens must be")):
+        with pytest.raises(SystemExit, match=msg):
+            eval_main(bad + ["--out", str(tmp_path)])
 
 
 def test_judge_and_rank_clis(tmp_path, capsys):
@@ -325,10 +357,11 @@ def test_judge_and_rank_clis(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ the real Judge on a random tiny model
+@pytest.mark.slow
 def test_eval_cli_real_judge_tiny_model(shared_dir, tmp_path):
-    """`rrm-jax eval` through model loading, the Judge and the sampler. Random weights never close </think>
-    on their own: without a budget no sample has a verdict (all count 0.5); with a budget every verdict is
-    forced and parsed."""
+    """`rrm-jax eval` through model loading, truncation, the Judge and the sampler. Random weights never close
+    </think> themselves: the budget forces "</think> \\boxed{Assistant " and the digit that follows is random
+    text, so verdicts are mostly unparseable (credit 0.5) while the soft score still comes from the probes."""
     from rrm_jax.api import load_tokenizer
     from rrm_jax.data import read_pandalm
     from rrm_jax.eval_cli import eval_main
@@ -341,29 +374,25 @@ def test_eval_cli_real_judge_tiny_model(shared_dir, tmp_path):
     data = shared_dir / "data" / "pandalm" / "testset-v1.json"
     out = tmp_path / "out"
     argv = ["--model", str(model_toml), "--tokenizer", str(tok_dir), "--mesh", "1,1,1", "--dtype", "float32",
-            "--dataset", "pandalm", "--data", str(data), "--split", "test[:6]", "--data-dir", str(tmp_path / "tfds"),
-            "--out", str(out), "--votes", "2", "--max-think-tokens", "6,none", "--max-new-tokens", "10",
+            "--dataset", "pandalm", "--data", str(data), "--split", "test[:4]", "--data-dir", str(tmp_path / "tfds"),
+            "--out", str(out), "--votes", "2", "--max-think-tokens", "6", "--max-new-tokens", "10",
             "--max-prompt-tokens", "480", "--batch-size", "4", "--seed", "2", "--progress", "false"]
     assert eval_main(argv) == 0
     tok = load_tokenizer(tok_dir)
-    items = read_pandalm(data).records[:6]
+    items = read_pandalm(data).records[:4]
     too_long = [len(tok.encode(render_prompt(tok, "rrm", r.query, r.response_a, r.response_b))) > 480 for r in items]
-    assert 0 < sum(too_long) < 6
-    budget = RecordsFile(out / "records-v2-t6.jsonl").load()
-    free = RecordsFile(out / "records-v2-tnone.jsonl").load()
-    for recs in (budget, free):
-        assert [r["id"] for r in recs] == [r.id for r in items]
-        assert [r["truncated"] for r in recs] == too_long
-        for row, r in enumerate(recs):
-            assert r["samples_drawn"] == 2 and len(r["reasonings"]) == 2 and 0 < r["tokens"] <= 20
-            assert r["orders"] == ["ba" if show_first_b(2, row) else "ab"] * 2
-            assert 0.0 <= r["soft"] <= 1.0
-    for r in budget:
-        assert r["forced"] == 2 and r["invalid"] == 0 and r["votes_a"] + r["votes_b"] == 2
+    assert 0 < sum(too_long) < 4
+    recs = RecordsFile(out / "records-v2-t6.jsonl").load()
+    assert [r["id"] for r in recs] == [r.id for r in items]
+    assert [r["truncated"] for r in recs] == too_long
+    for row, r in enumerate(recs):
+        assert r["samples_drawn"] == 2 and len(r["reasonings"]) == 2 and r["tokens"] > 0 and r["forced"] == 2
+        assert all("</think>\n\n\\boxed{Assistant " in t for t in r["reasonings"])
+        assert r["orders"] == ["ba" if show_first_b(2, row) else "ab"] * 2
+        assert r["votes_a"] + r["votes_b"] + r["invalid"] == 2
+        assert 0.0 < r["soft"] < 1.0 and r["soft"] != 0.5
         assert r["credit"] == scoring.credit(r["label"], r["winner"])
-    for r in free:
-        assert r["winner"] is None and r["invalid"] == 2 and r["soft"] == 0.5
-        assert r["credit"] == (None if r["label"] is None else 0.5)
-    summaries = {s["setting"]: s for s in json.loads((out / "summary.json").read_text())}
-    assert summaries["v2-tnone"]["accuracy"] == 0.5 and summaries["v2-tnone"]["no_verdict"] == 6
-    assert summaries["v2-t6"]["forced"] == 12
+    summary = json.loads((out / "summary.json").read_text())[0]
+    scored = [r["credit"] for r in recs if r["credit"] is not None]
+    assert summary["accuracy"] == pytest.approx(sum(scored) / len(scored))
+    assert summary["forced"] == 8 and summary["truncated"] == sum(too_long)

@@ -47,7 +47,7 @@ def test_config_is_read_from_the_checkpoint(ref):
     assert (m.num_heads, m.num_kv_heads, m.head_dim) == (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
     assert m.tie_word_embeddings == c.tie_word_embeddings
     assert m.rope_theta == c.rope_parameters["rope_theta"]
-    assert m.qkv_bias == (c.model_type == "qwen2" or c.attention_bias)
+    assert m.qkv_bias == (c.model_type == "qwen2")
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

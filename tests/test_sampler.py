@@ -94,6 +94,14 @@ def test_batch_invariance_and_continuous_equals_static(model):
     assert st_c.decode_steps < st_s.decode_steps  # refilled slots do not wait for the batch's longest row
 
 
+def test_attention_window_chunks_match(model):
+    """Short chunks attend over a power-of-two prefix of the cache that grows with the rows."""
+    cfg = greedy(max_new_tokens=40, max_slots=4)
+    whole = generate(model, PROMPTS[:3], cfg, chunk_steps=64)
+    windowed = generate(model, PROMPTS[:3], cfg, chunk_steps=4)
+    assert [c.token_ids for c in whole] == [c.token_ids for c in windowed]
+
+
 def test_seeds_n_samples_and_one_prefill(model):
     cfg = SamplingConfig(max_new_tokens=NEW, temperature=1.0, top_p=0.95, n=4, seed=3, max_slots=8)
     st = GenerateStats()

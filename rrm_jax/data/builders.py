@@ -42,7 +42,7 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder):
     """Base builder: PairRecords from ``read_pairs(KIND, source)``; subclasses set KIND and a docstring."""
 
     VERSION = tfds.core.Version(FEATURES_VERSION)
-    RELEASE_NOTES = {FEATURES_VERSION: "PairRecord features {id, query, response_a, response_b, label, subset, source}."}
+    RELEASE_NOTES = {FEATURES_VERSION: "PairRecord features: id, query, response_a, response_b, label, subset, source."}
     KIND = "jsonl"
 
     # TFDS looks for a checksums file next to the builder's code through `importlib_resources`, a backport

@@ -25,6 +25,7 @@ class Pairs:
     problems: list[Problem]              # bad items skipped at build time (on_bad="skip")
     notes: list[Problem]                 # items kept but worth a mention (empty texts, coerced values)
     data_dir: str                        # where the ArrayRecord files live
+    fingerprint: str = ""                # content hash of the source (+ policy): identifies the data in run records
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -46,7 +47,9 @@ def load_pairs(kind: str, source: str | Path | None, *, data_dir: str | Path | N
     src = builder.as_data_source(split=split)
     ds = grain.MapDataset.source(src).map(decode)
     problems, notes = problems_of(builder)
-    return Pairs(kind, str(builder.info.metadata.get("source", source)), ds, problems, notes, str(builder.data_dir))
+    fp = Path(builder.data_dir).parents[1].name    # data_dir/<kind>/<fingerprint>/<builder name>/<version>
+    return Pairs(kind, str(builder.info.metadata.get("source", source)), ds, problems, notes, str(builder.data_dir),
+                 fp)
 
 
 def batches(records: Sequence[PairRecord] | grain.MapDataset, batch_size: int) -> Iterator[list[PairRecord]]:

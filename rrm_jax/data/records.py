@@ -15,11 +15,11 @@ field, a label outside the format's label set, or a duplicate id. A file that ca
 top level has the wrong shape always raises.
 
 Empty (whitespace-only) texts: in the generic JSONL (user data) an empty query or response is bad. In the
-published benchmarks they are real items with gold labels (PandaLM's test set has 54 empty responses and one
-empty instruction, LLMBar's Processed_LLMEval2 one empty response), so those readers keep them — removing them would change the
-benchmark — and list each in :attr:`PairSet.notes`, which the summary counts. PandaLM's file also holds 6
-responses stored as JSON booleans (``true`` for the text "True"); they are read as ``str(value)``, as the
-authors' string formatting did, and noted too.
+published benchmarks they are real items with gold labels (PandaLM's test set has 54 empty responses and
+one empty instruction, LLMBar's Processed_LLMEval2 one empty response), so those readers keep them (removing
+them would change the benchmark) and list each in :attr:`PairSet.notes`, which the summary counts.
+PandaLM's file also holds 6 responses stored as JSON booleans (``true`` for the text "True"); they are read
+as ``str(value)``, as the authors' string formatting did, and noted too.
 """
 
 from __future__ import annotations
@@ -141,7 +141,10 @@ def _iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         yield from enumerate(data, 1)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
 
         yield from enumerate(pq.read_table(path).to_pylist(), 1)
     else:

@@ -230,7 +230,7 @@ class Judge:
                 # The fewest extra samples per shown order that could settle some item (all going to its leader),
                 # minimum over items so no item ever overshoots what it needs.
                 x = min(_needed(it, votes, n_orders) for it in active)
-            cfg = dataclasses.replace(self.sampling, n=x, seed=derive_seed(seed, rounds),
+            cfg = dataclasses.replace(self.sampling, n=x, seed=derive_seed(self.sampling.seed, seed, rounds),
                                       probe_token_ids=tuple(self.digit_ids))
             prompts = [p for it in active for p in it.prompts]
             comps = self._generate(self.model, prompts, cfg, progress=progress)

@@ -1,0 +1,217 @@
+"""HF config.json parsing (transformers 4.x and 5.x forms), TOML presets, and refusals that name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import pytest
+import transformers
+
+import rrm_jax
+from rrm_jax.config import MODELS_DIR, ConfigError, ModelConfig, resolve_config
+
+from hf_reference import TINY_CONFIGS, hf_config, random_hf_model
+
+# Qwen2.5-0.5B's config.json as published on the hub (transformers 4.x generation).
+QWEN_4X = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
+    "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+    "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14,
+    "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1",
+    "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+# The same model as transformers 5 writes it: rope_parameters, layer_types, dtype.
+QWEN_5X = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
+    "dtype": "bfloat16", "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+    "intermediate_size": 4864, "layer_types": ["full_attention"] * 24, "max_position_embeddings": 32768,
+    "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}, "sliding_window": None,
+    "tie_word_embeddings": True, "transformers_version": "5.0.0", "use_cache": True, "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+# SmolLM2-135M-Instruct (Llama, 4.x generation, explicit null rope_scaling).
+SMOLLM_4X = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
+    "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+    "intermediate_size": 1536, "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": True, "vocab_size": 49152,
+}
+
+
+def _arch(c: ModelConfig, skip=("name",)) -> dict:
+    """Every field but the display name (and any other ``skip``)."""
+    return {k: v for k, v in dataclasses.asdict(c).items() if k not in skip}
+
+
+@pytest.mark.parametrize("d", [QWEN_4X, QWEN_5X], ids=["transformers-4.x", "transformers-5.x"])
+def test_both_config_generations_parse_to_the_preset(d):
+    got = ModelConfig.from_hf_dict(d)
+    want = resolve_config("qwen2.5-0.5b")
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                  "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings", "qkv_bias", "model_type"):
+        assert getattr(got, field) == getattr(want, field), field
+    assert got.head_dim == 64  # derived: hidden_size // num_attention_heads when the field is absent
+    assert got.eos_token_id == 151643
+    assert got.num_params == 494_032_768  # Qwen2.5-0.5B's published parameter count
+
+
+def test_llama_4x_config_parses_to_the_smollm2_preset():
+    got = ModelConfig.from_hf_dict(SMOLLM_4X)
+    assert _arch(got) | {"bos_token_id": None, "eos_token_id": None, "max_position_embeddings": 0} == _arch(
+        resolve_config("smollm2-135m")
+    ) | {"bos_token_id": None, "eos_token_id": None, "max_position_embeddings": 0}
+    assert got.qkv_bias is False and got.rope_theta == 1e5
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_config_objects_written_by_installed_transformers(name, tmp_path):
+    """A transformers config object, its to_dict() and its saved config.json all parse alike; num_params is
+    the torch model's own parameter count."""
+    hf = hf_config(**TINY_CONFIGS[name])
+    hf.save_pretrained(tmp_path)
+    a, b, c = resolve_config(hf), resolve_config(hf.to_dict()), resolve_config(tmp_path)
+    assert _arch(a) == _arch(b) == _arch(c)
+    assert a.rope_theta == TINY_CONFIGS[name]["rope_theta"]
+    model = random_hf_model(hf)
+    assert a.num_params == sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in MODELS_DIR.glob("*.toml")))
+def test_every_preset_round_trips_through_an_hf_config(preset):
+    cfg = resolve_config(preset)
+    assert cfg.name == preset
+    back = ModelConfig.from_hf_dict(json.loads(json.dumps(cfg.to_hf_dict())))
+    assert _arch(back) == _arch(cfg)
+    # transformers accepts what we write (LlamaConfig fills in default bos/eos ids; those are not architecture)
+    hf = transformers.AutoConfig.for_model(**cfg.to_hf_dict())
+    skip = ("name", "bos_token_id", "eos_token_id")
+    assert _arch(resolve_config(hf), skip) == _arch(cfg, skip)
+
+
+def test_big_presets_have_the_published_parameter_counts():
+    assert resolve_config("rrm-32b").num_params == 32_763_876_352
+    assert abs(resolve_config("rrm-7b").num_params - 7.6e9) < 0.05e9
+
+
+# ------------------------------------------------------------------------------------------- refusals
+def _write(tmp_path, d) -> str:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(d))
+    return str(p)
+
+
+def test_missing_config_json_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config\.json.*not found"):
+        rrm_jax.load(tmp_path)
+    with pytest.raises(ConfigError, match=str(tmp_path)):
+        rrm_jax.load(tmp_path)
+
+
+def _refused(tmp_path, d, *fragments):
+    path = _write(tmp_path, d)
+    with pytest.raises(ConfigError) as e:
+        ModelConfig.from_json(path)
+    msg = str(e.value)
+    assert path in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+def test_unsupported_model_type(tmp_path):
+    _refused(tmp_path, QWEN_4X | {"model_type": "mistral"}, "'model_type'", "mistral")
+
+
+def test_unknown_rope_scaling_type_4x(tmp_path):
+    _refused(tmp_path, QWEN_4X | {"rope_scaling": {"type": "yarn", "factor": 4.0}}, "'rope_scaling'", "yarn")
+    _refused(tmp_path, SMOLLM_4X | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'rope_scaling'", "llama3")
+
+
+def test_unknown_rope_type_5x(tmp_path):
+    d = QWEN_5X | {"rope_parameters": {"rope_theta": 1e6, "rope_type": "dynamic", "factor": 2.0}}
+    _refused(tmp_path, d, "'rope_parameters'", "dynamic")
+
+
+def test_sliding_window_in_use_4x(tmp_path):
+    d = QWEN_4X | {"use_sliding_window": True, "max_window_layers": 21, "sliding_window": 4096}
+    _refused(tmp_path, d, "'use_sliding_window'", "max_window_layers=21")
+    # enabled but covering no layer (max_window_layers >= num_hidden_layers): nothing to implement, accepted
+    assert ModelConfig.from_hf_dict(d | {"max_window_layers": 24}).num_layers == 24
+
+
+def test_sliding_window_in_use_5x(tmp_path):
+    types = ["full_attention"] * 21 + ["sliding_attention"] * 3
+    _refused(tmp_path, QWEN_5X | {"layer_types": types, "sliding_window": 4096}, "'layer_types'", "[21, 22, 23]")
+
+
+def test_sliding_window_written_by_transformers_5_is_refused():
+    hf = transformers.Qwen2Config(num_hidden_layers=4, use_sliding_window=True, max_window_layers=2,
+                                  sliding_window=64, hidden_size=64, num_attention_heads=4, vocab_size=32)
+    with pytest.raises(ConfigError, match="'layer_types'"):
+        resolve_config(hf)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"hidden_act": "gelu"}, "'hidden_act'"),
+        ({"mlp_bias": True, "model_type": "llama"}, "'mlp_bias'"),
+        ({"attention_bias": True, "model_type": "llama"}, "'attention_bias'"),
+    ],
+)
+def test_other_unimplemented_fields(tmp_path, change, field):
+    _refused(tmp_path, QWEN_4X | change, field)
+
+
+def test_missing_required_field(tmp_path):
+    d = dict(QWEN_4X)
+    del d["num_attention_heads"]
+    _refused(tmp_path, d, "'num_attention_heads'", "missing")
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text('{\n  "model_type": "qwen2",\n  "vocab_size": 10,,\n}')
+    with pytest.raises(ConfigError, match=rf"{p}:3: invalid JSON"):
+        ModelConfig.from_json(p)
+
+
+def test_toml_errors_name_the_file_and_field(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text((MODELS_DIR / "tiny.toml").read_text() + "num_experts = 8\n")
+    with pytest.raises(ConfigError, match=rf"{p}: unknown field\(s\) \['num_experts'\]"):
+        resolve_config(p)
+    p.write_text("[model]\nnum_layers = 2\n")
+    with pytest.raises(ConfigError, match=str(p)):
+        resolve_config(p)
+    with pytest.raises(ConfigError, match="no-such-model"):
+        resolve_config("no-such-model")
+
+
+def test_inconsistent_architecture_is_refused():
+    tiny = resolve_config("tiny")
+    with pytest.raises(ConfigError, match="num_key_value_heads=3"):
+        tiny.replace(num_kv_heads=3)
+    with pytest.raises(ConfigError, match="qkv_bias"):
+        tiny.replace(qkv_bias=False)  # a bias-free qwen2 has no transformers equivalent
+    with pytest.raises(ConfigError, match="qkv_bias"):
+        tiny.replace(model_type="llama")
+
+
+def test_init_accepts_every_config_form(mesh1, tmp_path):
+    hf = hf_config(**TINY_CONFIGS["qwen2-tied-g1-hd64-1e4"])
+    hf.save_pretrained(tmp_path)
+    shapes = None
+    for spec in (hf, hf.to_dict(), tmp_path, tmp_path / "config.json", resolve_config(hf)):
+        m = rrm_jax.init(spec, seed=0, mesh=mesh1, dtype=jnp.bfloat16)
+        s = {k: (v.shape, v.dtype) for k, v in rrm_jax.api.params_dict(m).items()}
+        assert shapes is None or s == shapes
+        shapes = s
+    assert shapes["q_proj"] == ((2, 64, 4, 64), jnp.bfloat16)

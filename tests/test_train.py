@@ -1,0 +1,234 @@
+"""The train step (accumulation, sharding, NaN handling), checkpoint resume, configs and bad input."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rrm_jax
+from rrm_jax.checkpoint import Checkpointer
+from rrm_jax.rl.loss import LossConfig
+from rrm_jax.train_config import GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
+from rrm_jax.train_step import init_state, make_optimizer, make_train_step, place_batch
+
+OPT = OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01, clip_norm=1.0)
+LOSS = LossConfig(eps_low=0.2, eps_high=0.28, beta=0.05, aggregation="seq-mean-token-mean", logprob_chunk=8)
+
+
+def _batch(b=8, t=32, seed=0, vocab=512):
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(0, vocab, (b, t + 1)).astype(np.int32)
+    lens = rng.integers(12, t + 1, b)
+    lens[-1] = 0  # a padding row
+    mask = np.arange(t)[None] < lens[:, None]
+    start = rng.integers(2, 10, b)
+    loss_mask = mask & (np.arange(t)[None] >= start[:, None])
+    return dict(
+        tokens=tok[:, :-1] * mask, targets=tok[:, 1:] * mask, mask=mask,
+        positions=np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32), loss_mask=loss_mask,
+        old_logp=rng.normal(-6.2, 0.2, (b, t)).astype(np.float32) * loss_mask,
+        ref_logp=rng.normal(-6.2, 0.2, (b, t)).astype(np.float32) * loss_mask,
+        advantages=rng.normal(0, 1, b).astype(np.float32),
+    )
+
+
+def _run(model, batch, micro, steps=1):
+    step = make_train_step(model, OPT, 10, kind="grpo", loss_cfg=LOSS, micro_batches=micro)
+    tx, _ = make_optimizer(OPT, 10, model.state)
+    state = init_state(model, tx)
+    mets = []
+    for _ in range(steps):
+        state, m = step(state, place_batch(model, batch, step.keys))
+        mets.append({k: float(v) for k, v in m.items()})
+    return state, mets
+
+
+def _assert_close_trees(a, b, rtol, atol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def tiny(mesh1):
+    return rrm_jax.init("tiny", seed=0, mesh=mesh1)
+
+
+def test_gradient_accumulation_equals_full_batch(tiny):
+    batch = _batch()
+    s1, m1 = _run(tiny, batch, micro=1)
+    s4, m4 = _run(tiny, batch, micro=4)
+    for k in ("loss", "grad_norm", "kl", "clip_frac", "entropy", "pg_loss"):
+        np.testing.assert_allclose(m4[0][k], m1[0][k], rtol=2e-5, err_msg=k)
+    assert m1[0]["grad_norm"] > 0 and m1[0]["skipped"] == 0
+    # Adam's first step is ~lr * sign(g): tiny gradient entries amplify summation-order noise, hence atol
+    _assert_close_trees(s4.params, s1.params, rtol=1e-5, atol=1e-5)
+    # the update moved the weights (so the comparison is not vacuous)
+    assert not np.allclose(np.asarray(s1.params["embed"][...]), np.asarray(tiny.state["embed"][...]))
+
+
+def test_sharded_step_matches_single_device(tiny):
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake CPU) devices")
+    from rrm_jax.sharding import make_mesh
+
+    mesh8 = make_mesh((2, 2, 2))
+    m8 = rrm_jax.init("tiny", seed=0, mesh=mesh8)
+    m8 = m8.with_state(jax.device_put(tiny.state, m8.state_shardings))
+    assert m8.batch_multiple() == 4
+    batch = _batch()
+    s1, m1 = _run(tiny, batch, micro=1, steps=2)
+    s8, mm = _run(m8, batch, micro=1, steps=2)
+    assert len(s8.params["layers"]["q_proj"][...].sharding.device_set) == 8
+    # optimizer moments follow the params' sharding
+    mu = jax.tree_util.tree_leaves(s8.opt_state)
+    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in mu)
+    for a, b in zip(m1, mm):
+        for k in ("loss", "grad_norm", "kl", "entropy"):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, err_msg=k)
+    # Adam amplifies summation-order noise in tiny gradient entries; a sharding bug moves weights by ~lr (1e-3)
+    _assert_close_trees(s8.params, s1.params, rtol=1e-5, atol=3e-5)
+
+
+def test_nan_loss_skips_update_and_never_reaches_a_checkpoint(tiny, tmp_path):
+    step = make_train_step(tiny, OPT, 10, kind="grpo", loss_cfg=LOSS, micro_batches=1)
+    tx, _ = make_optimizer(OPT, 10, tiny.state)
+    state = init_state(tiny, tx)
+    before = jax.device_get(state.params)
+    bad = _batch()
+    bad["advantages"][0] = np.nan
+    state, m = step(state, place_batch(tiny, bad, step.keys))
+    assert np.isnan(m["loss"]) and int(m["skipped"]) == 1
+    assert int(state.step) == 1 and int(state.skipped) == 1
+    _assert_close_trees(state.params, before, rtol=0, atol=0)  # bit-identical: nothing applied
+    state, m = step(state, place_batch(tiny, _batch(), step.keys))
+    assert int(m["skipped"]) == 0 and int(state.skipped) == 1 and np.isfinite(float(m["loss"]))
+
+    ck = Checkpointer(tmp_path / "ck", async_=False)
+    assert ck.save(2, state, {"iteration": 2})
+    poisoned = state.replace(params=jax.tree_util.tree_map(lambda x: x * jnp.nan, state.params))
+    assert not ck.save(3, poisoned, {"iteration": 3})
+    assert ck.latest_step() == 2
+    restored, meta = ck.restore(2, state)
+    assert meta["iteration"] == 2
+    _assert_close_trees(restored.params, state.params, rtol=0, atol=0)
+    ck.close()
+
+
+# ------------------------------------------------------------------------------------------ resume
+def parity_reward(prompts, completions, batch):
+    """A reward with signal on a random model: +1 when most sampled tokens are even."""
+    return np.array([1.0 if np.mean(np.asarray(c.token_ids) % 2 == 0) > 0.5 else -1.0 for c in completions], np.float32)
+
+
+def _cfg(run_dir, steps):
+    return load_config(Path(__file__).parents[1] / "train" / "tiny.toml", [
+        f"run_dir='{run_dir}'", f"steps={steps}", "save_every=2", "mesh=[1,1,1]", "export_hf=true",
+        "grpo.max_new_tokens=12", "grpo.seq_bucket=128", "optim.lr=3e-3", "data.synthetic=24",
+    ])
+
+
+def _records(run_dir):
+    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
+    from rrm_jax.train import plot_cli, train
+
+    def model():
+        from rrm_jax.data.train_pipeline import byte_tokenizer
+
+        return rrm_jax.init("tiny", seed=0, mesh=mesh1, tokenizer=byte_tokenizer())
+
+    full = train(_cfg(tmp_path / "a", 4), model=model(), reward_fn=parity_reward, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, record):
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, on_step=kill_at_3, progress=False)
+    assert len(_records(tmp_path / "b")) == 3  # step 3 was logged, but the last checkpoint is step 2
+    resumed = train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False)
+    assert resumed["resumed_from"] == 2
+
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert a == b  # every metric of every step, bit for bit
+    assert any(r["grad_norm"] > 0 for r in a) and len({r["loss"] for r in a}) > 1  # the weights did move
+    wa = (tmp_path / "a" / "hf" / "model.safetensors").read_bytes()
+    assert wa == (tmp_path / "b" / "hf" / "model.safetensors").read_bytes()
+    reloaded = rrm_jax.load(tmp_path / "a" / "hf", mesh=mesh1, dtype=jnp.float32, tokenizer=None)
+    assert reloaded.config.hidden_size == 64 and reloaded.config.num_layers == 2
+
+    assert plot_cli([str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 1000
+    saved = load_config(tmp_path / "a" / "config.toml")
+    assert saved == _cfg(tmp_path / "a", 4)
+
+
+# ------------------------------------------------------------------------------------------ config & data
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(None, ["steps=7", "optim.lr=2e-6", "grpo.aggregation='token-mean'", "mesh=[2,-1,1]", "data.path=x.jsonl"])
+    assert cfg.steps == 7 and cfg.optim.lr == 2e-6 and cfg.grpo.aggregation == "token-mean"
+    assert cfg.mesh == (2, -1, 1) and cfg.data.path == "x.jsonl" and isinstance(cfg.optim, OptimConfig)
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0 and isinstance(load_config(None, ["optim.lr=1"]).optim.lr, float)
+    p = tmp_path / "r.toml"
+    p.write_text(dump_toml(cfg))
+    assert load_config(p) == cfg
+    with pytest.raises(ValueError, match="unknown keys.*'lrr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="steps: expected int"):
+        load_config(None, ["steps='many'"])
+    with pytest.raises(ValueError, match="mode must be"):
+        TrainConfig(mode="ppo")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3\n")
+    with pytest.raises(ValueError, match="bad.toml"):
+        load_config(bad)
+    assert GRPOConfig().group_size == 8
+
+
+def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
+    from rrm_jax.data.train_pipeline import PairPipeline, byte_tokenizer, read_pairs
+    from rrm_jax.rl.rollout import make_render
+
+    tok = byte_tokenizer()
+    render = make_render(tok, "short")
+    lines = [
+        json.dumps({"query": "1+1=?", "chosen": "2", "rejected": "3"}),
+        json.dumps({"query": "2+2=?", "chosen": "4", "rejected": "4"}),  # chosen == rejected
+        json.dumps({"query": "", "chosen": "4", "rejected": "5"}),  # empty field
+        json.dumps({"query": "x", "chosen": "4"}),  # missing field
+        "{not json",
+        json.dumps({"query": "long " * 100, "chosen": "1", "rejected": "2"}),  # over-long
+        json.dumps({"query": "3+3=?", "chosen": "6", "rejected": "7"}),
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    pairs, rep = read_pairs(path, tok, render, max_prompt_tokens=160)
+    assert [p["query"] for p in pairs] == ["1+1=?", "3+3=?"]
+    assert rep["read"] == 7 and rep["kept"] == 2
+    assert rep["dropped"] == {"chosen == rejected": 1, "field 'query' is empty": 1, "field 'rejected' is missing or not a string": 1,
+                              "invalid JSON": 1, "prompt longer than max_prompt_tokens=160": 1}
+    assert any(f"{path}:2:" in p for p in rep["problems"]) and any(f"{path}:5:" in p for p in rep["problems"])
+    # every kept prompt really fits
+    cfg = load_config(None, ["grpo.prompts_per_step=3", "data.max_prompt_tokens=160"])
+    pipe = PairPipeline(path, render, tok, cfg)
+    first = pipe.next()
+    assert len(first) == 3 and all(len(e["prompt_ids"]) <= 160 for e in first)
+    assert all(e[("first", "second")[e["label"]]] == e["chosen"] for e in first)
+    st = pipe.get_state()
+    nxt = [e["prompt"] for e in pipe.next()]
+    pipe.set_state(st)
+    assert [e["prompt"] for e in pipe.next()] == nxt
+
+    path.write_text(lines[1] + "\n" + lines[2] + "\n")
+    with pytest.raises(ValueError, match="no usable preference pairs"):
+        read_pairs(path, tok, render, max_prompt_tokens=160)
