@@ -112,7 +112,9 @@ def reasoning(problem: Problem, first: str, second: str, computed: int | None = 
     pick = 1 if str(s) == first else 2 if str(s) == second else None
     if pick is None:
         raise ValueError(f"{problem.query}: neither {first!r} nor {second!r} equals {s}")
-    return f"{problem.a}{problem.op}{problem.b}={s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
+    # Checking candidate 1 by subtraction (0 <=> it is the result) keeps every step a small lookup.
+    c = int(first)
+    return f"{problem.a}{problem.op}{problem.b}={s}\n{c}-{s}={c - s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
 
 
 def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:

@@ -355,8 +355,12 @@ def plot_metrics(rows: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [(k, t) for k, t in PLOTS if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.2 * max(len(panels), 1), 2.8), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    ncols = min(3, max(len(panels), 1))
+    nrows = -(-max(len(panels), 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.flat, panels):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*pts), lw=1.2)
         ax.set_title(title, fontsize=9)

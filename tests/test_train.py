@@ -117,6 +117,26 @@ def test_nan_loss_skips_update_and_never_reaches_a_checkpoint(tiny, tmp_path):
     ck.close()
 
 
+def test_sft_step_metrics_match_reference_and_loss_falls(tiny):
+    from rrm_jax.train import Trainer
+
+    cfg = TrainConfig(mode="sft", steps=6, batch_size=3, optim=OptimConfig(lr=3e-3, micro_batches=1),
+                      grpo=GRPOConfig(logprob_chunk=8))
+    tr = Trainer(tiny, cfg, reward_fn=lambda *a: None)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 512, n).tolist() for n in (5, 9, 3)]
+    comps = [rng.integers(0, 512, n).tolist() for n in (7, 4, 10)]
+    # independent reference: -mean log_softmax of the completion tokens from the plain forward
+    want = []
+    for p, c in zip(prompts, comps):
+        seq = np.array(p + c)
+        lsm = np.asarray(jax.nn.log_softmax(tiny.logits(seq[None, :-1])[0]), np.float64)
+        want += [-lsm[len(p) - 1 + j, c[j]] for j in range(len(c))]
+    losses = [tr.sft_step(prompts, comps)["nll"] for _ in range(6)]
+    np.testing.assert_allclose(losses[0], np.mean(want), rtol=1e-5)
+    assert losses[-1] < losses[0] - 0.5
+
+
 # ------------------------------------------------------------------------------------------ resume
 def parity_reward(prompts, completions, batch):
     """A reward with signal on a random model: +1 when most sampled tokens are even."""
@@ -135,6 +155,7 @@ def _records(run_dir):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
     from rrm_jax.train import plot_cli, train
 
@@ -209,12 +230,14 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
         "{not json",
         json.dumps({"query": "long " * 100, "chosen": "1", "rejected": "2"}),  # over-long
         json.dumps({"query": "3+3=?", "chosen": "6", "rejected": "7"}),
+        json.dumps({"chosen": [{"role": "user", "content": "4+4=?"}, {"role": "assistant", "content": "8"}],  # Skywork style
+                    "rejected": [{"role": "user", "content": "4+4=?"}, {"role": "assistant", "content": "9"}]}),
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     pairs, rep = read_pairs(path, tok, render, max_prompt_tokens=160)
-    assert [p["query"] for p in pairs] == ["1+1=?", "3+3=?"]
-    assert rep["read"] == 7 and rep["kept"] == 2
+    assert [p["query"] for p in pairs] == ["1+1=?", "3+3=?", "4+4=?"] and pairs[2]["rejected"] == "9"
+    assert rep["read"] == 8 and rep["kept"] == 3
     assert rep["dropped"] == {"chosen == rejected": 1, "field 'query' is empty": 1, "field 'rejected' is missing or not a string": 1,
                               "invalid JSON": 1, "prompt longer than max_prompt_tokens=160": 1}
     assert any(f"{path}:2:" in p for p in rep["problems"]) and any(f"{path}:5:" in p for p in rep["problems"])

@@ -114,9 +114,32 @@ def _read_jsonl(path: Path, check: Callable[[dict, str], str | None]) -> tuple[l
     return keep, reasons, problems
 
 
+def _conversation(msgs: list) -> str:
+    if len(msgs) == 1:
+        return str(msgs[0].get("content", ""))
+    return "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m.get('content', '')}" for m in msgs)
+
+
+def normalise_pair(rec: dict) -> dict:
+    """{query, chosen, rejected} strings from our format, ``prompt`` for ``query``, or Skywork-Reward-Preference
+    records whose chosen/rejected are chat message lists (the conversation before the last reply is the query)."""
+    rec = dict(rec)
+    if "query" not in rec and isinstance(rec.get("prompt"), str):
+        rec["query"] = rec["prompt"]
+    for side in ("chosen", "rejected"):
+        msgs = rec.get(side)
+        if isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
+            rec[side] = str(msgs[-1].get("content", ""))
+            if "query" not in rec:
+                rec["query"] = _conversation(msgs[:-1])
+    return rec
+
+
 def read_pairs(path: Path, tokenizer, render: Callable, max_prompt_tokens: int) -> tuple[list[dict], dict]:
-    """Valid pairs from a JSONL of {query, chosen, rejected} and a report of what was dropped and why."""
-    pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(r, w))
+    """Valid pairs from a JSONL of {query, chosen, rejected} (or Skywork-style message lists) and a report of
+    what was dropped and why."""
+    pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(normalise_pair(r), w))
+    pairs = [normalise_pair(p) for p in pairs]
     overhead = len(tokenizer.encode(render("", "", ""), add_special_tokens=False)) + 12
     kept = []
     if pairs:
