@@ -22,7 +22,6 @@ an HF export of the final policy.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -37,7 +36,7 @@ from .rl import rewards as rewards_lib
 from .rl.loss import LossConfig
 from .rl.rollout import assign_sides, make_render, pack, rollout, to_prompt
 from .train_config import DataConfig, GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
-from .train_step import TrainState, init_state, make_logprob_fn, make_optimizer, make_train_step, place_batch
+from .train_step import TrainState, cached, init_state, make_logprob_fn, make_optimizer, make_train_step, place_batch
 
 __all__ = [
     "Trainer", "TrainConfig", "TrainState", "OptimConfig", "GRPOConfig", "DataConfig", "make_train_step",
@@ -68,8 +67,9 @@ class Trainer:
         self.total_updates = total_updates or config.steps * per_step
         self.tx, self.schedule = make_optimizer(config.optim, self.total_updates, model.state)
         self.state: TrainState = init_state(model, self.tx, config.seed)
-        # The frozen reference is the model's own (undonated) params; with beta = 0 it is never read.
-        self.ref_params = model.state if g.beta > 0 else None
+        # The frozen reference is the model's own (undonated) params, stored in the compute dtype (the forward
+        # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
+        self.ref_params = self.compute_copy(model.state) if g.beta > 0 else None
         self.reward_fn = rewards_lib.get(reward_fn or g.reward)
         self._render = render
         self.generate_fn = generate_fn
@@ -86,6 +86,20 @@ class Trainer:
     def policy(self):
         """The model with the trainer's current params (same device arrays: valid until the next update)."""
         return self.model.with_state(self.state.params)
+
+    def compute_copy(self, params):
+        """``params`` cast on device to the compute dtype (the same arrays when they already are)."""
+        cdt = self.model.module.compute_dtype
+        if all(x.dtype == cdt for x in jax.tree_util.tree_leaves(params)):
+            return params
+        sh = self.model.state_shardings
+        build = lambda: jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(cdt), p), out_shardings=sh)
+        return cached("cast", self.model, (str(cdt),), build)(params)
+
+    def sampling_policy(self):
+        """The policy for rollouts: decoding is memory-bound, so fp32 master weights are cast once per rollout
+        to the compute dtype (on device, no host copy) instead of on every decode step."""
+        return self.model.with_state(self.compute_copy(self.state.params))
 
     @property
     def render(self):
@@ -154,7 +168,7 @@ class Trainer:
         examples = self.prepare(pairs)
         t0 = time.perf_counter()
         ro = rollout(
-            self.policy, examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
+            self.sampling_policy(), examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
             advantage=g.advantage, adv_eps=g.adv_eps, rows=max(self.rows, _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches)),
             seq_bucket=g.seq_bucket, forced_len=self.forced_len(), generate_fn=self.generate_fn,
         )

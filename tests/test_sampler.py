@@ -56,7 +56,7 @@ def test_greedy_matches_transformers(hf_dir, model):
 
     hf = hf_dir[1]
     prompts = PROMPTS[:4]
-    outs = generate(model, prompts, greedy(max_new_tokens=10))
+    outs = generate(model, prompts, greedy())
     t = max(map(len, prompts))
     ids = torch.zeros((len(prompts), t), dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -64,16 +64,16 @@ def test_greedy_matches_transformers(hf_dir, model):
         ids[i, t - len(p) :] = torch.tensor(p)
         mask[i, t - len(p) :] = 1
     with torch.no_grad():
-        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     for i, c in enumerate(outs):
         assert c.token_ids == ref[i, t:].tolist(), f"prompt {i}"
-        assert c.finish_reason == "length" and c.num_tokens == 10
+        assert c.finish_reason == "length" and c.num_tokens == NEW
     # the chosen tokens' log-probs are the unfiltered model log-softmax (teacher-forced reference from torch)
     full = torch.tensor([prompts[0] + outs[0].token_ids])
     with torch.no_grad():
         lp = torch.log_softmax(hf(full).logits[0].double(), -1).numpy()
     n0 = len(prompts[0])
-    want = lp[np.arange(n0 - 1, n0 - 1 + 10), outs[0].token_ids]
+    want = lp[np.arange(n0 - 1, n0 - 1 + NEW), outs[0].token_ids]
     np.testing.assert_allclose(outs[0].logprobs, want, atol=2e-4)
 
 
@@ -213,10 +213,11 @@ def test_thinking_budget_forces_suffix_once(model):
     m.tokenizer = CharTokenizer()
     suffix = "\n</think>\n\n\\boxed{Assistant "
     sfx = m.tokenizer.encode(suffix)
-    cfg = greedy(max_think_tokens=3, forced_suffix=suffix, max_new_tokens=6, add_eos_stop=False)
+    cfg = greedy(max_think_tokens=3, forced_suffix=suffix, add_eos_stop=False)
     outs = generate(m, PROMPTS[:3], cfg)
-    base = generate(m, PROMPTS[:3], greedy(max_new_tokens=6, add_eos_stop=False))
-    assert any(o.finish_reason == "budget" for o in outs)
+    base = generate(m, PROMPTS[:3], greedy(add_eos_stop=False))
+    forced = [i for i, o in enumerate(outs) if o.finish_reason == "budget"]
+    assert forced
     for b_, o in zip(base, outs):
         if CharTokenizer.THINK_END in b_.token_ids[:3]:  # closed its reasoning itself: untouched
             assert o.token_ids == b_.token_ids and o.forced_at is None
@@ -224,21 +225,28 @@ def test_thinking_budget_forces_suffix_once(model):
         assert o.finish_reason == "budget" and o.forced_at == 3
         assert o.token_ids[:3] == b_.token_ids[:3]
         assert o.token_ids[3 : 3 + len(sfx)] == sfx
-        assert o.num_tokens == 6 + len(sfx)  # the suffix does not eat into max_new_tokens
+        assert o.num_tokens == NEW + len(sfx)  # the suffix does not eat into max_new_tokens
         assert o.text.count(suffix) == 1
-        n = len(sfx)
-        assert sum(o.token_ids[j : j + n] == sfx for j in range(o.num_tokens)) == 1
-        # after the suffix the row continues from the model (greedy continuation of the forced prefix)
-        ref = generate(m, [PROMPTS[outs.index(o)] + o.token_ids[: 3 + len(sfx)]], greedy(max_new_tokens=3, add_eos_stop=False))[0]
-        assert o.token_ids[3 + len(sfx) :] == ref.token_ids
+        assert sum(o.token_ids[j : j + len(sfx)] == sfx for j in range(o.num_tokens)) == 1
+    # after the suffix the row continues from the model: greedy continuation of the forced prefix
+    i = forced[0]
+    head = 3 + len(sfx)
+    ref = generate(m, [PROMPTS[i] + outs[i].token_ids[:head]], greedy(max_new_tokens=NEW - 3, add_eos_stop=False))[0]
+    assert outs[i].token_ids[head:] == ref.token_ids
 
 
 def test_logprobs_and_probes(model):
     probes = (3, 77, 500)
     outs = generate(model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=0.8, seed=1, probe_token_ids=probes))
+    seqs = [PROMPTS[i] + o.token_ids for i, o in enumerate(outs)]
+    t = max(map(len, seqs))
+    batch = np.zeros((len(seqs), t), np.int32)
+    mask = np.zeros((len(seqs), t), bool)
+    for i, q in enumerate(seqs):
+        batch[i, : len(q)], mask[i, : len(q)] = q, True
+    all_logits = np.asarray(model.logits(batch, mask), np.float64)
     for i, o in enumerate(outs):
-        seq = np.asarray([PROMPTS[i] + o.token_ids])
-        logits = np.asarray(model.logits(seq), np.float64)[0]
+        logits = all_logits[i]
         lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
         n0 = len(PROMPTS[i])
         rows = lp[n0 - 1 : n0 - 1 + o.num_tokens]
@@ -282,5 +290,5 @@ def test_bad_prompts(model):
 
 
 def test_completion_type(model):
-    (c,) = generate(model, [PROMPTS[0]], greedy(max_new_tokens=2))
+    c = generate(model, PROMPTS[:2], greedy())[0]
     assert isinstance(c, Completion) and c.logprobs.dtype == np.float32 and c.probe_logprobs is None

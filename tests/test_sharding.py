@@ -71,7 +71,7 @@ def test_sharded_init_matches_one_device(reference, shape, kind):
     assert model.batch_multiple() == data * fsdp
 
     got = np.asarray(model.logits(ids, mask, positions))
-    np.testing.assert_allclose(got[mask], want[mask], atol=2e-5 * np.max(np.abs(want)), rtol=0)
+    np.testing.assert_allclose(got[mask], want[mask], atol=1e-4 * np.max(np.abs(want)), rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
@@ -118,7 +118,7 @@ def test_functional_forward_with_explicit_shardings(reference):
     )
     out = fwd(state, ids, positions, mask)
     assert out.sharding.spec == P(("data", "fsdp"), None, "tensor")
-    np.testing.assert_allclose(np.asarray(out)[mask], want[mask], atol=2e-5 * np.max(np.abs(want)), rtol=0)
+    np.testing.assert_allclose(np.asarray(out)[mask], want[mask], atol=1e-4 * np.max(np.abs(want)), rtol=0)
 
 
 def test_rules_drop_axes_that_do_not_divide():
