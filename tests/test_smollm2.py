@@ -107,3 +107,20 @@ def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
     text = tok.decode(got)
     assert got == want, f"rrm-jax: {text!r}\ntransformers: {tok.decode(want)!r}"
     assert text.startswith("The capital of France is Paris.<|im_end|>"), text
+
+    # bf16 on real weights: top-1 agreement with transformers fp32 at >= 99% of all positions of a real text
+    passage = (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
+        "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. Locally "
+        "nicknamed La dame de fer, it was constructed as the centerpiece of the 1889 World's Fair."
+    )
+    ids = np.asarray([tok.encode(passage, add_special_tokens=False)])
+    with torch.inference_mode():
+        want = ref(torch.as_tensor(ids)).logits[0].numpy()
+    scale = np.max(np.abs(want))
+    for kw in (dict(dtype=jnp.bfloat16), dict(dtype=jnp.float32, compute_dtype=jnp.bfloat16)):
+        got = np.asarray(rrm_jax.load(smollm2_dir, mesh=mesh1, tokenizer=None, **kw).logits(ids))[0]
+        agree = np.mean(got.argmax(-1) == want.argmax(-1))
+        err = np.abs(got - want)
+        assert agree >= 0.99, (kw, agree)
+        assert err.max() <= 0.05 * scale and err.mean() <= 0.01 * scale, (kw, err.max(), err.mean(), scale)

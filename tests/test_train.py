@@ -183,6 +183,8 @@ def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert a == b  # every metric of every step, bit for bit
     assert any(r["grad_norm"] > 0 for r in a) and len({r["loss"] for r in a}) > 1  # the weights did move
+    # before the first inner update the trainer's log-probs reproduce the sampler's (old policy == rollout policy)
+    assert all(r["old_policy_kl"] < 1e-6 for r in a) and a[-1]["approx_kl_old"] > 1e-6
     wa = (tmp_path / "a" / "hf" / "model.safetensors").read_bytes()
     assert wa == (tmp_path / "b" / "hf" / "model.safetensors").read_bytes()
     reloaded = rrm_jax.load(tmp_path / "a" / "hf", mesh=mesh1, dtype=jnp.float32, tokenizer=None)
