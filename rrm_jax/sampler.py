@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx, struct
 
 from .api import Model, bucket
-from .model import CACHE_AXES, KVCache
+from .model import CACHE_AXES, KVCache, _layer, rms_norm
 from .sampling import sample
 
 STOP, LENGTH, BUDGET = 1, 2, 3
@@ -107,6 +107,9 @@ class GenerateStats:
 
 
 LAST_STATS = GenerateStats()
+# Decode with the layers unrolled over per-layer weights (None: on CPU only, where XLA would otherwise copy
+# every layer's weights out of the stacked array at every step; GPUs keep the model's scan).
+UNROLL_LAYERS: bool | None = None
 
 
 # ------------------------------------------------------------------------------------------ device side
@@ -223,6 +226,33 @@ def _head(module, h: jax.Array) -> jax.Array:
     return jnp.einsum("bd,dv->bv", h.astype(cd), module.lm_head[...].astype(cd), preferred_element_type=jnp.float32)
 
 
+def _split_layers(module) -> list[dict[str, jax.Array]]:
+    stacked = module.layers.stacked()
+    layers = [{k: v[i] for k, v in stacked.items()} for i in range(module.cfg.num_layers)]
+    return jax.lax.optimization_barrier(layers)  # materialise once, outside the decode loop
+
+
+def _unrolled_step(module, layers, tok, active, cache):
+    """One token per row through per-layer weights; the same maths as ``Qwen2.__call__`` with a cache and T=1.
+
+    ``cache`` is (k per layer, v per layer, valid, length). Returns final-normed hidden [B, D] and the cache.
+    """
+    ks, vs, valid, length = cache
+    b, s = valid.shape
+    rows, slots = jnp.arange(b)[:, None], length[:, None]
+    positions = jnp.sum(valid, axis=1, keepdims=True)  # real tokens so far
+    valid = valid.at[rows, slots].set(active[:, None], mode="drop")
+    mask = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= slots[:, :, None])
+    x = module.embed_tokens(tok[:, None])
+    new_k, new_v = [], []
+    for p, k, v in zip(layers, ks, vs):
+        x, (k, v) = _layer(module.cfg, p, x, positions, mask, (k, v), (rows, slots), module.attention_impl, module.compute_dtype)
+        new_k.append(k)
+        new_v.append(v)
+    h = rms_norm(x, module.final_norm[...], module.cfg.rms_norm_eps)
+    return h[:, 0], (tuple(new_k), tuple(new_v), valid, length + 1)
+
+
 class _Engine:
     """The two compiled functions for one (model graph, mesh, spec, slot count, cache size)."""
 
@@ -272,6 +302,8 @@ class _Engine:
             st = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), st, fresh)
             return cache, st
 
+        unroll = self.unroll = mesh.devices.flat[0].platform == "cpu" if UNROLL_LAYERS is None else UNROLL_LAYERS
+
         def decode(state, cache, st, kn, kill, n_steps, threshold, *, window):
             module = nnx.merge(gd, state)
             st = st.replace(done=st.done | kill)
@@ -280,6 +312,12 @@ class _Engine:
             sub = cache if window == s else KVCache(
                 k=cache.k[:, :, :window], v=cache.v[:, :, :window], valid=cache.valid[:, :window], length=cache.length
             )
+            if unroll:
+                # XLA:CPU copies a layer's weights out of the stacked array on every scan iteration (the
+                # dot needs its own buffer), tripling weight traffic in a bandwidth-bound step. So on CPU the
+                # layers are split once per chunk and the step runs them unrolled, cache kept per layer.
+                layers = _split_layers(module)
+                sub = (tuple(sub.k), tuple(sub.v), sub.valid, sub.length)
 
             def cond(c):
                 i, _, st = c
@@ -289,11 +327,17 @@ class _Engine:
             def body(c):
                 i, cache, st = c
                 active = ~st.done
-                h, cache = module(st.tok[:, None], None, active[:, None], cache, return_hidden=True)
-                st = _advance(spec, kn, st, _head(module, h[:, 0]), active)
+                if unroll:
+                    h, cache = _unrolled_step(module, layers, st.tok, active, cache)
+                else:
+                    h, cache = module(st.tok[:, None], None, active[:, None], cache, return_hidden=True)
+                    h = h[:, 0]
+                st = _advance(spec, kn, st, _head(module, h), active)
                 return i + 1, cache, st
 
             i, sub, st = jax.lax.while_loop(cond, body, (jnp.int32(0), sub, st))
+            if unroll:
+                sub = KVCache(k=jnp.stack(sub[0]), v=jnp.stack(sub[1]), valid=sub[2], length=sub[3])
             if window < s:
                 z = jnp.int32(0)
                 sub = KVCache(
@@ -336,7 +380,7 @@ _ENGINES: dict[Any, _Engine] = {}
 def _get_engine(model: Model, spec: _Spec, b: int, s: int, m: int, cache_dtype) -> _Engine:
     # Engines depend on the graph, mesh and rules only (not the parameter values), so models from
     # with_state(...) reuse the compiled functions. Only shardings are kept, never parameters.
-    key = (model.graphdef, model.mesh, model.rules, spec, b, s, m, jnp.dtype(cache_dtype))
+    key = (model.graphdef, model.mesh, model.rules, spec, b, s, m, jnp.dtype(cache_dtype), UNROLL_LAYERS)
     if key not in _ENGINES:
         if len(_ENGINES) >= 32:
             _ENGINES.pop(next(iter(_ENGINES)))

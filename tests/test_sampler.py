@@ -190,6 +190,18 @@ class CharTokenizer:
         return self.THINK_END if token == "</think>" else None
 
 
+def test_scanned_decode_equals_unrolled(model, monkeypatch):
+    """The scanned-layers decode (used on GPU) and the unrolled one (CPU) agree."""
+    import rrm_jax.sampler as sampler
+
+    outs = {}
+    for unroll in (False, True):
+        monkeypatch.setattr(sampler, "UNROLL_LAYERS", unroll)
+        outs[unroll] = generate(model, PROMPTS[:3], greedy())
+    assert [c.token_ids for c in outs[False]] == [c.token_ids for c in outs[True]]
+    np.testing.assert_allclose(outs[False][0].logprobs, outs[True][0].logprobs, atol=1e-5)
+
+
 def test_stop_strings_and_text(model):
     m = model.with_state(model.state)
     m.tokenizer = CharTokenizer()

@@ -116,7 +116,7 @@ def long_tail(model, args) -> tuple[float, float, int]:
     cfg = SamplingConfig(max_new_tokens=int(lengths.max()), temperature=0.0, add_eos_stop=False, max_slots=args.tail_slots)
     res = {}
     for name, cont in (("continuous", True), ("static", False)):
-        generate(model, prompts[: args.tail_slots], cfg, max_new_tokens=lengths[: args.tail_slots], continuous=cont)  # compile
+        generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont)  # compiles every refill shape
         st = GenerateStats()
         t0 = time.perf_counter()
         out = generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont, stats=st)
