@@ -135,3 +135,41 @@ def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
         perm = rng.permutation(len(pairs))
         for i in range(0, len(perm) - batch + 1, batch):
             yield [pairs[j] for j in perm[i : i + batch]]
+
+
+def _demo_prompt():
+    from .judge.prompt import JudgePrompt, get_prompt, register_prompt
+
+    p = JudgePrompt(name="demo-arith", version=1, system="", user_template="{question}\n1:{answer1}\n2:{answer2}",
+                    analysis_suffix="")
+    try:
+        return get_prompt(p.key)
+    except KeyError:
+        return register_prompt(p)
+
+
+# A compact judge prompt (the demo's context is ~40 tokens); verdict format and parsing are the real ones.
+DEMO_PROMPT = _demo_prompt()
+
+
+def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
+    """The demo's tiny Qwen2 (qkv bias, tied embeddings, GQA 4:2)."""
+    from .config import ModelConfig
+
+    return ModelConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
+                       num_heads=4, num_kv_heads=2, head_dim=hidden // 4, rope_theta=10000.0,
+                       tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")
+
+
+def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, teacher_error: float = 0.0):
+    """(prompt_ids, completion_ids) for ``size`` random pairs in random order, traced by a teacher who
+    writes the wrong candidate as the result (and so picks it) with probability ``teacher_error``."""
+    prompts, comps = [], []
+    eos = tokenizer.eos_token_id
+    for i in rng.integers(0, len(pairs), size):
+        p = pairs[i]
+        first, second = (p.rejected, p.chosen) if rng.random() < 0.5 else (p.chosen, p.rejected)
+        computed = p.wrong if rng.random() < teacher_error else None
+        prompts.append(tokenizer.encode(render(p.query, first, second), add_special_tokens=False))
+        comps.append(tokenizer.encode(reasoning(p.problem, first, second, computed), add_special_tokens=False) + [eos])
+    return prompts, comps

@@ -226,10 +226,15 @@ def _head(module, h: jax.Array) -> jax.Array:
     return jnp.einsum("bd,dv->bv", h.astype(cd), module.lm_head[...].astype(cd), preferred_element_type=jnp.float32)
 
 
-def _split_layers(module) -> list[dict[str, jax.Array]]:
+def _split_layers(module) -> tuple[list[dict[str, jax.Array]], jax.Array]:
+    """Per-layer weights and the [D, V] output projection, materialised once, outside the decode loop.
+
+    A tied embedding is transposed here once per chunk: XLA:CPU streams ``h @ W[D, V]`` markedly faster
+    than ``h @ E[V, D].T``.
+    """
     stacked = module.layers.stacked()
     layers = [{k: v[i] for k, v in stacked.items()} for i in range(module.cfg.num_layers)]
-    return jax.lax.optimization_barrier(layers)  # materialise once, outside the decode loop
+    return jax.lax.optimization_barrier((layers, module.head_weight().astype(module.compute_dtype)))
 
 
 def _unrolled_step(module, layers, tok, active, cache):
@@ -316,7 +321,7 @@ class _Engine:
                 # XLA:CPU copies a layer's weights out of the stacked array on every scan iteration (the
                 # dot needs its own buffer), tripling weight traffic in a bandwidth-bound step. So on CPU the
                 # layers are split once per chunk and the step runs them unrolled, cache kept per layer.
-                layers = _split_layers(module)
+                layers, head_w = _split_layers(module)
                 sub = (tuple(sub.k), tuple(sub.v), sub.valid, sub.length)
 
             def cond(c):
@@ -329,10 +334,11 @@ class _Engine:
                 active = ~st.done
                 if unroll:
                     h, cache = _unrolled_step(module, layers, st.tok, active, cache)
+                    logits = jnp.einsum("bd,dv->bv", h.astype(head_w.dtype), head_w, preferred_element_type=jnp.float32)
                 else:
                     h, cache = module(st.tok[:, None], None, active[:, None], cache, return_hidden=True)
-                    h = h[:, 0]
-                st = _advance(spec, kn, st, _head(module, h), active)
+                    logits = _head(module, h[:, 0])
+                st = _advance(spec, kn, st, logits, active)
                 return i + 1, cache, st
 
             i, sub, st = jax.lax.while_loop(cond, body, (jnp.int32(0), sub, st))

@@ -177,15 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(r["peak"] for r in rounds)
     peak_cpu = max(r["peak_cpu"] for r in rounds)
     t_ours, c_ours = best("ours"), best("ours", 1)
+    # Wall-time fractions compare against the best peak of any round; on a shared machine a round's load can
+    # differ between its peak and its forwards, so the cpu-time view (FLOP per CPU-second of this process)
+    # is printed too: it is much less sensitive to other jobs.
     print(f"best of {args.repeats} rounds (matmul peak {peak / 1e9:.1f} GFLOP/s wall, "
           f"{peak_cpu / 1e9:.1f} GFLOP per cpu-second):")
     print(f"  rrm-jax      : {t_ours:7.2f} s/forward  {B * T / t_ours:7.1f} tokens/s  {flops / t_ours / 1e9:6.1f} GFLOP/s "
-          f"= {flops / t_ours / peak:5.1%} of peak (cpu-time view: {flops / c_ours / peak_cpu:5.1%})")
+          f"= {flops / t_ours / peak:5.1%} of peak (cpu-time view: {flops / c_ours / peak_cpu:5.1%})   [target >= 65%]")
     if run_torch is not None:
         t_ref, c_ref = best("torch"), best("torch", 1)
         print(f"  transformers : {t_ref:7.2f} s/forward  {B * T / t_ref:7.1f} tokens/s  {flops / t_ref / 1e9:6.1f} GFLOP/s "
               f"= {flops / t_ref / peak:5.1%} of peak (cpu-time view: {flops / c_ref / peak_cpu:5.1%})")
-        print(f"  speed-up rrm-jax / transformers = {t_ref / t_ours:.2f}x (cpu-time view {c_ref / c_ours:.2f}x)")
+        print(f"  speed-up rrm-jax / transformers = {t_ref / t_ours:.2f}x (cpu-time view {c_ref / c_ours:.2f}x)"
+              f"   [target >= 1.5x]")
         del ref, run_torch
     del model
     gc.collect()
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         small = cfg.replace(vocab_size=min(cfg.vocab_size, 32768))
         times = {n: compile_seconds(small.replace(num_layers=n), B, T) for n in (shallow, deep)}
         print(f"compile (D={small.hidden_size}, V={small.vocab_size}, batch {B} x {T}): {shallow} layers "
-              f"{times[shallow]:.2f} s, {deep} layers {times[deep]:.2f} s -> ratio {times[deep] / times[shallow]:.2f}x")
+              f"{times[shallow]:.2f} s, {deep} layers {times[deep]:.2f} s -> ratio {times[deep] / times[shallow]:.2f}x   [target <= 1.5x]")
     return 0
 
 

@@ -1,0 +1,48 @@
+"""`rrm-jax demo --quick`: the whole pipeline (tokenizer, SFT, GRPO via the Trainer and sampler, Judge voting,
+knockout) runs, writes its files, and GRPO raises held-out judge accuracy."""
+
+import json
+
+import numpy as np
+
+from rrm_jax import demo_task as task
+from rrm_jax.judge.parse import parse_verdict
+from rrm_jax.judge.prompt import render_prompt
+
+
+def test_tokenizer_and_traces_use_the_real_format():
+    tok = task.build_tokenizer()
+    text = "\\boxed{Assistant 1}"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    prompt = render_prompt(tok, task.DEMO_PROMPT, "3+4=?", "7", "8")
+    assert prompt.endswith("<think>\n") and len(tok.encode(prompt, add_special_tokens=False)) <= 64
+    for p in task.all_pairs():
+        for first, second, want in ((p.chosen, p.rejected, 0), (p.rejected, p.chosen, 1)):
+            trace = task.reasoning(p.problem, first, second)
+            assert parse_verdict(trace) == want  # the trace's verdict is the right one, read by the real parser
+            assert tok.decode(tok.encode(trace, add_special_tokens=False)) == trace
+    # a teacher error writes the wrong candidate as the result and so picks it
+    p = task.all_pairs()[0]
+    assert parse_verdict(task.reasoning(p.problem, p.chosen, p.rejected, computed=p.wrong)) == 1
+
+
+def test_split_is_disjoint_and_candidates_hold_one_answer():
+    train, held = task.split_pairs(0)
+    assert not set(train) & set(held) and len(train) + len(held) == len(task.all_pairs())
+    rng = np.random.default_rng(0)
+    for prob in task.all_problems():
+        c = task.knockout_candidates(prob, 4, rng)
+        assert len(set(c)) == 4 and c.count(str(prob.answer)) == 1
+
+
+def test_quick_demo_learns(tmp_path):
+    from rrm_jax.demo import main
+
+    assert main(["--quick", "--out", str(tmp_path), "--seed", "0", "--no-plot"]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for k in ("accuracy_before_grpo", "accuracy_after_grpo", "accuracy_voting", "seconds"):
+        assert k in s
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in rows} == {"sft", "eval", "grpo"}
+    assert s["accuracy_after_grpo"] >= s["accuracy_before_grpo"] + 0.08, s
