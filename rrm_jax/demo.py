@@ -35,7 +35,8 @@ class Recipe:
     layers: int = 2
     # warm start
     sft_fraction: float = 0.3  # share of the training pairs with a teacher trace
-    teacher_error: float = 0.4  # how often the teacher writes the wrong candidate as the result
+    teacher_error: float = 0.0  # how often the teacher writes the wrong candidate as the result
+    verdict_noise: float = 0.0  # how often the teacher's verdict is a coin flip
     sft_steps: int = 400
     sft_batch: int = 32
     sft_lr: float = 3e-3
@@ -44,8 +45,9 @@ class Recipe:
     prompts_per_step: int = 16
     group_size: int = 8
     grpo_lr: float = 3e-4
-    temperature: float = 1.0
+    temperature: float = 0.7  # rollouts
     # evaluation
+    eval_temperature: float = 0.7
     eval_every: int = 20
     eval_pairs: int = 0  # 0 = all held-out pairs
     votes: int = 5
@@ -142,7 +144,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     say(f"[bold]rrm-jax demo[/bold]: {cfg.num_params / 1e6:.2f}M-param Qwen2, vocab {len(tok)}, "
         f"{len(train_pairs)} training pairs, {len(held)} held-out pairs, seed {seed}")
 
-    sampling = SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature, max_slots=256)
+    sampling = SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature, max_slots=256)
 
     def judge_of(m):
         return Judge(m, prompt=task.DEMO_PROMPT, sampling=sampling)
@@ -157,12 +159,13 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     render = judge_of(model).render
     t0 = time.perf_counter()
     for step in range(recipe.sft_steps):
-        prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.teacher_error)
+        prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.teacher_error,
+                                        recipe.verdict_noise)
         m = sft.sft_step(prompts, comps)
         if step % 50 == 0 or step == recipe.sft_steps - 1:
             log(phase="sft", step=step, loss=m["loss"], seconds=time.perf_counter() - t_start)
-    say(f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.teacher_error:.0%} teacher errors), "
-        f"loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s")
+    say(f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.teacher_error:.0%} teacher errors, "
+        f"{recipe.verdict_noise:.0%} coin-flip verdicts), loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s")
     warm = sft.policy
 
     # -- 2. held-out accuracy before GRPO ------------------------------------------------------------

@@ -161,15 +161,20 @@ def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
                        tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")
 
 
-def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, teacher_error: float = 0.0):
-    """(prompt_ids, completion_ids) for ``size`` random pairs in random order, traced by a teacher who
-    writes the wrong candidate as the result (and so picks it) with probability ``teacher_error``."""
+def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, teacher_error: float = 0.0,
+              verdict_noise: float = 0.0):
+    """(prompt_ids, completion_ids) for ``size`` random pairs in random order, traced by a weak teacher: with
+    probability ``teacher_error`` it writes the wrong candidate as the result (and so picks it); with
+    probability ``verdict_noise`` its final verdict is a coin flip, whatever its computation said."""
     prompts, comps = [], []
     eos = tokenizer.eos_token_id
     for i in rng.integers(0, len(pairs), size):
         p = pairs[i]
         first, second = (p.rejected, p.chosen) if rng.random() < 0.5 else (p.chosen, p.rejected)
         computed = p.wrong if rng.random() < teacher_error else None
+        trace = reasoning(p.problem, first, second, computed)
+        if rng.random() < verdict_noise:
+            trace = trace[: -len("1}")] + ("1}" if rng.random() < 0.5 else "2}")
         prompts.append(tokenizer.encode(render(p.query, first, second), add_special_tokens=False))
-        comps.append(tokenizer.encode(reasoning(p.problem, first, second, computed), add_special_tokens=False) + [eos])
+        comps.append(tokenizer.encode(trace, add_special_tokens=False) + [eos])
     return prompts, comps

@@ -192,11 +192,11 @@ class CharTokenizer:
 
 def test_scanned_decode_equals_unrolled(model, monkeypatch):
     """The scanned-layers decode (used on GPU) and the unrolled one (CPU) agree."""
-    import rrm_jax.sampler as sampler
+    import rrm_jax.sampler_engine as engine
 
     outs = {}
     for unroll in (False, True):
-        monkeypatch.setattr(sampler, "UNROLL_LAYERS", unroll)
+        monkeypatch.setattr(engine, "UNROLL_LAYERS", unroll)
         outs[unroll] = generate(model, PROMPTS[:3], greedy())
     assert [c.token_ids for c in outs[False]] == [c.token_ids for c in outs[True]]
     np.testing.assert_allclose(outs[False][0].logprobs, outs[True][0].logprobs, atol=1e-5)
