@@ -1,8 +1,8 @@
 """``rrm-jax demo``: train a tiny reward reasoning model on CPU in a few minutes, with no downloads.
 
 1. Build a tiny Qwen2-architecture model and its own character-level tokenizer (rrm_jax.demo_task).
-2. Warm start: a short SFT on reasoning traces for a minority of the training pairs, written by a
-   weak "teacher" that gets the arithmetic wrong part of the time -> a mediocre judge.
+2. Warm start: a short SFT on reasoning traces for a minority of the training pairs -> a mediocre
+   judge (it has not seen every arithmetic fact; optionally its teacher errs, see Recipe).
 3. GRPO with only the outcome reward (+1 when the parsed ``\\boxed{Assistant N}`` picks the right
    answer, -1 otherwise) through :class:`rrm_jax.train.Trainer` and the real sampler.
 4. Evaluate on held-out pairs through :class:`rrm_jax.judge.Judge`: single votes, majority voting, and a
