@@ -34,14 +34,14 @@ class Recipe:
     hidden: int = 64
     layers: int = 2
     # warm start
-    sft_fraction: float = 0.3  # share of the training pairs with a teacher trace
+    sft_fraction: float = 0.4  # share of the training pairs with a teacher trace
     teacher_error: float = 0.0  # how often the teacher writes the wrong candidate as the result
     verdict_noise: float = 0.0  # how often the teacher's verdict is a coin flip
-    sft_steps: int = 400
+    sft_steps: int = 500
     sft_batch: int = 32
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 120
+    grpo_steps: int = 100
     prompts_per_step: int = 16
     group_size: int = 8
     grpo_lr: float = 3e-4
@@ -153,7 +153,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     n_sft = max(1, int(len(train_pairs) * recipe.sft_fraction))
     sft_pairs = train_pairs[:n_sft]
     sft_cfg = TrainConfig(mode="sft", steps=recipe.sft_steps, batch_size=recipe.sft_batch, seed=seed,
-                          optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20),
+                          optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
                           grpo=GRPOConfig(seq_bucket=64))
     sft = Trainer(model, sft_cfg)
     render = judge_of(model).render
@@ -177,7 +177,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     # -- 3. GRPO with the outcome reward only ---------------------------------------------------------
     grpo_cfg = TrainConfig(
         mode="grpo", steps=recipe.grpo_steps, seed=seed,
-        optim=OptimConfig(lr=recipe.grpo_lr, b2=0.99),
+        optim=OptimConfig(lr=recipe.grpo_lr, b2=0.99, end_lr_ratio=1.0),  # constant lr
         grpo=GRPOConfig(prompts_per_step=recipe.prompts_per_step, group_size=recipe.group_size,
                         max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature,
                         max_slots=recipe.prompts_per_step * recipe.group_size, seq_bucket=64),
