@@ -56,7 +56,7 @@ class Recipe:
     max_new_tokens: int = 24
 
 
-QUICK = dict(sft_steps=250, grpo_steps=40, eval_every=20, votes=3, knockout_queries=8, eval_pairs=64)
+QUICK = dict(sft_steps=300, grpo_steps=20, eval_every=10, votes=3, knockout_queries=4, eval_pairs=48)
 
 
 def _parse(argv):
