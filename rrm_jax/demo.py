@@ -41,14 +41,14 @@ class Recipe:
     sft_batch: int = 32
     sft_lr: float = 3e-3
     # GRPO
-    grpo_steps: int = 100
+    grpo_steps: int = 200
     prompts_per_step: int = 16
     group_size: int = 8
-    grpo_lr: float = 3e-4
+    grpo_lr: float = 1e-4
     temperature: float = 0.7  # rollouts
     # evaluation
     eval_temperature: float = 0.7
-    eval_every: int = 20
+    eval_every: int = 40
     eval_pairs: int = 0  # 0 = all held-out pairs
     votes: int = 5
     knockout_queries: int = 30
@@ -56,7 +56,7 @@ class Recipe:
     max_new_tokens: int = 24
 
 
-QUICK = dict(sft_steps=300, grpo_steps=20, eval_every=10, votes=3, knockout_queries=4, eval_pairs=48)
+QUICK = dict(sft_steps=500, grpo_steps=10, eval_every=10, votes=3, knockout_queries=4, eval_pairs=48)
 
 
 def _parse(argv):

@@ -1,14 +1,16 @@
 """The demo's synthetic, verifiable preference task and the small tokenizer it runs on.
 
-A query asks for ``a+b`` (single digits); two candidate answers are shown, exactly one of them right.
-Judging correctly needs the sum: the reasoning writes the computation (``3+4=7``), closes the thought
-and gives the verdict in the real RRM format (``</think>`` then ``\\boxed{Assistant N}``), which the real
-parser reads. Wrong candidates are near misses (±1, ±2, ±10), so no surface feature gives the answer away.
+A query asks for ``a+b`` or ``a-b`` (single digits, single-digit result: 110 problems); two candidate
+answers are shown, exactly one right, the other a near miss (±1..3), so no surface feature gives it away.
+Judging needs the result: the reasoning works it out, checks candidate 1 against it by subtraction
+(``3+4=7`` / ``8-7=1``: a direct "is 8 equal to 7" step sits on a long learning plateau in a tiny model,
+a subtraction fact does not), closes the thought and gives the verdict in the real RRM format
+(``</think>`` then ``\\boxed{Assistant N}``), which the real parser reads.
 
 The tokenizer is character level (printable ASCII) plus a few whole-word tokens (``<think>``,
-``</think>``, ``\\boxed{``, ``Assistant``) and a one-line chat template, built with the ``tokenizers``
-library as a ``transformers.PreTrainedTokenizerFast`` -- no download, the same prompt/parse code paths as
-a real checkpoint.
+``</think>``, ``\\boxed{``, ``Assistant``, chat roles) and a one-line chat template, built with the
+``tokenizers`` library as a ``transformers.PreTrainedTokenizerFast``: no download, and the same
+prompt/parse code paths as a real checkpoint.
 """
 
 from __future__ import annotations
