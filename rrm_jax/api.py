@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from . import hf_io
 from .config import ModelConfig, resolve_config
-from .model import Qwen2, param_axes
+from .model import Qwen2, param_axes, param_name
 from .sharding import DEFAULT_RULES, ShardingRules, as_auto
 
 
@@ -173,11 +173,7 @@ def load_tokenizer(path: str | Path):
 
 def params_dict(model: Model) -> dict[str, jax.Array]:
     """Flat ``name -> array`` view of the parameters (names as in model.PARAM_AXES)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(model.state):
-        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        out[[n for n in names if n not in (None, "value")][-1]] = leaf
-    return out
+    return {param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(model.state)}
 
 
 def save_hf(model: Model, out_dir: str | Path, *, dtype=None, max_shard_bytes: int = 4 << 30) -> Path:

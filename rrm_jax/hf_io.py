@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from .config import ModelConfig
-from .model import param_shapes
+from .model import is_stacked, param_name, param_shapes
 
 
 class CheckpointError(ValueError):
@@ -181,9 +181,6 @@ class CheckpointReader:
 
 
 # ------------------------------------------------------------------------------ load
-_UNSTACKED = ("embed", "final_norm", "lm_head")
-
-
 def _ignorable(key: str, cfg: ModelConfig) -> bool:
     # old checkpoints store RoPE's inv_freq buffer; tied checkpoints sometimes store the head copy too
     return key.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and key == "lm_head.weight")
@@ -214,7 +211,7 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
     # Validate every tensor up front (cheap: headers only) so a bad checkpoint fails before any device work.
     expected = set()
     for name in shapes:
-        for layer in range(cfg.num_layers) if name not in _UNSTACKED else [None]:
+        for layer in range(cfg.num_layers) if is_stacked(name) else [None]:
             fetch(name, layer)
             expected.add(KEY_MAP[name][0].format(layer) if layer is not None else KEY_MAP[name][0])
     # A tensor we would not read means the checkpoint has maths we do not implement (e.g. an o_proj bias).
@@ -226,9 +223,8 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
         )
 
     def build(path_keys, leaf, sharding):
-        name = [getattr(k, "key", getattr(k, "name", None)) for k in path_keys]
-        name = [n for n in name if n not in (None, "value")][-1]
-        stacked = name not in _UNSTACKED
+        name = param_name(path_keys)
+        stacked = is_stacked(name)
 
         def cb(index):
             if stacked:
@@ -248,11 +244,11 @@ def export_tensors(cfg: ModelConfig, params: dict[str, np.ndarray | jax.Array]):
         if name not in params:
             continue
         arr = params[name]
-        if name in ("embed", "final_norm", "lm_head"):
-            yield template, np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr)), cfg))
-        else:
+        if is_stacked(name):
             for l in range(cfg.num_layers):
                 yield template.format(l), np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr[l])), cfg))
+        else:
+            yield template, np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr)), cfg))
 
 
 def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_shard_bytes: int = 4 << 30) -> Path:

@@ -297,11 +297,20 @@ class Qwen2(nnx.Module):
         return self.logits_from_hidden(h), new_cache
 
 
+def param_name(path: tuple[Any, ...]) -> str:
+    """A parameter's name (a key of PARAM_AXES) from its pytree path in ``nnx.split(model)[1]``."""
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return [n for n in names if n not in (None, "value")][-1]
+
+
 def param_axes(path: tuple[Any, ...]) -> tuple[str | None, ...]:
     """Logical axes of a parameter from its pytree path in ``nnx.split(model)[1]``."""
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    names = [n for n in names if n not in (None, "value")]
-    return PARAM_AXES[names[-1]]
+    return PARAM_AXES[param_name(path)]
+
+
+def is_stacked(name: str) -> bool:
+    """Whether a parameter carries the leading ``layers`` axis (one slice per decoder layer)."""
+    return PARAM_AXES[name][0] == "layers"
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

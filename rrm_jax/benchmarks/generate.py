@@ -26,17 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .forward import _best
+
 
 def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
     """Best-of-N bytes/s of a jitted full reduction over a float32 array (a pure streaming read)."""
     x = jnp.ones((nbytes // 4,), jnp.float32)
     f = jax.jit(jnp.sum)
     f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+    best = _best(lambda: f(x).block_until_ready(), repeats)
     del x
     return nbytes / best
 

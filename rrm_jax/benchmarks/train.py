@@ -23,16 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import forward_flops
-
-
-def _best(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return min(out)
+from .forward import _best, forward_flops
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
