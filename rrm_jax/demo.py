@@ -1,10 +1,13 @@
 """``rrm-jax demo``: train a tiny reward reasoning model on CPU in a few minutes, with no downloads.
 
 1. Build a tiny Qwen2-architecture model and its own character-level tokenizer (rrm_jax.demo_task).
-2. Warm start: a short SFT on reasoning traces for a minority of the training pairs -> a mediocre
-   judge (it has not seen every arithmetic fact; optionally its teacher errs, see Recipe).
+2. Warm start: a short SFT on a minority of the training pairs, imitating a careless teacher that writes
+   the reasoning trace on only 40% of its answers and otherwise judges at once with a coin-flip verdict ->
+   a judge that thinks about half the time (and is right ~90% of the time when it does).
 3. GRPO with only the outcome reward (+1 when the parsed ``\\boxed{Assistant N}`` picks the right
-   answer, -1 otherwise) through :class:`rrm_jax.train.Trainer` and the real sampler.
+   answer, -1 otherwise) through :class:`rrm_jax.train.Trainer` and the real sampler. Nothing rewards the
+   reasoning itself; the policy learns that thinking first pays (the share of samples that reason is
+   reported) and sharpens the reasoning on pairs it never saw a trace for.
 4. Evaluate on held-out pairs through :class:`rrm_jax.judge.Judge`: single votes, majority voting, and a
    knockout best-of-N over several candidate answers (rrm_jax.tournament).
 
@@ -33,12 +36,11 @@ class Recipe:
     # model: 2 layers, hidden 64 (~0.13M params)
     hidden: int = 64
     layers: int = 2
-    # warm start
-    sft_fraction: float = 0.4  # share of the training pairs with a teacher trace
-    teacher_error: float = 0.0  # how often the teacher writes the wrong candidate as the result
-    verdict_noise: float = 0.0  # how often the teacher's verdict is a coin flip
+    # warm start (batch 80 x 40% reasoning traces: the reasoning skill needs ~16k traced examples)
+    sft_fraction: float = 0.4  # share of the training pairs the teacher answers
+    snap_fraction: float = 0.6  # share of warm-start traces that judge without thinking (coin-flip verdict)
     sft_steps: int = 500
-    sft_batch: int = 32
+    sft_batch: int = 80
     sft_lr: float = 3e-3
     # GRPO
     grpo_steps: int = 200
@@ -48,15 +50,15 @@ class Recipe:
     temperature: float = 0.7  # rollouts
     # evaluation
     eval_temperature: float = 0.7
-    eval_every: int = 40
+    eval_every: int = 20
     eval_pairs: int = 0  # 0 = all held-out pairs
     votes: int = 5
     knockout_queries: int = 30
     knockout_candidates: int = 4
-    max_new_tokens: int = 24
+    max_new_tokens: int = 64  # the longest chain (0+9) needs 55
 
 
-QUICK = dict(sft_steps=500, grpo_steps=10, eval_every=10, votes=3, knockout_queries=4, eval_pairs=48)
+QUICK = dict(sft_steps=500, grpo_steps=30, eval_every=15, votes=3, knockout_queries=4, eval_pairs=48)
 
 
 def _parse(argv):
@@ -96,11 +98,14 @@ class _Log:
 def evaluate(judge, pairs: list[task.Pair], *, votes: int, seed: int) -> dict:
     """Held-out judge accuracy: the mean single-vote accuracy over all samples, and majority voting."""
     verdicts = judge.compare_many([(p.query, p.chosen, p.rejected) for p in pairs], votes=votes, seed=seed)
-    single = [1.0 if s == 0 else 0.0 if s == 1 else 0.5 for v in verdicts for s in v.sample_verdicts]
+    single = np.array([1.0 if s == 0 else 0.0 if s == 1 else 0.5 for v in verdicts for s in v.sample_verdicts])
+    thinks = np.array([not t.lstrip().startswith("</think>") for v in verdicts for t in v.reasonings])
     return dict(
-        single=float(np.mean(single)),
+        single=float(single.mean()),
         voting=float(np.mean([v.score() for v in verdicts])),
         invalid=float(np.mean([v.invalid / max(v.samples_drawn, 1) for v in verdicts])),
+        thinking=float(thinks.mean()),  # share of samples that reason before the verdict
+        single_when_thinking=float(single[thinks].mean()) if thinks.any() else None,
     )
 
 
@@ -154,24 +159,24 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     sft_pairs = train_pairs[:n_sft]
     sft_cfg = TrainConfig(mode="sft", steps=recipe.sft_steps, batch_size=recipe.sft_batch, seed=seed,
                           optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
-                          grpo=GRPOConfig(seq_bucket=64))
+                          grpo=GRPOConfig(seq_bucket=80))
     sft = Trainer(model, sft_cfg)
     render = judge_of(model).render
     t0 = time.perf_counter()
     for step in range(recipe.sft_steps):
-        prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.teacher_error,
-                                        recipe.verdict_noise)
+        prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.snap_fraction)
         m = sft.sft_step(prompts, comps)
         if step % 50 == 0 or step == recipe.sft_steps - 1:
             log(phase="sft", step=step, loss=m["loss"], seconds=time.perf_counter() - t_start)
-    say(f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.teacher_error:.0%} teacher errors, "
-        f"{recipe.verdict_noise:.0%} coin-flip verdicts), loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s")
+    say(f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.snap_fraction:.0%} snap judgments), "
+        f"loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s")
     warm = sft.policy
 
     # -- 2. held-out accuracy before GRPO ------------------------------------------------------------
     before = evaluate(judge_of(warm), held, votes=recipe.votes, seed=seed)
     log(phase="eval", step=0, **before, seconds=time.perf_counter() - t_start)
-    say(f"before GRPO: single-vote accuracy {before['single']:.3f}, {recipe.votes}-vote majority {before['voting']:.3f}")
+    say(f"before GRPO: single-vote accuracy {before['single']:.3f}, {recipe.votes}-vote majority {before['voting']:.3f}, "
+        f"thinks on {before['thinking']:.0%} of samples")
     ko_before = knockout_hit_rate(judge_of(warm), ko_problems, n=recipe.knockout_candidates, votes=1, seed=seed)
 
     # -- 3. GRPO with the outcome reward only ---------------------------------------------------------
@@ -180,7 +185,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
         optim=OptimConfig(lr=recipe.grpo_lr, b2=0.99, end_lr_ratio=1.0),  # constant lr
         grpo=GRPOConfig(prompts_per_step=recipe.prompts_per_step, group_size=recipe.group_size,
                         max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature,
-                        max_slots=recipe.prompts_per_step * recipe.group_size, seq_bucket=64),
+                        max_slots=recipe.prompts_per_step * recipe.group_size, seq_bucket=80),
     )
     grpo = Trainer(warm, grpo_cfg, render=render)
     curve = [dict(step=0, **before)]
@@ -197,7 +202,8 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
             curve.append(dict(step=step, **acc))
             log(phase="eval", step=step, **acc, seconds=time.perf_counter() - t_start)
             say(f"GRPO step {step:4d}: reward {np.mean(rewards[-recipe.eval_every:]):+.3f}, held-out single "
-                f"{acc['single']:.3f}, voting {acc['voting']:.3f} ({time.perf_counter() - t0:.0f}s)")
+                f"{acc['single']:.3f}, voting {acc['voting']:.3f}, thinks {acc['thinking']:.0%} "
+                f"({time.perf_counter() - t0:.0f}s)")
     after = curve[-1]
     final = grpo.policy
     ko_after = knockout_hit_rate(judge_of(final), ko_problems, n=recipe.knockout_candidates, votes=1, seed=seed)
@@ -207,6 +213,8 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
         accuracy_after_grpo=after["single"],
         accuracy_voting=after["voting"],
         accuracy_voting_before_grpo=before["voting"],
+        thinking_before_grpo=before["thinking"],
+        thinking_after_grpo=after["thinking"],
         votes=recipe.votes,
         knockout_hit_rate_before_grpo=ko_before,
         knockout_hit_rate_after_grpo=ko_after,
@@ -233,10 +241,11 @@ def plot_run(curve: list[dict], rewards: list[float], path: Path) -> Path:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [c["step"] for c in curve]
-    a.plot(steps, [c["single"] for c in curve], "o-", label="single vote")
-    a.plot(steps, [c["voting"] for c in curve], "s--", label="majority vote")
+    a.plot(steps, [c["single"] for c in curve], "o-", label="accuracy, single vote")
+    a.plot(steps, [c["voting"] for c in curve], "s--", label="accuracy, majority vote")
+    a.plot(steps, [c["thinking"] for c in curve], "^:", color="grey", label="reasons before the verdict")
     a.axhline(0.5, color="grey", lw=0.8, ls=":")
-    a.set(xlabel="GRPO step", ylabel="held-out judge accuracy", ylim=(0.3, 1.02), title="held-out accuracy")
+    a.set(xlabel="GRPO step", ylabel="held-out share", ylim=(0.0, 1.02), title="held-out judge accuracy")
     a.legend()
     r = np.asarray(rewards)
     b.plot(np.arange(1, len(r) + 1), r, alpha=0.35, label="per step")
@@ -266,6 +275,7 @@ def main(argv: list[str]) -> int:
     rows = [
         ("held-out accuracy, single vote", f"{s['accuracy_before_grpo']:.3f}", f"{s['accuracy_after_grpo']:.3f}"),
         (f"held-out accuracy, {s['votes']}-vote majority", f"{s['accuracy_voting_before_grpo']:.3f}", f"{s['accuracy_voting']:.3f}"),
+        ("samples that reason before the verdict", f"{s['thinking_before_grpo']:.3f}", f"{s['thinking_after_grpo']:.3f}"),
         (f"best-of-{s['knockout_candidates']} knockout hit rate (chance {s['knockout_chance']:.2f})",
          f"{s['knockout_hit_rate_before_grpo']:.3f}", f"{s['knockout_hit_rate_after_grpo']:.3f}"),
     ]

@@ -2,9 +2,9 @@
 
 A query asks for ``a+b`` or ``a-b`` (single digits, single-digit result: 110 problems); two candidate
 answers are shown, exactly one right, the other a near miss (±1..3), so no surface feature gives it away.
-Judging needs the result: the reasoning works it out, checks candidate 1 against it by subtraction
-(``3+4=7`` / ``8-7=1``: a direct "is 8 equal to 7" step sits on a long learning plateau in a tiny model,
-a subtraction fact does not), closes the thought and gives the verdict in the real RRM format
+Judging needs the result: the reasoning works it out step by step (:func:`chain`), checks candidate 1
+against it by subtraction (``1:8-7=1``: a direct "is 8 equal to 7" step sits on a long learning plateau in a
+tiny model, a subtraction fact does not), closes the thought and gives the verdict in the real RRM format
 (``</think>`` then ``\\boxed{Assistant N}``), which the real parser reads.
 
 The tokenizer is character level (printable ASCII) plus a few whole-word tokens (``<think>``,
@@ -108,15 +108,32 @@ def split_pairs(seed: int, heldout_fraction: float = 0.2) -> tuple[list[Pair], l
     return [pairs[i] for i in perm[n_held:]], [pairs[i] for i in perm[:n_held]]
 
 
-def reasoning(problem: Problem, first: str, second: str, computed: int | None = None) -> str:
-    """The completion after ``<think>\\n``: the computation, then the verdict for the matching answer."""
-    s = problem.answer if computed is None else computed
+def chain(problem: Problem) -> str:
+    """The result worked out one unit at a time: ``3+4=4+3=5+2=6+1=7``, ``8-3=7-2=6-1=5``.
+
+    Every step is a successor/predecessor of a token four places back, the same rule for every problem, so
+    the skill carries over to problems never traced in SFT; writing ``3+4=7`` directly lets a tiny model
+    copy one of the two shown candidates instead of adding (held-out sums ~50% right vs ~90%)."""
+    a, b, op = problem.a, problem.b, problem.op
+    if b == 0:
+        return f"{a}{op}0={a}"
+    steps = [f"{a}{op}{b}"]
+    while b > 0:
+        a, b = (a + 1 if op == "+" else a - 1), b - 1
+        steps.append(f"{a}{op}{b}" if b else str(a))
+    return "=".join(steps)
+
+
+def reasoning(problem: Problem, first: str, second: str) -> str:
+    """The completion after ``<think>\\n``: the chain, a check of candidate 1 by subtraction (0 <=> it is the
+    result; the ``1:`` label lets the model find the candidate by content, not by a length-dependent offset),
+    then the verdict."""
+    s = problem.answer
     pick = 1 if str(s) == first else 2 if str(s) == second else None
     if pick is None:
         raise ValueError(f"{problem.query}: neither {first!r} nor {second!r} equals {s}")
-    # Checking candidate 1 by subtraction (0 <=> it is the result) keeps every step a small lookup.
     c = int(first)
-    return f"{problem.a}{problem.op}{problem.b}={s}\n{c}-{s}={c - s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
+    return f"{chain(problem)}\n1:{c}-{s}={c - s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
 
 
 def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:
@@ -163,20 +180,23 @@ def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
                        tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")
 
 
-def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, teacher_error: float = 0.0,
-              verdict_noise: float = 0.0):
-    """(prompt_ids, completion_ids) for ``size`` random pairs in random order, traced by a weak teacher: with
-    probability ``teacher_error`` it writes the wrong candidate as the result (and so picks it); with
-    probability ``verdict_noise`` its final verdict is a coin flip, whatever its computation said."""
+def snap_judgment(pick: int) -> str:
+    """A verdict with no reasoning: the thought closes at once."""
+    return f"</think>\n\n\\boxed{{Assistant {pick}}}"
+
+
+def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, snap_fraction: float = 0.0):
+    """(prompt_ids, completion_ids) for ``size`` random pairs in random order. With probability ``snap_fraction``
+    the teacher judges without thinking (a coin-flip verdict); otherwise it writes the reasoning trace."""
     prompts, comps = [], []
     eos = tokenizer.eos_token_id
     for i in rng.integers(0, len(pairs), size):
         p = pairs[i]
         first, second = (p.rejected, p.chosen) if rng.random() < 0.5 else (p.chosen, p.rejected)
-        computed = p.wrong if rng.random() < teacher_error else None
-        trace = reasoning(p.problem, first, second, computed)
-        if rng.random() < verdict_noise:
-            trace = trace[: -len("1}")] + ("1}" if rng.random() < 0.5 else "2}")
+        if rng.random() < snap_fraction:
+            trace = snap_judgment(int(rng.integers(1, 3)))
+        else:
+            trace = reasoning(p.problem, first, second)
         prompts.append(tokenizer.encode(render(p.query, first, second), add_special_tokens=False))
         comps.append(tokenizer.encode(trace, add_special_tokens=False) + [eos])
     return prompts, comps

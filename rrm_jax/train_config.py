@@ -17,7 +17,7 @@ from pathlib import Path
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-6
-    warmup_steps: int = 0  # optimizer updates of linear warm-up from 0
+    warmup_steps: int = 0  # optimizer updates of linear warm-up (first update at lr / warmup_steps)
     decay_steps: int = 0  # cosine length in updates (incl. warm-up); 0 -> steps * inner_iters
     end_lr_ratio: float = 0.0  # the cosine ends at lr * end_lr_ratio
     weight_decay: float = 0.0  # AdamW decoupled decay (never on norms or biases)

@@ -47,7 +47,8 @@ def make_optimizer(cfg: OptimConfig, total_updates: int, params) -> tuple[optax.
     """AdamW with linear warm-up + cosine decay and global-norm clipping; returns (tx, schedule)."""
     decay = cfg.decay_steps or max(total_updates, 1)
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if cfg.warmup_steps else cfg.lr,
+        # lr/W, not 0: optax evaluates the schedule at the update count, so a 0 start wastes the first update
+        init_value=cfg.lr / cfg.warmup_steps if cfg.warmup_steps else cfg.lr,
         peak_value=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         decay_steps=max(decay, cfg.warmup_steps + 1),

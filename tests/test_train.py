@@ -257,3 +257,12 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
     path.write_text(lines[1] + "\n" + lines[2] + "\n")
     with pytest.raises(ValueError, match="no usable preference pairs"):
         read_pairs(path, tok, render, max_prompt_tokens=160)
+
+
+def test_schedule_warms_up_from_a_nonzero_first_update_to_the_peak_then_decays():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=4, end_lr_ratio=0.1)
+    _, sched = make_optimizer(cfg, total_updates=20, params={"w": np.zeros(2)})
+    lrs = np.array([float(sched(i)) for i in range(21)])
+    assert lrs[0] == pytest.approx(1e-3 / 4)  # the first update already moves the weights
+    assert np.all(np.diff(lrs[:5]) > 0) and lrs[4] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[4:]) <= 0) and lrs[20] == pytest.approx(1e-4)

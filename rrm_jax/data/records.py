@@ -144,7 +144,7 @@ def _iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install 'rrm-jax[parquet]')") from None
 
         yield from enumerate(pq.read_table(path).to_pylist(), 1)
     else:
