@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from .config import ModelConfig
+from .distributed import is_main, to_host
 from .model import is_stacked, param_name, param_shapes
 
 
@@ -246,9 +247,9 @@ def export_tensors(cfg: ModelConfig, params: dict[str, np.ndarray | jax.Array]):
         arr = params[name]
         if is_stacked(name):
             for l in range(cfg.num_layers):
-                yield template.format(l), np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr[l])), cfg))
+                yield template.format(l), np.ascontiguousarray(to_hf(np.asarray(to_host(arr[l])), cfg))
         else:
-            yield template, np.ascontiguousarray(to_hf(np.asarray(jax.device_get(arr)), cfg))
+            yield template, np.ascontiguousarray(to_hf(np.asarray(to_host(arr)), cfg))
 
 
 def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_shard_bytes: int = 4 << 30) -> Path:
@@ -264,6 +265,8 @@ def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_sha
             size = 0
         shards[-1][key] = arr
         size += arr.nbytes
+    if not is_main():  # every process took part in the gathers above; one writes
+        return out
     if len(shards) == 1:
         write_safetensors(out / "model.safetensors", shards[0])
         (out / "model.safetensors.index.json").unlink(missing_ok=True)

@@ -165,7 +165,7 @@ class DecoderLayers(nnx.Module):
         return {name: getattr(self, name)[...] for name in PARAM_AXES if isinstance(getattr(self, name, None), nnx.Param)}
 
 
-def _layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype):
+def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype):
     """One decoder layer. ``kv`` is (k_layer, v_layer) of the cache or None; returns (x, new_kv)."""
     cd = compute_dtype
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -267,7 +267,8 @@ class Qwen2(nnx.Module):
             write = (rows, slots)
 
         params = self.layers.stacked()
-        layer = lambda x, p, kv: _layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl, self.compute_dtype)
+        layer = lambda x, p, kv: decoder_layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl,
+                                               self.compute_dtype)
         if self.remat == "full":
             layer = jax.checkpoint(layer)
         elif self.remat == "dots":

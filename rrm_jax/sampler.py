@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .api import Model, bucket
+from .distributed import to_host
 from .sampler_engine import BUDGET, LENGTH, NEVER, STOP, WILD, Knobs, Spec, get_engine
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
@@ -238,8 +239,10 @@ def generate(
             live_count = max((int(counts[r]) for r in range(b) if occupant[r] is not None), default=0)
             window = min(s, bucket(tb + live_count + chunk_steps))
             decode = engine.decode(window)
-            cache, slots, steps = decode(model.state, cache, slots, knobs, kill, np.int32(chunk_steps), np.int32(threshold))
-            host = jax.device_get({"done": slots.done, "count": slots.count, "steps": steps})
+            # placed explicitly: a numpy argument may not carry a sharding that spans hosts
+            kill_dev = jax.device_put(kill, engine.slots_sh.done)
+            cache, slots, steps = decode(model.state, cache, slots, knobs, kill_dev, np.int32(chunk_steps), np.int32(threshold))
+            host = to_host({"done": slots.done, "count": slots.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
             st.decode_chunks += 1
@@ -249,7 +252,7 @@ def generate(
             finished = [r for r in live if host["done"][r]]
             if not finished and not config.stop_strings:
                 continue
-            arrays = jax.device_get({k: getattr(slots, k) for k in ("out_tok", "out_lp", "out_probe", "reason", "forced_at")})
+            arrays = to_host({k: getattr(slots, k) for k in ("out_tok", "out_lp", "out_probe", "reason", "forced_at")})
             for r in live:
                 n_tok = int(host["count"][r])
                 hit = None

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from .api import Model
-from .model import CACHE_AXES, KVCache, _layer, rms_norm
+from .model import CACHE_AXES, KVCache, decoder_layer, rms_norm
 from .sampling import sample
 
 STOP, LENGTH, BUDGET = 1, 2, 3
@@ -165,7 +165,8 @@ def _unrolled_step(module, layers, tok, active, cache):
     x = module.embed_tokens(tok[:, None])
     new_k, new_v = [], []
     for p, k, v in zip(layers, ks, vs):
-        x, (k, v) = _layer(module.cfg, p, x, positions, mask, (k, v), (rows, slots), module.attention_impl, module.compute_dtype)
+        x, (k, v) = decoder_layer(module.cfg, p, x, positions, mask, (k, v), (rows, slots), module.attention_impl,
+                                  module.compute_dtype)
         new_k.append(k)
         new_v.append(v)
     h = rms_norm(x, module.final_norm[...], module.cfg.rms_norm_eps)

@@ -23,6 +23,7 @@ an HF export of the final policy.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .distributed import is_main, to_host
 from .rl import rewards as rewards_lib
 from .rl.loss import LossConfig
 from .rl.rollout import assign_sides, make_render, pack, rollout, to_prompt
@@ -129,7 +131,7 @@ class Trainer:
         """One optimizer step on a packed host batch; returns host metrics."""
         fn = self.step_fn(kind)
         self.state, metrics = fn(self.state, place_batch(self.model, batch, fn.keys))
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+        return {k: float(v) for k, v in to_host(metrics).items()}
 
     # -- SFT --------------------------------------------------------------------------------------
     def sft_step(self, prompt_ids_or_batch, completion_ids: Sequence[Sequence[int]] | None = None) -> dict:
@@ -175,9 +177,9 @@ class Trainer:
         t1 = time.perf_counter()
         batch = ro.batch
         if g.old_logprobs == "recompute":
-            batch["old_logp"] = np.asarray(self.logprobs(self.state.params, batch))
+            batch["old_logp"] = to_host(self.logprobs(self.state.params, batch))
         if g.beta > 0:
-            batch["ref_logp"] = np.asarray(self.logprobs(self.ref_params, batch))
+            batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
         t2 = time.perf_counter()
         per_iter = [self.update(batch, "grpo") for _ in range(g.inner_iters)]
         t3 = time.perf_counter()
@@ -234,9 +236,15 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     from .checkpoint import Checkpointer
     from .data.train_pipeline import PairPipeline, SFTPipeline, prepare_data
 
+    if config.distributed:
+        from .distributed import initialize
+
+        initialize()
+    main = is_main()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(dump_toml(config))
+    if main:
+        (run_dir / "config.toml").write_text(dump_toml(config))
     model = model or build_model(config)
     trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
     data_path, data_report = prepare_data(config, run_dir)
@@ -245,7 +253,8 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     else:
         pipe = SFTPipeline(data_path, model.tokenizer, config)
     report = dict(data_report, **pipe.report)
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+    if main:
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep, async_=config.async_checkpoint)
     start = 0
@@ -256,17 +265,18 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
         trainer.iteration = int(meta["iteration"])
         start = latest
         print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
-    mpath = _metrics_file(run_dir, start)
+    mpath = _metrics_file(run_dir, start) if main else Path(os.devnull)
     t_start = time.perf_counter()
     try:
-        last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress)
+        last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress and main)
     finally:
         ckpt.close()  # waits for an in-flight async save: an exception never leaves a half-written step
     summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
                "skipped_total": int(trainer.state.skipped), "data": report}
     if config.export_hf and config.steps > start:
         summary["export"] = str(__import__("rrm_jax").save_hf(trainer.policy, run_dir / "hf"))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

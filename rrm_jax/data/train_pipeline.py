@@ -22,6 +22,7 @@ from typing import Callable
 import grain
 import numpy as np
 
+from ..distributed import barrier, is_main
 from ..rl.rollout import check_pair, to_prompt
 
 MAX_REPORTED = 5
@@ -83,7 +84,9 @@ def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
     d = config.data
     if d.synthetic:
         path = run_dir / "pairs.jsonl"
-        path.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(d.synthetic, d.shuffle_seed)))
+        if is_main():
+            path.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(d.synthetic, d.shuffle_seed)))
+        barrier("synthetic-pairs")
         return path, {"synthetic": d.synthetic}
     if not d.path:
         raise ValueError("data.path is empty (set it, or data.synthetic = N for generated pairs)")
