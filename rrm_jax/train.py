@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .distributed import is_main, to_host
+from .distributed import initialize, is_main, to_host
 from .rl import rewards as rewards_lib
 from .rl.loss import LossConfig
 from .rl.rollout import assign_sides, make_render, pack, rollout, to_prompt
@@ -237,8 +237,6 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     from .data.train_pipeline import PairPipeline, SFTPipeline, prepare_data
 
     if config.distributed:
-        from .distributed import initialize
-
         initialize()
     main = is_main()
     run_dir = Path(config.run_dir)
