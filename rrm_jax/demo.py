@@ -121,6 +121,15 @@ def knockout_hit_rate(judge, problems: list[task.Problem], *, n: int, votes: int
 
 
 # ------------------------------------------------------------------------------------------ the run
+def _bar(console, steps, label: str):
+    """``steps`` under a transient rich progress bar on a terminal (plain otherwise)."""
+    if console is None:
+        return steps
+    from rich.progress import track
+
+    return track(steps, description=label, console=console, transient=True)
+
+
 def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None) -> dict:
     import jax
 
@@ -163,7 +172,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     sft = Trainer(model, sft_cfg)
     render = judge_of(model).render
     t0 = time.perf_counter()
-    for step in range(recipe.sft_steps):
+    for step in _bar(console, range(recipe.sft_steps), "SFT warm start"):
         prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.snap_fraction)
         m = sft.sft_step(prompts, comps)
         if step % 50 == 0 or step == recipe.sft_steps - 1:
@@ -191,7 +200,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     curve = [dict(step=0, **before)]
     rewards = []
     t0 = time.perf_counter()
-    for step in range(1, recipe.grpo_steps + 1):
+    for step in _bar(console, range(1, recipe.grpo_steps + 1), "GRPO"):
         batch = [train_pairs[i] for i in rng.integers(0, len(train_pairs), recipe.prompts_per_step)]
         m = grpo.grpo_step([dict(query=p.query, chosen=p.chosen, rejected=p.rejected) for p in batch])
         rewards.append(m["reward_mean"])

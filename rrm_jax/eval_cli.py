@@ -26,6 +26,7 @@ class JudgeOptions:
     tokenizer: str = ""                   # tokenizer dir when the model has none (presets)
     dtype: str = "bfloat16"
     mesh: str = ""                        # "data,fsdp,tensor" sizes, e.g. "1,1,8"; empty = all devices data-parallel
+    distributed: bool = False             # one process per host (rrm_jax.distributed); only process 0 writes
     prompt: str = "rrm-v1"
     max_new_tokens: int = 8192            # the released models' evaluation setting
     temperature: float = 0.6
@@ -80,6 +81,7 @@ HELP = {
     "model": "checkpoint dir (HF safetensors), model TOML or preset name (random weights)",
     "tokenizer": "tokenizer dir, for models without one",
     "mesh": "device mesh data,fsdp,tensor, e.g. 1,1,8 (empty: all devices data-parallel)",
+    "distributed": "multi-host: run the same command on every host (rrm_jax.distributed)",
     "prompt": "judge prompt key (rrm-v1)",
     "max_slots": "rows decoded at once (continuous batching)",
     "max_prompt_tokens": "cut longer comparisons in the middle of the longest texts (0: no limit)",
@@ -253,12 +255,16 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     ``judge_factory(max_think_tokens) -> judge`` replaces model loading (tests pass a fake judge)."""
     from rrm_jax.data import DataError
     from rrm_jax.data.pipeline import load_pairs
+    from rrm_jax.distributed import initialize, is_main
     from rrm_jax.evaluate import EvalError, Setting, evaluate, load_records, write_summary
 
     cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL")
     validate(cfg)
     if judge_factory is None and not cfg.model:
         raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
+    if cfg.distributed:
+        initialize()
+    main = is_main()
     out = Path(cfg.out)
     try:
         pairs = load_pairs(cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad,
@@ -266,10 +272,11 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     except (DataError, ValueError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
-    _save_config(cfg, out / "config.json")
-    (out / "problems.json").write_text(json.dumps({"skipped": [str(p) for p in pairs.problems],
-                                                   "notes": [str(p) for p in pairs.notes]}, indent=1))
-    if pairs.problems:
+    if main:
+        _save_config(cfg, out / "config.json")
+        (out / "problems.json").write_text(json.dumps({"skipped": [str(p) for p in pairs.problems],
+                                                       "notes": [str(p) for p in pairs.notes]}, indent=1))
+    if pairs.problems and main:
         print(f"skipped {len(pairs.problems)} bad items (listed in {out / 'problems.json'})", file=sys.stderr)
     if judge_factory is None:
         model = load_model(cfg)
@@ -286,6 +293,8 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     except (EvalError, DataError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
+    if not main:
+        return 0
     # the records files may also hold rows beyond this run's max_items (an earlier, larger run)
     n = {s["setting"]: s["n"] for s in summaries}
     records = {k: [r for r in v if r["row"] < n[k]] for k, v in load_records(out).items() if k in n}

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import scoring
+from .distributed import barrier, is_main
 from .data.records import DataError, PairRecord
 
 RECORD_VERSION = 1
@@ -146,7 +147,9 @@ def _check_meta(path: Path, meta: dict, have_records: bool) -> None:
                             + "; use another --out or the same settings")
     elif have_records:
         raise EvalError(f"{path} is missing beside existing records; cannot tell their settings")
-    path.write_text(json.dumps(meta, indent=1))
+    barrier("eval-meta-checked")  # multi-host: everyone has read the old meta before the main process rewrites it
+    if is_main():
+        path.write_text(json.dumps(meta, indent=1))
 
 
 _RESUME_KEYS = ("dataset", "fingerprint", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
@@ -170,15 +173,19 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
     rf = RecordsFile(path)
     meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive,
             "record_version": RECORD_VERSION}
-    with _lock(path.with_name(path.name + ".lock")):
-        done = {r["id"]: r for r in rf.load()}
+    # multi-host: every process judges every chunk (the sampler's collectives need all of them) and
+    # reads the same records to resume; the main process alone locks, repairs and appends
+    main = is_main()
+    with _lock(path.with_name(path.name + ".lock")) if main else contextlib.nullcontext():
+        done = {r["id"]: r for r in rf.load(repair=main)}
         _check_meta(path.with_name(path.stem + ".meta.json"), meta, bool(done))
         todo = [(i, r) for i, r in enumerate(items) if r.id not in done]
-        with _progress(progress, description, total=len(items), completed=len(items) - len(todo)) as bar:
+        with _progress(progress and main, description, total=len(items), completed=len(items) - len(todo)) as bar:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 new = _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive)
-                rf.append(new)
+                if main:
+                    rf.append(new)
                 done.update((r["id"], r) for r in new)
                 bar.advance(len(new), tokens=sum(r["tokens"] for r in new))
     return [done[r.id] for r in items]

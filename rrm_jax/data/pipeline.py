@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import grain
 
+from ..distributed import barrier, is_main
 from .builders import SPLIT, build, decode, problems_of
 from .records import PairRecord, Problem
 
@@ -43,7 +44,12 @@ def load_pairs(kind: str, source: str | Path | None, *, data_dir: str | Path | N
 
     ``split`` accepts TFDS slicing (``"test[:50]"``, ``"test[10%:]"``) to read part of it.
     """
-    builder = build(kind, source, data_dir=data_dir, on_bad=on_bad)
+    # multi-host: the main process builds (or validates) the files, the others then reuse them
+    if is_main():
+        builder = build(kind, source, data_dir=data_dir, on_bad=on_bad)
+    barrier("dataset-build")
+    if not is_main():
+        builder = build(kind, source, data_dir=data_dir, on_bad=on_bad)
     src = builder.as_data_source(split=split)
     ds = grain.MapDataset.source(src).map(decode)
     problems, notes = problems_of(builder)
