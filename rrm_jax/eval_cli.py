@@ -81,7 +81,7 @@ HELP = {
     "model": "checkpoint dir (HF safetensors), model TOML or preset name (random weights)",
     "tokenizer": "tokenizer dir, for models without one",
     "mesh": "device mesh data,fsdp,tensor, e.g. 1,1,8 (empty: all devices data-parallel)",
-    "distributed": "multi-host: run the same command on every host (rrm_jax.distributed)",
+    "distributed": "multi-host: run the same command on every host (rrm_jax.distributed); process 0 writes",
     "prompt": "judge prompt key (rrm-v1)",
     "max_slots": "rows decoded at once (continuous batching)",
     "max_prompt_tokens": "cut longer comparisons in the middle of the longest texts (0: no limit)",
@@ -243,6 +243,15 @@ def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
     return Judge(model, prompt=opts.prompt, sampling=sampling, max_prompt_tokens=opts.max_prompt_tokens or None)
 
 
+def _join(opts: JudgeOptions) -> bool:
+    """Join the multi-host run when asked (before any JAX work); returns whether this process writes outputs."""
+    from rrm_jax.distributed import initialize, is_main
+
+    if opts.distributed:
+        initialize()
+    return is_main()
+
+
 def _save_config(cfg, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -255,16 +264,13 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     ``judge_factory(max_think_tokens) -> judge`` replaces model loading (tests pass a fake judge)."""
     from rrm_jax.data import DataError
     from rrm_jax.data.pipeline import load_pairs
-    from rrm_jax.distributed import initialize, is_main
     from rrm_jax.evaluate import EvalError, Setting, evaluate, load_records, write_summary
 
     cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL")
     validate(cfg)
     if judge_factory is None and not cfg.model:
         raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
-    if cfg.distributed:
-        initialize()
-    main = is_main()
+    main = _join(cfg)
     out = Path(cfg.out)
     try:
         pairs = load_pairs(cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad,
@@ -312,12 +318,13 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     validate(cfg)
     if not cfg.pairs:
         raise SystemExit("rrm-jax judge: --pairs FILE.jsonl is required")
+    main = _join(cfg)
     try:
         pairs = read_pairs_jsonl(cfg.pairs, on_bad=cfg.on_bad, require_label=False)
     except DataError as e:
         print(f"rrm-jax judge: {e}", file=sys.stderr)
         return 2
-    for p in pairs.problems:
+    for p in pairs.problems if main else ():
         print(f"skipped: {p}", file=sys.stderr)
     judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
     try:
@@ -329,6 +336,8 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     except (EvalError, DataError) as e:
         print(f"rrm-jax judge: {e}", file=sys.stderr)
         return 2
+    if not main:
+        return 0
     s = summarize(recs)
     msg = f"{len(recs)} comparisons -> {cfg.out}; {s['no_verdict']} without a verdict"
     if s["n_scored"]:
@@ -348,6 +357,7 @@ def rank_main(argv: list[str], *, judge=None) -> int:
         raise SystemExit("rrm-jax rank: --queries FILE.jsonl is required")
     if cfg.strategy not in ("knockout", "elo"):
         raise SystemExit(f"rrm-jax rank: --strategy must be knockout or elo, got {cfg.strategy!r}")
+    main = _join(cfg)
     try:
         queries = read_queries(cfg.queries)
     except DataError as e:
@@ -356,17 +366,19 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
     rf = RecordsFile(cfg.out)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    done = {r["id"] for r in rf.load()}
+    done = {r["id"] for r in rf.load(repair=main)}
     todo = [q for q in queries if q["id"] not in done]
-    with _progress(cfg.progress, f"ranking ({cfg.strategy})", len(queries), len(queries) - len(todo)) as bar:
+    with _progress(cfg.progress and main, f"ranking ({cfg.strategy})", len(queries), len(queries) - len(todo)) as bar:
         for q in todo:
             r = judge.rank(q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed,
                            swap=cfg.swap)
             rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
                    "best": int(r.order[0]), "best_candidate": q["candidates"][r.order[0]], **r.to_dict()}
-            rf.append([rec])
+            if main:  # multi-host: every process plays every match, one writes
+                rf.append([rec])
             bar.advance(1, tokens=int(r.tokens))
-    print(f"{len(queries)} queries ranked -> {cfg.out}")
+    if main:
+        print(f"{len(queries)} queries ranked -> {cfg.out}")
     return 0
 
 
