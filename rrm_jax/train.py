@@ -264,11 +264,14 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
         start = latest
         print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
     mpath = _metrics_file(run_dir, start) if main else Path(os.devnull)
+    tb = TensorBoard.open(run_dir / "tb", start) if config.tensorboard and main else None
     t_start = time.perf_counter()
     try:
-        last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress and main)
+        last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress and main, tb)
     finally:
         ckpt.close()  # waits for an in-flight async save: an exception never leaves a half-written step
+        if tb is not None:
+            tb.close()
     summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
                "skipped_total": int(trainer.state.skipped), "data": report}
     if config.export_hf and config.steps > start:
@@ -278,7 +281,7 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     return summary
 
 
-def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress) -> dict:
+def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None) -> dict:
     last = {}
     with mpath.open("a") as mf, _progress(progress, config.steps, start) as bar:
         for step in range(start + 1, config.steps + 1):
@@ -291,6 +294,8 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress) -> dict:
             record = {"step": step, **metrics}
             mf.write(json.dumps(record) + "\n")
             mf.flush()
+            if tb is not None:
+                tb.scalars(step, metrics)
             last = record
             if bar is not None:
                 bar.update(step, reward=metrics.get("reward_mean", float("nan")), loss=metrics["loss"])
@@ -299,6 +304,36 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress) -> dict:
             if step % config.save_every == 0 or step == config.steps:
                 ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
     return last
+
+
+class TensorBoard:
+    """Scalars for TensorBoard (``tensorboard --logdir RUN_DIR/tb``); metrics.jsonl stays the record of truth."""
+
+    def __init__(self, log_dir: Path, start: int):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = Event, Summary
+        self.writer = EventFileWriter(str(log_dir))
+        # a (re)start at step `start + 1`: TensorBoard drops what a killed run logged from there on
+        self.writer.add_event(Event(wall_time=time.time(), step=start + 1,
+                                    session_log=SessionLog(status=SessionLog.START)))
+
+    @classmethod
+    def open(cls, log_dir: Path, start: int) -> "TensorBoard | None":
+        try:
+            return cls(log_dir, start)
+        except ImportError:  # optional: pip install tensorboard
+            return None
+
+    def scalars(self, step: int, values: dict) -> None:
+        vals = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=vals)))
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class _progress:

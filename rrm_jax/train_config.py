@@ -82,6 +82,7 @@ class TrainConfig:
     keep: int = 3
     async_checkpoint: bool = True
     export_hf: bool = True
+    tensorboard: bool = True  # also RUN_DIR/tb scalars when the tensorboard package is installed
     optim: OptimConfig = OptimConfig()
     grpo: GRPOConfig = GRPOConfig()
     data: DataConfig = DataConfig()

@@ -1,5 +1,6 @@
 """The train step (accumulation, sharding, NaN handling), checkpoint resume, configs and bad input."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -182,6 +183,12 @@ def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
     a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert a == b  # every metric of every step, bit for bit
+    if importlib.util.find_spec("tensorboard"):  # TensorBoard shows the same curve, the killed run's step 3 dropped
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "b" / "tb"))
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(r["step"], np.float32(r["loss"])) for r in b]
     assert any(r["grad_norm"] > 0 for r in a) and len({r["loss"] for r in a}) > 1  # the weights did move
     # before the first inner update the trainer's log-probs reproduce the sampler's (old policy == rollout policy)
     assert all(r["old_policy_kl"] < 1e-6 for r in a) and a[-1]["approx_kl_old"] > 1e-6
