@@ -79,6 +79,37 @@ def test_rewardbench_schema_files(tmp_path, fmt):
                           PairRecord("7", "Say hi", "hi", "no", 0, "alpacaeval-easy", "rewardbench")]
 
 
+def test_rewardbench_download_reads_the_filtered_shards_of_a_hub_snapshot(tmp_path, monkeypatch):
+    """The hub is offline here: a stand-in snapshot_download lays files out as the hub's dataset repo does."""
+    pa = pytest.importorskip("pyarrow")
+    import huggingface_hub
+    import pyarrow.parquet as pq
+
+    from rrm_jax.data import download_rewardbench
+
+    calls = []
+
+    def fake_snapshot(repo_id, *, repo_type, allow_patterns, cache_dir):
+        calls.append((repo_id, repo_type, allow_patterns))
+        data = Path(cache_dir) / "snapshot" / "data"
+        data.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(RB_ROWS), data / "filtered-00000-of-00001.parquet")
+        pq.write_table(pa.Table.from_pylist(RB_ROWS[:1] * 3), data / "raw-00000-of-00001.parquet")  # an old fetch
+        return str(Path(cache_dir) / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    ps = read_pairs("rewardbench", download_rewardbench(tmp_path))
+    assert calls == [("allenai/reward-bench", "dataset", ["data/filtered*"])]
+    assert [r.id for r in ps.records] == ["30", "7"]
+
+    def offline(*a, **k):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(DataError, match="download the `filtered` split yourself"):
+        download_rewardbench(tmp_path)
+
+
 def test_generic_jsonl_labels(tmp_path):
     rows = [{"query": "q", "response_a": "x", "response_b": "y", "label": lab} for lab in (0, 1, None, "a", "b", "tie")]
     rows[0]["id"] = "first"

@@ -194,7 +194,11 @@ def read_rewardbench(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
     or a directory of .parquet shards as the hub stores them). ``chosen`` becomes ``a`` (label 0); the
     evaluation randomises the order shown to the judge."""
     p = _path(path)
-    files = sorted(p.glob("*.parquet")) + sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if p.is_dir():
+        # a hub snapshot may also hold other splits fetched earlier (raw-*.parquet): the filtered shards win
+        files = sorted(p.glob("filtered*.parquet")) or sorted(p.glob("*.parquet")) + sorted(p.glob("*.jsonl"))
+    else:
+        files = [p]
     if not files:
         raise DataError(f"{p}: directory holds no .parquet or .jsonl files")
 
