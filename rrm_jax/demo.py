@@ -66,19 +66,45 @@ def _parse(argv):
     ap.add_argument("--out", default="runs/demo", help="run directory (metrics.jsonl, summary.json, demo.png)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a shortened run (CI)")
+    ap.add_argument("--recipe", default=None, help="a TOML of Recipe fields (train/demo.toml holds the defaults)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Recipe fields")
     ap.add_argument("--no-plot", action="store_true")
     return ap.parse_args(argv)
 
 
-def _recipe(args) -> Recipe:
-    kw = dict(QUICK) if args.quick else {}
-    fields = {f.name: f.type for f in dataclasses.fields(Recipe)}
-    for item in args.set:
+def load_recipe(path: str | Path | None = None, overrides: list[str] = (), *, quick: bool = False) -> Recipe:
+    """Recipe defaults, then ``--quick``, then a TOML file, then ``key=value`` overrides; unknown or mistyped
+    fields are refused with the file (or flag) and field named."""
+    import tomllib
+
+    kw = dict(QUICK) if quick else {}
+    default = Recipe()
+
+    def put(key, value, where):
+        if not hasattr(default, key):
+            raise SystemExit(f"{where}: unknown recipe field {key!r}; known: {sorted(dataclasses.asdict(default))}")
+        want = type(getattr(default, key))
+        try:
+            if isinstance(value, str) and want is not str:
+                value = want(value)
+            elif want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not want:
+                raise TypeError
+        except (TypeError, ValueError):
+            raise SystemExit(f"{where}: {key} must be {want.__name__}, got {value!r}") from None
+        kw[key] = value
+
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise SystemExit(f"{path}: {e}") from None
+        for k, v in table.items():
+            put(k, v, f"{path}:{k}")
+    for item in overrides:
         k, _, v = item.partition("=")
-        if k not in fields:
-            raise SystemExit(f"--set {item}: unknown recipe field {k!r}; known: {sorted(fields)}")
-        kw[k] = type(getattr(Recipe(), k))(v)
+        put(k, v, f"--set {item}")
     return Recipe(**kw)
 
 
@@ -272,7 +298,7 @@ def plot_run(curve: list[dict], rewards: list[float], path: Path) -> Path:
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    recipe = _recipe(args)
+    recipe = load_recipe(args.recipe, args.set, quick=args.quick)
     try:
         from rich.console import Console
         from rich.table import Table

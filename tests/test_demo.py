@@ -64,3 +64,23 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
     assert s["thinking_after_grpo"] >= s["thinking_before_grpo"] + 0.30
     assert s["accuracy_voting"] >= s["accuracy_after_grpo"] - 0.05  # 3-vote majority is no worse than one vote
     assert [c["step"] for c in s["curve"]] == [0, 15, 30]
+
+
+def test_recipe_file_matches_defaults_and_bad_fields_are_named(tmp_path):
+    from pathlib import Path
+
+    from rrm_jax.demo import QUICK, Recipe, load_recipe
+
+    shipped = Path(__file__).resolve().parents[1] / "train" / "demo.toml"
+    assert load_recipe(shipped) == Recipe()  # the documented recipe is the one that runs
+    assert load_recipe(shipped, ["grpo_steps=7", "grpo_lr=2e-4"]) == Recipe(grpo_steps=7, grpo_lr=2e-4)
+    assert load_recipe(quick=True) == Recipe(**QUICK)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("grpo_step = 3\n")
+    with pytest.raises(SystemExit, match=r"bad\.toml:grpo_step: unknown recipe field 'grpo_step'"):
+        load_recipe(bad)
+    bad.write_text('votes = "five"\n')
+    with pytest.raises(SystemExit, match=r"bad\.toml:votes: votes must be int"):
+        load_recipe(bad)
+    with pytest.raises(SystemExit, match=r"--set sft_lr=fast: sft_lr must be float"):
+        load_recipe(None, ["sft_lr=fast"])
