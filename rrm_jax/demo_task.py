@@ -108,6 +108,11 @@ def split_pairs(seed: int, heldout_fraction: float = 0.2) -> tuple[list[Pair], l
     return [pairs[i] for i in perm[n_held:]], [pairs[i] for i in perm[:n_held]]
 
 
+def snap_judgment(pick: int) -> str:
+    """Close the thought and give the verdict; on its own, a judgment with no reasoning."""
+    return f"</think>\n\n\\boxed{{Assistant {pick}}}"
+
+
 def chain(problem: Problem) -> str:
     """The result worked out one unit at a time: ``3+4=4+3=5+2=6+1=7``, ``8-3=7-2=6-1=5``.
 
@@ -133,7 +138,7 @@ def reasoning(problem: Problem, first: str, second: str) -> str:
     if pick is None:
         raise ValueError(f"{problem.query}: neither {first!r} nor {second!r} equals {s}")
     c = int(first)
-    return f"{chain(problem)}\n1:{c}-{s}={c - s}\n</think>\n\n\\boxed{{Assistant {pick}}}"
+    return f"{chain(problem)}\n1:{c}-{s}={c - s}\n" + snap_judgment(pick)
 
 
 def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:
@@ -178,11 +183,6 @@ def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
     return ModelConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
                        num_heads=4, num_kv_heads=2, head_dim=hidden // 4, rope_theta=10000.0,
                        tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")
-
-
-def snap_judgment(pick: int) -> str:
-    """A verdict with no reasoning: the thought closes at once."""
-    return f"</think>\n\n\\boxed{{Assistant {pick}}}"
 
 
 def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, snap_fraction: float = 0.0):
