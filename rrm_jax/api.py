@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from . import hf_io
-from .config import ModelConfig, resolve_config
+from . import hf_io, hub, shipped
+from .config import ConfigError, ModelConfig, resolve_config
 from .model import Qwen2, param_axes, param_name
 from .sharding import DEFAULT_RULES, ShardingRules, as_auto
 
@@ -148,9 +148,14 @@ def load(
     attention_impl: str = "xla",
     remat: str = "none",
     tokenizer: Any = "auto",
+    revision: str | None = None,
 ) -> Model:
-    """Load an HF checkpoint directory (safetensors, single or sharded) straight into its sharding."""
-    path = Path(path)
+    """Load an HF checkpoint (safetensors, single or sharded) straight into its sharding.
+
+    ``path`` is a local directory or a hub id ``org/name`` (``@revision`` or ``revision=`` to pin one),
+    resolved through the HF cache (:mod:`rrm_jax.hub`); a local directory of the same spelling wins.
+    """
+    path = hub.resolve(path, revision)
     cfg = ModelConfig.from_json(path / "config.json")
     mesh = as_auto(mesh)
     _, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat)
@@ -159,6 +164,21 @@ def load(
     if tokenizer == "auto":
         tokenizer = load_tokenizer(path)
     return Model(cfg, graphdef, state, mesh, rules, tokenizer)
+
+
+def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw) -> Model:
+    """What every command's ``--model`` means: a checkpoint directory or hub id (loaded), or a model TOML /
+    preset name (random init, with ``tokenizer`` when given). ``kw`` goes to :func:`load` / :func:`init`."""
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return load(path, tokenizer=tokenizer or "auto", **kw)
+    if path.suffix in (".toml", ".json") or shipped.find(spec, "models") is not None:
+        return init(spec, seed=seed, tokenizer=tokenizer, **kw)
+    if hub.is_hub_id(spec):
+        return load(spec, tokenizer=tokenizer or "auto", **kw)
+    raise ConfigError(f"{spec}: not a checkpoint directory, hub id (org/name), model TOML or preset "
+                      f"(presets: {', '.join(shipped.names('models'))})")
 
 
 def load_tokenizer(path: str | Path):

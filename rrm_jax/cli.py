@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     target, _ = COMMANDS[argv[0]]
     mod, fn = target.split(":")
-    return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
+    from .config import ConfigError
+    from .data.records import DataError
+    from .hf_io import CheckpointError
+
+    try:
+        return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
+    except (ConfigError, CheckpointError, DataError) as e:  # bad input: one line naming it, not a traceback
+        print(f"rrm-jax {argv[0]}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from . import shipped
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 
 
@@ -212,7 +214,7 @@ def _check_sliding_window(d: dict, num_layers: int, source: str) -> None:
             )
 
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = shipped.shipped_dir("models")
 
 
 def resolve_config(spec: "str | Path | ModelConfig | dict | Any") -> ModelConfig:
@@ -228,9 +230,10 @@ def resolve_config(spec: "str | Path | ModelConfig | dict | Any") -> ModelConfig
         return ModelConfig.from_json(p / "config.json")
     if p.suffix == ".json":
         return ModelConfig.from_json(p)
-    if p.suffix == ".toml" or p.exists():
-        return ModelConfig.from_toml(p)
-    preset = MODELS_DIR / f"{spec}.toml"
-    if preset.exists():
-        return ModelConfig.from_toml(preset)
-    raise ConfigError(f"{spec}: not a config file, checkpoint directory or preset in {MODELS_DIR}")
+    found = shipped.find(spec, "models")  # an existing file, or a preset name / models/NAME.toml
+    if found is not None:
+        return ModelConfig.from_toml(found)
+    if p.suffix == ".toml":
+        return ModelConfig.from_toml(p)  # names the missing file
+    raise ConfigError(f"{spec}: not a config file, checkpoint directory or preset "
+                      f"(presets: {', '.join(shipped.names('models'))})")

@@ -21,12 +21,15 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import demo_task as task
+from . import shipped
+from .progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] = (), *, qu
         kw[key] = value
 
     if path is not None:
+        path = shipped.find(path, "train") or path  # "demo" names the shipped train/demo.toml
         try:
             table = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
@@ -148,12 +152,11 @@ def knockout_hit_rate(judge, problems: list[task.Problem], *, n: int, votes: int
 
 # ------------------------------------------------------------------------------------------ the run
 def _bar(console, steps, label: str):
-    """``steps`` under a transient rich progress bar on a terminal (plain otherwise)."""
-    if console is None:
-        return steps
-    from rich.progress import track
-
-    return track(steps, description=label, console=console, transient=True)
+    """Iterate ``steps`` under a progress display on the demo's own output (plain lines when it is a file)."""
+    with Progress(label, len(steps), console=console, stream=sys.stdout) as bar:
+        for step in steps:
+            yield step
+            bar.update(advance=1)
 
 
 def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None) -> dict:
@@ -303,7 +306,7 @@ def main(argv: list[str]) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        console = Console()
+        console = Console(soft_wrap=True)  # a log file keeps whole lines
     except ImportError:  # rich is a dependency; this only keeps the demo alive in a bare environment
         console, Table = None, None
     s = run(recipe, Path(args.out), args.seed, plot=not args.no_plot, console=console)

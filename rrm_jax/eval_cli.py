@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from . import shipped
+
 
 @dataclasses.dataclass(frozen=True)
 class JudgeOptions:
@@ -177,17 +179,22 @@ def build_config(cls, argv: list[str], prog: str, description: str):
     ns = ap.parse_intermixed_args(argv)
     values: dict[str, Any] = {}
     overrides: list[str] = []
+    origin: dict[str, str] = {}
     for item in ns.rest:
-        if item.endswith(".toml") and "=" not in item:
+        recipe = shipped.find(item, "eval") if "=" not in item else None
+        if recipe is None and item.endswith(".toml") and "=" not in item:
+            raise SystemExit(f"{prog}: recipe {item}: no such file (shipped recipes: {', '.join(shipped.names('eval'))})")
+        if recipe is not None:
             try:
-                with open(item, "rb") as f:
+                with open(recipe, "rb") as f:
                     data = tomllib.load(f)
             except (OSError, tomllib.TOMLDecodeError) as e:
-                raise SystemExit(f"{prog}: cannot read recipe {item}: {e}")
+                raise SystemExit(f"{prog}: cannot read recipe {recipe}: {e}")
             for k, v in data.items():
                 if k not in fields:
-                    raise SystemExit(f"{prog}: {item}: unknown key {k!r} (known: {', '.join(fields)})")
+                    raise SystemExit(f"{prog}: {recipe}: unknown key {k!r} (known: {', '.join(fields)})")
                 values[k] = v
+                origin[k] = str(recipe)
         elif "=" in item:
             overrides.append(item)
         else:
@@ -199,10 +206,31 @@ def build_config(cls, argv: list[str], prog: str, description: str):
         if k not in fields:
             raise SystemExit(f"{prog}: unknown key {k!r} in {item!r} (known: {', '.join(fields)})")
         values[k] = v
+    overridden = {item.split("=", 1)[0].strip().replace("-", "_") for item in overrides}
+    origin = {k: v for k, v in origin.items() if k not in overridden and getattr(ns, k, None) is None}
     try:
-        return cls(**{k: _convert(hints[k], v, k) for k, v in values.items()})
+        cfg = cls(**{k: _convert(hints[k], v, k) for k, v in values.items()})
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}")
+    _check_inputs(cfg, prog, origin)
+    return cfg
+
+
+# where to get each dataset when a recipe's path (e.g. ../shared/..., the development checkout's) is absent
+DATA_HINTS = {
+    "pandalm": "the PandaLM test set (data/testset-v1.json of github WeOpenML/PandaLM)",
+    "llmbar": "a directory of LLMBar .json files (Dataset/LLMBar of github princeton-nlp/LLMBar)",
+    "rewardbench": "a RewardBench filtered-split file (.parquet/.json), or data= (empty) to download it",
+    "jsonl": "a JSONL of {query, response_a, response_b, label}",
+}
+
+
+def _check_inputs(cfg, prog: str, origin: dict[str, str]) -> None:
+    """A dataset path must exist before anything heavy starts; the message says what to pass instead."""
+    value = getattr(cfg, "data", "")
+    if value and not Path(value).exists():
+        what = DATA_HINTS.get(getattr(cfg, "dataset", "jsonl"), "the dataset")
+        raise SystemExit(f"{prog}: {shipped.missing_input('data', value, what, origin.get('data', ''))}")
 
 
 # ---------------------------------------------------------------------------------------------- model + judge
@@ -211,7 +239,7 @@ def load_model(opts: JudgeOptions):
     import numpy as np
 
     import rrm_jax
-    from rrm_jax.api import load_tokenizer
+    from rrm_jax.api import load_or_init, load_tokenizer
 
     if not opts.model:
         raise SystemExit("--model is required (a checkpoint directory, a model TOML or a preset name)")
@@ -223,14 +251,10 @@ def load_model(opts: JudgeOptions):
         if len(shape) != 3:
             raise SystemExit(f"--mesh expects three sizes data,fsdp,tensor, got {opts.mesh!r}")
         mesh = rrm_jax.make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
-    path = Path(opts.model)
-    if path.is_dir():
-        model = rrm_jax.load(path, mesh=mesh, dtype=jnp.dtype(opts.dtype))
-        if model.tokenizer is None and opts.tokenizer:
-            model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
-        return model
-    tok = load_tokenizer(opts.tokenizer) if opts.tokenizer else None
-    return rrm_jax.init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype), tokenizer=tok)
+    model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
+    if model.tokenizer is None and opts.tokenizer:
+        model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
+    return model
 
 
 def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
@@ -349,7 +373,8 @@ def judge_main(argv: list[str], *, judge=None) -> int:
 def rank_main(argv: list[str], *, judge=None) -> int:
     """`rrm-jax rank`: a tournament per query; one JSONL line per query (resumable by id)."""
     from rrm_jax.data import DataError
-    from rrm_jax.evaluate import RecordsFile, _progress
+    from rrm_jax.evaluate import RecordsFile
+    from rrm_jax.progress import Progress
 
     cfg = build_config(RankConfig, argv, "rrm-jax rank", "rank candidates per query with a tournament")
     validate(cfg)
@@ -368,7 +393,9 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in rf.load(repair=main)}
     todo = [q for q in queries if q["id"] not in done]
-    with _progress(cfg.progress and main, f"ranking ({cfg.strategy})", len(queries), len(queries) - len(todo)) as bar:
+    with Progress(f"ranking ({cfg.strategy})", len(queries), completed=len(queries) - len(todo), rate="queries",
+                  fmt="{tokens} judge tokens", enabled=cfg.progress and main) as bar:
+        tokens = 0
         for q in todo:
             r = judge.rank(q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed,
                            swap=cfg.swap)
@@ -376,7 +403,8 @@ def rank_main(argv: list[str], *, judge=None) -> int:
                    "best": int(r.order[0]), "best_candidate": q["candidates"][r.order[0]], **r.to_dict()}
             if main:  # multi-host: every process plays every match, one writes
                 rf.append([rec])
-            bar.advance(1, tokens=int(r.tokens))
+            tokens += int(r.tokens)
+            bar.update(advance=1, tokens=tokens)
     if main:
         print(f"{len(queries)} queries ranked -> {cfg.out}")
     return 0

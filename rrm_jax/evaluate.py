@@ -32,6 +32,7 @@ import numpy as np
 from . import scoring
 from .distributed import barrier, is_main
 from .data.records import DataError, PairRecord
+from .progress import Progress
 
 RECORD_VERSION = 1
 SWAPS = ("random", "both", "none")
@@ -180,14 +181,17 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
         done = {r["id"]: r for r in rf.load(repair=main)}
         _check_meta(path.with_name(path.stem + ".meta.json"), meta, bool(done))
         todo = [(i, r) for i, r in enumerate(items) if r.id not in done]
-        with _progress(progress and main, description, total=len(items), completed=len(items) - len(todo)) as bar:
+        t0, tokens = time.perf_counter(), 0
+        with Progress(description, len(items), completed=len(items) - len(todo), rate="cmp", fmt="{tok_s:.0f} tok/s",
+                      enabled=progress and main) as bar:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 new = _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive)
                 if main:
                     rf.append(new)
                 done.update((r["id"], r) for r in new)
-                bar.advance(len(new), tokens=sum(r["tokens"] for r in new))
+                tokens += sum(r["tokens"] for r in new)
+                bar.update(advance=len(new), tok_s=tokens / (time.perf_counter() - t0))
     return [done[r.id] for r in items]
 
 
@@ -212,34 +216,6 @@ def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
         rec["seconds"] = dt / len(chunk)
         out.append(rec)
     return out
-
-
-class _Bar:
-    def __init__(self, prog, task):
-        self.prog, self.task, self.t0, self.n, self.tokens = prog, task, time.perf_counter(), 0, 0
-
-    def advance(self, n: int, tokens: int = 0) -> None:
-        self.n += n
-        self.tokens += tokens
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        if self.prog is not None:
-            self.prog.update(self.task, advance=n, cps=self.n / dt, tps=self.tokens / dt)
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str, total: int, completed: int = 0):
-    if not enabled:
-        yield _Bar(None, None)
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[cps]:.2f} cmp/s  {task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
-            TimeRemainingColumn()]
-    with Progress(*cols) as prog:
-        task = prog.add_task(description, total=total, completed=completed, cps=0.0, tps=0.0)
-        yield _Bar(prog, task)
 
 
 def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str = "random", seed: int = 0,

@@ -33,6 +33,7 @@ import numpy as np
 
 from .api import Model, bucket
 from .distributed import to_host
+from .progress import Progress
 from .sampler_engine import BUDGET, LENGTH, NEVER, STOP, WILD, Knobs, Spec, get_engine
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
@@ -223,8 +224,8 @@ def generate(
     kill = np.zeros((b,), bool)
     counts = np.zeros((b,), np.int64)  # tokens chosen per slot, as of the last chunk
     tb = s - m
-    bar = _progress(progress, len(requests))
-    try:
+    bar = Progress("generating", len(requests), rate="seq", enabled=progress)
+    with bar:
         while queue or any(o is not None for o in occupant):
             free = [r for r in range(b) if occupant[r] is None]
             if queue and free and (continuous or len(free) == b):
@@ -276,11 +277,7 @@ def generate(
                 results[occupant[r]] = c
                 st.generated_tokens += c.num_tokens
                 occupant[r] = None
-                if bar is not None:
-                    bar[0].advance(bar[1])
-    finally:
-        if bar is not None:
-            bar[0].stop()
+                bar.update(advance=1)
     global LAST_STATS
     LAST_STATS = st
     return [results[r] for r in requests]
@@ -348,20 +345,10 @@ def _completion(req, arrays, r, n_tok, reason, forced_at, text, tok, stops, spec
     )
 
 
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    p = Progress(transient=False)
-    p.start()
-    return p, p.add_task("generating", total=total)
-
-
 # ------------------------------------------------------------------------------------------ CLI
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="rrm-jax generate", description="sample completions from a model")
-    ap.add_argument("--model", required=True, help="HF checkpoint directory or a models/*.toml preset / path (random init)")
+    ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id (org/name[@rev]), or a models/*.toml preset / path (random init)")
     ap.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable); token ids 'ids:1,2,3' or, without a tokenizer, '1 2 3'")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -375,15 +362,14 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--max-slots", type=int, default=32)
     args = ap.parse_args(argv)
-    from pathlib import Path
-
     from . import api
+    from .hf_io import CheckpointError
 
-    dtype = jnp.dtype(args.dtype)
-    if Path(args.model).is_dir():
-        model = api.load(args.model, dtype=dtype)
-    else:
-        model = api.init(args.model, dtype=dtype)
+    try:
+        model = api.load_or_init(args.model, dtype=jnp.dtype(args.dtype))
+    except (api.ConfigError, CheckpointError) as e:
+        print(f"rrm-jax generate: {e}", file=sys.stderr)
+        return 2
     prompts = []
     for p in args.prompt:
         if p.startswith("ids:") or model.tokenizer is None:

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .distributed import initialize, is_main, to_host
+from . import shipped
+from .progress import Progress
 from .rl import rewards as rewards_lib
 from .rl.loss import LossConfig
 from .rl.rollout import assign_sides, make_render, pack, rollout, to_prompt
@@ -199,20 +201,16 @@ def _ceil(n: int, m: int) -> int:
 
 # ------------------------------------------------------------------------------------------ the loop
 def build_model(cfg: TrainConfig):
-    """The policy from a recipe: random init for a preset/TOML, or an HF checkpoint directory."""
-    import rrm_jax
+    """The policy from a recipe: random init for a preset/TOML, or an HF checkpoint directory / hub id."""
+    from .api import load_or_init
     from .sharding import make_mesh
     from .data.train_pipeline import load_tokenizer
 
     mesh = make_mesh(cfg.mesh)
     dt, cdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.compute_dtype)
     tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    if Path(cfg.model).is_dir() and (Path(cfg.model) / "config.json").exists():
-        model = rrm_jax.load(cfg.model, mesh=mesh, dtype=dt, compute_dtype=cdt, remat=cfg.remat,
-                             attention_impl=cfg.attention, tokenizer=tok or "auto")
-    else:
-        model = rrm_jax.init(cfg.model, seed=cfg.seed, mesh=mesh, dtype=dt, compute_dtype=cdt, tokenizer=tok,
-                             remat=cfg.remat, attention_impl=cfg.attention)
+    model = load_or_init(cfg.model, seed=cfg.seed, mesh=mesh, dtype=dt, compute_dtype=cdt,
+                         tokenizer=tok, remat=cfg.remat, attention_impl=cfg.attention)
     if model.tokenizer is None:
         raise ValueError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
     return model
@@ -283,7 +281,9 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
 
 def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None) -> dict:
     last = {}
-    with mpath.open("a") as mf, _progress(progress, config.steps, start) as bar:
+    bar = Progress(config.mode, config.steps, completed=start, fmt="reward {reward:+.3f}  loss {loss:.4f}",
+                   enabled=progress)
+    with mpath.open("a") as mf, bar:
         for step in range(start + 1, config.steps + 1):
             batch = pipe.next()
             if config.mode == "grpo":
@@ -297,8 +297,7 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             if tb is not None:
                 tb.scalars(step, metrics)
             last = record
-            if bar is not None:
-                bar.update(step, reward=metrics.get("reward_mean", float("nan")), loss=metrics["loss"])
+            bar.update(step, reward=metrics.get("reward_mean", float("nan")), loss=metrics["loss"])
             if on_step is not None:
                 on_step(step, record)
             if step % config.save_every == 0 or step == config.steps:
@@ -336,44 +335,22 @@ class TensorBoard:
         self.writer.close()
 
 
-class _progress:
-    """A rich progress bar (or nothing when disabled / not a terminal)."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled, self.total, self.start = enabled and sys.stderr.isatty(), total, start
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import Progress
-
-        self.p = Progress(*Progress.get_default_columns(), "reward {task.fields[reward]:.3f} loss {task.fields[loss]:.4f}")
-        self.p.start()
-        task = self.p.add_task("train", total=self.total, completed=self.start, reward=float("nan"), loss=float("nan"))
-        outer = self
-
-        class Bar:
-            def update(self, step, **fields):
-                outer.p.update(task, completed=step, **fields)
-
-        return Bar()
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.p.stop()
-
-
 # ------------------------------------------------------------------------------------------ CLIs
 def cli(argv: list[str]) -> int:
     """``rrm-jax train RECIPE.toml [key=value ...]``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="rrm-jax train", description="train an RRM with GRPO (or SFT) from a recipe")
-    ap.add_argument("recipe", help="train/<recipe>.toml")
+    ap.add_argument("recipe", help="a recipe TOML, or the name of a shipped one (tiny, rrm-7b, rrm-32b)")
     ap.add_argument("overrides", nargs="*", help="key=value or section.key=value (e.g. steps=10 optim.lr=1e-6)")
     args = ap.parse_args(argv)
+    recipe = shipped.find(args.recipe, "train")
+    if recipe is None:
+        print(f"rrm-jax train: recipe {args.recipe}: no such file (shipped recipes: "
+              f"{', '.join(n for n in shipped.names('train') if n != 'demo')})", file=sys.stderr)
+        return 2
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        cfg = load_config(recipe, args.overrides)
     except (ValueError, FileNotFoundError) as e:
         print(f"rrm-jax train: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,21 @@
+"""What a new user does after `pip install .` (no extras, no torch), run from outside the checkout:
+a shipped preset by name, the judge with a chat-template tokenizer (needs jinja2), and the sampler."""
+
+import numpy as np
+
+import rrm_jax
+from rrm_jax.data.train_pipeline import byte_tokenizer
+from rrm_jax.judge import Judge
+
+assert "site-packages" in rrm_jax.__file__, f"not the installed package: {rrm_jax.__file__}"
+model = rrm_jax.init("qwen2.5-0.5b", dtype=np.float32, tokenizer=byte_tokenizer())
+print(f"qwen2.5-0.5b preset: {model.config.num_params / 1e6:.0f}M parameters")
+cfg = rrm_jax.SamplingConfig(max_new_tokens=4, temperature=1.0, seed=0)
+out = rrm_jax.generate(model, ["2+2="], cfg)
+assert out[0].num_tokens == 4, out[0]
+judge = Judge(model, sampling=cfg)
+prompt = judge.render("What is 2+2?", "4", "5")
+assert "What is 2+2?" in prompt, prompt[:200]
+v = judge.compare("What is 2+2?", "4", "5")
+print(f"generate: {out[0].num_tokens} tokens; judge verdict {v.winner} from {v.tokens} tokens")
+print("fresh install OK")

@@ -1,0 +1,69 @@
+"""Hugging Face hub ids wherever a checkpoint directory is accepted (``rrm_jax.load("org/name")``, ``--model``).
+
+A local directory always wins over a hub id of the same spelling. Otherwise the id resolves through
+``huggingface_hub.snapshot_download``, which honours the HF cache (``HF_HOME``/``HF_HUB_CACHE``) and
+``HF_HUB_OFFLINE=1``. Only safetensors, JSON configs and tokenizer files are fetched: pickle weights
+(``*.bin``, ``*.pt``) are never downloaded or read. A revision is ``revision=`` or ``org/name@revision``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .hf_io import CheckpointError
+
+ALLOW_PATTERNS = [
+    "*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.txt", "*.jinja",
+]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
+
+
+def is_hub_id(spec: str | Path) -> bool:
+    """``org/name`` or ``org/name@revision`` that is not an existing local path."""
+    s = str(spec)
+    return not Path(s).exists() and not s.endswith((".toml", ".json")) and bool(_HUB_ID.match(s))
+
+
+def split_revision(spec: str, revision: str | None = None) -> tuple[str, str | None]:
+    repo, _, rev = spec.partition("@")
+    if rev and revision and rev != revision:
+        raise CheckpointError(f"{spec}: revision {rev!r} in the id differs from revision={revision!r}")
+    return repo, rev or revision
+
+
+def download_hint(repo: str) -> str:
+    return (f"hf download {repo} --include '*.safetensors' '*.json' 'tokenizer*' "
+            "(on a machine with network, then copy the HF cache or pass the directory)")
+
+
+def resolve(spec: str | Path, revision: str | None = None) -> Path:
+    """A local checkpoint directory, or the cached snapshot of hub id ``spec`` (downloaded when online)."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if not is_hub_id(spec):
+        raise CheckpointError(f"{spec}: no such checkpoint directory (nor a hub id of the form org/name)")
+    repo, revision = split_revision(str(spec), revision)
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
+                                            RevisionNotFoundError)
+    except ImportError as e:  # a declared dependency; only a broken environment lands here
+        raise CheckpointError(f"{spec}: loading a hub id needs huggingface_hub ({e})") from None
+    try:
+        root = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS))
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo}: revision {revision!r} not found on the hub") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo}: no such model repository on the hub (or it is private/gated)") from None
+    except LocalEntryNotFoundError:
+        at = f" at revision {revision!r}" if revision else ""
+        raise CheckpointError(f"{repo}{at}: not in the Hugging Face cache and the hub cannot be reached "
+                              f"(offline); download it first: {download_hint(repo)}") from None
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{repo}: the repository has no config.json; rrm-jax loads HF transformers checkpoints")
+    if not any(root.glob("*.safetensors")):
+        raise CheckpointError(f"{repo}: the repository has no *.safetensors weights; rrm-jax never loads pickle "
+                              "checkpoints (pytorch_model.bin, *.pt): convert them to safetensors first")
+    return root
