@@ -167,8 +167,10 @@ def _metavar(tp: Any) -> str:
     return {int: "INT", float: "FLOAT", bool: "true|false", str: "STR"}.get(tp, "VALUE")
 
 
-def build_config(cls, argv: list[str], prog: str, description: str):
-    """defaults < recipe.toml (a positional *.toml) < --flags < key=value."""
+def build_config(cls, argv: list[str], prog: str, description: str, origins: dict[str, str] | None = None):
+    """defaults < recipe.toml (a positional *.toml or shipped recipe name) < --flags < key=value.
+
+    ``origins``, when given, receives field -> recipe file for the values that came from a recipe."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     ap = argparse.ArgumentParser(prog=prog, description=description)
@@ -212,7 +214,8 @@ def build_config(cls, argv: list[str], prog: str, description: str):
         cfg = cls(**{k: _convert(hints[k], v, k) for k, v in values.items()})
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}")
-    _check_inputs(cfg, prog, origin)
+    if origins is not None:
+        origins.update(origin)
     return cfg
 
 
@@ -225,7 +228,7 @@ DATA_HINTS = {
 }
 
 
-def _check_inputs(cfg, prog: str, origin: dict[str, str]) -> None:
+def check_data(cfg, prog: str, origin: dict[str, str]) -> None:
     """A dataset path must exist before anything heavy starts; the message says what to pass instead."""
     value = getattr(cfg, "data", "")
     if value and not Path(value).exists():
@@ -290,8 +293,11 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     from rrm_jax.data.pipeline import load_pairs
     from rrm_jax.evaluate import EvalError, Setting, evaluate, load_records, write_summary
 
-    cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL")
+    origins: dict[str, str] = {}
+    cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL",
+                       origins)
     validate(cfg)
+    check_data(cfg, "rrm-jax eval", origins)
     if judge_factory is None and not cfg.model:
         raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
     main = _join(cfg)
