@@ -5,7 +5,8 @@ not grow with depth. Parameters may be float32 while compute runs in bfloat16; R
 RoPE angles, attention softmax and the final logits are always float32.
 
 One attention entry point serves every caller: a forward over a padded batch (``cache=None``) and
-prefill/decode steps that read and write a :class:`KVCache` (the sampler drives those).
+prefill/decode steps that read and write a :class:`KVCache` (the sampler drives those through
+``__call__`` and :meth:`Qwen2.decode_step`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,23 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return self.k.shape[2]
+        return self.valid.shape[1]
+
+    def per_layer(self) -> "KVCache":
+        """k/v as tuples of per-layer arrays (the form :meth:`Qwen2.decode_step` takes with unrolled weights)."""
+        return self.replace(k=tuple(self.k), v=tuple(self.v))
+
+    def stacked(self) -> "KVCache":
+        """Back from :meth:`per_layer` to stacked ``[L, ...]`` k/v."""
+        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
+
+
+@struct.dataclass
+class UnrolledWeights:
+    """Per-layer weights and the ``[D, V]`` output projection, split out of the stacked arrays once."""
+
+    layers: tuple[dict[str, jax.Array], ...]
+    head: jax.Array
 
 
 # ------------------------------------------------------------------------------------------ maths
@@ -227,6 +244,53 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(self.compute_dtype)
         return jnp.einsum("...d,dv->...v", h.astype(self.compute_dtype), w, preferred_element_type=jnp.float32)
 
+    def head_logits(self, h: jax.Array) -> jax.Array:
+        """Final hidden [B, D] -> float32 logits [B, V], contracting the tied embedding in place (no
+        transposed copy of it is materialised)."""
+        cd = self.compute_dtype
+        if self.cfg.tie_word_embeddings:
+            return jnp.einsum("bd,vd->bv", h.astype(cd), self.embed[...].astype(cd), preferred_element_type=jnp.float32)
+        return jnp.einsum("bd,dv->bv", h.astype(cd), self.lm_head[...].astype(cd), preferred_element_type=jnp.float32)
+
+    def unrolled_weights(self) -> UnrolledWeights:
+        """The weights :meth:`decode_step` runs unrolled over, materialised once outside a decode loop.
+
+        XLA:CPU copies a layer's weights out of the stacked array on every scan iteration (the dot needs its
+        own buffer), tripling weight traffic in a bandwidth-bound step; split once, the copies happen once per
+        loop. A tied embedding is transposed here too: XLA:CPU streams ``h @ W[D, V]`` markedly faster than
+        ``h @ E[V, D].T``. The barrier keeps XLA from sinking the split back into the loop.
+        """
+        stacked = self.layers.stacked()
+        layers = tuple({k: v[i] for k, v in stacked.items()} for i in range(self.cfg.num_layers))
+        layers, head = jax.lax.optimization_barrier((layers, self.head_weight().astype(self.compute_dtype)))
+        return UnrolledWeights(layers=layers, head=head)
+
+    def decode_step(
+        self, tokens: jax.Array, active: jax.Array, cache: KVCache, weights: UnrolledWeights | None = None
+    ) -> tuple[jax.Array, KVCache]:
+        """One token per row through the decoder and the output head; tokens/active [B] -> (logits [B, V], cache).
+
+        Rows with ``active`` False write a slot that stays invalid (never attended to). Without ``weights`` the
+        layers run under ``__call__``'s scan over the stacked cache; with them (from :meth:`unrolled_weights`)
+        they run unrolled over a :meth:`KVCache.per_layer` cache, with the same maths.
+        """
+        if weights is None:
+            h, cache = self(tokens[:, None], None, active[:, None], cache, return_hidden=True)
+            return self.head_logits(h[:, 0]), cache
+        cfg = self.cfg
+        positions = jnp.sum(cache.valid, axis=1, keepdims=True)  # what __call__ derives for one token
+        valid, attn_mask, write = _cache_mask(cache, active[:, None])
+        x = self.embed_tokens(tokens[:, None])
+        ks, vs = [], []
+        for p, k, v in zip(weights.layers, cache.k, cache.v):
+            x, (k, v) = decoder_layer(cfg, p, x, positions, attn_mask, (k, v), write, self.attention_impl,
+                                      self.compute_dtype)
+            ks.append(k)
+            vs.append(v)
+        h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
+        logits = jnp.einsum("bd,dv->bv", h.astype(weights.head.dtype), weights.head, preferred_element_type=jnp.float32)
+        return logits, KVCache(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
+
     def __call__(
         self,
         tokens: jax.Array,
@@ -259,12 +323,7 @@ class Qwen2(nnx.Module):
             attn_mask = causal[None] & mask[:, None, :]
             write = None
         else:
-            s = cache.slots
-            slots = cache.length[:, None] + jnp.arange(t)[None]  # [B, T]
-            rows = jnp.arange(b)[:, None]
-            valid = cache.valid.at[rows, slots].set(mask, mode="drop")
-            attn_mask = valid[:, None, :] & (jnp.arange(s)[None, None, :] <= slots[:, :, None])
-            write = (rows, slots)
+            valid, attn_mask, write = _cache_mask(cache, mask)
 
         params = self.layers.stacked()
         layer = lambda x, p, kv: decoder_layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl,
@@ -296,6 +355,19 @@ class Qwen2(nnx.Module):
         if return_hidden:
             return h, new_cache
         return self.logits_from_hidden(h), new_cache
+
+
+def _cache_mask(cache: KVCache, mask: jax.Array):
+    """Where T new tokens [B, T] go in the cache and what they attend to -> (valid, attn mask [B, T, S], write).
+
+    Token t of row b is written at slot ``length[b] + t`` and sees every valid slot up to its own.
+    """
+    b, t = mask.shape
+    slots = cache.length[:, None] + jnp.arange(t)[None]  # [B, T]
+    rows = jnp.arange(b)[:, None]
+    valid = cache.valid.at[rows, slots].set(mask, mode="drop")
+    attn_mask = valid[:, None, :] & (jnp.arange(cache.slots)[None, None, :] <= slots[:, :, None])
+    return valid, attn_mask, (rows, slots)
 
 
 def param_name(path: tuple[Any, ...]) -> str:
