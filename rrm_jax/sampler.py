@@ -1,6 +1,7 @@
 """KV-cache sampling: n samples per prompt, continuous batching, thinking budgets.
 
-Two compiled functions (``rrm_jax.sampler_engine``) do all device work:
+This module is the host side: it schedules requests onto slots and turns rows into completions. Two
+compiled functions of ``rrm_jax.sampler_loop.SamplerLoop`` do all device work:
 
 - ``prefill`` runs a group of prompts (right-padded to a power-of-two length) through the model once,
   copies each prompt's cache rows into the slots of all its samples (n samples share ONE prefill), resets
@@ -34,7 +35,7 @@ import numpy as np
 from .api import Model, bucket
 from .distributed import to_host
 from .progress import Progress
-from .sampler_engine import BUDGET, LENGTH, NEVER, STOP, WILD, Knobs, Spec, get_engine
+from .sampler_loop import BUDGET, LENGTH, NEVER, STOP, WILD, LoopShape, PrefillBatch, SamplerLoop, SamplingParams
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
 
@@ -90,7 +91,8 @@ class Completion:
 
 @dataclasses.dataclass
 class GenerateStats:
-    """What one ``generate`` call did (tests assert on these; benchmarks read the timings)."""
+    """What one ``generate`` call did (``generate(..., return_stats=True)``; tests assert on these,
+    benchmarks read the timings)."""
 
     rows: int = 0  # slots decoding at once
     cache_slots: int = 0  # S
@@ -104,7 +106,6 @@ class GenerateStats:
     decode_seconds: float = 0.0
 
 
-LAST_STATS = GenerateStats()
 # ------------------------------------------------------------------------------------------ host side
 def _encode(tokenizer, text: str, field: str) -> tuple[int, ...]:
     if tokenizer is None:
@@ -163,12 +164,16 @@ def generate(
     chunk_steps: int = 32,
     refill_min: int | None = None,
     stats: GenerateStats | None = None,
-) -> list[Completion]:
+    return_stats: bool = False,
+    unroll_layers: bool | None = None,
+) -> list[Completion] | tuple[list[Completion], GenerateStats]:
     """Sample ``config.n`` completions per prompt, ordered prompt-major ([p0 s0, p0 s1, ..., p1 s0, ...]).
 
     ``continuous=False`` is the static path (a new group of requests starts only when every slot is done),
     kept for comparison. ``max_new_tokens`` optionally overrides the limit per prompt. ``refill_min`` is how
     many finished slots make the decode loop hand back for a refill (default ``slots // 4``).
+    ``return_stats=True`` returns ``(completions, GenerateStats)`` (``stats``, if given, is the one filled).
+    ``unroll_layers`` picks the decode's layer form (None: unrolled on CPU, the model's scan elsewhere).
     """
     if not isinstance(config, SamplingConfig):
         raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
@@ -192,9 +197,9 @@ def generate(
     probes = tuple(int(t) for t in config.probe_token_ids)
     if any(not 0 <= t < model.config.vocab_size for t in probes + tuple(stops)):
         raise ValueError(f"SamplingConfig.probe_token_ids / stop_token_ids must lie in [0, {model.config.vocab_size})")
-    spec = Spec(top_k=int(config.top_k), suffix_cap=scap, window=window, n_stops=bucket(len(stops), minimum=4), n_probes=len(probes))
     pad = lambda xs, n, fill, left=False: np.asarray(([fill] * (n - len(xs)) + list(xs)) if left else (list(xs) + [fill] * (n - len(xs))), np.int32)
-    knobs = Knobs(
+    n_stops = bucket(len(stops), minimum=4)
+    params = SamplingParams(
         temperature=np.float32(config.temperature),
         top_p=np.float32(config.top_p),
         min_p=np.float32(config.min_p),
@@ -202,7 +207,7 @@ def generate(
         suffix=pad(suffix, scap, 0),
         suffix_len=np.int32(len(suffix)),
         think_end=pad(think_end, window, WILD, left=True) if think_end else np.full((window,), NEVER, np.int32),
-        stops=pad(sorted(stops), spec.n_stops, NEVER),
+        stops=pad(sorted(stops), n_stops, NEVER),
         probes=np.asarray(probes, np.int32),
     )
     m = max(limits) + (scap if suffix else 0)
@@ -211,12 +216,15 @@ def generate(
     mult = model.batch_multiple()
     b = min(config.max_slots, bucket(len(requests), minimum=1))
     b = -(-b // mult) * mult
-    engine = get_engine(model, spec, b, s, m, model.module.compute_dtype)
+    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=int(config.top_k), suffix_cap=scap, window=window,
+                      n_stops=n_stops, n_probes=len(probes))
+    loop = SamplerLoop.for_model(model, shape, unroll_layers)
+    params = loop.place(params)
     st = stats if stats is not None else GenerateStats()
     st.rows, st.cache_slots = b, s
     refill_min = max(1, b // 4) if refill_min is None else max(1, refill_min)
 
-    cache, slots = engine.init()
+    state = loop.init_state()
     queue = deque(requests)
     occupant: list[tuple[int, int] | None] = [None] * b
     stop_checked = [0] * b
@@ -229,7 +237,7 @@ def generate(
         while queue or any(o is not None for o in occupant):
             free = [r for r in range(b) if occupant[r] is None]
             if queue and free and (continuous or len(free) == b):
-                cache, slots = _refill(engine, model, config, knobs, ids, limits, queue, free, occupant, cache, slots, st)
+                state = _refill(loop, model, config, params, ids, limits, queue, free, occupant, state, st)
                 for r in free:  # a refilled slot starts fresh (a pending kill was for its previous request)
                     stop_checked[r] = 0
                     kill[r] = False
@@ -239,11 +247,9 @@ def generate(
             t0 = time.perf_counter()
             live_count = max((int(counts[r]) for r in range(b) if occupant[r] is not None), default=0)
             window = min(s, bucket(tb + live_count + chunk_steps))
-            decode = engine.decode(window)
-            # placed explicitly: a numpy argument may not carry a sharding that spans hosts
-            kill_dev = jax.device_put(kill, engine.slots_sh.done)
-            cache, slots, steps = decode(model.state, cache, slots, knobs, kill_dev, np.int32(chunk_steps), np.int32(threshold))
-            host = to_host({"done": slots.done, "count": slots.count, "steps": steps})
+            n_steps, thresh = loop.place((np.int32(chunk_steps), np.int32(threshold)))
+            state, steps = loop.decode(model.state, state, params, loop.place_rows(kill), n_steps, thresh, window=window)
+            host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
             st.decode_chunks += 1
@@ -253,7 +259,7 @@ def generate(
             finished = [r for r in live if host["done"][r]]
             if not finished and not config.stop_strings:
                 continue
-            arrays = to_host({k: getattr(slots, k) for k in ("out_tok", "out_lp", "out_probe", "reason", "forced_at")})
+            arrays = to_host({k: getattr(state, k) for k in ("out_tok", "out_lp", "out_probe", "reason", "forced_at")})
             for r in live:
                 n_tok = int(host["count"][r])
                 hit = None
@@ -273,22 +279,21 @@ def generate(
                 fa = fa if 0 <= fa < n_tok else None  # a stop string may end the row before the budget did
                 if fa is not None:
                     reason = "budget"
-                c = _completion(occupant[r], arrays, r, n_tok, reason, fa, text, tok, stops, spec)
+                c = _completion(occupant[r], arrays, r, n_tok, reason, fa, text, tok, stops, bool(probes))
                 results[occupant[r]] = c
                 st.generated_tokens += c.num_tokens
                 occupant[r] = None
                 bar.update(advance=1)
-    global LAST_STATS
-    LAST_STATS = st
-    return [results[r] for r in requests]
+    outs = [results[r] for r in requests]
+    return (outs, st) if return_stats else outs
 
 
-def _refill(engine, model, config, knobs, ids, limits, queue, free, occupant, cache, slots, st):
+def _refill(loop, model, config, params, ids, limits, queue, free, occupant, state, st):
     """Prefill the next waiting requests into free slots: each distinct prompt is run once."""
-    b = engine.b
+    b = loop.shape.slots
     take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
     prompts = list(dict.fromkeys(p for p, _ in take))
-    tb = engine.s - engine.m  # one prompt length per call: fewer shapes to compile
+    tb = loop.shape.prompt_len  # one prompt length per call: fewer shapes to compile
     pb = bucket(len(prompts), minimum=1)
     tokens = np.zeros((pb, tb), np.int32)
     lens = np.ones((pb,), np.int32)
@@ -302,15 +307,15 @@ def _refill(engine, model, config, knobs, ids, limits, queue, free, occupant, ca
         dest[j], src[j], pidx[j], sidx[j], limit[j] = r, where[p], p, q, limits[p]
         occupant[r] = (p, q)
     t0 = time.perf_counter()
-    cache, slots = engine.prefill(
-        model.state, cache, slots, knobs, tokens, lens, dest, src, pidx, sidx, limit, np.int32(config.seed)
-    )
-    jax.block_until_ready(slots.done)
+    batch = PrefillBatch(tokens=tokens, lens=lens, dest=dest, src=src, prompt=pidx, sample=sidx, limit=limit,
+                         seed=np.int32(config.seed))
+    state = loop.prefill(model.state, state, loop.place(batch), params)
+    jax.block_until_ready(state.done)
     st.prefill_seconds += time.perf_counter() - t0
     st.prefill_calls += 1
     st.prefill_rows += len(prompts)
     st.prefill_tokens += int(sum(len(ids[p]) for p in prompts))
-    return cache, slots
+    return state
 
 
 def _stop_string_hit(tok, out_tok, checked: int, n_tok: int, stop_strings) -> tuple[int, str] | None:
@@ -327,7 +332,7 @@ def _stop_string_hit(tok, out_tok, checked: int, n_tok: int, stop_strings) -> tu
     return None
 
 
-def _completion(req, arrays, r, n_tok, reason, forced_at, text, tok, stops, spec) -> Completion:
+def _completion(req, arrays, r, n_tok, reason, forced_at, text, tok, stops, probed: bool) -> Completion:
     toks = [int(t) for t in arrays["out_tok"][r, :n_tok]]
     if text is None:
         body = toks[:-1] if (reason == "stop" or reason == "budget") and toks and toks[-1] in stops else toks
@@ -340,7 +345,7 @@ def _completion(req, arrays, r, n_tok, reason, forced_at, text, tok, stops, spec
         logprobs=np.asarray(arrays["out_lp"][r, :n_tok], np.float32),
         finish_reason=reason,
         num_tokens=n_tok,
-        probe_logprobs=np.asarray(arrays["out_probe"][r, :n_tok], np.float32) if spec.n_probes else None,
+        probe_logprobs=np.asarray(arrays["out_probe"][r, :n_tok], np.float32) if probed else None,
         forced_at=forced_at,
     )
 

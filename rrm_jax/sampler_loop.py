@@ -1,0 +1,299 @@
+"""The sampler's device loop: a static, hashable :class:`SamplerLoop` and the one :class:`SamplingState` it carries.
+
+``SamplerLoop.prefill`` (run a group of prompts once, copy each prompt's cache rows into all its samples'
+slots, choose their first token) and ``SamplerLoop.decode`` (a ``lax.while_loop`` of up to ``n_steps``
+single-token steps for every slot, leaving early when enough slots finished for the host to refill them) are
+``jax.jit``-ted with the loop object as a static argument, so jax's own compile cache keys on it; the loop
+holds the model's graph, mesh and shapes, never parameters. The state is donated to both.
+
+Traced per-call values (changing them never recompiles) travel as :class:`SamplingParams`; everything that
+sets a shape is in :class:`LoopShape`. Host-side scheduling (which request goes to which slot, stop strings,
+building completions) is ``rrm_jax.sampler``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .config import ModelConfig
+from .model import CACHE_AXES, KVCache
+from .sampling import sample
+from .sharding import ShardingRules
+
+STOP, LENGTH, BUDGET = 1, 2, 3  # finish reasons
+WILD, NEVER = -2, -3  # think_end padding that matches anything / a stop id that matches nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopShape:
+    """Everything about a generate call that sets a compiled shape (few distinct values per workload)."""
+
+    slots: int  # B: rows decoding at once
+    cache_len: int  # S: prompt bucket + max_out
+    max_out: int  # M: per-slot output buffer (max_new_tokens + forced-suffix room)
+    top_k: int  # 0 = off (a shape: lax.top_k)
+    suffix_cap: int  # forced-suffix buffer length
+    window: int  # think_end matching window
+    n_stops: int
+    n_probes: int
+
+    @property
+    def prompt_len(self) -> int:
+        """The one (bucketed) prompt length every prefill runs at."""
+        return self.cache_len - self.max_out
+
+
+@struct.dataclass
+class SamplingParams:
+    """Per-call sampling values, traced (changing them never recompiles)."""
+
+    temperature: jax.Array
+    top_p: jax.Array
+    min_p: jax.Array
+    budget: jax.Array  # -1 = no thinking budget
+    suffix: jax.Array  # [suffix_cap]
+    suffix_len: jax.Array
+    think_end: jax.Array  # [window], left-padded with WILD; all NEVER when unused
+    stops: jax.Array  # [n_stops], padded with NEVER
+    probes: jax.Array  # [n_probes]
+
+
+@struct.dataclass
+class PrefillBatch:
+    """One prefill: distinct prompts, and for every slot row which prompt (and sample) it receives."""
+
+    tokens: jax.Array  # [P, prompt_len] right-padded prompts, each distinct prompt once
+    lens: jax.Array  # [P]
+    dest: jax.Array  # [B] slot each row fills; B (out of range) = unused row
+    src: jax.Array  # [B] the row of ``tokens`` it copies
+    prompt: jax.Array  # [B] prompt index (folded into the row's key)
+    sample: jax.Array  # [B] sample index (folded into the row's key)
+    limit: jax.Array  # [B] max_new_tokens of the request
+    seed: jax.Array  # scalar
+
+
+@struct.dataclass
+class SamplingState:
+    """The KV cache and every per-slot array (leading axis = slot); ``cache`` is None for bare slot rows."""
+
+    cache: KVCache | None
+    tok: jax.Array  # [B] last chosen token (fed at the next step)
+    count: jax.Array  # [B] tokens chosen so far
+    limit: jax.Array  # [B] max_new_tokens of the request in the slot
+    done: jax.Array  # [B] bool (empty slots are done)
+    reason: jax.Array  # [B] STOP / LENGTH / BUDGET
+    forced_at: jax.Array  # [B] -1, or the count at which the forced suffix started
+    closed: jax.Array  # [B] bool: think_end seen
+    window: jax.Array  # [B, W] last W chosen tokens (multi-token stop / think_end matching)
+    key: jax.Array  # [B, ...] uint32 key data of the request's base key
+    out_tok: jax.Array  # [B, M]
+    out_lp: jax.Array  # [B, M]
+    out_probe: jax.Array  # [B, M, P]
+
+    @classmethod
+    def empty(cls, shape: LoopShape, rows: int, cache: KVCache | None) -> "SamplingState":
+        m, p = shape.max_out, shape.n_probes
+        return cls(
+            cache=cache,
+            tok=jnp.zeros((rows,), jnp.int32),
+            count=jnp.zeros((rows,), jnp.int32),
+            limit=jnp.zeros((rows,), jnp.int32),
+            done=jnp.ones((rows,), bool),
+            reason=jnp.zeros((rows,), jnp.int32),
+            forced_at=jnp.full((rows,), -1, jnp.int32),
+            closed=jnp.zeros((rows,), bool),
+            window=jnp.full((rows, shape.window), -1, jnp.int32),
+            key=jnp.zeros((rows, *_key_data_shape()), jnp.uint32),
+            out_tok=jnp.zeros((rows, m), jnp.int32),
+            out_lp=jnp.zeros((rows, m), jnp.float32),
+            out_probe=jnp.zeros((rows, m, p), jnp.float32),
+        )
+
+
+def _key_data_shape() -> tuple[int, ...]:
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
+def _advance(shape: LoopShape, sp: SamplingParams, st: SamplingState, logits: jax.Array, active: jax.Array) -> SamplingState:
+    """Choose one token per active slot from float32 logits [B, V] and do all the bookkeeping."""
+    b, m = st.out_tok.shape
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    keys = jax.vmap(lambda kd, c: jax.random.fold_in(jax.random.wrap_key_data(kd), c))(st.key, st.count)
+    sampled = sample(logits, keys, temperature=sp.temperature, top_k=shape.top_k, top_p=sp.top_p, min_p=sp.min_p)
+    start = active & (sp.budget >= 0) & (st.forced_at < 0) & ~st.closed & (st.count == sp.budget)
+    forced_at = jnp.where(start, st.count, st.forced_at)
+    fpos = st.count - forced_at
+    in_force = (forced_at >= 0) & (fpos < sp.suffix_len)
+    tok = jnp.where(in_force, sp.suffix[jnp.clip(fpos, 0, shape.suffix_cap - 1)], sampled)
+    rows = jnp.arange(b)
+    col = jnp.where(active, st.count, m)  # inactive slots write out of range (dropped)
+    lp = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
+    out_tok = st.out_tok.at[rows, col].set(tok, mode="drop")
+    out_lp = st.out_lp.at[rows, col].set(lp, mode="drop")
+    out_probe = st.out_probe
+    if shape.n_probes:
+        out_probe = out_probe.at[rows, col].set(logits[:, sp.probes] - lse[:, None], mode="drop")
+    window = jnp.where(active[:, None], jnp.concatenate([st.window[:, 1:], tok[:, None]], axis=1), st.window)
+    te = sp.think_end[None]
+    closed = st.closed | (active & jnp.all((window == te) | (te == WILD), axis=-1))
+    count = st.count + active.astype(jnp.int32)
+    stop_hit = active & ~in_force & jnp.any(tok[:, None] == sp.stops[None], axis=-1)
+    limit = st.limit + jnp.where(forced_at >= 0, sp.suffix_len, 0)
+    fin = active & (stop_hit | (count >= limit))
+    reason = jnp.where(fin, jnp.where(forced_at >= 0, BUDGET, jnp.where(stop_hit, STOP, LENGTH)), st.reason)
+    return st.replace(
+        tok=jnp.where(active, tok, st.tok),
+        count=count,
+        done=st.done | fin,
+        reason=reason,
+        forced_at=forced_at,
+        closed=closed,
+        window=window,
+        out_tok=out_tok,
+        out_lp=out_lp,
+        out_probe=out_probe,
+    )
+
+
+def _cache_prefix(cache: KVCache, n: int) -> KVCache:
+    return cache.replace(k=cache.k[:, :, :n], v=cache.v[:, :, :n], valid=cache.valid[:, :n])
+
+
+def _put_prefix(cache: KVCache, prefix: KVCache) -> KVCache:
+    z = jnp.int32(0)
+    return KVCache(
+        k=jax.lax.dynamic_update_slice(cache.k, prefix.k, (z,) * 5),
+        v=jax.lax.dynamic_update_slice(cache.v, prefix.v, (z,) * 5),
+        valid=jax.lax.dynamic_update_slice(cache.valid, prefix.valid, (z, z)),
+        length=prefix.length,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerLoop:
+    """The compiled prefill/decode for one (model graph, mesh, rules, shape, cache dtype, layer form).
+
+    Hashable and static: build one per generate call (cheap); equal loops share jax's compiled functions,
+    so models from ``with_state(...)`` reuse them. ``unroll_layers`` runs decode over per-layer weights
+    (see ``Qwen2.unrolled_weights``); :meth:`for_model` turns it on for CPU meshes, where it is faster, and
+    leaves GPUs/TPUs on the model's scan.
+    """
+
+    graphdef: Any
+    config: ModelConfig
+    mesh: Mesh
+    rules: ShardingRules
+    shape: LoopShape
+    cache_dtype: Any
+    unroll_layers: bool
+
+    @classmethod
+    def for_model(cls, model, shape: LoopShape, unroll_layers: bool | None = None) -> "SamplerLoop":
+        if unroll_layers is None:
+            unroll_layers = model.mesh.devices.flat[0].platform == "cpu"
+        return cls(model.graphdef, model.config, model.mesh, model.rules, shape,
+                   jnp.dtype(model.module.compute_dtype), bool(unroll_layers))
+
+    # -- placement -----------------------------------------------------------------------------------
+    def state_shardings(self) -> SamplingState:
+        b, s = self.shape.slots, self.shape.cache_len
+        rules, mesh = self.rules, self.mesh
+        kv = (self.config.num_layers, b, s, self.config.num_kv_heads, self.config.head_dim)
+        cache = KVCache(
+            k=rules.sharding(mesh, CACHE_AXES, kv),
+            v=rules.sharding(mesh, CACHE_AXES, kv),
+            valid=rules.sharding(mesh, ("batch", "cache_sequence"), (b, s)),
+            length=rules.sharding(mesh, ("batch",), (b,)),
+        )
+        rows = jax.eval_shape(lambda: SamplingState.empty(self.shape, b, None))
+        per_row = lambda x: rules.sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape)
+        return jax.tree.map(per_row, rows).replace(cache=cache)
+
+    def place(self, tree):
+        """Host values onto the mesh, replicated. Explicit: a numpy argument may not carry a sharding that
+        spans hosts."""
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def place_rows(self, x):
+        """A host [B] array onto the mesh, sharded like the state's per-slot arrays."""
+        return jax.device_put(x, self.rules.sharding(self.mesh, ("batch",), (self.shape.slots,)))
+
+    def _constrain(self, state: SamplingState) -> SamplingState:
+        return jax.lax.with_sharding_constraint(state, self.state_shardings())
+
+    # -- compiled --------------------------------------------------------------------------------------
+    @functools.partial(jax.jit, static_argnums=0)
+    def init_state(self) -> SamplingState:
+        cache = KVCache.zeros(self.config, self.shape.slots, self.shape.cache_len, self.cache_dtype)
+        return self._constrain(SamplingState.empty(self.shape, self.shape.slots, cache))
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnames="state")
+    def prefill(self, params, state: SamplingState, batch: PrefillBatch, sp: SamplingParams) -> SamplingState:
+        """Run ``batch.tokens`` once; give every used row of ``batch`` its prompt's cache and first token."""
+        module = nnx.merge(self.graphdef, params)
+        b, s = self.shape.slots, self.shape.cache_len
+        pb, tb = batch.tokens.shape
+        small = KVCache.zeros(self.config, pb, tb, self.cache_dtype)
+        mask = jnp.arange(tb)[None] < batch.lens[:, None]
+        h, small = module(batch.tokens, None, mask, small, return_hidden=True)
+        logits = module.head_logits(h[jnp.arange(pb), batch.lens - 1])
+        dest, src = batch.dest, batch.src
+        cache = state.cache
+        rows_valid = jnp.zeros((dest.shape[0], s), bool).at[:, :tb].set(small.valid[src])
+        cache = KVCache(
+            k=cache.k.at[:, dest, :tb].set(small.k[:, src], mode="drop"),
+            v=cache.v.at[:, dest, :tb].set(small.v[:, src], mode="drop"),
+            valid=cache.valid.at[dest].set(rows_valid, mode="drop"),
+            length=cache.length.at[dest].set(tb, mode="drop"),
+        )
+        base = jax.random.key(batch.seed)
+        keys = jax.vmap(
+            lambda p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, p), q))
+        )(batch.prompt, batch.sample)
+        fresh = SamplingState.empty(self.shape, dest.shape[0], None)
+        fresh = fresh.replace(done=jnp.zeros_like(fresh.done), key=keys, limit=batch.limit)
+        fresh = _advance(self.shape, sp, fresh, logits[src], dest < b)
+        rows = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), state.replace(cache=None), fresh)
+        return self._constrain(rows.replace(cache=cache))
+
+    @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
+    def decode(self, params, state: SamplingState, sp: SamplingParams, kill, n_steps, threshold, *, window: int):
+        """Up to ``n_steps`` tokens for every live slot -> (state, steps run).
+
+        Slots in ``kill`` end first (the host found a stop string). The loop leaves once ``threshold`` slots
+        are done (the host refills them) or all are. Attention covers the first ``window`` cache slots only
+        (the host guarantees every live row fits for this chunk): its cost follows the longest live row, not
+        the preallocated cache.
+        """
+        module = nnx.merge(self.graphdef, params)
+        b, s = self.shape.slots, self.shape.cache_len
+        full = state.cache
+        cache = full if window == s else _cache_prefix(full, window)
+        weights = module.unrolled_weights() if self.unroll_layers else None
+        if weights is not None:
+            cache = cache.per_layer()  # per-layer buffers for the whole loop: no restacking per step
+        st = state.replace(cache=cache, done=state.done | kill)
+
+        def cond(c):
+            i, st = c
+            nd = jnp.sum(st.done)
+            return (i < n_steps) & (nd < threshold) & (nd < b)
+
+        def body(c):
+            i, st = c
+            active = ~st.done
+            logits, cache = module.decode_step(st.tok, active, st.cache, weights)
+            return i + 1, _advance(self.shape, sp, st.replace(cache=cache), logits, active)
+
+        i, st = jax.lax.while_loop(cond, body, (jnp.int32(0), st))
+        cache = st.cache.stacked() if weights is not None else st.cache
+        if window < s:
+            cache = _put_prefix(full, cache)
+        return self._constrain(st.replace(cache=cache)), i
