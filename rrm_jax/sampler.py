@@ -199,7 +199,7 @@ def generate(
         raise ValueError(f"SamplingConfig.probe_token_ids / stop_token_ids must lie in [0, {model.config.vocab_size})")
     pad = lambda xs, n, fill, left=False: np.asarray(([fill] * (n - len(xs)) + list(xs)) if left else (list(xs) + [fill] * (n - len(xs))), np.int32)
     n_stops = bucket(len(stops), minimum=4)
-    params = SamplingParams(
+    sampling = SamplingParams(
         temperature=np.float32(config.temperature),
         top_p=np.float32(config.top_p),
         min_p=np.float32(config.min_p),
@@ -219,7 +219,7 @@ def generate(
     shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=int(config.top_k), suffix_cap=scap, window=window,
                       n_stops=n_stops, n_probes=len(probes))
     loop = SamplerLoop.for_model(model, shape, unroll_layers)
-    params = loop.place(params)
+    sampling = loop.place(sampling)
     st = stats if stats is not None else GenerateStats()
     st.rows, st.cache_slots = b, s
     refill_min = max(1, b // 4) if refill_min is None else max(1, refill_min)
@@ -237,7 +237,7 @@ def generate(
         while queue or any(o is not None for o in occupant):
             free = [r for r in range(b) if occupant[r] is None]
             if queue and free and (continuous or len(free) == b):
-                state = _refill(loop, model, config, params, ids, limits, queue, free, occupant, state, st)
+                state = _refill(loop, model, config, sampling, ids, limits, queue, free, occupant, state, st)
                 for r in free:  # a refilled slot starts fresh (a pending kill was for its previous request)
                     stop_checked[r] = 0
                     kill[r] = False
@@ -248,7 +248,7 @@ def generate(
             live_count = max((int(counts[r]) for r in range(b) if occupant[r] is not None), default=0)
             window = min(s, bucket(tb + live_count + chunk_steps))
             n_steps, thresh = loop.place((np.int32(chunk_steps), np.int32(threshold)))
-            state, steps = loop.decode(model.state, state, params, loop.place_rows(kill), n_steps, thresh, window=window)
+            state, steps = loop.decode(model.state, state, sampling, loop.place_rows(kill), n_steps, thresh, window=window)
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
@@ -288,7 +288,7 @@ def generate(
     return (outs, st) if return_stats else outs
 
 
-def _refill(loop, model, config, params, ids, limits, queue, free, occupant, state, st):
+def _refill(loop, model, config, sampling, ids, limits, queue, free, occupant, state, st):
     """Prefill the next waiting requests into free slots: each distinct prompt is run once."""
     b = loop.shape.slots
     take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
@@ -309,7 +309,7 @@ def _refill(loop, model, config, params, ids, limits, queue, free, occupant, sta
     t0 = time.perf_counter()
     batch = PrefillBatch(tokens=tokens, lens=lens, dest=dest, src=src, prompt=pidx, sample=sidx, limit=limit,
                          seed=np.int32(config.seed))
-    state = loop.prefill(model.state, state, loop.place(batch), params)
+    state = loop.prefill(model.state, state, loop.place(batch), sampling)
     jax.block_until_ready(state.done)
     st.prefill_seconds += time.perf_counter() - t0
     st.prefill_calls += 1

@@ -301,3 +301,16 @@ def test_bad_prompts(model):
 def test_completion_type(model):
     c = generate(model, PROMPTS[:2], greedy())[0]
     assert isinstance(c, Completion) and c.logprobs.dtype == np.float32 and c.probe_logprobs is None
+
+
+def test_return_stats_and_loop_is_static(model):
+    from rrm_jax.sampler_loop import LoopShape, SamplerLoop
+
+    outs, st = generate(model, PROMPTS[:2], greedy(), return_stats=True)
+    assert [c.token_ids for c in outs] == [c.token_ids for c in generate(model, PROMPTS[:2], greedy())]
+    assert isinstance(st, GenerateStats) and st.prefill_calls == 1 and st.generated_tokens == 2 * NEW
+    # the loop object is jax's compile-cache key: equal (and equally hashed) for a model with new parameters
+    shape = LoopShape(slots=2, cache_len=24, max_out=8, top_k=0, suffix_cap=8, window=4, n_stops=4, n_probes=0)
+    a, b = SamplerLoop.for_model(model, shape), SamplerLoop.for_model(model.with_state(model.state), shape)
+    assert a == b and hash(a) == hash(b) and a.unroll_layers  # CPU default: unrolled
+    assert SamplerLoop.for_model(model, shape, unroll_layers=False) != a

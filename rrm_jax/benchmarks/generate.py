@@ -83,7 +83,7 @@ def _prompts(rng, batch, length, vocab):
 
 
 def bench_ours(model, prompts, new_tokens: int, repeats: int, bw_bytes: int):
-    from ..sampler import GenerateStats, SamplingConfig, generate
+    from ..sampler import SamplingConfig, generate
 
     cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, add_eos_stop=False, max_slots=len(prompts))
     generate(model, prompts, cfg)  # compile
@@ -91,8 +91,7 @@ def bench_ours(model, prompts, new_tokens: int, repeats: int, bw_bytes: int):
     for _ in range(repeats):
         # bandwidth measured right before and after the run it bounds (the machine's load moves both)
         bw = read_bandwidth(bw_bytes, 3)
-        st = GenerateStats()
-        out = generate(model, prompts, cfg, chunk_steps=new_tokens, stats=st)
+        out, st = generate(model, prompts, cfg, chunk_steps=new_tokens, return_stats=True)
         bw = (bw + read_bandwidth(bw_bytes, 3)) / 2
         if best is None or st.decode_seconds < best[0].decode_seconds:
             best = (st, out, bw)
@@ -137,7 +136,7 @@ def bench_transformers(hf, prompts, new_tokens: int, repeats: int):
 
 def long_tail(model, args) -> tuple[float, float, int]:
     """tokens/s of continuous vs static batching on a long-tailed set of generation lengths."""
-    from ..sampler import GenerateStats, SamplingConfig, generate
+    from ..sampler import SamplingConfig, generate
 
     rng = np.random.default_rng(1)
     n, short = args.tail_requests, args.tail_short
@@ -149,9 +148,8 @@ def long_tail(model, args) -> tuple[float, float, int]:
     res = {}
     for name, cont in (("continuous", True), ("static", False)):
         generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont)  # compiles every refill shape
-        st = GenerateStats()
         t0 = time.perf_counter()
-        out = generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont, stats=st)
+        out, st = generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont, return_stats=True)
         wall = time.perf_counter() - t0
         assert [c.num_tokens for c in out] == lengths.tolist()
         res[name] = (int(lengths.sum()) / wall, wall, st, [c.token_ids for c in out])
