@@ -201,6 +201,14 @@ class SamplerLoop:
         return cls(model.graphdef, model.config, model.mesh, model.rules, shape,
                    jnp.dtype(model.module.compute_dtype), bool(unroll_layers))
 
+    def __hash__(self) -> int:
+        # jit hashes its static arguments on every call; hashing the graphdef costs ~70 us, so once per loop
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     # -- placement -----------------------------------------------------------------------------------
     def state_shardings(self) -> SamplingState:
         b, s = self.shape.slots, self.shape.cache_len
