@@ -221,9 +221,9 @@ def build_config(cls, argv: list[str], prog: str, description: str, origins: dic
 
 # where to get each dataset when a recipe's path (e.g. ../shared/..., the development checkout's) is absent
 DATA_HINTS = {
-    "pandalm": "the PandaLM test set (data/testset-v1.json of github WeOpenML/PandaLM)",
-    "llmbar": "a directory of LLMBar .json files (Dataset/LLMBar of github princeton-nlp/LLMBar)",
-    "rewardbench": "a RewardBench filtered-split file (.parquet/.json), or data= (empty) to download it",
+    "pandalm": "the PandaLM test set: data/testset-v1.json of github WeOpenML/PandaLM",
+    "llmbar": "a directory of LLMBar .json files: Dataset/LLMBar of github princeton-nlp/LLMBar",
+    "rewardbench": "a RewardBench filtered-split .parquet/.json file, or an empty data= to download it",
     "jsonl": "a JSONL of {query, response_a, response_b, label}",
 }
 
