@@ -129,6 +129,26 @@ def test_every_command_takes_a_hub_id(hub_cache, checkpoints, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(model.logits(IDS)), checkpoints[0][1], atol=1e-5)
 
 
+def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
+    """`rrm-jax judge --model org/name`: weights and tokenizer both come from the cached snapshot."""
+    import json
+
+    from rrm_jax.cli import main
+    from rrm_jax.data.train_pipeline import byte_tokenizer
+
+    src = tmp_path / "with-tokenizer"
+    rrm_jax.save_hf(rrm_jax.init("tiny", seed=2, mesh=mesh1, tokenizer=byte_tokenizer()), src)
+    hub_cache("org/tiny-judge", src)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"query": "2+2?", "response_a": "4", "response_b": "5", "label": 0}) + "\n")
+    out = tmp_path / "v.jsonl"
+    assert main(["judge", "--model", "org/tiny-judge", "--pairs", str(pairs), "--out", str(out), "--dtype", "float32",
+                 "--max-new-tokens", "4", "--progress", "false"]) == 0
+    assert "1 comparisons ->" in capsys.readouterr().out
+    (rec,) = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert rec["tokens"] > 0
+
+
 def test_hub_offline_in_a_fresh_process(hub_cache, checkpoints, tmp_path):
     """HF_HUB_OFFLINE / HF_HUB_CACHE from the environment, as a user sets them (not patched constants)."""
     hub_cache("org/tiny-rrm", checkpoints[0][0])
