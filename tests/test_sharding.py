@@ -12,7 +12,8 @@ import rrm_jax
 from rrm_jax.config import ModelConfig
 from rrm_jax.sharding import DEFAULT_RULES, MESH_AXES, as_auto, make_mesh
 
-from hf_reference import hf_config, hf_logits, padded_batch, random_hf_model, save
+import numpy_reference as ref
+from tiny_configs import padded_batch
 
 # Every sharded dim divides by 8: vocab 512, hidden 64, heads 8, kv heads 4, mlp 128.
 CFG = ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=8, num_kv_heads=4,
@@ -76,10 +77,12 @@ def test_sharded_init_matches_one_device(reference, shape, kind):
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
 def test_sharded_load_streams_each_shard(tmp_path_factory, mesh1, kind):
-    """An HF checkpoint loads straight into a (1, 2, 4) mesh: same logits as HF and as 1 device."""
-    hf = random_hf_model(hf_config(vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=8,
-                                   num_key_value_heads=4, head_dim=16, rope_theta=1e6, tie_word_embeddings=True))
-    path = save(hf, tmp_path_factory.mktemp("hf"))
+    """An HF checkpoint loads straight into a (1, 2, 4) mesh: same logits as the NumPy reference and as 1 device
+    (NumPy, not torch, so that this runs on every Python and jax version)."""
+    cfg = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=8,
+               num_key_value_heads=4, head_dim=16, rope_theta=1e6, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("hf")
+    weights = ref.random_checkpoint(path, cfg, num_layers=2, seed=4)
     model = rrm_jax.load(path, mesh=_mesh((1, 2, 4), kind), dtype=jnp.float32, tokenizer=None)
     emb = rrm_jax.api.params_dict(model)["embed"]
     assert _shard_shape(emb) == (512 // 4, 64 // 2)
@@ -88,7 +91,7 @@ def test_sharded_load_streams_each_shard(tmp_path_factory, mesh1, kind):
     rows = [np.random.default_rng(5).integers(0, 512, n) for n in (10, 6)]
     ids, mask, positions = padded_batch(rows, "right")
     got = np.asarray(model.logits(ids, mask, positions))  # batch 2 is padded to the 2-device batch axis
-    want = hf_logits(hf, ids, mask, positions)
+    want = ref.logits(weights, cfg, ids, mask, positions)
     assert np.max(np.abs(got[mask] - want[mask])) <= 1e-4 * np.max(np.abs(want))
     one = rrm_jax.load(path, mesh=mesh1, dtype=jnp.float32, tokenizer=None)
     np.testing.assert_allclose(got[mask], np.asarray(one.logits(ids, mask, positions))[mask], atol=1e-4)
