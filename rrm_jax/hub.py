@@ -45,12 +45,9 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
     if not is_hub_id(spec):
         raise CheckpointError(f"{spec}: no such checkpoint directory (nor a hub id of the form org/name)")
     repo, revision = split_revision(str(spec), revision)
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
-    except ImportError as e:  # a declared dependency; only a broken environment lands here
-        raise CheckpointError(f"{spec}: loading a hub id needs huggingface_hub ({e})") from None
+    from huggingface_hub import snapshot_download  # here, not at the top: local loads never import it
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
     try:
         root = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS))
     except RevisionNotFoundError:

@@ -34,8 +34,13 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _names(requirements: list[str]) -> set[str]:
+    """Normalised distribution names of PEP 508 requirement strings."""
+    return {_norm(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
+
+
 def _declared() -> set[str]:
-    return {_norm(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in PYPROJECT["project"]["dependencies"]}
+    return _names(PYPROJECT["project"]["dependencies"])
 
 
 def _imports() -> dict[str, set[str]]:
@@ -79,7 +84,7 @@ def test_transformers_features_bring_their_packages():
 
 
 def test_the_test_extra_is_not_a_runtime_dependency():
-    test_extra = {_norm(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    test_extra = _names(PYPROJECT["project"]["optional-dependencies"]["test"])
     assert not test_extra & _declared() - {"pytest"}
     assert "torch" not in _declared()
 
