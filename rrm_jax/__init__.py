@@ -1,9 +1,17 @@
-"""rrm-jax: Reward Reasoning Models in JAX/Flax NNX."""
+"""rrm-jax: Reward Reasoning Models in JAX/Flax NNX.
 
-from .api import Model, init, load, save_hf
-from .config import ConfigError, ModelConfig
-from .hf_io import CheckpointError
-from .sharding import ShardingRules, make_mesh
+The public API. The house, bottom up (an import may only go down, see tests/test_layers.py):
+``core`` (config, model, sharding, checkpoints, loaders) -> ``data`` (pair datasets) -> ``sampler`` -> ``judge``
+(prompt, verdicts, Judge, tournaments) -> ``evaluation`` and ``training`` -> ``demo`` -> ``cli``, ``benchmarks``.
+"""
+
+from rrm_jax import moved
+from rrm_jax.core.api import Model, init, load, save_hf
+from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.errors import CheckpointError, ConfigError
+from rrm_jax.core.sharding import ShardingRules, make_mesh
+
+moved.install()
 
 # The sampler and judge load lazily so `import rrm_jax` stays light.
 _LAZY = {
@@ -12,14 +20,17 @@ _LAZY = {
     "Completion": "rrm_jax.sampler",
     "Judge": "rrm_jax.judge",
     "Verdict": "rrm_jax.judge",
+    "scoring": "rrm_jax.evaluation",
 }
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if moved.new_home(f"rrm_jax.{name}") is not None:  # rrm_jax.hf_io.X of the flat layout
+        return importlib.import_module(f"rrm_jax.{name}")
     raise AttributeError(f"module 'rrm_jax' has no attribute {name!r}")
 
 

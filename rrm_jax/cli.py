@@ -5,15 +5,17 @@ from __future__ import annotations
 import importlib
 import sys
 
+from rrm_jax.core.errors import CheckpointError, ConfigError, DataError
+
 # command -> "module:function(argv)"; imported lazily so `rrm-jax --help` does not import jax.
 COMMANDS = {
     "demo": ("rrm_jax.demo:main", "train and evaluate a tiny RRM on a synthetic task (CPU, no downloads)"),
-    "generate": ("rrm_jax.sampler:cli", "sample completions from a model"),
-    "judge": ("rrm_jax.evaluate:judge_cli", "judge a JSONL of pairs"),
-    "rank": ("rrm_jax.evaluate:rank_cli", "rank candidates per query with a tournament"),
-    "eval": ("rrm_jax.evaluate:eval_cli", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL"),
-    "train": ("rrm_jax.train:cli", "train an RRM with GRPO (or SFT) from a recipe TOML"),
-    "plot": ("rrm_jax.train:plot_cli", "plot a training run's metrics"),
+    "generate": ("rrm_jax.sampler.cli:cli", "sample completions from a model"),
+    "judge": ("rrm_jax.evaluation.cli:judge_main", "judge a JSONL of pairs"),
+    "rank": ("rrm_jax.evaluation.cli:rank_main", "rank candidates per query with a tournament"),
+    "eval": ("rrm_jax.evaluation.cli:eval_main", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL"),
+    "train": ("rrm_jax.training.cli:cli", "train an RRM with GRPO (or SFT) from a recipe TOML"),
+    "plot": ("rrm_jax.training.cli:plot_cli", "plot a training run's metrics"),
     "bench": ("rrm_jax.benchmarks:cli", "benchmarks: forward | generate | judge | train"),
 }
 
@@ -29,10 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     target, _ = COMMANDS[argv[0]]
     mod, fn = target.split(":")
-    from .config import ConfigError
-    from .data.records import DataError
-    from .hf_io import CheckpointError
-
     try:
         return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
     except (ConfigError, CheckpointError, DataError) as e:  # bad input: one line naming it, not a traceback

@@ -15,7 +15,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 @pytest.fixture(scope="session")
 def mesh1():
     """A one-device mesh: the default for tests that are not about sharding (fast on 2 cores)."""
-    from rrm_jax.sharding import make_mesh
+    from rrm_jax.core.sharding import make_mesh
 
     return make_mesh((1, 1, 1), devices=jax.devices()[:1])
 

@@ -5,8 +5,8 @@ argv: RUN_DIR. The device count and the JAX_* coordinator variables come from th
 import sys
 from pathlib import Path
 
-from rrm_jax.train import train
-from rrm_jax.train_config import load_config
+from rrm_jax.training.loop import train
+from rrm_jax.training.config import load_config
 
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "tiny.toml"
 

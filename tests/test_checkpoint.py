@@ -107,7 +107,7 @@ def test_bf16_round_trip(hf_dirs, how, mesh1, tmp_path):
         model = rrm_jax.load(src, mesh=mesh1, dtype=jnp.float32, tokenizer=None)
         out = rrm_jax.save_hf(model, tmp_path / "bf16", dtype=jnp.bfloat16)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    header = rrm_jax.hf_io.SafetensorsFile(out / "model.safetensors").header
+    header = rrm_jax.core.hf_io.SafetensorsFile(out / "model.safetensors").header
     assert {v["dtype"] for v in header.values()} == {"BF16"}
     back = _reload(out, dtype="auto")
     assert back.dtype == torch.bfloat16
@@ -155,7 +155,7 @@ def _load_error(path, mesh1) -> str:
 def test_missing_tensor_is_named(ckpt, mesh1):
     path, tensors = ckpt
     del tensors["model.layers.1.mlp.up_proj.weight"]
-    rrm_jax.hf_io.write_safetensors(path / "model.safetensors", tensors)
+    rrm_jax.core.hf_io.write_safetensors(path / "model.safetensors", tensors)
     msg = _load_error(path, mesh1)
     assert "'model.layers.1.mlp.up_proj.weight'" in msg and "missing" in msg and str(path) in msg
 
@@ -163,7 +163,7 @@ def test_missing_tensor_is_named(ckpt, mesh1):
 def test_shape_mismatch_is_named(ckpt, mesh1):
     path, tensors = ckpt
     tensors["model.layers.2.self_attn.k_proj.weight"] = tensors["model.layers.2.self_attn.k_proj.weight"][:-1]
-    rrm_jax.hf_io.write_safetensors(path / "model.safetensors", tensors)
+    rrm_jax.core.hf_io.write_safetensors(path / "model.safetensors", tensors)
     msg = _load_error(path, mesh1)
     assert "'model.layers.2.self_attn.k_proj.weight'" in msg and "[255, 96]" in msg
     assert str(path / "model.safetensors") in msg
@@ -181,7 +181,7 @@ def test_unused_tensor_is_refused(ckpt, mesh1):
     """A tensor the decoder would ignore (here an o_proj bias) means different maths: refuse, naming it."""
     path, tensors = ckpt
     tensors["model.layers.0.self_attn.o_proj.bias"] = np.zeros(96, np.float32)
-    rrm_jax.hf_io.write_safetensors(path / "model.safetensors", tensors)
+    rrm_jax.core.hf_io.write_safetensors(path / "model.safetensors", tensors)
     assert "'model.layers.0.self_attn.o_proj.bias'" in _load_error(path, mesh1)
 
 
@@ -200,7 +200,7 @@ def test_empty_directory_and_missing_shard(ckpt, mesh1, tmp_path):
     (path / "model.safetensors").unlink()
     assert "model.safetensors" in _load_error(path, mesh1)
     keys = list(tensors)
-    rrm_jax.hf_io.write_safetensors(path / "model-00001-of-00002.safetensors", {k: tensors[k] for k in keys[:5]})
+    rrm_jax.core.hf_io.write_safetensors(path / "model-00001-of-00002.safetensors", {k: tensors[k] for k in keys[:5]})
     index = {"metadata": {}, "weight_map": {k: ("model-00001-of-00002.safetensors" if i < 5 else
                                                 "model-00002-of-00002.safetensors") for i, k in enumerate(keys)}}
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -219,10 +219,10 @@ def test_corrupt_safetensors_header_is_named(ckpt, mesh1):
 def test_bf16_safetensors_read_bit_exact(tmp_path):
     """Our mmap reader vs the safetensors library on a bf16 file (the dtype numpy lacks)."""
     x = np.random.default_rng(0).normal(size=(3, 5)).astype(ml_dtypes.bfloat16)
-    rrm_jax.hf_io.write_safetensors(tmp_path / "a.safetensors", {"w": x, "b": np.arange(4, dtype=np.int64)})
+    rrm_jax.core.hf_io.write_safetensors(tmp_path / "a.safetensors", {"w": x, "b": np.arange(4, dtype=np.int64)})
     theirs = safetensors.torch.load_file(str(tmp_path / "a.safetensors"))
     assert theirs["w"].dtype == torch.bfloat16
     np.testing.assert_array_equal(theirs["w"].float().numpy(), x.astype(np.float32))
-    f = rrm_jax.hf_io.SafetensorsFile(tmp_path / "a.safetensors")
+    f = rrm_jax.core.hf_io.SafetensorsFile(tmp_path / "a.safetensors")
     np.testing.assert_array_equal(f.get("w"), x)
     np.testing.assert_array_equal(f.get("b"), np.arange(4))

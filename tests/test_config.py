@@ -10,7 +10,7 @@ import pytest
 import transformers
 
 import rrm_jax
-from rrm_jax.config import MODELS_DIR, ConfigError, ModelConfig, resolve_config
+from rrm_jax.core.config import MODELS_DIR, ConfigError, ModelConfig, resolve_config
 
 from tiny_configs import TINY_CONFIGS, hf_config
 
@@ -216,6 +216,6 @@ def test_init_accepts_every_config_form(mesh1, tmp_path):
     shapes = []
     for spec in (hf, tmp_path):  # one object, one path (each init compiles; the rest resolve identically)
         m = rrm_jax.init(spec, seed=0, mesh=mesh1, dtype=jnp.bfloat16)
-        shapes.append({k: (v.shape, v.dtype) for k, v in rrm_jax.api.params_dict(m).items()})
+        shapes.append({k: (v.shape, v.dtype) for k, v in rrm_jax.core.api.params_dict(m).items()})
     assert shapes[0] == shapes[1]
     assert shapes[0]["q_proj"] == ((2, 64, 4, 64), jnp.bfloat16)

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rrm_jax.data import (DataError, PairRecord, read_llmbar, read_pairs, read_pairs_jsonl, read_pandalm,
-                          read_rewardbench)
+from rrm_jax.data import DataError, PairRecord, read_llmbar, read_pairs, read_pairs_jsonl, read_pandalm, read_rewardbench
 
 
 def _write_jsonl(path: Path, rows) -> Path:

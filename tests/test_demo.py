@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from rrm_jax import demo_task as task
+from rrm_jax.core.tokenizers import char_tokenizer
+from rrm_jax.demo import task
 from rrm_jax.judge.parse import parse_verdict
 from rrm_jax.judge.prompt import render_prompt
 
 
 def test_tokenizer_and_traces_use_the_real_format():
-    tok = task.build_tokenizer()
+    tok = char_tokenizer()
     text = "\\boxed{Assistant 1}"
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text

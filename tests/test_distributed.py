@@ -1,6 +1,6 @@
 """Multi-process runs: 2 processes (gloo collectives over localhost) against 1 process with as many devices, on
 the same job. The mesh spans both processes, so the batch, params, optimizer state and KV cache are sharded across
-them, sampled tokens and log-probs are gathered back through rrm_jax.distributed.to_host, and only process 0
+them, sampled tokens and log-probs are gathered back through rrm_jax.core.distributed.to_host, and only process 0
 writes files."""
 
 import json
@@ -43,7 +43,7 @@ def _run_pair(cmd, devices_each: int, timeout: int = 600) -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
-    from rrm_jax.hf_io import SafetensorsFile
+    from rrm_jax.core.hf_io import SafetensorsFile
 
     _run_pair([sys.executable, str(WORKER), str(tmp_path / "multi")], 4)
     single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "single")], env=_env(8), capture_output=True,
@@ -69,7 +69,7 @@ def test_two_processes_train_like_one(tmp_path):
 @pytest.mark.slow
 def test_two_processes_evaluate_like_one(tmp_path):
     """`rrm-jax eval --distributed`: the dataset is built once, both processes judge every chunk, one writes."""
-    from rrm_jax.data.train_pipeline import byte_tokenizer
+    from rrm_jax.core.tokenizers import byte_tokenizer
 
     byte_tokenizer().save_pretrained(tmp_path / "tok")
     pairs = tmp_path / "pairs.jsonl"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rrm_jax import scoring
+from rrm_jax.evaluation import scoring
 from rrm_jax.data import DataError, PairRecord
-from rrm_jax.evaluate import EvalError, RecordsFile, evaluate, summarize
+from rrm_jax.evaluation.run import EvalError, RecordsFile, evaluate, summarize
 from rrm_jax.judge.judge import show_first_b
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ sys.exit(eval_main(sys.argv[2:], judge_factory=lambda budget: OracleJudge(data, 
 
 
 def test_killed_process_resumes(tmp_path):
-    from rrm_jax.eval_cli import eval_main
+    from rrm_jax.evaluation.cli import eval_main
 
     data = synthetic(40, ties=3)
     src = tmp_path / "pairs.jsonl"
@@ -262,7 +262,7 @@ def test_killed_process_resumes(tmp_path):
 
 # ------------------------------------------------------------------ CLIs, recipes, summaries, plots
 def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
-    from rrm_jax.eval_cli import eval_main
+    from rrm_jax.evaluation.cli import eval_main
 
     data = synthetic(12)
     src = tmp_path / "p.jsonl"
@@ -296,7 +296,7 @@ def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
 
 
 def test_recipes_and_overrides(tmp_path):
-    from rrm_jax.eval_cli import EvalConfig, build_config
+    from rrm_jax.evaluation.cli import EvalConfig, build_config
 
     for toml in sorted((ROOT / "eval").glob("*.toml")):
         cfg = build_config(EvalConfig, [str(toml)], "t", "")
@@ -308,7 +308,7 @@ def test_recipes_and_overrides(tmp_path):
         build_config(EvalConfig, ["vots=3"], "t", "")
     with pytest.raises(SystemExit, match="votes: expected int, got 'x'"):
         build_config(EvalConfig, ["votes=x"], "t", "")
-    from rrm_jax.eval_cli import eval_main
+    from rrm_jax.evaluation.cli import eval_main
 
     for bad, msg in ((["--swap", "maybe"], "swap must be"), (["--votes", "0"], "votes must be >= 1"),
                      (["--dataset", "mmlu"], "dataset must be one of"), ([], "--model is required"),
@@ -318,8 +318,8 @@ def test_recipes_and_overrides(tmp_path):
 
 
 def test_judge_and_rank_clis(tmp_path, capsys):
-    from rrm_jax import tournament
-    from rrm_jax.eval_cli import judge_main, rank_main
+    from rrm_jax.judge import tournament
+    from rrm_jax.evaluation.cli import judge_main, rank_main
 
     data = synthetic(5)
     src = tmp_path / "pairs.jsonl"
@@ -362,9 +362,9 @@ def test_eval_cli_real_judge_tiny_model(shared_dir, tmp_path):
     """`rrm-jax eval` through model loading, truncation, the Judge and the sampler. Random weights never close
     </think> themselves: the budget forces "</think> \\boxed{Assistant " and the digit that follows is random
     text, so verdicts are mostly unparseable (credit 0.5) while the soft score still comes from the probes."""
-    from rrm_jax.api import load_tokenizer
+    from rrm_jax.core.tokenizers import load_tokenizer
     from rrm_jax.data import read_pandalm
-    from rrm_jax.eval_cli import eval_main
+    from rrm_jax.evaluation.cli import eval_main
     from rrm_jax.judge.prompt import render_prompt
 
     tiny = (ROOT / "models" / "tiny.toml").read_text().replace("vocab_size = 512", "vocab_size = 151936")

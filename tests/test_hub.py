@@ -15,7 +15,7 @@ import pytest
 
 import rrm_jax
 from rrm_jax import CheckpointError
-from rrm_jax.hub import is_hub_id
+from rrm_jax.core.hub import is_hub_id
 
 MAIN_SHA = "a" * 40
 OLD_SHA = "b" * 40
@@ -121,8 +121,8 @@ def test_every_command_takes_a_hub_id(hub_cache, checkpoints, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("rrm-jax generate: org/missing: not in the Hugging Face cache") and "\n" not in err
 
-    from rrm_jax.train import build_model
-    from rrm_jax.train_config import load_config
+    from rrm_jax.training.loop import build_model
+    from rrm_jax.training.config import load_config
 
     cfg = load_config(None, ["model=org/tiny-rrm", "tokenizer=bytes", "compute_dtype=\"float32\""])
     model = build_model(cfg)  # on all 8 devices: the same weights, summed in another order
@@ -134,7 +134,7 @@ def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
     import json
 
     from rrm_jax.cli import main
-    from rrm_jax.data.train_pipeline import byte_tokenizer
+    from rrm_jax.core.tokenizers import byte_tokenizer
 
     src = tmp_path / "with-tokenizer"
     rrm_jax.save_hf(rrm_jax.init("tiny", seed=2, mesh=mesh1, tokenizer=byte_tokenizer()), src)
@@ -156,4 +156,4 @@ def test_hub_offline_in_a_fresh_process(hub_cache, checkpoints, tmp_path):
             f"print(m.config.num_layers)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == str(rrm_jax.config.resolve_config("tiny").num_layers)
+    assert out.stdout.strip() == str(rrm_jax.core.config.resolve_config("tiny").num_layers)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rrm_jax import shipped
-from rrm_jax.config import ConfigError, resolve_config
+from rrm_jax.core import shipped
+from rrm_jax.core.config import ConfigError, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -23,7 +23,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Imports that are optional by design: module -> (where it may be imported, the extra or reason).
 OPTIONAL = {
     "torch": ("rrm_jax/benchmarks/", "benchmarks time transformers beside rrm-jax"),
-    "tensorboard": ("rrm_jax/train.py", "scalars when installed"),
+    "tensorboard": ("rrm_jax/training/loop.py", "scalars when installed"),
     "pyarrow": ("rrm_jax/data/records.py", "the [parquet] extra"),
 }
 # transformers features rrm_jax uses and the package each needs at run time (transformers does not require them)

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rrm_jax.judge.judge import (TRUNCATION_MARKER, Judge, adaptive_savings, derive_seed, show_first_b,
-                                 verdict_digit_ids)
+from rrm_jax.judge.judge import TRUNCATION_MARKER, Judge, adaptive_savings, derive_seed, show_first_b, verdict_digit_ids
 from rrm_jax.judge.prompt import render_prompt
 from rrm_jax.sampler import Completion, SamplingConfig
 
@@ -253,8 +252,8 @@ def test_bad_inputs():
 
 def test_end_to_end_tiny_model_with_thinking_budget(shared_dir, mesh1):
     import rrm_jax
-    from rrm_jax.api import load_tokenizer
-    from rrm_jax.config import resolve_config
+    from rrm_jax.core.tokenizers import load_tokenizer
+    from rrm_jax.core.config import resolve_config
 
     tok = load_tokenizer(shared_dir / "tokenizers" / "deepseek-r1-distill-qwen")
     cfg = dataclasses.replace(resolve_config("tiny"), vocab_size=151936, eos_token_id=151643)

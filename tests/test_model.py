@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import rrm_jax
-from rrm_jax.model import KVCache
+from rrm_jax.core.model import KVCache
 
 from hf_reference import TINY_CONFIGS, hf_config, hf_logits, padded_batch, random_hf_model, save
 
@@ -90,10 +90,10 @@ def test_bf16_top1_agreement(ref, mode, mesh1):
     hf, path, _ = ref
     if mode == "bf16-params":
         m = rrm_jax.load(path, mesh=mesh1, dtype=jnp.bfloat16, tokenizer=None)
-        assert rrm_jax.api.params_dict(m)["embed"].dtype == jnp.bfloat16
+        assert rrm_jax.core.api.params_dict(m)["embed"].dtype == jnp.bfloat16
     else:
         m = rrm_jax.load(path, mesh=mesh1, dtype=jnp.float32, compute_dtype=jnp.bfloat16, tokenizer=None)
-        assert rrm_jax.api.params_dict(m)["embed"].dtype == jnp.float32
+        assert rrm_jax.core.api.params_dict(m)["embed"].dtype == jnp.float32
     ids = np.stack(_rows(hf.config.vocab_size, [64] * 8, seed=3))
     got = np.asarray(m.logits(ids))
     assert got.dtype == np.float32  # logits always float32
@@ -182,7 +182,7 @@ def test_rope_matches_hf_at_absolute_positions(theta, head_dim):
     import torch
     from transformers.models.qwen2 import modeling_qwen2 as hfq
 
-    from rrm_jax.model import rope
+    from rrm_jax.core.model import rope
 
     cfg = hf_config(hidden_size=64, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
                     head_dim=head_dim, rope_theta=theta, vocab_size=16)
@@ -206,7 +206,7 @@ def test_long_sequence_uses_chunked_causal_attention(ref):
 
 
 def test_chunked_causal_attention_equals_full_attention():
-    from rrm_jax.model import attention, causal_attention
+    from rrm_jax.core.model import attention, causal_attention
 
     rng = np.random.default_rng(0)
     b, t, h, k, hd = 2, 256, 6, 2, 16

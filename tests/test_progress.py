@@ -7,7 +7,7 @@ import io
 import re
 import time
 
-from rrm_jax.progress import Progress
+from rrm_jax.core.progress import Progress
 
 
 class _Tty(io.StringIO):

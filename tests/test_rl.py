@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rrm_jax.rl import advantages as adv
-from rrm_jax.rl.loss import AGGREGATIONS, LossConfig, chunked_logprobs, grpo_loss, k3_kl, mean_weights, sft_loss, token_weights
-from rrm_jax.rl.rollout import assign_sides, pack, rollout, to_prompt
+from rrm_jax.training.rl import advantages as adv
+from rrm_jax.training.rl.loss import AGGREGATIONS, LossConfig, chunked_logprobs, grpo_loss, k3_kl, mean_weights, sft_loss, token_weights
+from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -248,7 +248,7 @@ class FakeCompletion:
 
 
 def test_rollout_with_fake_sampler_builds_batch():
-    from rrm_jax.rl.rewards import verdict_reward
+    from rrm_jax.training.rl.rewards import verdict_reward
 
     texts = ["a</think>\\boxed{Assistant 1}", "b</think>\\boxed{Assistant 2}", "no verdict", "c</think>\\boxed{Assistant 1}"]
     seen = {}

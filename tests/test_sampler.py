@@ -12,7 +12,7 @@ import pytest
 
 import rrm_jax
 from rrm_jax.sampler import Completion, GenerateStats, SamplingConfig, generate
-from rrm_jax.sampling import sample
+from rrm_jax.sampler.sampling import sample
 
 NEW = 8  # max_new_tokens used by most tests (shared shapes -> shared compiles)
 PROMPTS = [[5, 17, 300], [42] * 2 + list(range(60, 69)), [7, 8, 9, 10, 11, 12, 13], list(range(100, 116)), [1]]
@@ -304,7 +304,7 @@ def test_completion_type(model):
 
 
 def test_return_stats_and_loop_is_static(model):
-    from rrm_jax.sampler_loop import LoopShape, SamplerLoop
+    from rrm_jax.sampler.loop import LoopShape, SamplerLoop
 
     outs, st = generate(model, PROMPTS[:2], greedy(), return_stats=True)
     assert [c.token_ids for c in outs] == [c.token_ids for c in generate(model, PROMPTS[:2], greedy())]

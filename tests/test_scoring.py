@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rrm_jax import scoring
+from rrm_jax.evaluation import scoring
 
 
 def test_credit_rule():

@@ -9,8 +9,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import rrm_jax
-from rrm_jax.config import ModelConfig
-from rrm_jax.sharding import DEFAULT_RULES, MESH_AXES, as_auto, make_mesh
+from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.sharding import DEFAULT_RULES, MESH_AXES, as_auto, make_mesh
 
 import numpy_reference as ref
 from tiny_configs import padded_batch
@@ -54,8 +54,8 @@ def test_sharded_init_matches_one_device(reference, shape, kind):
     mesh = _mesh(shape, kind)
     model = rrm_jax.init(CFG, seed=3, mesh=mesh)
     model = model.with_state(jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, model.state))
-    params = rrm_jax.api.params_dict(model)
-    ref_params = rrm_jax.api.params_dict(ref_model)
+    params = rrm_jax.core.api.params_dict(model)
+    ref_params = rrm_jax.core.api.params_dict(ref_model)
     data, fsdp, tensor = shape
 
     # the same numbers, split over the devices as the rules say
@@ -84,7 +84,7 @@ def test_sharded_load_streams_each_shard(tmp_path_factory, mesh1, kind):
     path = tmp_path_factory.mktemp("hf")
     weights = ref.random_checkpoint(path, cfg, num_layers=2, seed=4)
     model = rrm_jax.load(path, mesh=_mesh((1, 2, 4), kind), dtype=jnp.float32, tokenizer=None)
-    emb = rrm_jax.api.params_dict(model)["embed"]
+    emb = rrm_jax.core.api.params_dict(model)["embed"]
     assert _shard_shape(emb) == (512 // 4, 64 // 2)
     shard_sets = {tuple(s.data.shape) for s in emb.addressable_shards}
     assert shard_sets == {(128, 32)} and len(emb.addressable_shards) == 8

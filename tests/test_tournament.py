@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rrm_jax.judge.verdict import Verdict
-from rrm_jax.tournament import (ELO_SCALE, best_of_n, bradley_terry, elo_sequential, knockout, rank, round_robin)
+from rrm_jax.judge.tournament import ELO_SCALE, best_of_n, bradley_terry, elo_sequential, knockout, rank, round_robin
 
 
 class SimJudge:

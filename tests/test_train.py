@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import rrm_jax
-from rrm_jax.checkpoint import Checkpointer
-from rrm_jax.rl.loss import LossConfig
-from rrm_jax.train_config import GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
-from rrm_jax.train_step import init_state, make_optimizer, make_train_step, place_batch
+from rrm_jax.training.checkpoint import Checkpointer
+from rrm_jax.training.rl.loss import LossConfig
+from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
+from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
 OPT = OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01, clip_norm=1.0)
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, beta=0.05, aggregation="seq-mean-token-mean", logprob_chunk=8)
@@ -73,7 +73,7 @@ def test_gradient_accumulation_equals_full_batch(tiny):
 def test_sharded_step_matches_single_device(tiny):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake CPU) devices")
-    from rrm_jax.sharding import make_mesh
+    from rrm_jax.core.sharding import make_mesh
 
     mesh8 = make_mesh((2, 2, 2))
     m8 = rrm_jax.init("tiny", seed=0, mesh=mesh8)
@@ -119,7 +119,7 @@ def test_nan_loss_skips_update_and_never_reaches_a_checkpoint(tiny, tmp_path):
 
 
 def test_sft_step_metrics_match_reference_and_loss_falls(tiny):
-    from rrm_jax.train import Trainer
+    from rrm_jax.training.trainer import Trainer
 
     cfg = TrainConfig(mode="sft", steps=6, batch_size=3, optim=OptimConfig(lr=3e-3, micro_batches=1),
                       grpo=GRPOConfig(logprob_chunk=8))
@@ -158,10 +158,11 @@ def _records(run_dir):
 
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
-    from rrm_jax.train import plot_cli, train
+    from rrm_jax.training.cli import plot_cli
+    from rrm_jax.training.loop import train
 
     def model():
-        from rrm_jax.data.train_pipeline import byte_tokenizer
+        from rrm_jax.core.tokenizers import byte_tokenizer
 
         return rrm_jax.init("tiny", seed=0, mesh=mesh1, tokenizer=byte_tokenizer())
 
@@ -226,8 +227,9 @@ def test_config_overrides_and_errors(tmp_path):
 
 
 def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
-    from rrm_jax.data.train_pipeline import PairPipeline, byte_tokenizer, read_pairs
-    from rrm_jax.rl.rollout import make_render
+    from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.training.data import PairPipeline, read_pairs
+    from rrm_jax.training.rl.rollout import make_render
 
     tok = byte_tokenizer()
     render = make_render(tok, "short")

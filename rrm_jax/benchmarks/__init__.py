@@ -12,7 +12,7 @@ def cli(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHES:
         print(f"usage: rrm-jax bench {{{'|'.join(BENCHES)}}} [args]", file=sys.stderr)
         return 2
-    from rrm_jax.progress import Progress
+    from rrm_jax.core.progress import Progress
 
     # a bench prints its figures as it goes; off a terminal a heartbeat shows it is alive between them
     with Progress(f"bench {argv[0]}", None, bar=False):

@@ -76,7 +76,7 @@ def pure_forward(graphdef):
 
 def compile_seconds(cfg, batch: int, seq: int) -> float:
     """Wall time of ``jit(forward).lower(...).compile()`` from abstract shapes (no weights are built)."""
-    from ..model import Qwen2
+    from rrm_jax.core.model import Qwen2
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen2(cfg, rngs=nnx.Rngs(0))))
     tok = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import rrm_jax
-    from rrm_jax.config import resolve_config
-    from rrm_jax.sharding import make_mesh
+    from rrm_jax.core.config import resolve_config
+    from rrm_jax.core.sharding import make_mesh
 
     cfg = resolve_config(args.model)
     if args.layers:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import _best
+from rrm_jax.benchmarks.forward import _best
 
 
 def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
@@ -40,7 +40,7 @@ def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_step(model) -> int:
-    from ..api import params_dict
+    from rrm_jax.core.api import params_dict
 
     total = 0
     for name, p in params_dict(model).items():
@@ -52,8 +52,8 @@ def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     """ms for ``[batch, in] @ W`` over every weight matrix a decode step reads (each layer's and the LM head), as
     fresh per-layer arrays in one jit: what this backend's matmuls alone cost, with no attention, cache,
     sampling or loop. A decode step cannot beat it on this backend, whatever the bandwidth bound says."""
-    from ..api import params_dict
-    from ..model import is_stacked
+    from rrm_jax.core.api import params_dict
+    from rrm_jax.core.model import is_stacked
 
     shapes = []
     for name, p in params_dict(model).items():
@@ -83,7 +83,7 @@ def _prompts(rng, batch, length, vocab):
 
 
 def bench_ours(model, prompts, new_tokens: int, repeats: int, bw_bytes: int):
-    from ..sampler import SamplingConfig, generate
+    from rrm_jax.sampler import SamplingConfig, generate
 
     cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, add_eos_stop=False, max_slots=len(prompts))
     generate(model, prompts, cfg)  # compile
@@ -136,7 +136,7 @@ def bench_transformers(hf, prompts, new_tokens: int, repeats: int):
 
 def long_tail(model, args) -> tuple[float, float, int]:
     """tokens/s of continuous vs static batching on a long-tailed set of generation lengths."""
-    from ..sampler import SamplingConfig, generate
+    from rrm_jax.sampler import SamplingConfig, generate
 
     rng = np.random.default_rng(1)
     n, short = args.tail_requests, args.tail_short
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-main", action="store_true")
     args = ap.parse_args(argv)
 
-    from .. import api
-    from ..sharding import make_mesh
+    from rrm_jax.core import api
+    from rrm_jax.core.sharding import make_mesh
 
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; model {args.model} fp32 (random init)")

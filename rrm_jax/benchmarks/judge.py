@@ -39,8 +39,8 @@ def bench_model(args) -> None:
     import jax
 
     import rrm_jax
-    from rrm_jax.api import load_tokenizer
-    from rrm_jax.config import resolve_config
+    from rrm_jax.core.config import resolve_config
+    from rrm_jax.core.tokenizers import load_tokenizer
     from rrm_jax.judge.judge import Judge
     from rrm_jax.sampler import SamplingConfig
 
@@ -108,7 +108,7 @@ class _SimJudge:
 
 
 def bench_tournament(args) -> None:
-    from rrm_jax.tournament import knockout, round_robin
+    from rrm_jax.judge.tournament import knockout, round_robin
 
     print(f"[tournament] simulated Bradley-Terry judge, qualities evenly spaced over {args.spread} log-odds; "
           f"{args.trials} trials each")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import _best, forward_flops
+from rrm_jax.benchmarks.forward import _best, forward_flops
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -36,11 +36,16 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
 
 def bench_step(args) -> dict:
     import rrm_jax
-    from rrm_jax.config import resolve_config
-    from rrm_jax.rl.loss import LossConfig
-    from rrm_jax.sharding import make_mesh
-    from rrm_jax.train_config import OptimConfig
-    from rrm_jax.train_step import init_state, make_optimizer, make_train_step, place_batch
+    from rrm_jax.core.config import resolve_config
+    from rrm_jax.core.sharding import make_mesh
+    from rrm_jax.training.config import OptimConfig
+    from rrm_jax.training.rl.loss import LossConfig
+    from rrm_jax.training.step import (
+        init_state,
+        make_optimizer,
+        make_train_step,
+        place_batch,
+    )
 
     cfg = resolve_config(args.model)
     if args.layers:
@@ -85,10 +90,11 @@ def bench_step(args) -> dict:
 
 def bench_grpo(args) -> dict:
     import rrm_jax
-    from rrm_jax.data.train_pipeline import byte_tokenizer, synthetic_pairs
-    from rrm_jax.sharding import make_mesh
-    from rrm_jax.train import Trainer
-    from rrm_jax.train_config import GRPOConfig, OptimConfig, TrainConfig
+    from rrm_jax.core.sharding import make_mesh
+    from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
+    from rrm_jax.training.data import synthetic_pairs
+    from rrm_jax.training.trainer import Trainer
 
     def parity(prompts, completions, batch):  # reward with signal on a random model
         return np.array([1.0 if np.mean(np.asarray(c.token_ids) % 2 == 0) > 0.5 else -1.0 for c in completions], np.float32)

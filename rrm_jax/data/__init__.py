@@ -4,7 +4,7 @@ Readers (``read_pairs``) need nothing but the standard library; builders and pip
 imported lazily so that importing ``rrm_jax.data`` stays cheap.
 """
 
-from .records import (
+from rrm_jax.data.records import (
     KINDS,
     DataError,
     PairRecord,
@@ -29,11 +29,11 @@ __all__ = [
 
 def __getattr__(name):
     if name in ("Pairs", "load_pairs"):
-        from . import pipeline
+        from rrm_jax.data import pipeline
 
         return getattr(pipeline, name)
     if name == "build":
-        from .builders import build
+        from rrm_jax.data.builders import build
 
         return build
     raise AttributeError(name)

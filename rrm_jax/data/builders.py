@@ -23,7 +23,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from .records import KINDS, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
+from rrm_jax.data.records import (
+    KINDS,
+    PairRecord,
+    PairSet,
+    Problem,
+    download_rewardbench,
+    read_pairs,
+)
 
 TIE = -1   # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
 SPLIT = "test"
@@ -143,7 +150,7 @@ def build(kind: str, source: str | Path | None, *, data_dir: str | Path | None =
         source = download_rewardbench()
     source = Path(source)
     if not source.exists():
-        from .records import DataError
+        from rrm_jax.data.records import DataError
 
         raise DataError(f"{source}: no such file")
     root = Path(data_dir) if data_dir is not None else default_data_dir()

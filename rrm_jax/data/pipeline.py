@@ -13,9 +13,9 @@ from typing import Iterator, Sequence
 
 import grain
 
-from ..distributed import barrier, is_main
-from .builders import SPLIT, build, decode, problems_of
-from .records import PairRecord, Problem
+from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.data.builders import SPLIT, build, decode, problems_of
+from rrm_jax.data.records import PairRecord, Problem
 
 
 @dataclasses.dataclass

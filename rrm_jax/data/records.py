@@ -30,12 +30,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from rrm_jax.core.errors import DataError
+
 OnBad = Literal["raise", "skip"]
 KINDS = ("rewardbench", "pandalm", "llmbar", "jsonl")
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as the format it claims; the message names file:line:field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,3 +344,32 @@ def download_rewardbench(cache_dir: str | Path | None = None) -> Path:
         raise DataError(f"could not download allenai/reward-bench ({type(e).__name__}: {e}); download the "
                         "`filtered` split yourself and pass its parquet/JSONL file with --data") from e
     return Path(root) / "data"
+
+
+def read_queries(path: str | Path) -> list[dict]:
+    """JSONL of {query, candidates: [>= 2 strings], [id]} with file:line:field errors."""
+    out, seen = [], set()
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: malformed JSON ({e.msg})") from None
+            if not isinstance(item, dict):
+                raise DataError(f"{p}:{n}: expected a JSON object")
+            if not isinstance(item.get("query"), str) or not item["query"].strip():
+                raise DataError(f"{p}:{n}:query: missing or empty")
+            c = item.get("candidates")
+            if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) for x in c):
+                raise DataError(f"{p}:{n}:candidates: expected a list of >= 2 strings")
+            qid = str(item.get("id", f"{p.stem}-{n}"))
+            if qid in seen:
+                raise DataError(f"{p}:{n}:id: duplicate id {qid!r}")
+            seen.add(qid)
+            out.append({"id": qid, "query": item["query"], "candidates": c})
+    return out

@@ -15,9 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rrm_jax import tournament
+from rrm_jax.judge import tournament
 from rrm_jax.judge.parse import parse_verdict
-from rrm_jax.judge.prompt import JudgePrompt, RRM_PROMPT_V1, get_prompt, render_prompt
+from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, render_prompt
 from rrm_jax.judge.verdict import Verdict, majority
 
 SWAPS = ("random", "both", "none")

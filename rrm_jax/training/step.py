@@ -20,10 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from .rl.loss import LossConfig, grpo_loss, mean_weights, sequence_logprobs, sft_loss, token_weights
-from .train_config import OptimConfig
+from rrm_jax.training.config import OptimConfig
+from rrm_jax.training.rl.loss import (
+    LossConfig,
+    grpo_loss,
+    mean_weights,
+    sequence_logprobs,
+    sft_loss,
+    token_weights,
+)
 
 GRPO_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask", "old_logp", "advantages")
 SFT_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask")

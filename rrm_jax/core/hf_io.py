@@ -17,14 +17,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from .config import ModelConfig
-from .distributed import is_main, to_host
-from .model import is_stacked, param_name, param_shapes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, malformed or does not match the config; the message names it."""
-
+from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.distributed import is_main, to_host
+from rrm_jax.core.errors import CheckpointError
+from rrm_jax.core.model import is_stacked, param_name, param_shapes
 
 _ST_DTYPES = {
     "F64": np.float64,

@@ -1,15 +1,15 @@
 """``rrm-jax demo``: train a tiny reward reasoning model on CPU in a few minutes, with no downloads.
 
-1. Build a tiny Qwen2-architecture model and its own character-level tokenizer (rrm_jax.demo_task).
+1. Build a tiny Qwen2-architecture model and its own character-level tokenizer (rrm_jax.demo.task).
 2. Warm start: a short SFT on a minority of the training pairs, imitating a careless teacher that writes
    the reasoning trace on only 40% of its answers and otherwise judges at once with a coin-flip verdict ->
    a judge that thinks about half the time (and is right ~90% of the time when it does).
 3. GRPO with only the outcome reward (+1 when the parsed ``\\boxed{Assistant N}`` picks the right
-   answer, -1 otherwise) through :class:`rrm_jax.train.Trainer` and the real sampler. Nothing rewards the
+   answer, -1 otherwise) through :class:`rrm_jax.training.Trainer` and the real sampler. Nothing rewards the
    reasoning itself; the policy learns that thinking first pays (the share of samples that reason is
    reported) and sharpens the reasoning on pairs it never saw a trace for.
 4. Evaluate on held-out pairs through :class:`rrm_jax.judge.Judge`: single votes, majority voting, and a
-   knockout best-of-N over several candidate answers (rrm_jax.tournament).
+   knockout best-of-N over several candidate answers (rrm_jax.judge.tournament).
 
 Everything goes to ``--out`` (default ``runs/demo``): ``metrics.jsonl`` (written as it runs),
 ``summary.json`` and ``demo.png``.
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import demo_task as task
-from . import shipped
-from .progress import Progress
+from rrm_jax.core import shipped
+from rrm_jax.core.progress import Progress
+from rrm_jax.core.tokenizers import char_tokenizer
+from rrm_jax.demo import task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,12 +163,12 @@ def _bar(console, steps, label: str):
 def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None) -> dict:
     import jax
 
-    import rrm_jax
+    from rrm_jax.core.api import init
+    from rrm_jax.core.sharding import make_mesh
     from rrm_jax.judge import Judge
     from rrm_jax.sampler import SamplingConfig
-    from rrm_jax.sharding import make_mesh
-    from rrm_jax.train import Trainer
-    from rrm_jax.train_config import GRPOConfig, OptimConfig, TrainConfig
+    from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
+    from rrm_jax.training.trainer import Trainer
 
     say = console.print if console is not None else print
     t_start = time.perf_counter()
@@ -175,10 +176,10 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     log = _Log(out / "metrics.jsonl")
     (out / "recipe.json").write_text(json.dumps(dict(dataclasses.asdict(recipe), seed=seed), indent=1))
 
-    tok = task.build_tokenizer()
+    tok = char_tokenizer()
     cfg = task.model_config(hidden=recipe.hidden, layers=recipe.layers)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = rrm_jax.init(cfg, seed=seed, mesh=mesh, tokenizer=tok)
+    model = init(cfg, seed=seed, mesh=mesh, tokenizer=tok)
     train_pairs, held = task.split_pairs(seed)
     if recipe.eval_pairs:
         held = held[: recipe.eval_pairs]

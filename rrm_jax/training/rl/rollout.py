@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import advantages as adv_lib
+from rrm_jax.training.rl import advantages as adv_lib
 
 # A short judge prompt for tiny byte-level models (the released RRMs need the full rrm-v1 prompt).
 SHORT_PROMPT = dict(
@@ -28,7 +28,7 @@ SHORT_PROMPT = dict(
 
 def make_render(tokenizer, prompt: str | Any = "rrm-v1") -> Callable[[str, str, str], str]:
     """``render(query, first, second) -> prompt string`` with the judge's prompt and the chat template."""
-    from ..judge import prompt as jp
+    from rrm_jax.judge import prompt as jp
 
     if isinstance(prompt, str):
         if prompt == "rrm-v1":
@@ -144,7 +144,7 @@ def rollout(
 ) -> Rollout:
     """Sample G completions per example (examples carry ``prompt_ids`` and ``label``) and build the batch."""
     if generate_fn is None:
-        from ..sampler import generate as generate_fn
+        from rrm_jax.sampler import generate as generate_fn
     t0 = time.perf_counter()
     prompts = [e["prompt_ids"].tolist() for e in examples]
     comps = generate_fn(policy, prompts, dataclasses.replace(sampling, n=group_size))
@@ -189,7 +189,7 @@ def rollout(
         time_generate=t_gen,
     )
     try:
-        from .rewards import verdicts
+        from rrm_jax.training.rl.rewards import verdicts
 
         v = verdicts(comps)
         stats["accuracy"] = float(np.mean(v == meta["label"]))

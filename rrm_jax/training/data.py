@@ -22,49 +22,10 @@ from typing import Callable
 import grain
 import numpy as np
 
-from ..distributed import barrier, is_main
-from ..rl.rollout import check_pair, to_prompt
+from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.training.rl.rollout import check_pair, to_prompt
 
 MAX_REPORTED = 5
-
-
-# ------------------------------------------------------------------------------------------ tokenizers
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges (vocab 256 + a few specials) and a one-line chat template.
-
-    For random tiny models: nothing to download, every string encodes, ids stay below 300.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<eos>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
-    tok.add_special_tokens([AddedToken(t, special=t in ("<pad>", "<eos>"), normalized=False) for t in specials])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    fast.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
-        "{% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}<eos>"
-        "{% else %}{{ m['content'] }}\n{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
-    )
-    return fast
-
-
-def load_tokenizer(spec: str):
-    """"bytes" (byte-level, generated), "demo" (the demo task's char-level tokenizer) or a path."""
-    if spec == "bytes":
-        return byte_tokenizer()
-    if spec == "demo":
-        from ..demo_task import build_tokenizer
-
-        return build_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec)
 
 
 # ------------------------------------------------------------------------------------------ data files

@@ -77,7 +77,7 @@ class TrainConfig:
     remat: str = "none"  # none | dots | full
     attention: str = "xla"
     mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); -1 fills the devices (of every host)
-    distributed: bool = False  # one process per host: jax.distributed.initialize() first (rrm_jax.distributed)
+    distributed: bool = False  # one process per host: jax.distributed.initialize() first (rrm_jax.core.distributed)
     save_every: int = 50
     keep: int = 3
     async_checkpoint: bool = True

@@ -1,7 +1,7 @@
 """KV-cache sampling: n samples per prompt, continuous batching, thinking budgets.
 
 This module is the host side: it schedules requests onto slots and turns rows into completions. Two
-compiled functions of ``rrm_jax.sampler_loop.SamplerLoop`` do all device work:
+compiled functions of ``rrm_jax.sampler.loop.SamplerLoop`` do all device work:
 
 - ``prefill`` runs a group of prompts (right-padded to a power-of-two length) through the model once,
   copies each prompt's cache rows into the slots of all its samples (n samples share ONE prefill), resets
@@ -21,21 +21,28 @@ on the decoded text (the row is then truncated at the token that completes the s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from collections import deque
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .api import Model, bucket
-from .distributed import to_host
-from .progress import Progress
-from .sampler_loop import BUDGET, LENGTH, NEVER, STOP, WILD, LoopShape, PrefillBatch, SamplerLoop, SamplingParams
+from rrm_jax.core.api import Model, bucket
+from rrm_jax.core.distributed import to_host
+from rrm_jax.core.progress import Progress
+from rrm_jax.sampler.loop import (
+    BUDGET,
+    LENGTH,
+    NEVER,
+    STOP,
+    WILD,
+    LoopShape,
+    PrefillBatch,
+    SamplerLoop,
+    SamplingParams,
+)
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
 
@@ -348,54 +355,3 @@ def _completion(req, arrays, r, n_tok, reason, forced_at, text, tok, stops, prob
         probe_logprobs=np.asarray(arrays["out_probe"][r, :n_tok], np.float32) if probed else None,
         forced_at=forced_at,
     )
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="rrm-jax generate", description="sample completions from a model")
-    ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id (org/name[@rev]), or a models/*.toml preset / path (random init)")
-    ap.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable); token ids 'ids:1,2,3' or, without a tokenizer, '1 2 3'")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--min-p", type=float, default=0.0)
-    ap.add_argument("--n", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-think-tokens", type=int, default=None)
-    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--max-slots", type=int, default=32)
-    args = ap.parse_args(argv)
-    from . import api
-    from .hf_io import CheckpointError
-
-    try:
-        model = api.load_or_init(args.model, dtype=jnp.dtype(args.dtype))
-    except (api.ConfigError, CheckpointError) as e:
-        print(f"rrm-jax generate: {e}", file=sys.stderr)
-        return 2
-    prompts = []
-    for p in args.prompt:
-        if p.startswith("ids:") or model.tokenizer is None:
-            try:
-                prompts.append([int(x) for x in p.removeprefix("ids:").replace(",", " ").split()])
-            except ValueError:
-                print(f"rrm-jax generate: --prompt {p!r}: the model has no tokenizer; pass token ids like '1 2 3'", file=sys.stderr)
-                return 2
-        else:
-            prompts.append(p)
-    try:
-        cfg = SamplingConfig(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            min_p=args.min_p, n=args.n, seed=args.seed, max_think_tokens=args.max_think_tokens,
-            stop_strings=tuple(args.stop), max_slots=args.max_slots,
-        )
-        outs = generate(model, prompts, cfg, progress=True)
-    except ValueError as e:
-        print(f"rrm-jax generate: {e}", file=sys.stderr)
-        return 2
-    for c in outs:
-        print(f"--- prompt {c.prompt_index} sample {c.sample_index} ({c.num_tokens} tokens, {c.finish_reason})")
-        print(c.text if model.tokenizer is not None else " ".join(map(str, c.token_ids)))
-    return 0

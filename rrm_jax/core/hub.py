@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .hf_io import CheckpointError
+from rrm_jax.core.hf_io import CheckpointError
 
 ALLOW_PATTERNS = [
     "*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.txt", "*.jinja",
@@ -45,8 +45,14 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
     if not is_hub_id(spec):
         raise CheckpointError(f"{spec}: no such checkpoint directory (nor a hub id of the form org/name)")
     repo, revision = split_revision(str(spec), revision)
-    from huggingface_hub import snapshot_download  # here, not at the top: local loads never import it
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import (
+        snapshot_download,  # here, not at the top: local loads never import it
+    )
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         root = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS))

@@ -20,37 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-WORD_TOKENS = ("<think>", "</think>", "\\boxed{", "Assistant", "<|user|>", "<|assistant|>")
-# Generation prompt ends with "<think>\n" already, so render_prompt adds nothing.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{% if m['content'] %}{{ m['content'] }}\n{% endif %}"
-    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
-    "{% else %}<|assistant|>{{ m['content'] }}<eos>{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
-)
 WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
-
-
-def build_tokenizer():
-    """A char-level ``PreTrainedTokenizerFast`` (vocab ~105) with think tags, eos, pad and a chat template."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [PAD, EOS, UNK]
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {t: i for i, t in enumerate(specials + list(WORD_TOKENS) + chars)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # tokens are characters: join them without spaces
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    # think tags stay non-special (as in DeepSeek-R1 tokenizers) so decoded text keeps them for the parser.
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in WORD_TOKENS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +132,7 @@ def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
 
 
 def _demo_prompt():
-    from .judge.prompt import JudgePrompt, get_prompt, register_prompt
+    from rrm_jax.judge.prompt import JudgePrompt, get_prompt, register_prompt
 
     p = JudgePrompt(name="demo-arith", version=1, system="", user_template="{question}\n1:{answer1}\n2:{answer2}",
                     analysis_suffix="")
@@ -178,7 +148,7 @@ DEMO_PROMPT = _demo_prompt()
 
 def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
     """The demo's tiny Qwen2 (qkv bias, tied embeddings, GQA 4:2)."""
-    from .config import ModelConfig
+    from rrm_jax.core.config import ModelConfig
 
     return ModelConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
                        num_heads=4, num_kv_heads=2, head_dim=hidden // 4, rope_theta=10000.0,

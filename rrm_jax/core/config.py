@@ -12,13 +12,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import shipped
+from rrm_jax.core import shipped
+from rrm_jax.core.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
-
-
-class ConfigError(ValueError):
-    """A config file names something rrm-jax cannot run; the message names the file and field."""
 
 
 @dataclasses.dataclass(frozen=True)

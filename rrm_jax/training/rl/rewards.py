@@ -18,7 +18,9 @@ class RewardFn(Protocol):
 
 
 def _parse(text: str) -> int | None:
-    from ..judge.parse import parse_verdict  # the judge's parsing rule (the one evaluation uses)
+    from rrm_jax.judge.parse import (
+        parse_verdict,  # the judge's parsing rule (the one evaluation uses)
+    )
 
     return parse_verdict(text)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 KINDS = ("models", "train", "eval")
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # rrm_jax/
 
 
 def shipped_dir(kind: str) -> Path:

@@ -1,7 +1,7 @@
 """The public entry points: ``load``, ``init``, ``save_hf`` and the :class:`Model` they return.
 
 A Model is a config, a sharded ``nnx.State`` of parameters, the ``nnx.GraphDef`` that turns it back into
-a :class:`~rrm_jax.model.Qwen2`, the mesh it lives on and (optionally) a tokenizer. Everything heavy is a
+a :class:`~rrm_jax.core.model.Qwen2`, the mesh it lives on and (optionally) a tokenizer. Everything heavy is a
 pure function of ``(graphdef, state, ...)`` under ``jax.jit`` with explicit shardings.
 """
 
@@ -18,10 +18,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from . import hf_io, hub, shipped
-from .config import ConfigError, ModelConfig, resolve_config
-from .model import Qwen2, param_axes, param_name
-from .sharding import DEFAULT_RULES, ShardingRules, as_auto
+from rrm_jax.core import hf_io, hub, shipped
+from rrm_jax.core.config import ConfigError, ModelConfig, resolve_config
+from rrm_jax.core.model import Qwen2, param_axes, param_name
+from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
+from rrm_jax.core.tokenizers import load_tokenizer
 
 
 @dataclasses.dataclass
@@ -153,7 +154,7 @@ def load(
     """Load an HF checkpoint (safetensors, single or sharded) straight into its sharding.
 
     ``path`` is a local directory or a hub id ``org/name`` (``@revision`` or ``revision=`` to pin one),
-    resolved through the HF cache (:mod:`rrm_jax.hub`); a local directory of the same spelling wins.
+    resolved through the HF cache (:mod:`rrm_jax.core.hub`); a local directory of the same spelling wins.
     """
     path = hub.resolve(path, revision)
     cfg = ModelConfig.from_json(path / "config.json")
@@ -179,16 +180,6 @@ def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw
         return load(spec, tokenizer=tokenizer or "auto", **kw)
     raise ConfigError(f"{spec}: not a checkpoint directory, hub id (org/name), model TOML or preset "
                       f"(presets: {', '.join(shipped.names('models'))})")
-
-
-def load_tokenizer(path: str | Path):
-    """``transformers.AutoTokenizer`` from a directory, or None when it holds no tokenizer files."""
-    path = Path(path)
-    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def params_dict(model: Model) -> dict[str, jax.Array]:

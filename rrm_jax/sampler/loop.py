@@ -22,10 +22,10 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .config import ModelConfig
-from .model import CACHE_AXES, KVCache
-from .sampling import sample
-from .sharding import ShardingRules
+from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.model import CACHE_AXES, KVCache
+from rrm_jax.core.sharding import ShardingRules
+from rrm_jax.sampler.sampling import sample
 
 STOP, LENGTH, BUDGET = 1, 2, 3  # finish reasons
 WILD, NEVER = -2, -3  # think_end padding that matches anything / a stop id that matches nothing

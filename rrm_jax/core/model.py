@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from .config import ModelConfig
+from rrm_jax.core.config import ModelConfig
 
 # Logical axes of every parameter, by name. sharding.ShardingRules maps these onto mesh axes.
 PARAM_AXES: dict[str, tuple[str | None, ...]] = {

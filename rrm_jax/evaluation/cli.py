@@ -1,0 +1,193 @@
+"""Commands `rrm-jax eval | judge | rank`: load the judge, run the records, print the summary.
+
+Configs and their parsing live in :mod:`rrm_jax.evaluation.config`; the run in :mod:`rrm_jax.evaluation.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rrm_jax.core.api import load_or_init
+from rrm_jax.core.distributed import initialize, is_main
+from rrm_jax.core.progress import Progress
+from rrm_jax.core.sharding import make_mesh
+from rrm_jax.core.tokenizers import load_tokenizer
+from rrm_jax.data.pipeline import load_pairs
+from rrm_jax.data.records import DataError, read_pairs_jsonl, read_queries
+from rrm_jax.evaluation.config import (
+    EvalConfig,
+    JudgeConfig,
+    JudgeOptions,
+    RankConfig,
+    build_config,
+    check_data,
+    validate,
+)
+from rrm_jax.evaluation.records import EvalError, RecordsFile, load_records
+from rrm_jax.evaluation.report import summarize, write_summary
+from rrm_jax.evaluation.run import Setting, evaluate, run_records
+from rrm_jax.judge import Judge
+from rrm_jax.sampler import SamplingConfig
+
+
+# ---------------------------------------------------------------------------------------------- model + judge
+def load_model(opts: JudgeOptions):
+    if not opts.model:
+        raise SystemExit("--model is required (a checkpoint directory, a model TOML or a preset name)")
+    mesh = None
+    if opts.mesh:
+        shape = tuple(int(x) for x in opts.mesh.split(","))
+        if len(shape) != 3:
+            raise SystemExit(f"--mesh expects three sizes data,fsdp,tensor, got {opts.mesh!r}")
+        mesh = make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
+    model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
+    if model.tokenizer is None and opts.tokenizer:
+        model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
+    return model
+
+
+def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
+    sampling = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                              top_k=opts.top_k, max_slots=opts.max_slots, seed=opts.seed,
+                              max_think_tokens=max_think_tokens)
+    return Judge(model, prompt=opts.prompt, sampling=sampling, max_prompt_tokens=opts.max_prompt_tokens or None)
+
+
+def _join(opts: JudgeOptions) -> bool:
+    """Join the multi-host run when asked (before any JAX work); returns whether this process writes outputs."""
+    if opts.distributed:
+        initialize()
+    return is_main()
+
+
+def _save_config(cfg, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def eval_main(argv: list[str], *, judge_factory=None) -> int:
+    """`rrm-jax eval`: every (votes, budget) setting -> records-<setting>.jsonl, then summary + plots.
+
+    ``judge_factory(max_think_tokens) -> judge`` replaces model loading (tests pass a fake judge)."""
+    origins: dict[str, str] = {}
+    cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL",
+                       origins)
+    validate(cfg)
+    check_data(cfg, "rrm-jax eval", origins)
+    if judge_factory is None and not cfg.model:
+        raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
+    main = _join(cfg)
+    out = Path(cfg.out)
+    try:
+        pairs = load_pairs(cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad,
+                           split=cfg.split)
+    except (DataError, ValueError) as e:
+        print(f"rrm-jax eval: {e}", file=sys.stderr)
+        return 2
+    if main:
+        _save_config(cfg, out / "config.json")
+        (out / "problems.json").write_text(json.dumps({"skipped": [str(p) for p in pairs.problems],
+                                                       "notes": [str(p) for p in pairs.notes]}, indent=1))
+    if pairs.problems and main:
+        print(f"skipped {len(pairs.problems)} bad items (listed in {out / 'problems.json'})", file=sys.stderr)
+    if judge_factory is None:
+        model = load_model(cfg)
+        judge_factory = lambda budget: make_judge(model, cfg, budget)  # noqa: E731
+    summaries = []
+    try:
+        for budget in cfg.max_think_tokens:
+            judge = judge_factory(budget)
+            for votes in cfg.votes:
+                summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
+                                          max_items=cfg.max_items, batch_size=cfg.batch_size, adaptive=cfg.adaptive,
+                                          kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress,
+                                          extra_meta={"model": cfg.model or None}))
+    except (EvalError, DataError) as e:
+        print(f"rrm-jax eval: {e}", file=sys.stderr)
+        return 2
+    if not main:
+        return 0
+    # the records files may also hold rows beyond this run's max_items (an earlier, larger run)
+    n = {s["setting"]: s["n"] for s in summaries}
+    records = {k: [r for r in v if r["row"] < n[k]] for k, v in load_records(out).items() if k in n}
+    write_summary(out, summaries, plots=cfg.plots, records=records)
+    print((out / "summary.md").read_text())
+    return 0
+
+
+def judge_main(argv: list[str], *, judge=None) -> int:
+    """`rrm-jax judge`: records for a JSONL of pairs (resumable); accuracy when the pairs carry labels."""
+    cfg = build_config(JudgeConfig, argv, "rrm-jax judge", "judge a JSONL of pairs")
+    validate(cfg)
+    if not cfg.pairs:
+        raise SystemExit("rrm-jax judge: --pairs FILE.jsonl is required")
+    main = _join(cfg)
+    try:
+        pairs = read_pairs_jsonl(cfg.pairs, on_bad=cfg.on_bad, require_label=False)
+    except DataError as e:
+        print(f"rrm-jax judge: {e}", file=sys.stderr)
+        return 2
+    for p in pairs.problems if main else ():
+        print(f"skipped: {p}", file=sys.stderr)
+    judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
+    try:
+        recs = run_records(judge, pairs.records, cfg.out, meta={"dataset": "jsonl", "source": cfg.pairs,
+                           "model": cfg.model or None, "max_think_tokens": cfg.max_think_tokens,
+                           "prompt": cfg.prompt},
+                           votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
+                           adaptive=cfg.adaptive, progress=cfg.progress)
+    except (EvalError, DataError) as e:
+        print(f"rrm-jax judge: {e}", file=sys.stderr)
+        return 2
+    if not main:
+        return 0
+    s = summarize(recs)
+    msg = f"{len(recs)} comparisons -> {cfg.out}; {s['no_verdict']} without a verdict"
+    if s["n_scored"]:
+        msg += f"; accuracy {100 * s['accuracy']:.1f}% on {s['n_scored']} labelled pairs"
+    print(msg)
+    return 0
+
+
+def rank_main(argv: list[str], *, judge=None) -> int:
+    """`rrm-jax rank`: a tournament per query; one JSONL line per query (resumable by id)."""
+    cfg = build_config(RankConfig, argv, "rrm-jax rank", "rank candidates per query with a tournament")
+    validate(cfg)
+    if not cfg.queries:
+        raise SystemExit("rrm-jax rank: --queries FILE.jsonl is required")
+    if cfg.strategy not in ("knockout", "elo"):
+        raise SystemExit(f"rrm-jax rank: --strategy must be knockout or elo, got {cfg.strategy!r}")
+    main = _join(cfg)
+    try:
+        queries = read_queries(cfg.queries)
+    except DataError as e:
+        print(f"rrm-jax rank: {e}", file=sys.stderr)
+        return 2
+    judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
+    rf = RecordsFile(cfg.out)
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    done = {r["id"] for r in rf.load(repair=main)}
+    todo = [q for q in queries if q["id"] not in done]
+    with Progress(f"ranking ({cfg.strategy})", len(queries), completed=len(queries) - len(todo), rate="queries",
+                  fmt="{tokens} judge tokens", enabled=cfg.progress and main) as bar:
+        tokens = 0
+        for q in todo:
+            r = judge.rank(q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed,
+                           swap=cfg.swap)
+            rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
+                   "best": int(r.order[0]), "best_candidate": q["candidates"][r.order[0]], **r.to_dict()}
+            if main:  # multi-host: every process plays every match, one writes
+                rf.append([rec])
+            tokens += int(r.tokens)
+            bar.update(advance=1, tokens=tokens)
+    if main:
+        print(f"{len(queries)} queries ranked -> {cfg.out}")
+    return 0

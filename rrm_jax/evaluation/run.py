@@ -1,0 +1,160 @@
+"""Evaluation runs: judge a pair dataset in chunks, write one JSONL record per comparison as it goes,
+resume interrupted runs, and summarise (Markdown + JSON tables, matplotlib plots).
+
+Records (``records-<setting>.jsonl``, one JSON object a line, flushed and fsynced after every chunk):
+``{id, row, subset, label, setting, votes_requested, swap, chunk_seed, credit, seconds}`` plus every
+:class:`~rrm_jax.judge.Verdict` field (``winner, votes_a, votes_b, invalid, soft, reasonings, orders,
+tokens, samples_drawn, forced, truncated, sample_verdicts``) in the dataset's frame (``a`` = the dataset's
+``response_a``). ``credit`` is the pairwise accuracy credit: 1 / 0 / 0.5 for no verdict, null for a tie gold.
+
+Order randomisation (``swap="random"``, the official protocol): row ``i`` is shown as (b, a) when
+``show_first_b(seed, i)`` — a seeded coin of (seed, dataset row), so the same rows get the same orders
+however the run is chunked or resumed. Each chunk's sampling seed is derived from (seed, its first row).
+
+Resume: an existing records file is read back (a torn last line from a killed write is cut off), its ids
+are skipped, and new records are appended; a run's settings are kept in ``run-<setting>.json`` and a
+resume with different settings is refused. A lock file stops two processes writing the same records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from rrm_jax.core.distributed import is_main
+from rrm_jax.core.progress import Progress
+from rrm_jax.data.records import DataError, PairRecord
+from rrm_jax.evaluation import scoring
+from rrm_jax.evaluation.records import (
+    RECORD_VERSION,
+    EvalError,
+    RecordsFile,
+    check_meta,
+    lock,
+)
+from rrm_jax.evaluation.report import summarize
+from rrm_jax.judge.judge import SWAPS, show_first_b
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    votes: int = 1
+    max_think_tokens: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"v{self.votes}-t{'none' if self.max_think_tokens is None else self.max_think_tokens}"
+
+
+def _stable_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def to_dataset_frame(v, flipped: bool):
+    """A Verdict judged on (b, a) re-expressed for (a, b)."""
+    if not flipped:
+        return v
+    swap = {"ab": "ba", "ba": "ab"}
+    return dataclasses.replace(
+        v, winner=None if v.winner is None else 1 - v.winner, votes_a=v.votes_b, votes_b=v.votes_a,
+        soft=1.0 - v.soft, orders=[swap.get(o, o) for o in v.orders],
+        sample_verdicts=[None if s is None else 1 - s for s in getattr(v, "sample_verdicts", [])])
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *, meta: dict, votes: int = 1,
+                swap: str = "random", seed: int = 0, batch_size: int = 64, adaptive: bool = False,
+                progress: bool = True, description: str = "judging") -> list[dict]:
+    """Judge every item not yet in ``records_path`` (chunks of ``batch_size`` through
+    ``judge.compare_many``) and return the records of ``items`` in item order."""
+    if swap not in SWAPS:
+        raise ValueError(f"swap must be one of {SWAPS}, got {swap!r}")
+    if votes < 1 or batch_size < 1:
+        raise ValueError(f"votes and batch_size must be >= 1 (got {votes}, {batch_size})")
+    path = Path(records_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len({r.id for r in items}) != len(items):
+        raise DataError("items have duplicate ids")
+    rf = RecordsFile(path)
+    meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive,
+            "record_version": RECORD_VERSION}
+    # multi-host: every process judges every chunk (the sampler's collectives need all of them) and
+    # reads the same records to resume; the main process alone locks, repairs and appends
+    main = is_main()
+    with lock(path.with_name(path.name + ".lock")) if main else contextlib.nullcontext():
+        done = {r["id"]: r for r in rf.load(repair=main)}
+        check_meta(path.with_name(path.stem + ".meta.json"), meta, bool(done))
+        todo = [(i, r) for i, r in enumerate(items) if r.id not in done]
+        t0, tokens = time.perf_counter(), 0
+        with Progress(description, len(items), completed=len(items) - len(todo), rate="cmp", fmt="{tok_s:.0f} tok/s",
+                      enabled=progress and main) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                new = _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive)
+                if main:
+                    rf.append(new)
+                done.update((r["id"], r) for r in new)
+                tokens += sum(r["tokens"] for r in new)
+                bar.update(advance=len(new), tok_s=tokens / (time.perf_counter() - t0))
+    return [done[r.id] for r in items]
+
+
+def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
+    chunk_seed = _stable_seed(seed, chunk[0][0], 0xE7A1)
+    flips = [swap == "random" and show_first_b(seed, i) for i, _ in chunk]
+    pairs = [(r.query, r.response_b, r.response_a) if f else (r.query, r.response_a, r.response_b)
+             for (_, r), f in zip(chunk, flips)]
+    t0 = time.perf_counter()
+    verdicts = judge.compare_many(pairs, votes=votes, swap="none" if swap == "random" else swap,
+                                  seed=chunk_seed, adaptive=adaptive)
+    dt = time.perf_counter() - t0
+    if len(verdicts) != len(pairs):
+        raise EvalError(f"judge returned {len(verdicts)} verdicts for {len(pairs)} pairs")
+    out = []
+    for (row, r), f, v in zip(chunk, flips, verdicts):
+        v = to_dataset_frame(v, f)
+        rec = {"id": r.id, "row": row, "subset": r.subset, "label": r.label, "setting": meta.get("setting"),
+               "votes_requested": votes, "swap": swap, "chunk_seed": chunk_seed}
+        rec.update(v.to_dict())
+        rec["credit"] = scoring.credit(r.label, v.winner)
+        rec["seconds"] = dt / len(chunk)
+        out.append(rec)
+    return out
+
+
+def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str = "random", seed: int = 0,
+             max_items: int | None = None, batch_size: int = 64, adaptive: bool = False, kind: str | None = None,
+             setting: Setting | None = None, progress: bool = True, extra_meta: dict | None = None) -> dict:
+    """Judge ``dataset`` (a :class:`~rrm_jax.data.Pairs`, grain MapDataset or sequence of PairRecord) and
+    return this setting's summary; records go to ``out_dir/records-<setting>.jsonl``.
+
+    ``kind`` picks the benchmark scoring ("rewardbench" | "pandalm" | "llmbar" | "jsonl"; default: the
+    dataset's own). ``setting`` defaults to (votes, the judge's sampling.max_think_tokens)."""
+    kind = kind or getattr(dataset, "kind", None) or "jsonl"
+    n = len(dataset)
+    n = n if max_items is None or max_items <= 0 else min(n, max_items)
+    items = [dataset[i] for i in range(n)]
+    if setting is None:
+        setting = Setting(votes, getattr(getattr(judge, "sampling", None), "max_think_tokens", None))
+    elif setting.votes != votes:
+        raise ValueError(f"setting.votes={setting.votes} but votes={votes}")
+    out = Path(out_dir)
+    prompt = getattr(getattr(judge, "prompt", None), "key", None)
+    meta = {"dataset": kind, "source": getattr(dataset, "source", None),
+            "fingerprint": getattr(dataset, "fingerprint", None), "setting": setting.tag,
+            "max_think_tokens": setting.max_think_tokens, "prompt": prompt, **(extra_meta or {})}
+    records = run_records(judge, items, out / f"records-{setting.tag}.jsonl", meta=meta, votes=votes, swap=swap,
+                          seed=seed, batch_size=batch_size, adaptive=adaptive, progress=progress,
+                          description=f"{kind} {setting.tag}")
+    summary = summarize(records, kind=kind)
+    summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
+                   max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
+                   problems=len(getattr(dataset, "problems", None) or []),
+                   notes=len(getattr(dataset, "notes", None) or []))
+    return summary

@@ -1,0 +1,201 @@
+"""Training: GRPO (and SFT) for reward reasoning models, as a library (:class:`Trainer`) and a CLI.
+
+Programmatic use (what ``rrm-jax demo`` does)::
+
+    import jax.numpy as jnp, rrm_jax
+    from rrm_jax.training import Trainer
+    from rrm_jax.training.config import TrainConfig, OptimConfig, GRPOConfig
+
+    model = rrm_jax.init("tiny", compute_dtype=jnp.bfloat16, tokenizer=tok)     # fp32 master, bf16 compute
+    cfg = TrainConfig(steps=50, optim=OptimConfig(lr=1e-3),
+                      grpo=GRPOConfig(prompts_per_step=8, group_size=8, max_new_tokens=48, seq_bucket=256))
+    tr = Trainer(model, cfg, render=lambda q, a, b: my_prompt(q, a, b))       # reward: verdict vs label
+    tr.sft_step(prompt_ids, completion_ids)     # token cross-entropy on completions -> metrics dict
+    tr.grpo_step(pairs)                         # pairs: [{query, chosen, rejected}] -> rollout + mu updates
+    judge_model = tr.policy                     # Model sharing the live params (no host copy)
+
+Shapes are bucketed (rows fixed per step kind, lengths to ``seq_bucket`` or a power of two), so a tiny
+model compiles each step once. ``rrm-jax train train/<recipe>.toml key=value ...`` runs :func:`train`:
+a grain pipeline over pairs, rollouts, updates, metrics.jsonl, orbax checkpoints with exact resume, and
+an HF export of the final policy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rrm_jax.core.distributed import to_host
+from rrm_jax.training.config import TrainConfig
+from rrm_jax.training.rl import rewards as rewards_lib
+from rrm_jax.training.rl.loss import LossConfig
+from rrm_jax.training.rl.rollout import (
+    assign_sides,
+    make_render,
+    pack,
+    rollout,
+    to_prompt,
+)
+from rrm_jax.training.step import (
+    TrainState,
+    cached,
+    init_state,
+    make_logprob_fn,
+    make_optimizer,
+    make_train_step,
+    place_batch,
+)
+
+
+class Trainer:
+    """Holds the train state and the compiled steps for one model; see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        config: TrainConfig = TrainConfig(),
+        reward_fn: Callable | str | None = None,
+        *,
+        render: Callable[[str, str, str], str] | None = None,
+        generate_fn: Callable | None = None,
+        total_updates: int | None = None,
+    ):
+        self.model, self.cfg = model, config
+        g = config.grpo
+        self.loss_cfg = LossConfig(
+            eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
+            norm_length=g.norm_length or g.max_new_tokens, logprob_chunk=g.logprob_chunk,
+        )
+        per_step = g.inner_iters if config.mode == "grpo" else 1
+        self.total_updates = total_updates or config.steps * per_step
+        self.tx, self.schedule = make_optimizer(config.optim, self.total_updates, model.state)
+        self.state: TrainState = init_state(model, self.tx, config.seed)
+        # The frozen reference is the model's own (undonated) params, stored in the compute dtype (the forward
+        # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
+        self.ref_params = self.compute_copy(model.state) if g.beta > 0 else None
+        self.reward_fn = rewards_lib.get(reward_fn or g.reward)
+        self._render = render
+        self.generate_fn = generate_fn
+        self.iteration = 0  # rollout batches done (seeds the position swaps and the sampler)
+        mult = config.optim.micro_batches * model.batch_multiple()
+        self.rows = -(-g.prompts_per_step * g.group_size // mult) * mult
+        self.sft_rows = -(-config.batch_size // mult) * mult
+        self._steps: dict[str, Callable] = {}
+        self._logprob = None
+        self._forced_len = None
+
+    # -- pieces -----------------------------------------------------------------------------------
+    @property
+    def policy(self):
+        """The model with the trainer's current params (same device arrays: valid until the next update)."""
+        return self.model.with_state(self.state.params)
+
+    def compute_copy(self, params):
+        """``params`` cast on device to the compute dtype (the same arrays when they already are)."""
+        cdt = self.model.module.compute_dtype
+        if all(x.dtype == cdt for x in jax.tree_util.tree_leaves(params)):
+            return params
+        sh = self.model.state_shardings
+        build = lambda: jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(cdt), p), out_shardings=sh)
+        return cached("cast", self.model, (str(cdt),), build)(params)
+
+    def sampling_policy(self):
+        """The policy for rollouts: decoding is memory-bound, so fp32 master weights are cast once per rollout
+        to the compute dtype (on device, no host copy) instead of on every decode step."""
+        return self.model.with_state(self.compute_copy(self.state.params))
+
+    @property
+    def render(self):
+        if self._render is None:
+            self._render = make_render(self.model.tokenizer, self.cfg.data.prompt)
+        return self._render
+
+    def step_fn(self, kind: str):
+        if kind not in self._steps:
+            self._steps[kind] = make_train_step(
+                self.model, self.cfg.optim, self.total_updates, kind=kind, loss_cfg=self.loss_cfg,
+                micro_batches=self.cfg.optim.micro_batches,
+            )
+        return self._steps[kind]
+
+    def sampling(self):
+        from rrm_jax.sampler import SamplingConfig
+
+        g = self.cfg.grpo
+        return SamplingConfig(
+            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+            max_think_tokens=g.max_think_tokens or None, max_slots=g.max_slots, n=g.group_size,
+            seed=(self.cfg.seed * 1_000_003 + self.iteration) % (2**31),
+        )
+
+    def update(self, batch: dict[str, np.ndarray], kind: str) -> dict[str, float]:
+        """One optimizer step on a packed host batch; returns host metrics."""
+        fn = self.step_fn(kind)
+        self.state, metrics = fn(self.state, place_batch(self.model, batch, fn.keys))
+        return {k: float(v) for k, v in to_host(metrics).items()}
+
+    # -- SFT --------------------------------------------------------------------------------------
+    def sft_step(self, prompt_ids_or_batch, completion_ids: Sequence[Sequence[int]] | None = None) -> dict:
+        """Token cross-entropy on the completions given their prompts (or on a packed batch dict)."""
+        if completion_ids is None:
+            batch = prompt_ids_or_batch
+        else:
+            batch = pack(prompt_ids_or_batch, completion_ids, rows=max(self.sft_rows, _ceil(len(completion_ids), self.model.batch_multiple() * self.cfg.optim.micro_batches)),
+                         seq_bucket=self.cfg.grpo.seq_bucket)
+        return self.update(batch, "sft")
+
+    # -- GRPO -------------------------------------------------------------------------------------
+    def prepare(self, pairs: Sequence[dict]) -> list[dict]:
+        """Raw pairs -> prompts in a seeded random order (examples that already carry prompt_ids pass)."""
+        if all("prompt_ids" in p for p in pairs):
+            return list(pairs)
+        flips = assign_sides(pairs, seed=self.cfg.seed, step=self.iteration, swap=self.cfg.data.swap)
+        return [to_prompt(p, bool(f), self.render, self.model.tokenizer) for p, f in zip(pairs, flips)]
+
+    def logprobs(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if self._logprob is None:
+            self._logprob = make_logprob_fn(self.model, self.loss_cfg.logprob_chunk)
+        arrays = place_batch(self.model, batch, ("tokens", "positions", "mask", "targets"))
+        return self._logprob(params, arrays["tokens"], arrays["positions"], arrays["mask"], arrays["targets"])
+
+    def forced_len(self) -> int:
+        if self._forced_len is None:
+            sfx = self.sampling().forced_suffix
+            tok = self.model.tokenizer
+            self._forced_len = len(sfx) if not isinstance(sfx, str) else (len(tok.encode(sfx, add_special_tokens=False)) if tok else 0)
+        return self._forced_len
+
+    def grpo_step(self, pairs: Sequence[dict]) -> dict:
+        """One rollout batch: sample G per pair, reward, advantages, then ``inner_iters`` updates."""
+        g = self.cfg.grpo
+        examples = self.prepare(pairs)
+        t0 = time.perf_counter()
+        ro = rollout(
+            self.sampling_policy(), examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
+            advantage=g.advantage, adv_eps=g.adv_eps, rows=max(self.rows, _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches)),
+            seq_bucket=g.seq_bucket, forced_len=self.forced_len(), generate_fn=self.generate_fn,
+        )
+        t1 = time.perf_counter()
+        batch = ro.batch
+        if g.old_logprobs == "recompute":
+            batch["old_logp"] = to_host(self.logprobs(self.state.params, batch))
+        if g.beta > 0:
+            batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
+        t2 = time.perf_counter()
+        per_iter = [self.update(batch, "grpo") for _ in range(g.inner_iters)]
+        t3 = time.perf_counter()
+        self.iteration += 1
+        metrics = dict(per_iter[-1])
+        metrics["skipped"] = float(sum(m["skipped"] for m in per_iter))
+        # before any update the trainer's log-probs should equal the old ones: this measures sampler/trainer drift
+        metrics["old_policy_kl"] = per_iter[0]["approx_kl_old"]
+        metrics.update(ro.stats)
+        metrics.update(time_rollout=t1 - t0, time_logprob=t2 - t1, time_update=t3 - t2)
+        return metrics
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
