@@ -20,8 +20,8 @@ _LAZY = {
     "Completion": "rrm_jax.sampler",
     "Judge": "rrm_jax.judge",
     "Verdict": "rrm_jax.judge",
-    "scoring": "rrm_jax.evaluation",
 }
+_SUBMODULES = {"scoring": "rrm_jax.evaluation.scoring"}  # the benchmarks' scoring rules, public as rrm_jax.scoring
 
 
 def __getattr__(name):
@@ -29,6 +29,8 @@ def __getattr__(name):
 
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(_SUBMODULES[name])
     if moved.new_home(f"rrm_jax.{name}") is not None:  # rrm_jax.hf_io.X of the flat layout
         return importlib.import_module(f"rrm_jax.{name}")
     raise AttributeError(f"module 'rrm_jax' has no attribute {name!r}")
@@ -36,6 +38,6 @@ def __getattr__(name):
 
 __all__ = [
     "Model", "init", "load", "save_hf", "ModelConfig", "ConfigError", "CheckpointError", "ShardingRules", "make_mesh",
-    *_LAZY,
+    *_LAZY, *_SUBMODULES,
 ]
 __version__ = "0.1.0"

@@ -132,3 +132,29 @@ def test_split_modules_answer_each_name_from_its_part():
         import rrm_jax.train as old
 
         old.no_such_name
+
+
+def test_public_api_answers_without_warnings():
+    import subprocess
+    import sys
+
+    # a fresh interpreter: earlier tests may already have imported the modules this must import itself
+    code = """
+import warnings; warnings.simplefilter("error")
+import dataclasses, rrm_jax, rrm_jax.scoring
+from rrm_jax.judge import Judge, Verdict
+from rrm_jax.sampler import Completion
+for name in ("load", "init", "save_hf", "generate", "SamplingConfig", "make_mesh", "Judge", "Verdict", "scoring"):
+    getattr(rrm_jax, name)
+assert callable(rrm_jax.Model.logits)
+assert all(callable(getattr(Judge, m)) for m in ("compare", "compare_many", "rank", "best_of_n", "render"))
+print(sorted(f.name for f in dataclasses.fields(Verdict)), sorted(f.name for f in dataclasses.fields(Completion)))
+print(sorted(n for n in dir(rrm_jax.scoring) if not n.startswith("_") and callable(getattr(rrm_jax.scoring, n))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    verdict, completion = eval(out.stdout.splitlines()[0].replace("] [", "], ["))
+    assert {"winner", "votes_a", "votes_b", "soft", "reasonings", "tokens"} <= set(verdict)
+    assert {"text", "token_ids", "finish_reason", "prompt_index", "sample_index", "num_tokens"} <= set(completion)
+    scoring = eval(out.stdout.splitlines()[1])
+    assert {"credit", "subset_accuracy", "rewardbench_scores", "pandalm_metrics", "llmbar_scores"} <= set(scoring)
