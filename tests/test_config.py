@@ -189,7 +189,7 @@ def test_invalid_json_names_file_and_line(tmp_path):
 def test_toml_errors_name_the_file_and_field(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text((MODELS_DIR / "tiny.toml").read_text() + "num_experts = 8\n")
-    with pytest.raises(ConfigError, match=rf"{p}: unknown field\(s\) \['num_experts'\]"):
+    with pytest.raises(ConfigError, match=rf"{p}: num_experts: unknown key; known: vocab_size, hidden_size"):
         resolve_config(p)
     p.write_text("[model]\nnum_layers = 2\n")
     with pytest.raises(ConfigError, match=str(p)):
@@ -219,3 +219,134 @@ def test_init_accepts_every_config_form(mesh1, tmp_path):
         shapes.append({k: (v.shape, v.dtype) for k, v in rrm_jax.core.api.params_dict(m).items()})
     assert shapes[0] == shapes[1]
     assert shapes[0]["q_proj"] == ((2, 64, 4, 64), jnp.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------- the one loader
+ROOT = MODELS_DIR.parent
+
+
+def test_every_source_is_named_in_errors(tmp_path):
+    from rrm_jax.core.configs import load
+    from rrm_jax.demo import Recipe
+    from rrm_jax.training.config import TrainConfig
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text((ROOT / "train" / "tiny.toml").read_text().replace("lr = 1e-4", 'lr = "fast"'))
+    with pytest.raises(ConfigError, match=rf"^{recipe}: optim.lr: expected float, got 'fast'$"):
+        load(TrainConfig, recipe)
+    with pytest.raises(ConfigError, match=r"^--set sft_lr=fast: sft_lr: expected float, got 'fast'$"):
+        load(Recipe, None, ["sft_lr=fast"], flag="--set")
+    with pytest.raises(ConfigError, match=r"^steps=x: steps: expected int, got 'x'$"):
+        load(TrainConfig, None, ["steps=x"])
+    with pytest.raises(ConfigError, match=r"^optim.lrr=1: optim.lrr: unknown key; known: lr, warmup_steps, "):
+        load(TrainConfig, None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"^steps: expected key=value$"):
+        load(TrainConfig, None, ["steps"])
+    recipe.write_text("steps = = 3\n")
+    with pytest.raises(ConfigError, match=rf"^{recipe}: invalid TOML"):
+        load(TrainConfig, recipe)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'nope.toml'}: not found$"):
+        load(TrainConfig, tmp_path / "nope.toml")
+    # a check of the whole config (__post_init__) names where the values came from
+    with pytest.raises(ConfigError, match=r"^mode=ppo: TrainConfig: mode must be grpo or sft, got 'ppo'$"):
+        load(TrainConfig, None, ["mode=ppo"])
+
+
+def test_types_are_strict_in_files_and_text_is_converted(tmp_path):
+    from rrm_jax.core.configs import load
+    from rrm_jax.training.config import TrainConfig
+
+    f = tmp_path / "r.toml"
+    for line, want in (("steps = true", "steps: expected int, got True"), ('steps = "3"', "steps: expected int, got '3'"),
+                       ("steps = 2.5", "steps: expected int, got 2.5"), ("model = 7", "model: expected str, got 7"),
+                       ("distributed = 1", "distributed: expected bool, got 1"), ("mesh = [1, true, 1]", "mesh")):
+        f.write_text(line + "\n")
+        with pytest.raises(ConfigError, match=rf"^{f}: {want}"):
+            load(TrainConfig, f)
+    with pytest.raises(ConfigError, match=r"^steps=true: steps: expected int, got True$"):
+        load(TrainConfig, None, ["steps=true"])  # text is parsed as TOML first: true stays a bool
+    f.write_text("[optim]\nlr = 1\n")
+    lr = load(TrainConfig, f).optim.lr
+    assert lr == 1.0 and isinstance(lr, float)  # an int is a fine float
+    cfg = load(TrainConfig, None, ["steps='3'", "optim.lr=2e-6", "distributed=true", "run_dir=runs/x y", "model=7",
+                                   "grpo.aggregation='token-mean'", "export_hf=no"])
+    assert (cfg.steps, cfg.optim.lr, cfg.distributed, cfg.run_dir, cfg.model) == (3, 2e-6, True, "runs/x y", "7")
+    assert cfg.grpo.aggregation == "token-mean" and cfg.export_hf is False
+    # tuples: TOML arrays or "1,1,8"
+    for value in ("[2, -1, 1]", "2,-1,1", "'2,-1,1'"):
+        assert load(TrainConfig, None, [f"mesh={value}"]).mesh == (2, -1, 1)
+    f.write_text('mesh = "1,1,8"\n')
+    assert load(TrainConfig, f).mesh == (1, 1, 8)
+
+
+def test_none_and_absent_keys(tmp_path):
+    from rrm_jax.core.configs import load
+    from rrm_jax.training.config import TrainConfig
+
+    f = tmp_path / "r.toml"
+    f.write_text('[sampling]\nmax_think_tokens = "none"\n')
+    assert load(TrainConfig, f).sampling.max_think_tokens is None
+    assert load(TrainConfig, None, ["sampling.max_think_tokens=512"]).sampling.max_think_tokens == 512
+    assert load(TrainConfig, None, ["sampling.max_think_tokens=none"]).sampling.max_think_tokens is None
+    budget = TrainConfig(sampling=rrm_jax.SamplingConfig(max_think_tokens=64, max_slots=8))
+    f.write_text("[sampling]\ntemperature = 0.5\n")
+    got = load(TrainConfig, f, defaults=budget).sampling  # absent keys keep the defaults given
+    assert (got.max_think_tokens, got.max_slots, got.temperature) == (64, 8, 0.5)
+    assert load(TrainConfig, f).sampling.max_slots == 64  # TrainConfig's own default for rollouts
+    with pytest.raises(ConfigError, match=r"sampling.max_think_tokens: expected int or none, got 'lots'"):
+        load(TrainConfig, None, ["sampling.max_think_tokens=lots"])
+
+
+def test_sampling_block_round_trips_and_maps_onto_the_sampler(tmp_path):
+    from rrm_jax.core.configs import dump_toml, load, write_toml
+    from rrm_jax.evaluation.config import EvalConfig
+    from rrm_jax.sampler import config, scheduler
+    from rrm_jax.training.config import TrainConfig
+
+    assert rrm_jax.SamplingConfig is scheduler.SamplingConfig is config.SamplingConfig  # every import path
+    sampling = rrm_jax.SamplingConfig(max_new_tokens=100, temperature=0.6, top_k=20, top_p=0.95, min_p=0.05,
+                                      stop_token_ids=(3, 5), stop_strings=("\n\n", 'say "x"'), max_think_tokens=None,
+                                      think_end=(7,), forced_suffix="\n</think>\n\n\\boxed{Assistant ", max_slots=16)
+    cfg = TrainConfig(steps=3, mesh=(1, 1, 8), sampling=sampling)
+    text = dump_toml(cfg)
+    assert '\n[sampling]\nmax_new_tokens = 100\n' in text and 'max_think_tokens = "none"' in text
+    assert load(TrainConfig, write_toml(cfg, tmp_path / "c.toml")) == cfg
+    ev = EvalConfig(votes=(1, 4), max_think_tokens=(None, 64), mesh=(1, 1, 8), split="test[:10]")
+    assert load(EvalConfig, write_toml(ev, tmp_path / "e.toml")) == ev
+    for shipped in ("tiny", "rrm-7b", "rrm-32b"):
+        cfg = load(TrainConfig, ROOT / "train" / f"{shipped}.toml")
+        assert cfg.sampling.max_think_tokens is None  # no budget forcing in training
+        assert load(TrainConfig, write_toml(cfg, tmp_path / f"{shipped}.toml")) == cfg
+
+
+def test_old_grpo_sampling_keys_are_accepted_with_a_warning(tmp_path):
+    from rrm_jax.core.configs import load
+    from rrm_jax.training.config import TrainConfig
+
+    f = tmp_path / "old.toml"
+    f.write_text("[grpo]\ngroup_size = 4\nmax_new_tokens = 48\ntemperature = 0.8\nmax_think_tokens = 0\n"
+                 "max_slots = 16\n")
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = load(TrainConfig, f)
+    assert [str(w.message) for w in caught] == [f"{f}: grpo.{k} is deprecated; use sampling.{k}"
+                                                for k in ("max_new_tokens", "temperature", "max_think_tokens", "max_slots")]
+    new = TrainConfig(grpo=dataclasses.replace(TrainConfig().grpo, group_size=4),
+                      sampling=rrm_jax.SamplingConfig(max_new_tokens=48, temperature=0.8, max_slots=16))
+    assert cfg == new and cfg.sampling.max_think_tokens is None  # [grpo]'s 0 meant "no budget"
+    with pytest.warns(DeprecationWarning, match="grpo.max_think_tokens=5: grpo.max_think_tokens is deprecated"):
+        assert load(TrainConfig, None, ["grpo.max_think_tokens=5"]).sampling.max_think_tokens == 5
+    with pytest.raises(ConfigError, match="sampling.n is set by grpo.group_size"):
+        load(TrainConfig, None, ["sampling.n=4"])
+
+
+def test_the_demo_recipe_given_to_train_says_how_to_run_it(capsys):
+    from rrm_jax.cli import main
+    from rrm_jax.training.config import load_config
+
+    demo = ROOT / "train" / "demo.toml"
+    with pytest.raises(ConfigError, match=rf"^{demo}: this is an `rrm-jax demo` recipe, not a training recipe; "
+                                          r"run it with rrm-jax demo --recipe demo$"):
+        load_config(demo)
+    assert main(["train", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("rrm-jax demo --recipe demo\n"), err

@@ -54,6 +54,10 @@ def test_quick_demo_writes_results(quick_run):
         assert k in s
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in rows} == {"sft", "eval", "grpo"}
+    from rrm_jax.core.configs import load
+    from rrm_jax.demo import QUICK, Recipe
+
+    assert load(Recipe, out / "recipe.toml") == Recipe(**QUICK)  # the resolved recipe, beside the outputs
     assert s["accuracy_before_grpo"] > 0.55  # the warm start learned the format and (when it thinks) the arithmetic
 
 
@@ -70,18 +74,24 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
 def test_recipe_file_matches_defaults_and_bad_fields_are_named(tmp_path):
     from pathlib import Path
 
+    from rrm_jax.core.configs import dump_toml, load
+    from rrm_jax.core.errors import ConfigError
     from rrm_jax.demo import QUICK, Recipe, load_recipe
 
     shipped = Path(__file__).resolve().parents[1] / "train" / "demo.toml"
     assert load_recipe(shipped) == Recipe()  # the documented recipe is the one that runs
+    assert load_recipe("demo") == Recipe()  # `rrm-jax demo --recipe demo` names the shipped file
     assert load_recipe(shipped, ["grpo_steps=7", "grpo_lr=2e-4"]) == Recipe(grpo_steps=7, grpo_lr=2e-4)
     assert load_recipe(quick=True) == Recipe(**QUICK)
+    resolved = tmp_path / "recipe.toml"  # what a run writes beside its outputs
+    resolved.write_text(dump_toml(Recipe(**QUICK)))
+    assert load(Recipe, resolved) == Recipe(**QUICK)
     bad = tmp_path / "bad.toml"
     bad.write_text("grpo_step = 3\n")
-    with pytest.raises(SystemExit, match=r"bad\.toml:grpo_step: unknown recipe field 'grpo_step'"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: grpo_step: unknown key; known: hidden, layers, "):
         load_recipe(bad)
     bad.write_text('votes = "five"\n')
-    with pytest.raises(SystemExit, match=r"bad\.toml:votes: votes must be int"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: votes: expected int, got 'five'"):
         load_recipe(bad)
-    with pytest.raises(SystemExit, match=r"--set sft_lr=fast: sft_lr must be float"):
+    with pytest.raises(ConfigError, match=r"--set sft_lr=fast: sft_lr: expected float, got 'fast'"):
         load_recipe(None, ["sft_lr=fast"])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rrm_jax.core.configs import load
+from rrm_jax.core.errors import ConfigError
 from rrm_jax.evaluation import scoring
 from rrm_jax.data import DataError, PairRecord
 from rrm_jax.evaluation.run import EvalError, RecordsFile, evaluate, summarize
@@ -262,7 +264,7 @@ def test_killed_process_resumes(tmp_path):
 
 # ------------------------------------------------------------------ CLIs, recipes, summaries, plots
 def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
-    from rrm_jax.evaluation.cli import eval_main
+    from rrm_jax.evaluation.cli import EvalConfig, eval_main
 
     data = synthetic(12)
     src = tmp_path / "p.jsonl"
@@ -291,8 +293,8 @@ def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
     assert skipped == [f"{src}:13:response_a: empty"]
     for png in ("accuracy_vs_votes.png", "accuracy_vs_budget.png", "tokens_per_comparison.png"):
         assert (out / png).stat().st_size > 1000
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["votes"] == [1, 3] and cfg["max_think_tokens"] == [None, 64] and cfg["max_items"] == 10
+    cfg = load(EvalConfig, out / "config.toml")  # the resolved config, written as a recipe
+    assert cfg.votes == (1, 3) and cfg.max_think_tokens == (None, 64) and cfg.max_items == 10 and cfg.on_bad == "skip"
 
 
 def test_recipes_and_overrides(tmp_path):
@@ -304,16 +306,20 @@ def test_recipes_and_overrides(tmp_path):
     cfg = build_config(EvalConfig, [str(ROOT / "eval" / "pandalm.toml"), "--votes", "2,4", "seed=5",
                                     "max_think_tokens=none,128", "adaptive=true"], "t", "")
     assert cfg.votes == (2, 4) and cfg.seed == 5 and cfg.max_think_tokens == (None, 128) and cfg.adaptive
-    with pytest.raises(SystemExit, match="unknown key 'vots'"):
+    with pytest.raises(ConfigError, match="vots=3: vots: unknown key; known: "):
         build_config(EvalConfig, ["vots=3"], "t", "")
-    with pytest.raises(SystemExit, match="votes: expected int, got 'x'"):
+    with pytest.raises(ConfigError, match="votes=x: votes: expected int, got 'x'"):
         build_config(EvalConfig, ["votes=x"], "t", "")
+    with pytest.raises(ConfigError, match="--max-items many: max_items: expected int, got 'many'"):
+        build_config(EvalConfig, ["--max-items", "many"], "t", "")
+    assert build_config(EvalConfig, ["--mesh", "1,1,8"], "t", "").mesh == (1, 1, 8)
+    assert build_config(EvalConfig, [], "t", "").mesh == ()
     from rrm_jax.evaluation.cli import eval_main
 
     for bad, msg in ((["--swap", "maybe"], "swap must be"), (["--votes", "0"], "votes must be >= 1"),
                      (["--dataset", "mmlu"], "dataset must be one of"), ([], "--model is required"),
                      (["--max-think-tokens", "0"], "max_think_tokens must be")):
-        with pytest.raises(SystemExit, match=msg):
+        with pytest.raises(ConfigError, match=msg):
             eval_main(bad + ["--out", str(tmp_path)])
 
 

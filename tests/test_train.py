@@ -12,7 +12,8 @@ import pytest
 import rrm_jax
 from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.rl.loss import LossConfig
-from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, dump_toml, load_config
+from rrm_jax.core.configs import dump_toml
+from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
 OPT = OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01, clip_norm=1.0)
@@ -147,7 +148,7 @@ def parity_reward(prompts, completions, batch):
 def _cfg(run_dir, steps):
     return load_config(Path(__file__).parents[1] / "train" / "tiny.toml", [
         f"run_dir='{run_dir}'", f"steps={steps}", "save_every=2", "mesh=[1,1,1]", "export_hf=true",
-        "grpo.max_new_tokens=12", "grpo.seq_bucket=128", "optim.lr=3e-3", "data.synthetic=24",
+        "sampling.max_new_tokens=12", "grpo.seq_bucket=128", "optim.lr=3e-3", "data.synthetic=24",
     ])
 
 
@@ -213,7 +214,7 @@ def test_config_overrides_and_errors(tmp_path):
     p = tmp_path / "r.toml"
     p.write_text(dump_toml(cfg))
     assert load_config(p) == cfg
-    with pytest.raises(ValueError, match="unknown keys.*'lrr'"):
+    with pytest.raises(ValueError, match="optim.lrr: unknown key; known: lr, warmup_steps"):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ValueError, match="steps: expected int"):
         load_config(None, ["steps='many'"])

@@ -92,6 +92,7 @@ def bench_grpo(args) -> dict:
     import rrm_jax
     from rrm_jax.core.sharding import make_mesh
     from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.sampler import SamplingConfig
     from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
     from rrm_jax.training.data import synthetic_pairs
     from rrm_jax.training.trainer import Trainer
@@ -101,9 +102,10 @@ def bench_grpo(args) -> dict:
 
     model = rrm_jax.init(args.grpo_model, seed=0, mesh=make_mesh(), tokenizer=byte_tokenizer(),
                          compute_dtype=jnp.dtype(args.compute_dtype))
-    g = GRPOConfig(prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.new_tokens,
-                   seq_bucket=256, beta=0.01, inner_iters=args.inner_iters, logprob_chunk=64, max_slots=args.prompts * args.group)
-    cfg = TrainConfig(steps=args.grpo_steps + 1, optim=OptimConfig(lr=1e-4), grpo=g)
+    g = GRPOConfig(prompts_per_step=args.prompts, group_size=args.group, seq_bucket=256, beta=0.01,
+                   inner_iters=args.inner_iters, logprob_chunk=64)
+    sampling = SamplingConfig(max_new_tokens=args.new_tokens, max_slots=args.prompts * args.group)
+    cfg = TrainConfig(steps=args.grpo_steps + 1, optim=OptimConfig(lr=1e-4), grpo=g, sampling=sampling)
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prompt="short"))
     tr = Trainer(model, cfg, parity)

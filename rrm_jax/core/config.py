@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from rrm_jax.core import shipped
+from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
@@ -171,23 +170,11 @@ class ModelConfig:
     # ---------------------------------------------------------------- models/*.toml
     @classmethod
     def from_toml(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        try:
-            d = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        d = d.get("model", d)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(fields)}")
-        d.setdefault("name", path.stem)
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        """A ``models/*.toml`` preset (flat, or under ``[model]``); ``name`` defaults to the file's stem."""
+        source, values, _ = configs.file_layer(path)
+        values = values.get("model", values)
+        values.setdefault("name", Path(path).stem)
+        return configs.build(cls, [(source, values, False)])
 
 
 def _check_sliding_window(d: dict, num_layers: int, source: str) -> None:

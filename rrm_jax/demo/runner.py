@@ -11,14 +11,13 @@
 4. Evaluate on held-out pairs through :class:`rrm_jax.judge.Judge`: single votes, majority voting, and a
    knockout best-of-N over several candidate answers (rrm_jax.judge.tournament).
 
-Everything goes to ``--out`` (default ``runs/demo``): ``metrics.jsonl`` (written as it runs),
-``summary.json`` and ``demo.png``.
+Everything goes to ``--out`` (default ``runs/demo``): ``recipe.toml`` (the resolved recipe), ``metrics.jsonl``
+(written as it runs), ``summary.json`` and ``demo.png``. The recipe itself lives in :mod:`rrm_jax.demo.recipe`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -27,90 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from rrm_jax.core import shipped
+from rrm_jax.core.configs import dump_toml
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.tokenizers import char_tokenizer
 from rrm_jax.demo import task
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Everything the demo's numbers depend on (all our choices, tuned for 2 CPU cores)."""
-
-    # model: 2 layers, hidden 64 (~0.13M params)
-    hidden: int = 64
-    layers: int = 2
-    # warm start (batch 80 x 40% reasoning traces: the reasoning skill needs ~16k traced examples)
-    sft_fraction: float = 0.4  # share of the training pairs the teacher answers
-    snap_fraction: float = 0.6  # share of warm-start traces that judge without thinking (coin-flip verdict)
-    sft_steps: int = 500
-    sft_batch: int = 80
-    sft_lr: float = 3e-3
-    # GRPO
-    grpo_steps: int = 200
-    prompts_per_step: int = 16
-    group_size: int = 8
-    grpo_lr: float = 1e-4
-    temperature: float = 0.7  # rollouts
-    # evaluation
-    eval_temperature: float = 0.7
-    eval_every: int = 20
-    eval_pairs: int = 0  # 0 = all held-out pairs
-    votes: int = 5
-    knockout_queries: int = 30
-    knockout_candidates: int = 4
-    max_new_tokens: int = 64  # the longest chain (0+9) needs 55
-
-
-QUICK = dict(sft_steps=500, grpo_steps=30, eval_every=15, votes=3, knockout_queries=4, eval_pairs=48)
+from rrm_jax.demo.recipe import Recipe, load_recipe
 
 
 def _parse(argv):
     ap = argparse.ArgumentParser(prog="rrm-jax demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/demo", help="run directory (metrics.jsonl, summary.json, demo.png)")
+    ap.add_argument("--out", default="runs/demo", help="run directory (recipe.toml, metrics.jsonl, summary.json, demo.png)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a shortened run (CI)")
     ap.add_argument("--recipe", default=None, help="a TOML of Recipe fields (train/demo.toml holds the defaults)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Recipe fields")
     ap.add_argument("--no-plot", action="store_true")
     return ap.parse_args(argv)
-
-
-def load_recipe(path: str | Path | None = None, overrides: list[str] = (), *, quick: bool = False) -> Recipe:
-    """Recipe defaults, then ``--quick``, then a TOML file, then ``key=value`` overrides; unknown or mistyped
-    fields are refused with the file (or flag) and field named."""
-    import tomllib
-
-    kw = dict(QUICK) if quick else {}
-    default = Recipe()
-
-    def put(key, value, where):
-        if not hasattr(default, key):
-            raise SystemExit(f"{where}: unknown recipe field {key!r}; known: {sorted(dataclasses.asdict(default))}")
-        want = type(getattr(default, key))
-        try:
-            if isinstance(value, str) and want is not str:
-                value = want(value)
-            elif want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not want:
-                raise TypeError
-        except (TypeError, ValueError):
-            raise SystemExit(f"{where}: {key} must be {want.__name__}, got {value!r}") from None
-        kw[key] = value
-
-    if path is not None:
-        path = shipped.find(path, "train") or path  # "demo" names the shipped train/demo.toml
-        try:
-            table = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SystemExit(f"{path}: {e}") from None
-        for k, v in table.items():
-            put(k, v, f"{path}:{k}")
-    for item in overrides:
-        k, _, v = item.partition("=")
-        put(k, v, f"--set {item}")
-    return Recipe(**kw)
 
 
 class _Log:
@@ -174,7 +105,8 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "metrics.jsonl")
-    (out / "recipe.json").write_text(json.dumps(dict(dataclasses.asdict(recipe), seed=seed), indent=1))
+    # the seed is a flag, not a recipe field: the header line is the command that reruns this run
+    (out / "recipe.toml").write_text(f"# rrm-jax demo --recipe {out / 'recipe.toml'} --seed {seed}\n{dump_toml(recipe)}")
 
     tok = char_tokenizer()
     cfg = task.model_config(hidden=recipe.hidden, layers=recipe.layers)
@@ -222,9 +154,9 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     grpo_cfg = TrainConfig(
         mode="grpo", steps=recipe.grpo_steps, seed=seed,
         optim=OptimConfig(lr=recipe.grpo_lr, b2=0.99, end_lr_ratio=1.0),  # constant lr
-        grpo=GRPOConfig(prompts_per_step=recipe.prompts_per_step, group_size=recipe.group_size,
-                        max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature,
-                        max_slots=recipe.prompts_per_step * recipe.group_size, seq_bucket=80),
+        grpo=GRPOConfig(prompts_per_step=recipe.prompts_per_step, group_size=recipe.group_size, seq_bucket=80),
+        sampling=SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature,
+                                max_slots=recipe.prompts_per_step * recipe.group_size),
     )
     grpo = Trainer(warm, grpo_cfg, render=render)
     curve = [dict(step=0, **before)]

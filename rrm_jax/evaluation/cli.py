@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rrm_jax.core.api import load_or_init
+from rrm_jax.core.configs import write_toml
 from rrm_jax.core.distributed import initialize, is_main
+from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
@@ -28,25 +30,22 @@ from rrm_jax.evaluation.config import (
     RankConfig,
     build_config,
     check_data,
+    sampling_config,
     validate,
 )
 from rrm_jax.evaluation.records import EvalError, RecordsFile, load_records
 from rrm_jax.evaluation.report import summarize, write_summary
 from rrm_jax.evaluation.run import Setting, evaluate, run_records
 from rrm_jax.judge import Judge
-from rrm_jax.sampler import SamplingConfig
 
 
 # ---------------------------------------------------------------------------------------------- model + judge
 def load_model(opts: JudgeOptions):
     if not opts.model:
-        raise SystemExit("--model is required (a checkpoint directory, a model TOML or a preset name)")
+        raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
     mesh = None
-    if opts.mesh:
-        shape = tuple(int(x) for x in opts.mesh.split(","))
-        if len(shape) != 3:
-            raise SystemExit(f"--mesh expects three sizes data,fsdp,tensor, got {opts.mesh!r}")
-        mesh = make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
+    if opts.mesh:  # three sizes (validate); empty: load_or_init's all-devices data-parallel mesh
+        mesh = make_mesh(opts.mesh, devices=jax.devices()[:int(np.prod(opts.mesh))])
     model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
     if model.tokenizer is None and opts.tokenizer:
         model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
@@ -54,10 +53,8 @@ def load_model(opts: JudgeOptions):
 
 
 def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
-    sampling = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                              top_k=opts.top_k, max_slots=opts.max_slots, seed=opts.seed,
-                              max_think_tokens=max_think_tokens)
-    return Judge(model, prompt=opts.prompt, sampling=sampling, max_prompt_tokens=opts.max_prompt_tokens or None)
+    return Judge(model, prompt=opts.prompt, sampling=sampling_config(opts, max_think_tokens),
+                 max_prompt_tokens=opts.max_prompt_tokens or None)
 
 
 def _join(opts: JudgeOptions) -> bool:
@@ -65,11 +62,6 @@ def _join(opts: JudgeOptions) -> bool:
     if opts.distributed:
         initialize()
     return is_main()
-
-
-def _save_config(cfg, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -81,9 +73,9 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL",
                        origins)
     validate(cfg)
-    check_data(cfg, "rrm-jax eval", origins)
+    check_data(cfg, origins)
     if judge_factory is None and not cfg.model:
-        raise SystemExit("rrm-jax eval: --model is required (a checkpoint directory, a model TOML or a preset name)")
+        raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
     main = _join(cfg)
     out = Path(cfg.out)
     try:
@@ -93,7 +85,7 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
     if main:
-        _save_config(cfg, out / "config.json")
+        write_toml(cfg, out / "config.toml")
         (out / "problems.json").write_text(json.dumps({"skipped": [str(p) for p in pairs.problems],
                                                        "notes": [str(p) for p in pairs.notes]}, indent=1))
     if pairs.problems and main:
@@ -128,7 +120,7 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     cfg = build_config(JudgeConfig, argv, "rrm-jax judge", "judge a JSONL of pairs")
     validate(cfg)
     if not cfg.pairs:
-        raise SystemExit("rrm-jax judge: --pairs FILE.jsonl is required")
+        raise ConfigError("--pairs FILE.jsonl is required")
     main = _join(cfg)
     try:
         pairs = read_pairs_jsonl(cfg.pairs, on_bad=cfg.on_bad, require_label=False)
@@ -162,9 +154,9 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     cfg = build_config(RankConfig, argv, "rrm-jax rank", "rank candidates per query with a tournament")
     validate(cfg)
     if not cfg.queries:
-        raise SystemExit("rrm-jax rank: --queries FILE.jsonl is required")
+        raise ConfigError("--queries FILE.jsonl is required")
     if cfg.strategy not in ("knockout", "elo"):
-        raise SystemExit(f"rrm-jax rank: --strategy must be knockout or elo, got {cfg.strategy!r}")
+        raise ConfigError(f"--strategy must be knockout or elo, got {cfg.strategy!r}")
     main = _join(cfg)
     try:
         queries = read_queries(cfg.queries)

@@ -1,22 +1,24 @@
 """The typed configs of `rrm-jax eval | judge | rank` (TOML recipes in eval/*.toml) and their command-line parsing.
 
 Every config field is also a flag (``--max-think-tokens 512,1024``) and a ``key=value`` override; the
-order of precedence is defaults < recipe TOML < flags < key=value. The resolved config is saved beside
-the outputs (``config.json``).
+order of precedence is defaults < recipe TOML < flags < key=value, all read by :mod:`rrm_jax.core.configs`
+(bad input is a ConfigError naming the file or flag and the field). The resolved config is saved beside
+the outputs (``config.toml``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from rrm_jax.core import shipped
+from rrm_jax.core import configs, shipped
+from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import KINDS
+from rrm_jax.sampler.config import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,7 @@ class JudgeOptions:
     model: str = ""                       # checkpoint dir (HF layout) or a preset name (random weights)
     tokenizer: str = ""                   # tokenizer dir when the model has none (presets)
     dtype: str = "bfloat16"
-    mesh: str = ""                        # "data,fsdp,tensor" sizes, e.g. "1,1,8"; empty = all devices data-parallel
+    mesh: tuple[int, ...] = ()            # (data, fsdp, tensor) sizes, e.g. 1,1,8; empty = all devices data-parallel
     distributed: bool = False             # one process per host (rrm_jax.core.distributed); only process 0 writes
     prompt: str = "rrm-v1"
     max_new_tokens: int = 8192            # the released models' evaluation setting
@@ -106,7 +108,7 @@ HELP = {
 def validate(cfg) -> None:
     """Reject impossible settings before any work starts."""
     def bad(msg):
-        raise SystemExit(f"rrm-jax: {msg}")
+        raise ConfigError(msg)
 
     if getattr(cfg, "swap", "random") not in ("random", "both", "none"):
         bad(f"swap must be random, both or none, got {cfg.swap!r}")
@@ -122,40 +124,17 @@ def validate(cfg) -> None:
         bad(f"max_think_tokens must be >= 1 or none, got {cfg.max_think_tokens!r}")
     if getattr(cfg, "batch_size", 1) < 1:
         bad(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.mesh and len(cfg.mesh) != 3:
+        bad(f"mesh expects three sizes data,fsdp,tensor, got {cfg.mesh!r}")
+
+
+def sampling_config(opts: JudgeOptions, max_think_tokens: int | None) -> SamplingConfig:
+    """The judge's sampling from the flat options (the recipes' and flags' keys), for one thinking budget."""
+    return SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                          top_k=opts.top_k, max_slots=opts.max_slots, seed=opts.seed, max_think_tokens=max_think_tokens)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def _convert(tp: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, name)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(_convert(args[0], v, name) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
-    try:
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return tp(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}") from None
-
-
 def _metavar(tp: Any) -> str:
     if typing.get_origin(tp) is tuple:
         return _metavar(typing.get_args(tp)[0]) + ",..."
@@ -176,43 +155,24 @@ def build_config(cls, argv: list[str], prog: str, description: str, origins: dic
         ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=_metavar(hints[name]),
                         help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip())
     ns = ap.parse_intermixed_args(argv)
-    values: dict[str, Any] = {}
-    overrides: list[str] = []
-    origin: dict[str, str] = {}
+    recipes, overrides = [], []
     for item in ns.rest:
-        recipe = shipped.find(item, "eval") if "=" not in item else None
-        if recipe is None and item.endswith(".toml") and "=" not in item:
-            raise SystemExit(f"{prog}: recipe {item}: no such file (shipped recipes: {', '.join(shipped.names('eval'))})")
+        if "=" in item:
+            key, _, value = item.partition("=")
+            overrides.append(configs.override_layer(f"{key.strip().replace('-', '_')}={value}"))  # max-items=3 too
+            continue
+        recipe = shipped.find(item, "eval")
         if recipe is not None:
-            try:
-                with open(recipe, "rb") as f:
-                    data = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                raise SystemExit(f"{prog}: cannot read recipe {recipe}: {e}")
-            for k, v in data.items():
-                if k not in fields:
-                    raise SystemExit(f"{prog}: {recipe}: unknown key {k!r} (known: {', '.join(fields)})")
-                values[k] = v
-                origin[k] = str(recipe)
-        elif "=" in item:
-            overrides.append(item)
+            recipes.append(configs.file_layer(recipe))
+        elif item.endswith(".toml"):
+            raise ConfigError(f"recipe {item}: no such file (shipped recipes: {', '.join(shipped.names('eval'))})")
         else:
-            raise SystemExit(f"{prog}: unexpected argument {item!r} (expected a .toml recipe or key=value)")
-    values.update({k: v for k, v in vars(ns).items() if k in fields and v is not None})
-    for item in overrides:
-        k, v = item.split("=", 1)
-        k = k.strip().replace("-", "_")
-        if k not in fields:
-            raise SystemExit(f"{prog}: unknown key {k!r} in {item!r} (known: {', '.join(fields)})")
-        values[k] = v
-    overridden = {item.split("=", 1)[0].strip().replace("-", "_") for item in overrides}
-    origin = {k: v for k, v in origin.items() if k not in overridden and getattr(ns, k, None) is None}
-    try:
-        cfg = cls(**{k: _convert(hints[k], v, k) for k, v in values.items()})
-    except ValueError as e:
-        raise SystemExit(f"{prog}: {e}")
+            raise ConfigError(f"unexpected argument {item!r} (expected a .toml recipe or key=value)")
+    flags = [(f"--{k.replace('_', '-')} {v}", {k: v}, True) for k, v in vars(ns).items() if k in fields and v is not None]
+    cfg = configs.build(cls, recipes + flags + overrides)
     if origins is not None:
-        origins.update(origin)
+        later = {k for _, values, _ in flags + overrides for k in values}
+        origins.update({k: source for source, values, _ in recipes for k in values if k not in later})
     return cfg
 
 
@@ -225,9 +185,9 @@ DATA_HINTS = {
 }
 
 
-def check_data(cfg, prog: str, origin: dict[str, str]) -> None:
+def check_data(cfg, origin: dict[str, str]) -> None:
     """A dataset path must exist before anything heavy starts; the message says what to pass instead."""
     value = getattr(cfg, "data", "")
     if value and not Path(value).exists():
         what = DATA_HINTS.get(getattr(cfg, "dataset", "jsonl"), "the dataset")
-        raise SystemExit(f"{prog}: {shipped.missing_input('data', value, what, origin.get('data', ''))}")
+        raise ConfigError(shipped.missing_input("data", value, what, origin.get("data", "")))

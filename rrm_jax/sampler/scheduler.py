@@ -32,6 +32,7 @@ import numpy as np
 from rrm_jax.core.api import Model, bucket
 from rrm_jax.core.distributed import to_host
 from rrm_jax.core.progress import Progress
+from rrm_jax.sampler.config import SamplingConfig  # also the old import path: rrm_jax.sampler.scheduler
 from rrm_jax.sampler.loop import (
     BUDGET,
     LENGTH,
@@ -45,42 +46,6 @@ from rrm_jax.sampler.loop import (
 )
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    max_new_tokens: int = 256
-    temperature: float = 1.0  # 0.0 -> greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    n: int = 1  # samples per prompt (share ONE prefill)
-    seed: int = 0
-    stop_token_ids: tuple[int, ...] = ()  # the tokenizer's eos is added automatically when add_eos_stop=True
-    add_eos_stop: bool = True
-    stop_strings: tuple[str, ...] = ()
-    max_think_tokens: int | None = None  # thinking budget
-    think_end: str | tuple[int, ...] = "</think>"  # a string (tokenized) or token ids
-    forced_suffix: str | tuple[int, ...] = "\n</think>\n\n\\boxed{Assistant "  # appended once when the budget runs out
-    probe_token_ids: tuple[int, ...] = ()  # record log-probs of these ids at every step (judge soft scores)
-    max_slots: int = 32  # continuous-batching slots (rows decoding at once)
-
-    def __post_init__(self):
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
-            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
-            ("top_k", self.top_k >= 0, "must be >= 0 (0 = off)"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "must lie in (0, 1]"),
-            ("min_p", 0.0 <= self.min_p < 1.0, "must lie in [0, 1)"),
-            ("n", self.n >= 1, "must be >= 1"),
-            ("max_slots", self.max_slots >= 1, "must be >= 1"),
-            ("max_think_tokens", self.max_think_tokens is None or self.max_think_tokens >= 0, "must be >= 0 or None"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise ValueError(f"SamplingConfig.{name}={getattr(self, name)!r}: {why}")
-        if any(not s for s in self.stop_strings):
-            raise ValueError("SamplingConfig.stop_strings: empty stop string")
 
 
 @dataclasses.dataclass

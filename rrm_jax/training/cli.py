@@ -23,11 +23,7 @@ def cli(argv: list[str]) -> int:
         print(f"rrm-jax train: recipe {args.recipe}: no such file (shipped recipes: "
               f"{', '.join(n for n in shipped.names('train') if n != 'demo')})", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(recipe, args.overrides)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rrm-jax train: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(recipe, args.overrides)  # a ConfigError is printed as one line by rrm_jax.cli
     summary = train(cfg)
     last = summary["last"]
     print(json.dumps({k: summary[k] for k in ("steps", "resumed_from", "seconds", "skipped_total")}

@@ -1,17 +1,21 @@
 """Typed training configuration: frozen dataclasses read from a recipe TOML plus ``key=value`` overrides.
 
-A recipe has top-level keys (model, run_dir, steps, ...) and the sections ``[optim]``, ``[grpo]`` and
-``[data]``; an override names a field as ``steps=10`` or ``optim.lr=1e-6``. The resolved config is written
-beside the run's outputs (``run_dir/config.toml``) so a run can always be reproduced from its directory.
+A recipe has top-level keys (model, run_dir, steps, ...) and the sections ``[optim]``, ``[grpo]``,
+``[sampling]`` (the rollouts' :class:`~rrm_jax.sampler.SamplingConfig`) and ``[data]``; an override names a
+field as ``steps=10`` or ``optim.lr=1e-6``. Loading and writing is :mod:`rrm_jax.core.configs`; the resolved
+config is written beside the run's outputs (``run_dir/config.toml``) so a run can be reproduced from its directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 import typing
+import warnings
 from pathlib import Path
+
+from rrm_jax.core import configs, shipped
+from rrm_jax.core.errors import ConfigError
+from rrm_jax.sampler.config import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +45,8 @@ class GRPOConfig:
     eps_high: float = 0.2
     beta: float = 0.0  # k3 KL to the frozen initial policy; 0 skips the reference pass
     aggregation: str = "seq-mean-token-mean"
-    norm_length: int = 0  # Dr.GRPO constant length; 0 -> max_new_tokens
+    norm_length: int = 0  # Dr.GRPO constant length; 0 -> sampling.max_new_tokens
     logprob_chunk: int = 256
-    # sampling for rollouts
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_think_tokens: int = 0  # 0 = no thinking budget
-    max_slots: int = 64
     seq_bucket: int = 0  # fixed padded length of training rows; 0 -> next power of two (few compiles)
 
 
@@ -85,6 +82,8 @@ class TrainConfig:
     tensorboard: bool = True  # also RUN_DIR/tb scalars when the tensorboard package is installed
     optim: OptimConfig = OptimConfig()
     grpo: GRPOConfig = GRPOConfig()
+    # rollouts; n is grpo.group_size and the seed comes from `seed` and the step (Trainer.sampling)
+    sampling: SamplingConfig = SamplingConfig(max_slots=64)
     data: DataConfig = DataConfig()
 
     def __post_init__(self):
@@ -95,77 +94,47 @@ class TrainConfig:
             (self.grpo.old_logprobs in ("sampler", "recompute"), "grpo.old_logprobs must be sampler|recompute"),
             (self.optim.micro_batches >= 1 and self.grpo.inner_iters >= 1, "micro_batches and inner_iters must be >= 1"),
             (self.steps >= 0 and self.save_every >= 1, "steps must be >= 0 and save_every >= 1"),
+            (self.sampling.n == 1, "sampling.n is set by grpo.group_size (the samples per prompt); leave it at 1"),
+            (self.sampling.seed == 0, "sampling.seed is derived from seed and the step; set seed instead"),
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
+                raise ConfigError(f"TrainConfig: {msg}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-def _coerce(tp, value, where: str):
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a table, got {value!r}")
-        return _build(tp, value, where)
-    if origin is tuple:
-        return tuple(int(v) for v in value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls, data: dict, where: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{where or 'config'}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
-    kw = {k: _coerce(hints[k], v, f"{where}{'.' if where else ''}{k}") for k, v in data.items()}
-    return cls(**kw)
+    @staticmethod
+    def upgrade(values: dict, source: str) -> dict:
+        """Old spellings, for :func:`rrm_jax.core.configs.load`: the rollouts' sampling keys moved from
+        ``[grpo]`` to ``[sampling]`` (a warning names the new key); a demo recipe is refused by name."""
+        if DEMO_KEYS & values.keys():
+            raise ConfigError(f"{source}: this is an `rrm-jax demo` recipe, not a training recipe; run it with "
+                              f"rrm-jax demo --recipe {_demo_name(source)}")
+        grpo = values.get("grpo")
+        old = {k: v for k, v in grpo.items() if k in MOVED_TO_SAMPLING} if isinstance(grpo, dict) else {}
+        if not old:
+            return values
+        grpo = {k: v for k, v in grpo.items() if k not in old}
+        sampling = dict(values.get("sampling") or {})
+        for key, value in old.items():
+            warnings.warn(f"{source}: grpo.{key} is deprecated; use sampling.{key}", DeprecationWarning, stacklevel=4)
+            if key == "max_think_tokens" and value in (0, "0"):
+                value = "none"  # [grpo] spelled "no budget" as 0; [sampling] as none (0 is a real budget there)
+            sampling.setdefault(key, value)
+        return {**values, "grpo": grpo, "sampling": sampling}
 
 
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
+MOVED_TO_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "max_think_tokens", "max_slots")
+DEMO_KEYS = {"sft_steps", "grpo_steps"}  # train/demo.toml's (rrm_jax.demo.recipe.Recipe), never TrainConfig's
+
+
+def _demo_name(source: str) -> str:
+    """How ``rrm-jax demo --recipe`` names the file: the shipped train/demo.toml is plain ``demo``."""
+    demo = shipped.shipped_dir("train") / "demo.toml"
+    return "demo" if Path(source).resolve() == demo.resolve() else source
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """TrainConfig from a recipe TOML (or the defaults) with ``key=value`` / ``section.key=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: {e}") from None
-    for ov in overrides:
-        if "=" not in ov:
-            raise ValueError(f"override {ov!r} is not key=value")
-        key, val = ov.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = _parse_value(val.strip())
-    try:
-        return _build(TrainConfig, data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path or 'config'}: {e}") from None
-
-
-def dump_toml(cfg: TrainConfig) -> str:
-    """The resolved config as TOML (round-trips through load_config)."""
-    top, sections = [], []
-    for k, v in cfg.to_dict().items():
-        if isinstance(v, dict):
-            sections.append(f"\n[{k}]\n" + "".join(f"{kk} = {json.dumps(vv)}\n" for kk, vv in v.items()))
-        else:
-            top.append(f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}\n")
-    return "".join(top) + "".join(sections)
+    return configs.load(TrainConfig, path, overrides)

@@ -174,7 +174,7 @@ class SFTPipeline(_Pipeline):
             c = tokenizer.encode(r["completion"], add_special_tokens=False)
             if tokenizer.eos_token_id is not None:
                 c = c + [tokenizer.eos_token_id]
-            if len(p) + len(c) - 1 > (config.grpo.seq_bucket or config.data.max_prompt_tokens + config.grpo.max_new_tokens):
+            if len(p) + len(c) - 1 > (config.grpo.seq_bucket or config.data.max_prompt_tokens + config.sampling.max_new_tokens):
                 reasons["trace longer than the sequence limit"] += 1
                 continue
             items.append((np.asarray(p, np.int32), np.asarray(c, np.int32)))

@@ -15,12 +15,13 @@ from typing import Callable
 import jax.numpy as jnp
 
 from rrm_jax.core.api import load_or_init, save_hf
+from rrm_jax.core.configs import write_toml
 from rrm_jax.core.distributed import initialize, is_main
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
 from rrm_jax.training.checkpoint import Checkpointer
-from rrm_jax.training.config import TrainConfig, dump_toml
+from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.data import PairPipeline, SFTPipeline, prepare_data
 from rrm_jax.training.trainer import Trainer
 
@@ -58,7 +59,7 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        (run_dir / "config.toml").write_text(dump_toml(config))
+        write_toml(config, run_dir / "config.toml")
     model = model or build_model(config)
     trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
     data_path, data_report = prepare_data(config, run_dir)

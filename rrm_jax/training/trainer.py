@@ -7,8 +7,8 @@ Programmatic use (what ``rrm-jax demo`` does)::
     from rrm_jax.training.config import TrainConfig, OptimConfig, GRPOConfig
 
     model = rrm_jax.init("tiny", compute_dtype=jnp.bfloat16, tokenizer=tok)     # fp32 master, bf16 compute
-    cfg = TrainConfig(steps=50, optim=OptimConfig(lr=1e-3),
-                      grpo=GRPOConfig(prompts_per_step=8, group_size=8, max_new_tokens=48, seq_bucket=256))
+    cfg = TrainConfig(steps=50, optim=OptimConfig(lr=1e-3), sampling=rrm_jax.SamplingConfig(max_new_tokens=48),
+                      grpo=GRPOConfig(prompts_per_step=8, group_size=8, seq_bucket=256))
     tr = Trainer(model, cfg, render=lambda q, a, b: my_prompt(q, a, b))       # reward: verdict vs label
     tr.sft_step(prompt_ids, completion_ids)     # token cross-entropy on completions -> metrics dict
     tr.grpo_step(pairs)                         # pairs: [{query, chosen, rejected}] -> rollout + mu updates
@@ -22,6 +22,7 @@ an HF export of the final policy.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -67,7 +68,7 @@ class Trainer:
         g = config.grpo
         self.loss_cfg = LossConfig(
             eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
-            norm_length=g.norm_length or g.max_new_tokens, logprob_chunk=g.logprob_chunk,
+            norm_length=g.norm_length or config.sampling.max_new_tokens, logprob_chunk=g.logprob_chunk,
         )
         per_step = g.inner_iters if config.mode == "grpo" else 1
         self.total_updates = total_updates or config.steps * per_step
@@ -122,14 +123,9 @@ class Trainer:
         return self._steps[kind]
 
     def sampling(self):
-        from rrm_jax.sampler import SamplingConfig
-
-        g = self.cfg.grpo
-        return SamplingConfig(
-            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-            max_think_tokens=g.max_think_tokens or None, max_slots=g.max_slots, n=g.group_size,
-            seed=(self.cfg.seed * 1_000_003 + self.iteration) % (2**31),
-        )
+        """The recipe's [sampling] for this rollout batch: G samples per prompt, a seed per batch."""
+        seed = (self.cfg.seed * 1_000_003 + self.iteration) % (2**31)
+        return dataclasses.replace(self.cfg.sampling, n=self.cfg.grpo.group_size, seed=seed)
 
     def update(self, batch: dict[str, np.ndarray], kind: str) -> dict[str, float]:
         """One optimizer step on a packed host batch; returns host metrics."""
