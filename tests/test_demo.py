@@ -25,8 +25,9 @@ def test_tokenizer_and_traces_use_the_real_format():
             trace = task.reasoning(p.problem, first, second)
             assert parse_verdict(trace) == want  # the trace's verdict is the right one, read by the real parser
             assert tok.decode(tok.encode(trace, add_special_tokens=False)) == trace
-    assert task.reasoning(task.Problem(3, 4), "8", "7").startswith("3+4=4+3=5+2=6+1=7\n1:8-7=1\n")
-    assert task.chain(task.Problem(5, 0, "-")) == "5-0=5" and task.chain(task.Problem(8, 3, "-")) == "8-3=7-2=6-1=5"
+    assert task.reasoning(task.ArithmeticProblem(3, 4), "8", "7").startswith("3+4=4+3=5+2=6+1=7\n1:8-7=1\n")
+    assert task.chain(task.ArithmeticProblem(5, 0, "-")) == "5-0=5"
+    assert task.chain(task.ArithmeticProblem(8, 3, "-")) == "8-3=7-2=6-1=5"
     assert parse_verdict(task.snap_judgment(2)) == 1
 
 

@@ -1,92 +1,17 @@
 """The Judge's logic with a scripted fake sampler (swap handling, votes, adaptive stopping, soft scores,
 truncation, tournaments), plus one end-to-end run through the real sampler on a random tiny model."""
 import dataclasses
-import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from rrm_jax.judge.judge import TRUNCATION_MARKER, Judge, adaptive_savings, derive_seed, show_first_b, verdict_digit_ids
+from rrm_jax.core.seeds import derive_seed, show_first_b
+from rrm_jax.judge.judge import TRUNCATION_MARKER, Judge, adaptive_savings, verdict_digit_ids
 from rrm_jax.judge.prompt import render_prompt
-from rrm_jax.sampler import Completion, SamplingConfig
+from rrm_jax.sampler import SamplingConfig
 
-SPECIALS = ["<think>", "</think>", "<eos>"]
-SUFFIX = SamplingConfig().forced_suffix
-
-
-class CharTokenizer:
-    """Character-level tokenizer with a chat template and <think>/</think> as single tokens."""
-
-    chat_template = "char"
-    eos_token_id = 3
-
-    def encode(self, text, add_special_tokens=False):
-        ids, i = [], 0
-        while i < len(text):
-            for k, s in enumerate(SPECIALS):
-                if text.startswith(s, i):
-                    ids.append(1 + k)
-                    i += len(s)
-                    break
-            else:
-                ids.append(16 + ord(text[i]))
-                i += 1
-        return ids
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(SPECIALS[t - 1] if t < 16 else chr(t - 16) for t in ids)
-
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-        return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + "<|assistant|>"
-
-
-def shown(prompt):
-    """(first, second) responses as the model sees them in an RRM prompt."""
-    body = prompt.split("### Assistant 1\n\n", 1)[1]
-    first, rest = body.split("\n\n\n### Assistant 2\n\n", 1)
-    return first, rest.split("\n\n## Analysis", 1)[0]
-
-
-class FakeGenerate:
-    """Scripted sampler. `policy(first, second, k)` -> (digit "1"/"2"/other, forced, p1) for the k-th sample of
-    that prompt (k counts across calls, like fresh draws). Probe log-probs are log(p1), log(1 - p1) at the
-    verdict-digit position and log(0.5) elsewhere (or None with probes=False)."""
-
-    def __init__(self, tokenizer, policy, probes=True):
-        self.tok, self.policy, self.probes = tokenizer, policy, probes
-        self.calls, self.seen, self.tokens = [], {}, 0
-
-    def __call__(self, model, prompts, cfg, progress=False):
-        assert isinstance(cfg, SamplingConfig)
-        self.calls.append((list(prompts), cfg))
-        out = []
-        for pi, prompt in enumerate(prompts):
-            for s in range(cfg.n):
-                k = self.seen.get(prompt, 0)
-                self.seen[prompt] = k + 1
-                digit, forced, p1 = self.policy(*shown(prompt), k)
-                think = f"Let me compare them (sample {k}). "
-                if forced:
-                    head = self.tok.encode(think)
-                    ids = head + self.tok.encode(SUFFIX) + self.tok.encode(digit + "}")
-                    forced_at, digit_pos = len(head), len(head) + len(self.tok.encode(SUFFIX))
-                else:
-                    pre = self.tok.encode(think + "</think>\n\n\\boxed{Assistant ")
-                    ids = pre + self.tok.encode(digit + "}")
-                    forced_at, digit_pos = None, len(pre)
-                lp = np.full((len(ids), 2), math.log(0.5), np.float32)
-                lp[digit_pos] = [math.log(p1), math.log(1 - p1)]
-                self.tokens += len(ids)
-                out.append(Completion(pi, s, ids, self.tok.decode(ids), np.zeros(len(ids), np.float32),
-                                      "budget" if forced else "stop", len(ids),
-                                      lp if self.probes else None, forced_at))
-        return out
-
-
-class FakeModel:
-    tokenizer = CharTokenizer()
+from fakes import FakeGenerate, FakeModel
 
 
 def make_judge(policy, probes=True, **kw):
@@ -140,7 +65,7 @@ def test_swap_modes_and_position_bias():
 
 def test_seeded_order_is_reproducible_across_processes():
     here = [show_first_b(42, i) for i in range(64)] + [derive_seed(42, 7)]
-    code = ("from rrm_jax.judge.judge import show_first_b, derive_seed;"
+    code = ("from rrm_jax.core.seeds import show_first_b, derive_seed;"
             "print([show_first_b(42, i) for i in range(64)] + [derive_seed(42, 7)])")
     for hashseed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

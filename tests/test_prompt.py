@@ -3,7 +3,16 @@ import json
 
 import pytest
 
-from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, list_prompts, register_prompt, render_prompt
+from rrm_jax.judge.prompt import (
+    RRM_PROMPT_V1,
+    SHORT_PROMPT,
+    JudgePrompt,
+    get_prompt,
+    list_prompts,
+    make_render,
+    register_prompt,
+    render_prompt,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +87,18 @@ def test_registry_and_validation():
         get_prompt("nope")
     with pytest.raises(ValueError, match="no chat template"):
         render_prompt(type("T", (), {"chat_template": None})(), "rrm", "q", "a", "b")
+
+
+def test_short_prompt_and_make_render():
+    assert get_prompt("short") is SHORT_PROMPT and get_prompt("short-v1") is SHORT_PROMPT
+    tok = _FakeTemplateTokenizer("<A>")
+    render = make_render(tok, "short")
+    assert render("q", "a", "b") == render_prompt(tok, SHORT_PROMPT, "q", "a", "b") == (
+        "[system]Pick the better answer.[user]Q: q\nA1: a\nA2: b\n"
+        "Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.<A><think>\n")
+    assert make_render(tok, RRM_PROMPT_V1)("q", "a", "b") == render_prompt(tok, "rrm-v1", "q", "a", "b")
+    with pytest.raises(KeyError, match="unknown judge prompt"):
+        make_render(tok, "nope")   # at once, not on the first render
+    # an equal prompt registered again (a module imported twice) changes nothing
+    again = JudgePrompt("short", 1, SHORT_PROMPT.system, SHORT_PROMPT.user_template, SHORT_PROMPT.analysis_suffix)
+    assert register_prompt(again, aliases=("short",)) is SHORT_PROMPT and get_prompt("short") is SHORT_PROMPT

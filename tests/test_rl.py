@@ -1,6 +1,5 @@
 """GRPO maths against independent NumPy re-derivations (loops, not the vectorised code under test)."""
 
-import dataclasses
 import math
 
 import jax
@@ -11,6 +10,8 @@ import pytest
 from rrm_jax.training.rl import advantages as adv
 from rrm_jax.training.rl.loss import AGGREGATIONS, LossConfig, chunked_logprobs, grpo_loss, k3_kl, mean_weights, sft_loss, token_weights
 from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
+
+from fakes import FakeCompletion
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -235,16 +236,6 @@ def test_assign_sides_is_seeded_and_labels_follow_chosen():
         ex = to_prompt(pairs[0], flip, render, None)
         shown = [ex["first"], ex["second"]]
         assert shown[ex["label"]] == "good" and shown[1 - ex["label"]] == "bad"
-
-
-@dataclasses.dataclass
-class FakeCompletion:
-    token_ids: list
-    text: str
-    logprobs: np.ndarray
-    finish_reason: str = "stop"
-    num_tokens: int = 0
-    forced_at: int | None = None
 
 
 def test_rollout_with_fake_sampler_builds_batch():

@@ -14,6 +14,8 @@ import rrm_jax
 from rrm_jax.sampler import Completion, GenerateStats, SamplingConfig, generate
 from rrm_jax.sampler.sampling import sample
 
+from fakes import SamplerCharTokenizer
+
 NEW = 8  # max_new_tokens used by most tests (shared shapes -> shared compiles)
 PROMPTS = [[5, 17, 300], [42] * 2 + list(range(60, 69)), [7, 8, 9, 10, 11, 12, 13], list(range(100, 116)), [1]]
 
@@ -165,31 +167,6 @@ def test_stop_tokens_end_rows_independently(model):
     assert outs[0].num_tokens <= 4
 
 
-class CharTokenizer:
-    """A minimal HF-tokenizer stand-in (the sampler uses encode/decode/convert_tokens_to_ids/eos)."""
-
-    THINK_END, EOS = 300, 301
-    eos_token_id = EOS
-    unk_token_id = None
-
-    def encode(self, text, add_special_tokens=False):
-        out, i = [], 0
-        while i < len(text):
-            if text.startswith("</think>", i):
-                out.append(self.THINK_END)
-                i += len("</think>")
-            else:
-                out.append(ord(text[i]) % 256)
-                i += 1
-        return out
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join("</think>" if t == self.THINK_END else "" if t == self.EOS else chr(t) for t in ids if t < 302)
-
-    def convert_tokens_to_ids(self, token):
-        return self.THINK_END if token == "</think>" else None
-
-
 def test_scanned_decode_equals_unrolled(model):
     """The scanned-layers decode (used on GPU) and the unrolled one (CPU) agree."""
     outs = {}
@@ -201,7 +178,7 @@ def test_scanned_decode_equals_unrolled(model):
 
 def test_stop_strings_and_text(model):
     m = model.with_state(model.state)
-    m.tokenizer = CharTokenizer()
+    m.tokenizer = SamplerCharTokenizer()
     base = generate(m, PROMPTS[:3], greedy())
     text0 = m.tokenizer.decode(base[0].token_ids)
     assert base[0].text == text0
@@ -219,7 +196,7 @@ def test_stop_strings_and_text(model):
 
 def test_thinking_budget_forces_suffix_once(model):
     m = model.with_state(model.state)
-    m.tokenizer = CharTokenizer()
+    m.tokenizer = SamplerCharTokenizer()
     suffix = "\n</think>\n\n\\boxed{Assistant "
     sfx = m.tokenizer.encode(suffix)
     cfg = greedy(max_think_tokens=3, forced_suffix=suffix, add_eos_stop=False)
@@ -228,7 +205,7 @@ def test_thinking_budget_forces_suffix_once(model):
     forced = [i for i, o in enumerate(outs) if o.finish_reason == "budget"]
     assert forced
     for b_, o in zip(base, outs):
-        if CharTokenizer.THINK_END in b_.token_ids[:3]:  # closed its reasoning itself: untouched
+        if SamplerCharTokenizer.THINK_END in b_.token_ids[:3]:  # closed its reasoning itself: untouched
             assert o.token_ids == b_.token_ids and o.forced_at is None
             continue
         assert o.finish_reason == "budget" and o.forced_at == 3

@@ -229,7 +229,7 @@ def test_config_overrides_and_errors(tmp_path):
 
 def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
     from rrm_jax.core.tokenizers import byte_tokenizer
-    from rrm_jax.training.data import PairPipeline, read_pairs
+    from rrm_jax.training.data import PairPipeline, read_training_pairs
     from rrm_jax.training.rl.rollout import make_render
 
     tok = byte_tokenizer()
@@ -247,7 +247,7 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    pairs, rep = read_pairs(path, tok, render, max_prompt_tokens=160)
+    pairs, rep = read_training_pairs(path, tok, render, max_prompt_tokens=160)
     assert [p["query"] for p in pairs] == ["1+1=?", "3+3=?", "4+4=?"] and pairs[2]["rejected"] == "9"
     assert rep["read"] == 8 and rep["kept"] == 3
     assert rep["dropped"] == {"chosen == rejected": 1, "field 'query' is empty": 1, "field 'rejected' is missing or not a string": 1,
@@ -266,7 +266,7 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
 
     path.write_text(lines[1] + "\n" + lines[2] + "\n")
     with pytest.raises(ValueError, match="no usable preference pairs"):
-        read_pairs(path, tok, render, max_prompt_tokens=160)
+        read_training_pairs(path, tok, render, max_prompt_tokens=160)
 
 
 def test_schedule_warms_up_from_a_nonzero_first_update_to_the_peak_then_decays():

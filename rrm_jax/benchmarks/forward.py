@@ -33,7 +33,8 @@ def forward_flops(cfg, batch: int, seq: int) -> float:
     return 2.0 * batch * seq * per_token + L * 4.0 * batch * h * hd * seq * (seq + 1) / 2
 
 
-def _best(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """The best wall time, in seconds, of ``repeats`` calls of ``fn``."""
     return _timed(fn, repeats)[0]
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrm_jax.benchmarks.forward import _best
+from rrm_jax.benchmarks.forward import best_seconds
 
 
 def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
@@ -34,7 +34,7 @@ def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
     x = jnp.ones((nbytes // 4,), jnp.float32)
     f = jax.jit(jnp.sum)
     f(x).block_until_ready()
-    best = _best(lambda: f(x).block_until_ready(), repeats)
+    best = best_seconds(lambda: f(x).block_until_ready(), repeats)
     del x
     return nbytes / best
 
@@ -53,7 +53,7 @@ def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     fresh per-layer arrays in one jit: what this backend's matmuls alone cost, with no attention, cache,
     sampling or loop. A decode step cannot beat it on this backend, whatever the bandwidth bound says."""
     from rrm_jax.core.api import params_dict
-    from rrm_jax.core.model import is_stacked
+    from rrm_jax.core.params import is_stacked
 
     shapes = []
     for name, p in params_dict(model).items():
@@ -75,7 +75,7 @@ def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
         return sum(jnp.sum(xs[key(w)] @ w) for w in weights)
 
     chain(xs, weights).block_until_ready()
-    return 1e3 * _best(lambda: chain(xs, weights).block_until_ready(), repeats)
+    return 1e3 * best_seconds(lambda: chain(xs, weights).block_until_ready(), repeats)
 
 
 def _prompts(rng, batch, length, vocab):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrm_jax.benchmarks.forward import _best, forward_flops
+from rrm_jax.benchmarks.forward import best_seconds, forward_flops
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -31,7 +31,7 @@ def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
     mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     mm(a, b).block_until_ready()
-    return 2.0 * n**3 / _best(lambda: mm(a, b).block_until_ready(), repeats)
+    return 2.0 * n**3 / best_seconds(lambda: mm(a, b).block_until_ready(), repeats)
 
 
 def bench_step(args) -> dict:
@@ -76,7 +76,7 @@ def bench_step(args) -> dict:
             state, met = step(state, placed)
         jax.block_until_ready(met)
 
-    sec = _best(run, args.repeats) / args.steps
+    sec = best_seconds(run, args.repeats) / args.steps
     flops = 3.0 * forward_flops(cfg, b, t)
     peak = matmul_peak(args.matmul_n, cdt)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(model.state))

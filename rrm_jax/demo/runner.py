@@ -31,6 +31,7 @@ from rrm_jax.core.progress import Progress
 from rrm_jax.core.tokenizers import char_tokenizer
 from rrm_jax.demo import task
 from rrm_jax.demo.recipe import Recipe, load_recipe
+from rrm_jax.judge.prompt import make_render
 
 
 def _parse(argv):
@@ -71,7 +72,7 @@ def evaluate(judge, pairs: list[task.Pair], *, votes: int, seed: int) -> dict:
     )
 
 
-def knockout_hit_rate(judge, problems: list[task.Problem], *, n: int, votes: int, seed: int) -> float:
+def knockout_hit_rate(judge, problems: list[task.ArithmeticProblem], *, n: int, votes: int, seed: int) -> float:
     """Best-of-n by a knockout tournament: how often the champion is the right answer (chance = 1/n)."""
     rng = np.random.default_rng([seed, 0xB0])
     hits = 0
@@ -132,7 +133,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
                           optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
                           grpo=GRPOConfig(seq_bucket=80))
     sft = Trainer(model, sft_cfg)
-    render = judge_of(model).render
+    render = make_render(tok, task.DEMO_PROMPT)
     t0 = time.perf_counter()
     for step in _bar(console, range(recipe.sft_steps), "SFT warm start"):
         prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.snap_fraction)

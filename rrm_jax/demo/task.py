@@ -20,11 +20,15 @@ from typing import Iterator
 
 import numpy as np
 
+from rrm_jax.judge.prompt import JudgePrompt, register_prompt
+
 WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class ArithmeticProblem:
+    """``a op b`` with single digits (op ``+`` or ``-``)."""
+
     a: int
     b: int
     op: str = "+"
@@ -42,7 +46,7 @@ class Problem:
 class Pair:
     """A preference pair: ``chosen`` is the right sum, ``rejected`` a near miss."""
 
-    problem: Problem
+    problem: ArithmeticProblem
     wrong: int
 
     @property
@@ -58,9 +62,10 @@ class Pair:
         return str(self.wrong)
 
 
-def all_problems() -> list[Problem]:
+def all_problems() -> list[ArithmeticProblem]:
     """Every single-digit ``a+b`` and ``a-b`` whose result is a single digit (110 problems)."""
-    return [Problem(a, b, op) for op in "+-" for a in range(10) for b in range(10) if 0 <= Problem(a, b, op).answer <= 9]
+    every = (ArithmeticProblem(a, b, op) for op in "+-" for a in range(10) for b in range(10))
+    return [p for p in every if 0 <= p.answer <= 9]
 
 
 def all_pairs() -> list[Pair]:
@@ -83,7 +88,7 @@ def snap_judgment(pick: int) -> str:
     return f"</think>\n\n\\boxed{{Assistant {pick}}}"
 
 
-def chain(problem: Problem) -> str:
+def chain(problem: ArithmeticProblem) -> str:
     """The result worked out one unit at a time: ``3+4=4+3=5+2=6+1=7``, ``8-3=7-2=6-1=5``.
 
     Every step is a successor/predecessor of a token four places back, the same rule for every problem, so
@@ -99,7 +104,7 @@ def chain(problem: Problem) -> str:
     return "=".join(steps)
 
 
-def reasoning(problem: Problem, first: str, second: str) -> str:
+def reasoning(problem: ArithmeticProblem, first: str, second: str) -> str:
     """The completion after ``<think>\\n``: the chain, a check of candidate 1 by subtraction (0 <=> it is the
     result; the ``1:`` label lets the model find the candidate by content, not by a length-dependent offset),
     then the verdict."""
@@ -111,7 +116,7 @@ def reasoning(problem: Problem, first: str, second: str) -> str:
     return f"{chain(problem)}\n1:{c}-{s}={c - s}\n" + snap_judgment(pick)
 
 
-def knockout_candidates(problem: Problem, n: int, rng: np.random.Generator) -> list[str]:
+def knockout_candidates(problem: ArithmeticProblem, n: int, rng: np.random.Generator) -> list[str]:
     """``n`` distinct answers for best-of-N: the right one plus n-1 near misses, shuffled."""
     s = problem.answer
     pool = [x for x in range(10) if x != s]
@@ -131,19 +136,10 @@ def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
             yield [pairs[j] for j in perm[i : i + batch]]
 
 
-def _demo_prompt():
-    from rrm_jax.judge.prompt import JudgePrompt, get_prompt, register_prompt
-
-    p = JudgePrompt(name="demo-arith", version=1, system="", user_template="{question}\n1:{answer1}\n2:{answer2}",
-                    analysis_suffix="")
-    try:
-        return get_prompt(p.key)
-    except KeyError:
-        return register_prompt(p)
-
-
 # A compact judge prompt (the demo's context is ~40 tokens); verdict format and parsing are the real ones.
-DEMO_PROMPT = _demo_prompt()
+# register_prompt accepts an equal prompt again, so re-importing this module is harmless.
+DEMO_PROMPT = register_prompt(JudgePrompt(name="demo-arith", version=1, system="",
+                                          user_template="{question}\n1:{answer1}\n2:{answer2}", analysis_suffix=""))
 
 
 def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):

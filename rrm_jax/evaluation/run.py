@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from rrm_jax.core.distributed import is_main
 from rrm_jax.core.progress import Progress
+from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.data.records import DataError, PairRecord
 from rrm_jax.evaluation import scoring
 from rrm_jax.evaluation.records import (
@@ -38,7 +37,7 @@ from rrm_jax.evaluation.records import (
     lock,
 )
 from rrm_jax.evaluation.report import summarize
-from rrm_jax.judge.judge import SWAPS, show_first_b
+from rrm_jax.judge.judge import SWAPS
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -50,10 +49,6 @@ class Setting:
     @property
     def tag(self) -> str:
         return f"v{self.votes}-t{'none' if self.max_think_tokens is None else self.max_think_tokens}"
-
-
-def _stable_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def to_dataset_frame(v, flipped: bool):
@@ -106,7 +101,7 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
 
 
 def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
-    chunk_seed = _stable_seed(seed, chunk[0][0], 0xE7A1)
+    chunk_seed = derive_seed(seed, chunk[0][0], 0xE7A1)
     flips = [swap == "random" and show_first_b(seed, i) for i, _ in chunk]
     pairs = [(r.query, r.response_b, r.response_a) if f else (r.query, r.response_a, r.response_b)
              for (_, r), f in zip(chunk, flips)]

@@ -4,13 +4,14 @@ from rrm_jax.judge.prompt import (
     RRM_PROMPT_V1,
     JudgePrompt,
     get_prompt,
+    make_render,
     register_prompt,
     render_prompt,
 )
 from rrm_jax.judge.verdict import Verdict, majority
 
 __all__ = ["Verdict", "majority", "parse_verdict", "JudgePrompt", "RRM_PROMPT_V1", "get_prompt",
-           "register_prompt", "render_prompt", "Judge"]
+           "make_render", "register_prompt", "render_prompt", "Judge"]
 
 
 def __getattr__(name):

@@ -15,25 +15,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.judge import tournament
 from rrm_jax.judge.parse import parse_verdict
 from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, render_prompt
 from rrm_jax.judge.verdict import Verdict, majority
 
+# The order policies of compare_many; the one definition (evaluation imports it).
 SWAPS = ("random", "both", "none")
 TRUNCATION_MARKER = "\n[...]\n"
 # Decoding of the released RRM evaluation (rrm_prompt.json: temperature 0.6, top_p 1.0, up to 8192 new tokens).
 DEFAULT_SAMPLING = dict(max_new_tokens=8192, temperature=0.6, top_p=1.0)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from integers, stable across processes and platforms (never Python's salted hash())."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def show_first_b(seed: int, item: int) -> bool:
-    """The seeded coin of swap="random": True -> the model sees (b, a)."""
-    return bool(np.random.default_rng([int(seed) & 0xFFFFFFFF, int(item) & 0xFFFFFFFF]).integers(2))
 
 
 def adaptive_savings(verdicts: Sequence[Verdict], max_samples: int) -> float:

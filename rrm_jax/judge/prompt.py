@@ -1,4 +1,6 @@
-"""Judge prompts: versioned, swappable objects rendered through the tokenizer's chat template.
+"""Judge prompts: versioned, swappable objects, the one registry of them (`register_prompt` / `get_prompt`:
+rrm-v1, short, and whatever a user or the demo registers), rendered through the tokenizer's chat template
+(`render_prompt`, and `make_render` for a ``(query, first, second) -> text`` callable).
 
 `RRM_PROMPT_V1` is the input contract of the released RRM-7B / RRM-32B checkpoints. A checkpoint trained on a
 prompt judges well only with that exact text, so the strings are constants here (a user's clone has no
@@ -7,7 +9,7 @@ prompt judges well only with that exact text, so the strings are constants here 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 THINK_START = "<think>\n"
 
@@ -73,17 +75,30 @@ RRM_PROMPT_V1 = JudgePrompt(
     ),
 )
 
+# A short judge prompt for tiny byte-level models (the released RRMs need the full rrm-v1 prompt).
+SHORT_PROMPT = JudgePrompt(
+    name="short",
+    version=1,
+    system="Pick the better answer.",
+    user_template="Q: {question}\nA1: {answer1}\nA2: {answer2}\n",
+    analysis_suffix="Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.",
+)
+
 _REGISTRY: dict[str, JudgePrompt] = {}
 
 
 def register_prompt(prompt: JudgePrompt, *, aliases: tuple[str, ...] = ()) -> JudgePrompt:
-    """Make `prompt` available to `get_prompt` under its key ("name-vN") and any aliases."""
-    for k in (prompt.key, *aliases):
+    """Make `prompt` available to `get_prompt` under its key ("name-vN") and any aliases. Registering an equal
+    prompt again is a no-op (a module that registers at import may be imported twice); a different prompt
+    under a taken name is refused (before any name is taken). Returns the registered prompt."""
+    keys = (prompt.key, *aliases)
+    for k in keys:
         old = _REGISTRY.get(k)
         if old is not None and old != prompt:
             raise ValueError(f"a different judge prompt is already registered as {k!r}")
-        _REGISTRY[k] = prompt
-    return prompt
+    for k in keys:
+        _REGISTRY.setdefault(k, prompt)
+    return _REGISTRY[prompt.key]
 
 
 def get_prompt(name: str | JudgePrompt) -> JudgePrompt:
@@ -101,6 +116,7 @@ def list_prompts() -> list[str]:
 
 
 register_prompt(RRM_PROMPT_V1, aliases=("rrm",))
+register_prompt(SHORT_PROMPT, aliases=("short",))
 
 
 def render_prompt(tokenizer: Any, prompt: JudgePrompt | str, query: str, first: str, second: str) -> str:
@@ -124,3 +140,10 @@ def render_prompt(tokenizer: Any, prompt: JudgePrompt | str, query: str, first: 
         stripped = prompt.think_start.rstrip("\n")
         text = text + ("\n" if stripped and text.endswith(stripped) else prompt.think_start)
     return text
+
+
+def make_render(tokenizer: Any, prompt: JudgePrompt | str = "rrm-v1") -> Callable[[str, str, str], str]:
+    """``render(query, first, second) -> prompt text`` for one tokenizer and one prompt (a registered name or a
+    JudgePrompt): what the trainer and the demo feed their policies. An unknown name fails here, not later."""
+    prompt = get_prompt(prompt)
+    return lambda query, first, second: render_prompt(tokenizer, prompt, query, first, second)

@@ -99,9 +99,10 @@ def normalise_pair(rec: dict) -> dict:
     return rec
 
 
-def read_pairs(path: Path, tokenizer, render: Callable, max_prompt_tokens: int) -> tuple[list[dict], dict]:
-    """Valid pairs from a JSONL of {query, chosen, rejected} (or Skywork-style message lists) and a report of
-    what was dropped and why."""
+def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_tokens: int) -> tuple[list[dict], dict]:
+    """Valid training pairs from a JSONL of {query, chosen, rejected} (or Skywork-style message lists), each
+    short enough once rendered, and a report of what was dropped and why. (The benchmark readers that give a
+    labelled PairSet are ``rrm_jax.data.read_pairs``.)"""
     pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(normalise_pair(r), w))
     pairs = [normalise_pair(p) for p in pairs]
     overhead = len(tokenizer.encode(render("", "", ""), add_special_tokens=False)) + 12
@@ -140,7 +141,7 @@ class PairPipeline(_Pipeline):
 
     def __init__(self, path: Path, render: Callable, tokenizer, config):
         d = config.data
-        pairs, self.report = read_pairs(Path(path), tokenizer, render, d.max_prompt_tokens)
+        pairs, self.report = read_training_pairs(Path(path), tokenizer, render, d.max_prompt_tokens)
 
         def show(pair, rng: np.random.Generator):
             flip = bool(rng.random() < 0.5) if d.swap else False

@@ -68,8 +68,9 @@ def make_optimizer(cfg: OptimConfig, total_updates: int, params) -> tuple[optax.
     return optax.chain(*parts), schedule
 
 
-def state_shardings(model, tx, abstract_params=None) -> TrainState:
-    """Shardings of a TrainState: params by the model's rules, optimizer moments mirror them."""
+def train_state_shardings(model, tx, abstract_params=None) -> TrainState:
+    """Shardings of a TrainState: params by the model's rules (``model.state_shardings``), optimizer moments
+    mirror them."""
     rep = NamedSharding(model.mesh, P())
     params_sh = model.state_shardings
     abstract_params = abstract_params if abstract_params is not None else jax.eval_shape(lambda s: s, model.state)
@@ -83,7 +84,7 @@ def state_shardings(model, tx, abstract_params=None) -> TrainState:
 
 def init_state(model, tx, seed: int = 0) -> TrainState:
     """A fresh TrainState holding a COPY of the model's params (the step donates its state)."""
-    sh = state_shardings(model, tx)
+    sh = train_state_shardings(model, tx)
 
     def make(params):
         params = jax.tree_util.tree_map(lambda x: x + 0, params)  # fresh buffers, the model keeps its own
@@ -200,7 +201,7 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
         return new_state, metrics
 
     rep = NamedSharding(mesh, P())
-    st_sh = state_shardings(model, tx)
+    st_sh = train_state_shardings(model, tx)
     fn = jax.jit(
         step,
         in_shardings=(st_sh, batch_shardings(model, keys)),

@@ -30,12 +30,12 @@ import jax
 import numpy as np
 
 from rrm_jax.core.distributed import to_host
+from rrm_jax.judge.prompt import make_render
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.rl import rewards as rewards_lib
 from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.rl.rollout import (
     assign_sides,
-    make_render,
     pack,
     rollout,
     to_prompt,

@@ -10,34 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+# make_render lives with the prompt registry; this name is kept for callers of the old place.
+from rrm_jax.judge.prompt import make_render  # noqa: F401
 from rrm_jax.training.rl import advantages as adv_lib
-
-# A short judge prompt for tiny byte-level models (the released RRMs need the full rrm-v1 prompt).
-SHORT_PROMPT = dict(
-    name="short",
-    version=1,
-    system="Pick the better answer.",
-    user_template="Q: {question}\nA1: {answer1}\nA2: {answer2}\n",
-    analysis_suffix="Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.",
-)
-
-
-def make_render(tokenizer, prompt: str | Any = "rrm-v1") -> Callable[[str, str, str], str]:
-    """``render(query, first, second) -> prompt string`` with the judge's prompt and the chat template."""
-    from rrm_jax.judge import prompt as jp
-
-    if isinstance(prompt, str):
-        if prompt == "rrm-v1":
-            prompt = jp.RRM_PROMPT_V1
-        elif prompt == "short":
-            prompt = jp.JudgePrompt(**SHORT_PROMPT)
-        else:
-            raise ValueError(f"unknown judge prompt {prompt!r}: rrm-v1 | short")
-    return lambda q, a, b: jp.render_prompt(tokenizer, prompt, q, a, b)
 
 
 def check_pair(pair: dict, where: str = "") -> str | None:
