@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from rrm_jax.core import hf_io, hub, shipped
 from rrm_jax.core.config import ConfigError, ModelConfig, resolve_config
-from rrm_jax.core.model import Qwen2, param_axes, param_name
+from rrm_jax.core.model import Qwen2
+from rrm_jax.core.params import param_axes, param_name
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
 from rrm_jax.core.tokenizers import load_tokenizer
 
@@ -183,7 +184,7 @@ def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw
 
 
 def params_dict(model: Model) -> dict[str, jax.Array]:
-    """Flat ``name -> array`` view of the parameters (names as in model.PARAM_AXES)."""
+    """Flat ``name -> array`` view of the parameters (names as in params.PARAMS)."""
     return {param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(model.state)}
 
 

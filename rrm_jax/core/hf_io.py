@@ -1,8 +1,10 @@
-"""HF checkpoints in and out: the key-map table, a streaming sharded safetensors loader, and export.
+"""HF checkpoints in and out: a streaming sharded safetensors loader, and export.
 
 Loading never builds the whole model on one host in float32: safetensors files are memory-mapped, and
 each device's shard is sliced from the mapped tensor and cast on its own (``make_array_from_callback``).
 Only safetensors are read — pickled ``pytorch_model.bin`` files are refused, never unpickled.
+Which HF tensor holds which parameter, and how its layout converts, is the parameter table
+(:mod:`rrm_jax.core.params`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import json
 import mmap
 import struct
 from pathlib import Path
-from typing import Callable
 
 import jax
 import ml_dtypes
@@ -20,7 +21,7 @@ import numpy as np
 from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.distributed import is_main, to_host
 from rrm_jax.core.errors import CheckpointError
-from rrm_jax.core.model import is_stacked, param_name, param_shapes
+from rrm_jax.core.params import PARAMS, param_name, params_of
 
 _ST_DTYPES = {
     "F64": np.float64,
@@ -35,49 +36,6 @@ _ST_DTYPES = {
     "BOOL": np.bool_,
 }
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
-
-
-# ------------------------------------------------------------------------------ the key-map table
-# our name -> (HF key template, HF tensor -> ours, ours -> HF). Transforms are numpy views where possible,
-# so slicing a device's shard afterwards copies only that shard.
-def _proj_in(heads_attr):
-    def to_ours(w, c):  # HF [N*hd, D] -> [D, N, hd]
-        return w.reshape(getattr(c, heads_attr), c.head_dim, c.hidden_size).transpose(2, 0, 1)
-
-    def to_hf(w, c):
-        return w.transpose(1, 2, 0).reshape(-1, c.hidden_size)
-
-    return to_ours, to_hf
-
-
-def _bias(heads_attr):
-    return (lambda b, c: b.reshape(getattr(c, heads_attr), c.head_dim)), (lambda b, c: b.reshape(-1))
-
-
-_T = (lambda w, c: w.T), (lambda w, c: w.T)
-_SAME = (lambda w, c: w), (lambda w, c: w)
-
-KEY_MAP: dict[str, tuple[str, Callable, Callable]] = {
-    "embed": ("model.embed_tokens.weight", *_SAME),
-    "final_norm": ("model.norm.weight", *_SAME),
-    "lm_head": ("lm_head.weight", *_T),
-    "attn_norm": ("model.layers.{}.input_layernorm.weight", *_SAME),
-    "mlp_norm": ("model.layers.{}.post_attention_layernorm.weight", *_SAME),
-    "q_proj": ("model.layers.{}.self_attn.q_proj.weight", *_proj_in("num_heads")),
-    "k_proj": ("model.layers.{}.self_attn.k_proj.weight", *_proj_in("num_kv_heads")),
-    "v_proj": ("model.layers.{}.self_attn.v_proj.weight", *_proj_in("num_kv_heads")),
-    "q_bias": ("model.layers.{}.self_attn.q_proj.bias", *_bias("num_heads")),
-    "k_bias": ("model.layers.{}.self_attn.k_proj.bias", *_bias("num_kv_heads")),
-    "v_bias": ("model.layers.{}.self_attn.v_proj.bias", *_bias("num_kv_heads")),
-    "o_proj": (
-        "model.layers.{}.self_attn.o_proj.weight",  # HF [D, H*hd] -> [H, hd, D]
-        lambda w, c: w.reshape(c.hidden_size, c.num_heads, c.head_dim).transpose(1, 2, 0),
-        lambda w, c: w.transpose(2, 0, 1).reshape(c.hidden_size, -1),
-    ),
-    "gate_proj": ("model.layers.{}.mlp.gate_proj.weight", *_T),
-    "up_proj": ("model.layers.{}.mlp.up_proj.weight", *_T),
-    "down_proj": ("model.layers.{}.mlp.down_proj.weight", *_T),
-}
 
 
 # ------------------------------------------------------------------------------ safetensors, by hand
@@ -186,18 +144,18 @@ def _ignorable(key: str, cfg: ModelConfig) -> bool:
 def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, dtype) -> object:
     """Fill an abstract ``nnx.State`` from an HF checkpoint, each device reading only its shard."""
     reader = CheckpointReader(path)
-    shapes = param_shapes(cfg)
+    specs = params_of(cfg)
     dtype = np.dtype(dtype)
 
     def fetch(name: str, layer: int | None) -> np.ndarray:
-        template, to_ours, _ = KEY_MAP[name]
-        key = template.format(layer) if layer is not None else template
+        spec = specs[name]
+        key = spec.hf_name(layer)
         raw = reader.get(key)
         try:
-            out = to_ours(raw, cfg)
+            out = spec.to_ours(raw, cfg)
         except ValueError:
             out = None
-        want = shapes[name][1:] if layer is not None else shapes[name]
+        want = spec.shape(cfg)[1:] if spec.stacked else spec.shape(cfg)
         if out is None or out.shape != tuple(want):
             raise CheckpointError(
                 f"{reader.where(key)}: tensor {key!r} has shape {list(raw.shape)}, which does not fit the config "
@@ -207,10 +165,10 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
 
     # Validate every tensor up front (cheap: headers only) so a bad checkpoint fails before any device work.
     expected = set()
-    for name in shapes:
-        for layer in range(cfg.num_layers) if is_stacked(name) else [None]:
+    for name, spec in specs.items():
+        for layer in range(cfg.num_layers) if spec.stacked else [None]:
             fetch(name, layer)
-            expected.add(KEY_MAP[name][0].format(layer) if layer is not None else KEY_MAP[name][0])
+            expected.add(spec.hf_name(layer))
     # A tensor we would not read means the checkpoint has maths we do not implement (e.g. an o_proj bias).
     unused = sorted(k for k in reader.keys() if k not in expected and not _ignorable(k, cfg))
     if unused:
@@ -221,7 +179,7 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
 
     def build(path_keys, leaf, sharding):
         name = param_name(path_keys)
-        stacked = is_stacked(name)
+        stacked = PARAMS[name].stacked
 
         def cb(index):
             if stacked:
@@ -237,15 +195,15 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
 # ------------------------------------------------------------------------------ export
 def export_tensors(cfg: ModelConfig, params: dict[str, np.ndarray | jax.Array]):
     """Yield (HF key, numpy array) for every tensor, one layer at a time (bounded host memory)."""
-    for name, (template, _, to_hf) in KEY_MAP.items():
+    for name, spec in PARAMS.items():
         if name not in params:
             continue
         arr = params[name]
-        if is_stacked(name):
+        if spec.stacked:
             for l in range(cfg.num_layers):
-                yield template.format(l), np.ascontiguousarray(to_hf(np.asarray(to_host(arr[l])), cfg))
+                yield spec.hf_name(l), np.ascontiguousarray(spec.to_hf(np.asarray(to_host(arr[l])), cfg))
         else:
-            yield template, np.ascontiguousarray(to_hf(np.asarray(to_host(arr)), cfg))
+            yield spec.hf_name(), np.ascontiguousarray(spec.to_hf(np.asarray(to_host(arr)), cfg))
 
 
 def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_shard_bytes: int = 4 << 30) -> Path:

@@ -6,37 +6,31 @@ RoPE angles, attention softmax and the final logits are always float32.
 
 One attention entry point serves every caller: a forward over a padded batch (``cache=None``) and
 prefill/decode steps that read and write a :class:`KVCache` (the sampler drives those through
-``__call__`` and :meth:`Qwen2.decode_step`).
+``__call__`` and :meth:`Qwen2.decode_step`). One output head, :meth:`Qwen2.logits_from_hidden`, serves
+the forward, the trainer and the sampler.
+
+This module owns the maths (RMSNorm, RoPE, attention, the decoder layer), the KV cache and the module
+that runs them. What the parameters are (shapes, logical axes, initialisers, HF names) is the table in
+:mod:`rrm_jax.core.params`; the module creates its weights from it.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from rrm_jax.core.config import ModelConfig
+# PARAM_AXES and the path helpers lived here before the parameter table; re-exported so old imports work.
+from rrm_jax.core.params import (  # noqa: F401
+    PARAM_AXES,
+    PARAMS,
+    is_stacked,
+    param_axes,
+    param_name,
+    param_shapes,
+)
 
-# Logical axes of every parameter, by name. sharding.ShardingRules maps these onto mesh axes.
-PARAM_AXES: dict[str, tuple[str | None, ...]] = {
-    "embed": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm": (None,),
-    "attn_norm": ("layers", None),
-    "q_proj": ("layers", "embed", "heads", "head_dim"),
-    "k_proj": ("layers", "embed", "kv_heads", "head_dim"),
-    "v_proj": ("layers", "embed", "kv_heads", "head_dim"),
-    "q_bias": ("layers", "heads", "head_dim"),
-    "k_bias": ("layers", "kv_heads", "head_dim"),
-    "v_bias": ("layers", "kv_heads", "head_dim"),
-    "o_proj": ("layers", "heads", "head_dim", "embed"),
-    "mlp_norm": ("layers", None),
-    "gate_proj": ("layers", "embed", "mlp"),
-    "up_proj": ("layers", "embed", "mlp"),
-    "down_proj": ("layers", "mlp", "embed"),
-}
 # Logical axes of the KV cache's k/v buffers ([layers, batch, slots, kv_heads, head_dim]).
 CACHE_AXES = ("layers", "batch", "cache_sequence", "kv_heads", "head_dim")
 
@@ -154,32 +148,16 @@ def _attend(qg, kt, vt, mask):
 
 
 # ------------------------------------------------------------------------------------------ modules
-def _normal(rngs: nnx.Rngs, shape, dtype, std=0.02):
-    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
-
-
 class DecoderLayers(nnx.Module):
     """All decoder layers' weights, stacked on a leading ``layers`` axis (scanned, never unrolled)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
-        H, K, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.attn_norm = nnx.Param(jnp.ones((L, D), dtype))
-        self.q_proj = nnx.Param(_normal(rngs, (L, D, H, hd), dtype))
-        self.k_proj = nnx.Param(_normal(rngs, (L, D, K, hd), dtype))
-        self.v_proj = nnx.Param(_normal(rngs, (L, D, K, hd), dtype))
-        if cfg.qkv_bias:
-            self.q_bias = nnx.Param(_normal(rngs, (L, H, hd), dtype))
-            self.k_bias = nnx.Param(_normal(rngs, (L, K, hd), dtype))
-            self.v_bias = nnx.Param(_normal(rngs, (L, K, hd), dtype))
-        self.o_proj = nnx.Param(_normal(rngs, (L, H, hd, D), dtype))
-        self.mlp_norm = nnx.Param(jnp.ones((L, D), dtype))
-        self.gate_proj = nnx.Param(_normal(rngs, (L, D, F), dtype))
-        self.up_proj = nnx.Param(_normal(rngs, (L, D, F), dtype))
-        self.down_proj = nnx.Param(_normal(rngs, (L, F, D), dtype))
+        for name, spec in PARAMS.items():
+            if spec.stacked and spec.present(cfg):
+                setattr(self, name, nnx.Param(spec.initial(cfg, rngs, dtype)))
 
     def stacked(self) -> dict[str, jax.Array]:
-        return {name: getattr(self, name)[...] for name in PARAM_AXES if isinstance(getattr(self, name, None), nnx.Param)}
+        return {name: getattr(self, name)[...] for name in PARAMS if isinstance(getattr(self, name, None), nnx.Param)}
 
 
 def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype):
@@ -225,11 +203,13 @@ class Qwen2(nnx.Module):
         self.compute_dtype = jnp.dtype(compute_dtype or param_dtype)
         self.attention_impl = attention_impl
         self.remat = remat
-        self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype))
-        self.layers = DecoderLayers(cfg, rngs=rngs, dtype=param_dtype)
-        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), param_dtype))
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nnx.Param(_normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype))
+        # In table order, so the RNG draws (and a seed's values) follow the table.
+        for name, spec in PARAMS.items():
+            if spec.stacked:
+                if "layers" not in vars(self):
+                    self.layers = DecoderLayers(cfg, rngs=rngs, dtype=param_dtype)
+            elif spec.present(cfg):
+                setattr(self, name, nnx.Param(spec.initial(cfg, rngs, param_dtype)))
 
     # -- pieces the trainer and sampler reuse ------------------------------------------------------
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -239,18 +219,19 @@ class Qwen2(nnx.Module):
         """[D, V] output projection (the embedding's transpose when tied)."""
         return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
 
-    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
-        """Final-normed hidden [..., D] -> float32 logits [..., V]."""
-        w = self.head_weight().astype(self.compute_dtype)
-        return jnp.einsum("...d,dv->...v", h.astype(self.compute_dtype), w, preferred_element_type=jnp.float32)
+    def logits_from_hidden(self, h: jax.Array, head: jax.Array | None = None) -> jax.Array:
+        """The output head: final-normed hidden [..., D] -> float32 logits [..., V] (forward, training, decode).
 
-    def head_logits(self, h: jax.Array) -> jax.Array:
-        """Final hidden [B, D] -> float32 logits [B, V], contracting the tied embedding in place (no
-        transposed copy of it is materialised)."""
+        ``head`` is a [D, V] projection already in the compute dtype (:attr:`UnrolledWeights.head`). Without
+        it, one position per row ([B, D]: prefill's last token, a decode step) contracts a tied embedding in
+        place, since a transposed copy per step would cost more than the step's matmul; a sequence goes
+        through :meth:`head_weight`, whose one transpose is amortised over all its positions.
+        """
         cd = self.compute_dtype
-        if self.cfg.tie_word_embeddings:
+        if head is None and h.ndim == 2 and self.cfg.tie_word_embeddings:
             return jnp.einsum("bd,vd->bv", h.astype(cd), self.embed[...].astype(cd), preferred_element_type=jnp.float32)
-        return jnp.einsum("bd,dv->bv", h.astype(cd), self.lm_head[...].astype(cd), preferred_element_type=jnp.float32)
+        w = self.head_weight().astype(cd) if head is None else head
+        return jnp.einsum("...d,dv->...v", h.astype(cd), w, preferred_element_type=jnp.float32)
 
     def unrolled_weights(self) -> UnrolledWeights:
         """The weights :meth:`decode_step` runs unrolled over, materialised once outside a decode loop.
@@ -276,7 +257,7 @@ class Qwen2(nnx.Module):
         """
         if weights is None:
             h, cache = self(tokens[:, None], None, active[:, None], cache, return_hidden=True)
-            return self.head_logits(h[:, 0]), cache
+            return self.logits_from_hidden(h[:, 0]), cache
         cfg = self.cfg
         positions = jnp.sum(cache.valid, axis=1, keepdims=True)  # what __call__ derives for one token
         valid, attn_mask, write = _cache_mask(cache, active[:, None])
@@ -288,7 +269,7 @@ class Qwen2(nnx.Module):
             ks.append(k)
             vs.append(v)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
-        logits = jnp.einsum("bd,dv->bv", h.astype(weights.head.dtype), weights.head, preferred_element_type=jnp.float32)
+        logits = self.logits_from_hidden(h, weights.head)
         return logits, KVCache(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
 
     def __call__(
@@ -368,43 +349,3 @@ def _cache_mask(cache: KVCache, mask: jax.Array):
     valid = cache.valid.at[rows, slots].set(mask, mode="drop")
     attn_mask = valid[:, None, :] & (jnp.arange(cache.slots)[None, None, :] <= slots[:, :, None])
     return valid, attn_mask, (rows, slots)
-
-
-def param_name(path: tuple[Any, ...]) -> str:
-    """A parameter's name (a key of PARAM_AXES) from its pytree path in ``nnx.split(model)[1]``."""
-    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    return [n for n in names if n not in (None, "value")][-1]
-
-
-def param_axes(path: tuple[Any, ...]) -> tuple[str | None, ...]:
-    """Logical axes of a parameter from its pytree path in ``nnx.split(model)[1]``."""
-    return PARAM_AXES[param_name(path)]
-
-
-def is_stacked(name: str) -> bool:
-    """Whether a parameter carries the leading ``layers`` axis (one slice per decoder layer)."""
-    return PARAM_AXES[name][0] == "layers"
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """name -> shape for every parameter of a config (the HF key map checks tensors against this)."""
-    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
-    H, K, hd, V = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
-    shapes = {
-        "embed": (V, D),
-        "final_norm": (D,),
-        "attn_norm": (L, D),
-        "q_proj": (L, D, H, hd),
-        "k_proj": (L, D, K, hd),
-        "v_proj": (L, D, K, hd),
-        "o_proj": (L, H, hd, D),
-        "mlp_norm": (L, D),
-        "gate_proj": (L, D, F),
-        "up_proj": (L, D, F),
-        "down_proj": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        shapes.update(q_bias=(L, H, hd), k_bias=(L, K, hd), v_bias=(L, K, hd))
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes

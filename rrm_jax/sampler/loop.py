@@ -251,7 +251,7 @@ class SamplerLoop:
         small = KVCache.zeros(self.config, pb, tb, self.cache_dtype)
         mask = jnp.arange(tb)[None] < batch.lens[:, None]
         h, small = module(batch.tokens, None, mask, small, return_hidden=True)
-        logits = module.head_logits(h[jnp.arange(pb), batch.lens - 1])
+        logits = module.logits_from_hidden(h[jnp.arange(pb), batch.lens - 1])
         dest, src = batch.dest, batch.src
         cache = state.cache
         rows_valid = jnp.zeros((dest.shape[0], s), bool).at[:, :tb].set(small.valid[src])
