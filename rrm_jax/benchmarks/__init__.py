@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("forward", "generate", "judge", "train")
+BENCHES = ("device", "forward", "generate", "judge", "train")
 
 
 def cli(argv: list[str]) -> int:

@@ -1,0 +1,377 @@
+"""`rrm-jax bench device`: one JSON of what rrm-jax does on ``jax.devices()[0]``, for a lent GPU/TPU run.
+
+Sections (each one in its own try/except: a failure is stored as an error string and the rest still run; the
+JSON is rewritten after every section, so a run cut off by its wall-clock limit keeps what it measured):
+
+* ``device``: platform, kind, jax/jaxlib versions, device count, memory stats.
+* ``parity``: logits of a few-layer random model of the ``--model`` shape on the device (bf16 compute over fp32
+  master weights; fp32 at the default matmul precision, which may be TF32 on a GPU; fp32 at "highest") against
+  fp32 on the CPU backend, same weights and tokens: max |diff|, relative L2 error, greedy-argmax agreement.
+* ``attention``: the full-shape bf16 forward compiled with attention_impl xla / cudnn / auto; whether the
+  compiled HLO holds a cuDNN fused-attention custom call (``__cudnn$fmha*``), and its logits against xla's.
+  Not applicable off GPU.
+* ``train``: forward + backward + AdamW of the full shape (fp32 master, bf16 compute): tokens/s and MFU =
+  3 x ``forward_flops`` / step time / a bf16 matmul peak measured in the same run.
+* ``decode``: greedy ``generate`` at several batch sizes, bf16 weights and cache: ms/step, tokens/s and the
+  fraction of the HBM bound (weights + KV cache read per step over a measured read bandwidth).
+* ``compile``: compile seconds of the forward, of generate (first call minus a warm one) and of the train step.
+
+The train step is built here from optax: ``rrm_jax.training``'s package __init__ imports the data loop, which
+needs grain, and a device image need not have grain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rrm_jax.benchmarks.forward import best_seconds, forward_flops, pure_forward
+from rrm_jax.benchmarks.generate import read_bandwidth, weight_bytes_per_step
+from rrm_jax.benchmarks.train import matmul_peak
+from rrm_jax.core.api import init
+from rrm_jax.core.config import resolve_config
+from rrm_jax.core.model import Qwen2
+from rrm_jax.core.sharding import make_mesh
+from rrm_jax.sampler import SamplingConfig, generate
+
+FULL = dict(model="qwen2.5-0.5b", parity_layers=4, parity_batch=2, parity_seq=128, attn_batch=4, attn_seq=512,
+            batches="1,8,32,64", prompt=128, new=64, train_batch=8, train_seq=1024, train_steps=3, remat="none",
+            attention="xla", matmul_n=8192, bandwidth_mb=2048, repeats=2, budget_s=330.0)
+# --quick: the tiny preset and small shapes, so the whole bench runs on a 2-core CPU in well under a minute
+QUICK = dict(FULL, model="tiny", parity_layers=2, parity_seq=32, attn_batch=2, attn_seq=32, batches="1,4",
+             prompt=16, new=8, train_batch=2, train_seq=64, train_steps=2, matmul_n=256, bandwidth_mb=16,
+             repeats=1, budget_s=170.0)
+SECTIONS = ("device", "parity", "attention", "train", "decode")
+BF16 = jnp.bfloat16
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:2000]
+
+
+def _mesh(dev):
+    return make_mesh((1, 1, 1), devices=[dev])
+
+
+def _is_gpu(dev) -> bool:
+    return dev.platform == "gpu"
+
+
+def _graphdef(cfg, compute_dtype, impl: str = "xla"):
+    make = lambda: Qwen2(cfg, rngs=nnx.Rngs(0), compute_dtype=compute_dtype, attention_impl=impl)
+    return nnx.split(nnx.eval_shape(make))[0]
+
+
+def _inputs(cfg, b: int, t: int, seed: int = 0):
+    tok = np.random.default_rng(seed).integers(0, cfg.vocab_size, (b, t), dtype=np.int32)
+    return tok, np.tile(np.arange(t, dtype=np.int32), (b, 1)), np.ones((b, t), bool)
+
+
+def _forward(graphdef, state, inputs, where) -> np.ndarray:
+    # a fresh jit per call, so an enclosing default_matmul_precision always takes effect
+    placed = jax.device_put((state, *inputs), where)
+    return np.asarray(jax.jit(pure_forward(graphdef))(*placed), np.float32)
+
+
+def _compare(x: np.ndarray, ref: np.ndarray) -> dict:
+    d = np.abs(x - ref)
+    return dict(max_abs_diff=float(d.max()), max_abs_ref=float(np.abs(ref).max()),
+                rel_err=float(np.linalg.norm(x - ref) / max(float(np.linalg.norm(ref)), 1e-30)),
+                argmax_agree=float(np.mean(x.argmax(-1) == ref.argmax(-1))))
+
+
+# ------------------------------------------------------------------------------------------ sections
+def sec_device(args, dev, clock) -> dict:
+    import jaxlib
+
+    try:
+        mem = {k: int(v) for k, v in (dev.memory_stats() or {}).items() if isinstance(v, (int, float))} or None
+    except Exception:  # some backends raise rather than return None
+        mem = None
+    return dict(platform=dev.platform, device_kind=dev.device_kind, jax=jax.__version__,
+                jaxlib=getattr(jaxlib, "__version__", None), device_count=jax.device_count(),
+                default_backend=jax.default_backend(), memory_stats=mem)
+
+
+def sec_parity(args, dev, clock) -> dict:
+    full = resolve_config(args.model)
+    cfg = full.replace(num_layers=min(args.parity_layers, full.num_layers))
+    cpu = jax.devices("cpu")[0]
+    state = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32).state
+    inputs = _inputs(cfg, args.parity_batch, args.parity_seq)
+    f32, bf16 = _graphdef(cfg, jnp.float32), _graphdef(cfg, BF16)
+    with jax.default_matmul_precision("highest"):
+        want = _forward(f32, state, inputs, cpu)
+        highest = _forward(f32, state, inputs, dev)
+    return dict(model=args.model, layers=cfg.num_layers, batch=args.parity_batch, seq=args.parity_seq,
+                reference="fp32 on the cpu backend, matmul precision highest",
+                bf16=_compare(_forward(bf16, state, inputs, dev), want),
+                fp32=_compare(_forward(f32, state, inputs, dev), want),
+                fp32_highest=_compare(highest, want))
+
+
+def sec_attention(args, dev, clock) -> dict:
+    cfg = resolve_config(args.model)
+    state = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16).state
+    inputs = jax.device_put(_inputs(cfg, args.attn_batch, args.attn_seq), dev)
+    gpu = _is_gpu(dev)
+    out = dict(batch=args.attn_batch, seq=args.attn_seq, compute_dtype="bfloat16")
+    if not gpu:
+        out.update(fused_cudnn="not applicable", reason=f"{dev.platform} backend: cuDNN attention is GPU-only")
+    stride = max(1, args.attn_seq // 16)  # 16 positions spread over the sequence: a mask bug shows anywhere
+    base = None
+    for impl in ("xla", "cudnn", "auto") if gpu else ("xla",):
+        try:
+            t0 = time.perf_counter()
+            exe = jax.jit(pure_forward(_graphdef(cfg, BF16, impl))).lower(state, *inputs).compile()
+            r = dict(compile_s=time.perf_counter() - t0)
+            targets = sorted(set(re.findall(r'custom_call_target="([^"]+)"', exe.as_text())))
+            r["cudnn_custom_calls"] = [t for t in targets if "cudnn" in t]
+            r["fused_cudnn"] = any(t.startswith("__cudnn$fmha") for t in targets)
+            sample = np.asarray(exe(state, *inputs)[:, ::stride], np.float32)
+            r["run_s"] = best_seconds(lambda f=exe: f(state, *inputs).block_until_ready(), args.repeats)
+            if base is None:
+                base = sample
+            else:
+                r["vs_xla"] = _compare(sample, base)
+        except Exception as e:
+            traceback.print_exc()
+            r = dict(error=_err(e), fused_cudnn=False)
+        out[impl] = r
+    if gpu:
+        out["fused_cudnn"] = out["cudnn"]["fused_cudnn"]
+        out["fused_auto"] = out["auto"]["fused_cudnn"]
+    return out
+
+
+def _train_step(graphdef, tx):
+    def loss_fn(params, tokens, positions, mask, targets):
+        logits, _ = nnx.merge(graphdef, params)(tokens, positions, mask)
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _time_train(cfg, dev, remat: str, args) -> dict:
+    b, t = args.train_batch, args.train_seq
+    model = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16, remat=remat,
+                 attention_impl=args.attention)
+    tx = optax.adamw(1e-5, weight_decay=0.01)
+    # on the device's own sharding, the one the step's outputs come back with: else call 2 compiles again
+    params, opt_state = jax.device_put((model.state, tx.init(model.state)), dev)
+    step = _train_step(model.graphdef, tx)
+    del model
+    tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, t + 1), dtype=np.int32)
+    batch = jax.device_put((tok[:, :-1], *_inputs(cfg, b, t)[1:], tok[:, 1:]), dev)
+    t0 = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, batch)
+    first = float(loss), time.perf_counter() - t0
+
+    def run():
+        nonlocal params, opt_state, loss
+        for _ in range(args.train_steps):
+            params, opt_state, loss = step(params, opt_state, batch)
+        loss.block_until_ready()
+
+    sec = best_seconds(run, args.repeats) / args.train_steps
+    flops = 3.0 * forward_flops(cfg, b, t)
+    del params, opt_state
+    return dict(remat=remat, step_s=sec, tokens_per_s=b * t / sec, model_flops_per_step=flops,
+                model_flops_per_s=flops / sec, first_loss=first[0], last_loss=float(loss),
+                first_step_s=first[1], compile_s=max(first[1] - sec, 0.0))
+
+
+def sec_train(args, dev, clock) -> dict:
+    cfg = resolve_config(args.model)
+    out = dict(model=args.model, batch=args.train_batch, seq=args.train_seq, compute_dtype="bfloat16",
+               master_dtype="float32", attention=args.attention, matmul_n=args.matmul_n,
+               flops="3 x forward_flops (bench forward's count; remat recomputation not counted)")
+    out["matmul_peak_flops_per_s"] = peak = matmul_peak(args.matmul_n, BF16)
+    for remat in dict.fromkeys((args.remat, "full")):  # an out-of-memory first try falls back to full remat
+        try:
+            out.update(_time_train(cfg, dev, remat, args))
+            out["mfu"] = out["model_flops_per_s"] / peak
+            break
+        except Exception as e:
+            traceback.print_exc()
+            out[f"error_remat_{remat}"] = _err(e)
+            gc.collect()
+    return out
+
+
+def _decode_row(model, b: int, args, bw: float, wbytes: int) -> dict:
+    cfg = model.config
+    prompts = np.random.default_rng(b).integers(10, cfg.vocab_size - 10, (b, args.prompt)).tolist()
+    scfg = SamplingConfig(max_new_tokens=args.new, temperature=0.0, add_eos_stop=False, max_slots=b)
+    t0 = time.perf_counter()
+    generate(model, prompts, scfg, chunk_steps=args.new)  # compiles prefill and decode
+    first = time.perf_counter() - t0
+    best = None
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        _, st = generate(model, prompts, scfg, chunk_steps=args.new, return_stats=True)
+        wall = time.perf_counter() - t0
+        if best is None or st.decode_seconds < best[0].decode_seconds:
+            best = (st, wall)
+    st, wall = best
+    step_s = st.decode_seconds / max(st.decode_steps, 1)
+    # the decode attends over every cache slot (masked), so all of them are read each step
+    kv = 2 * cfg.num_layers * st.rows * st.cache_slots * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(BF16).itemsize
+    bound_s = (wbytes + kv) / bw
+    return dict(ms_per_step=1e3 * step_s, tokens_per_s=b / step_s, decode_steps=st.decode_steps,
+                prefill_s=st.prefill_seconds, rows=st.rows, cache_slots=st.cache_slots, kv_bytes=int(kv),
+                bound_ms_per_step=1e3 * bound_s, fraction_of_bandwidth_bound=bound_s / step_s,
+                first_call_s=first, warm_call_s=wall, compile_s=max(first - wall, 0.0))
+
+
+def sec_decode(args, dev, clock) -> dict:
+    model = init(resolve_config(args.model), seed=0, mesh=_mesh(dev), dtype=BF16)
+    wbytes = weight_bytes_per_step(model)
+    bw = read_bandwidth(args.bandwidth_mb << 20)
+    out = dict(model=args.model, dtype="bfloat16 weights, compute and KV cache", prompt=args.prompt,
+               new_tokens=args.new, weight_bytes=int(wbytes), read_bandwidth_bytes_per_s=bw,
+               bound="(weight bytes + KV cache bytes) / read bandwidth", batches={})
+    last = 0.0
+    for b in (int(x) for x in args.batches.split(",")):
+        # a bigger batch costs at least what the last one did: skip it rather than overrun the budget
+        if clock() < 1.5 * last + 5:
+            out["batches"][str(b)] = dict(skipped="time budget")
+            continue
+        t0 = time.perf_counter()
+        try:
+            out["batches"][str(b)] = _decode_row(model, b, args, bw, wbytes)
+        except Exception as e:
+            traceback.print_exc()
+            out["batches"][str(b)] = dict(error=_err(e))
+        last = time.perf_counter() - t0
+    return out
+
+
+def _compile_summary(res: dict) -> dict:
+    att, tr, dec = (res.get(k) or {} for k in ("attention", "train", "decode"))
+    return dict(forward_s=(att.get("xla") or {}).get("compile_s"), forward_shape=[att.get("batch"), att.get("seq")],
+                generate_s={b: r.get("compile_s") for b, r in (dec.get("batches") or {}).items()},
+                train_step_s=tr.get("compile_s"))
+
+
+# ------------------------------------------------------------------------------------------ report
+def _fmt(res: dict) -> list[str]:
+    lines = []
+
+    def line(name, fn):
+        sec = res.get(name) or {}
+        try:
+            text = "not run" if not sec else sec["error"] if "error" in sec else sec.get("skipped") or fn(sec)
+        except Exception as e:  # a partial section still gets a line
+            text = f"(incomplete: {_err(e)})"
+        lines.append(f"{name:<9}: {text}")
+
+    cmp = lambda c: f"rel {c['rel_err']:.1e} max|d| {c['max_abs_diff']:.2e} argmax {c['argmax_agree']:.1%}"
+    line("device", lambda s: f"{s['platform']} {s['device_kind']}, jax {s['jax']} / jaxlib {s['jaxlib']}, "
+                             f"{s['device_count']} device(s)")
+    line("parity", lambda s: f"vs cpu fp32 ({s['layers']} layers): bf16 {cmp(s['bf16'])} | fp32 {cmp(s['fp32'])} | "
+                             f"fp32-highest {cmp(s['fp32_highest'])}")
+
+    def att(s):
+        if s.get("fused_cudnn") == "not applicable":
+            return f"fused cuDNN attention not applicable ({s['reason']})"
+        parts = []
+        for impl in ("cudnn", "auto"):
+            r = s.get(impl, {})
+            extra = f", vs xla {cmp(r['vs_xla'])}" if "vs_xla" in r else f" ({r['error'][:80]})" if "error" in r else ""
+            parts.append(f"{impl}: fused {r.get('fused_cudnn')}{extra}")
+        return " | ".join(parts)
+
+    line("attention", att)
+    line("train", lambda s: f"{s['batch']}x{s['seq']} remat={s['remat']}: {1e3 * s['step_s']:.1f} ms/step, "
+                            f"{s['tokens_per_s']:.0f} tok/s, MFU {s['mfu']:.1%} of a measured "
+                            f"{s['matmul_peak_flops_per_s'] / 1e12:.2f} TFLOP/s bf16 matmul")
+
+    def dec(s):
+        rows = [f"B={b} " + (f"{r['ms_per_step']:.2f} ms/step {r['tokens_per_s']:.0f} tok/s "
+                             f"{r['fraction_of_bandwidth_bound']:.0%} of bound" if "ms_per_step" in r
+                             else str(r.get("error") or r.get("skipped"))[:60]) for b, r in s["batches"].items()]
+        return f"bw {s['read_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s | " + " | ".join(rows)
+
+    line("decode", dec)
+    sec = lambda v: "-" if v is None else f"{v:.1f} s"
+    line("compile", lambda s: f"forward {sec(s['forward_s'])}, train step {sec(s['train_step_s'])}, generate "
+                              + ", ".join(f"B={b} {sec(v)}" for b, v in s["generate_s"].items()))
+    return lines
+
+
+def _write(path: str | None, res: dict) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rrm-jax bench device", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None, help="write the JSON here (rewritten after every section)")
+    ap.add_argument("--quick", action="store_true", help="tiny preset, small shapes: a CPU smoke run")
+    ap.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS[1:])}")
+    for k, v in FULL.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
+                        help=f"default {v!r} (--quick: {QUICK[k]!r})")
+    args = ap.parse_args(argv)
+    for k, v in (QUICK if args.quick else FULL).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    skip = set(filter(None, args.skip.split(",")))
+    start = time.perf_counter()
+    clock = lambda: args.budget_s - (time.perf_counter() - start)  # seconds left
+    dev = jax.devices()[0]
+    res = dict(args=vars(args))
+    print(f"rrm-jax bench device: {args.model} on {dev.platform} ({dev.device_kind}), budget {args.budget_s:.0f} s",
+          flush=True)
+    for name in SECTIONS:
+        t0 = time.perf_counter()
+        if name in skip:
+            res[name] = dict(skipped="--skip")
+        elif clock() < 10:
+            res[name] = dict(skipped="time budget")
+        else:
+            try:
+                res[name] = globals()[f"sec_{name}"](args, dev, clock)
+            except Exception as e:
+                traceback.print_exc()
+                res[name] = dict(error=_err(e))
+            res[name]["section_s"] = round(time.perf_counter() - t0, 2)
+        gc.collect()
+        res["compile"] = _compile_summary(res)
+        _write(args.out, res)
+        print(f"[{time.perf_counter() - start:6.1f} s] {name} done", flush=True)
+    if isinstance(res.get("device"), dict) and "error" not in res["device"]:
+        res["device"]["memory_stats_end"] = sec_device(args, dev, clock)["memory_stats"]  # peak use, on a GPU
+    _write(args.out, res)
+    print("\n".join(_fmt(res)))
+    if not args.out:
+        json.dump(res, sys.stdout, indent=1, default=str)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
