@@ -16,8 +16,7 @@ JSON is rewritten after every section, so a run cut off by its wall-clock limit 
   fraction of the HBM bound (weights + KV cache read per step over a measured read bandwidth).
 * ``compile``: compile seconds of the forward, of generate (first call minus a warm one) and of the train step.
 
-The train step is built here from optax: ``rrm_jax.training``'s package __init__ imports the data loop, which
-needs grain, and a device image need not have grain.
+The train step is the shipped one (``rrm_jax.training.step``), which needs no grain: a device image need not have it.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import traceback
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from rrm_jax.benchmarks.forward import best_seconds, forward_flops, pure_forward
@@ -45,6 +43,9 @@ from rrm_jax.core.config import resolve_config
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.sampler import SamplingConfig, generate
+from rrm_jax.training.config import OptimConfig
+from rrm_jax.training.rl.loss import LossConfig
+from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
 FULL = dict(model="qwen2.5-0.5b", parity_layers=4, parity_batch=2, parity_seq=128, attn_batch=4, attn_seq=512,
             batches="1,8,32,64", prompt=128, new=64, train_batch=8, train_seq=1024, train_steps=3, remat="none",
@@ -156,46 +157,33 @@ def sec_attention(args, dev, clock) -> dict:
     return out
 
 
-def _train_step(graphdef, tx):
-    def loss_fn(params, tokens, positions, mask, targets):
-        logits, _ = nnx.merge(graphdef, params)(tokens, positions, mask)
-        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
-
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
 def _time_train(cfg, dev, remat: str, args) -> dict:
+    """The shipped SFT step (training.step: chunked log-probs, backward, AdamW, finite-update guard)."""
     b, t = args.train_batch, args.train_seq
     model = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16, remat=remat,
                  attention_impl=args.attention)
-    tx = optax.adamw(1e-5, weight_decay=0.01)
-    # on the device's own sharding, the one the step's outputs come back with: else call 2 compiles again
-    params, opt_state = jax.device_put((model.state, tx.init(model.state)), dev)
-    step = _train_step(model.graphdef, tx)
-    del model
+    opt = OptimConfig(lr=1e-5, weight_decay=0.01)
+    step = make_train_step(model, opt, 1000, kind="sft", loss_cfg=LossConfig())
+    state = init_state(model, make_optimizer(opt, 1000, model.state)[0])
     tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, t + 1), dtype=np.int32)
-    batch = jax.device_put((tok[:, :-1], *_inputs(cfg, b, t)[1:], tok[:, 1:]), dev)
+    batch = place_batch(model, dict(tokens=tok[:, :-1], targets=tok[:, 1:], mask=np.ones((b, t), bool),
+                                    positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+                                    loss_mask=np.ones((b, t), bool)), step.keys)
     t0 = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, batch)
-    first = float(loss), time.perf_counter() - t0
+    state, metrics = step(state, batch)
+    first = float(metrics["loss"]), time.perf_counter() - t0
 
     def run():
-        nonlocal params, opt_state, loss
+        nonlocal state, metrics
         for _ in range(args.train_steps):
-            params, opt_state, loss = step(params, opt_state, batch)
-        loss.block_until_ready()
+            state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
 
     sec = best_seconds(run, args.repeats) / args.train_steps
     flops = 3.0 * forward_flops(cfg, b, t)
-    del params, opt_state
+    del state, model
     return dict(remat=remat, step_s=sec, tokens_per_s=b * t / sec, model_flops_per_step=flops,
-                model_flops_per_s=flops / sec, first_loss=first[0], last_loss=float(loss),
+                model_flops_per_s=flops / sec, first_loss=first[0], last_loss=float(metrics["loss"]),
                 first_step_s=first[1], compile_s=max(first[1] - sec, 0.0))
 
 
