@@ -4,7 +4,7 @@ a shipped preset by name, the judge with a chat-template tokenizer (needs jinja2
 import numpy as np
 
 import rrm_jax
-from rrm_jax.data.train_pipeline import byte_tokenizer
+from rrm_jax.core.tokenizers import byte_tokenizer
 from rrm_jax.judge import Judge
 
 assert "site-packages" in rrm_jax.__file__, f"not the installed package: {rrm_jax.__file__}"

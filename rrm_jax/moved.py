@@ -28,11 +28,8 @@ MOVED = {
     "rrm_jax.tournament": "rrm_jax.judge.tournament",
     "rrm_jax.scoring": "rrm_jax.evaluation.scoring",
     "rrm_jax.train_config": "rrm_jax.training.config",
-    "rrm_jax.train_step": "rrm_jax.training.step",
     "rrm_jax.checkpoint": "rrm_jax.training.checkpoint",
     "rrm_jax.rl": "rrm_jax.training.rl",
-    "rrm_jax.data.train_pipeline": "rrm_jax.training.data",
-    "rrm_jax.demo_task": "rrm_jax.demo.task",
 }
 # old module -> the modules its names now live in (and names that changed on the way)
 SPLIT = {
@@ -41,8 +38,17 @@ SPLIT = {
     "rrm_jax.eval_cli": ("rrm_jax.evaluation.config", "rrm_jax.evaluation.cli", "rrm_jax.data.records"),
     "rrm_jax.train": ("rrm_jax.training.trainer", "rrm_jax.training.loop", "rrm_jax.training.cli",
                       "rrm_jax.training.config", "rrm_jax.training.step"),
+    "rrm_jax.train_step": ("rrm_jax.training.step",),
+    "rrm_jax.data.train_pipeline": ("rrm_jax.training.data", "rrm_jax.core.tokenizers"),
+    "rrm_jax.demo_task": ("rrm_jax.demo.task", "rrm_jax.core.tokenizers", "rrm_jax.judge.prompt"),
 }
-RENAMED = {"eval_cli": "eval_main", "judge_cli": "judge_main", "rank_cli": "rank_main"}
+# old module -> {old name: its name now}
+RENAMED = {
+    "rrm_jax.evaluate": {"eval_cli": "eval_main", "judge_cli": "judge_main", "rank_cli": "rank_main"},
+    "rrm_jax.train_step": {"state_shardings": "train_state_shardings"},
+    "rrm_jax.data.train_pipeline": {"read_pairs": "read_training_pairs"},
+    "rrm_jax.demo_task": {"Problem": "ArithmeticProblem", "build_tokenizer": "char_tokenizer"},
+}
 PUBLIC = {"rrm_jax.scoring"}  # part of the public API: no warning
 
 
@@ -57,10 +63,11 @@ def new_home(name: str) -> str | tuple[str, ...] | None:
 
 class _Split(types.ModuleType):
     def __getattr__(self, attr):
+        name = RENAMED.get(self.__name__, {}).get(attr, attr)
         for place in self.__homes__:
             mod = importlib.import_module(place)
-            if hasattr(mod, RENAMED.get(attr, attr)):
-                return getattr(mod, RENAMED.get(attr, attr))
+            if hasattr(mod, name):
+                return getattr(mod, name)
         raise AttributeError(f"{self.__name__}.{attr} is gone; {self.__name__} now lives in {', '.join(self.__homes__)}")
 
 

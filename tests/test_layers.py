@@ -127,6 +127,17 @@ def test_split_modules_answer_each_name_from_its_part():
     from rrm_jax.training import config, loop, trainer
 
     assert (RecordsFile, summarize, eval_cli) == (records.RecordsFile, report.summarize, cli.eval_main)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from rrm_jax.data.train_pipeline import byte_tokenizer, read_pairs
+        from rrm_jax.demo_task import Problem
+        from rrm_jax.train_step import state_shardings
+    from rrm_jax.core import tokenizers
+    from rrm_jax.demo.task import ArithmeticProblem
+    from rrm_jax.training import data, step
+
+    assert (read_pairs, byte_tokenizer) == (data.read_training_pairs, tokenizers.byte_tokenizer)
+    assert (Problem, state_shardings) == (ArithmeticProblem, step.train_state_shardings)
     assert (Trainer, train, load_config) == (trainer.Trainer, loop.train, config.load_config)
     with pytest.raises(AttributeError, match="rrm_jax.training.trainer"):
         import rrm_jax.train as old

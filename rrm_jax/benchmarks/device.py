@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import os
 import re
@@ -95,14 +96,12 @@ def _compare(x: np.ndarray, ref: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------------------------------ sections
 def sec_device(args, dev, clock) -> dict:
-    import jaxlib
-
     try:
         mem = {k: int(v) for k, v in (dev.memory_stats() or {}).items() if isinstance(v, (int, float))} or None
     except Exception:  # some backends raise rather than return None
         mem = None
     return dict(platform=dev.platform, device_kind=dev.device_kind, jax=jax.__version__,
-                jaxlib=getattr(jaxlib, "__version__", None), device_count=jax.device_count(),
+                jaxlib=importlib.metadata.version("jaxlib"), device_count=jax.device_count(),
                 default_backend=jax.default_backend(), memory_stats=mem)
 
 

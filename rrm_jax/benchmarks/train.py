@@ -40,12 +40,7 @@ def bench_step(args) -> dict:
     from rrm_jax.core.sharding import make_mesh
     from rrm_jax.training.config import OptimConfig
     from rrm_jax.training.rl.loss import LossConfig
-    from rrm_jax.training.step import (
-        init_state,
-        make_optimizer,
-        make_train_step,
-        place_batch,
-    )
+    from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
     cfg = resolve_config(args.model)
     if args.layers:

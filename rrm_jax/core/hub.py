@@ -48,11 +48,7 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import (
         snapshot_download,  # here, not at the top: local loads never import it
     )
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         root = Path(snapshot_download(repo, revision=revision, allow_patterns=ALLOW_PATTERNS))

@@ -61,13 +61,7 @@ class Progress:
         self.t0 = self._last = time.perf_counter()
         if self.mode == "bar":
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
             cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

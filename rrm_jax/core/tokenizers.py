@@ -27,14 +27,7 @@ def byte_tokenizer():
     For random tiny models: nothing to download, every string encodes, ids stay below 300.
     """
     # transformers is imported on first use: `import rrm_jax` does not pay for it
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-    )
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -56,14 +49,7 @@ def byte_tokenizer():
 
 def char_tokenizer():
     """A char-level ``PreTrainedTokenizerFast`` (vocab ~105) with think tags, eos, pad and a chat template."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-    )
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [PAD, EOS, UNK]

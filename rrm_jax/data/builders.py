@@ -23,14 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from rrm_jax.data.records import (
-    KINDS,
-    PairRecord,
-    PairSet,
-    Problem,
-    download_rewardbench,
-    read_pairs,
-)
+from rrm_jax.data.records import KINDS, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
 
 TIE = -1   # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
 SPLIT = "test"

@@ -24,14 +24,21 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
+from rrm_jax.core.api import init
 from rrm_jax.core.configs import dump_toml
 from rrm_jax.core.progress import Progress
+from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import char_tokenizer
 from rrm_jax.demo import task
 from rrm_jax.demo.recipe import Recipe, load_recipe
+from rrm_jax.judge import Judge
 from rrm_jax.judge.prompt import make_render
+from rrm_jax.sampler import SamplingConfig
+from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
+from rrm_jax.training.trainer import Trainer
 
 
 def _parse(argv):
@@ -93,15 +100,6 @@ def _bar(console, steps, label: str):
 
 
 def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None) -> dict:
-    import jax
-
-    from rrm_jax.core.api import init
-    from rrm_jax.core.sharding import make_mesh
-    from rrm_jax.judge import Judge
-    from rrm_jax.sampler import SamplingConfig
-    from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
-    from rrm_jax.training.trainer import Trainer
-
     say = console.print if console is not None else print
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

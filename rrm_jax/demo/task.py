@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from rrm_jax.core.config import ModelConfig
 from rrm_jax.judge.prompt import JudgePrompt, register_prompt
 
 WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
@@ -144,8 +145,6 @@ DEMO_PROMPT = register_prompt(JudgePrompt(name="demo-arith", version=1, system="
 
 def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
     """The demo's tiny Qwen2 (qkv bias, tied embeddings, GQA 4:2)."""
-    from rrm_jax.core.config import ModelConfig
-
     return ModelConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
                        num_heads=4, num_kv_heads=2, head_dim=hidden // 4, rope_theta=10000.0,
                        tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")

@@ -18,6 +18,7 @@ from typing import Any
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import KINDS
+from rrm_jax.judge.judge import SWAPS
 from rrm_jax.sampler.config import SamplingConfig
 
 
@@ -110,7 +111,7 @@ def validate(cfg) -> None:
     def bad(msg):
         raise ConfigError(msg)
 
-    if getattr(cfg, "swap", "random") not in ("random", "both", "none"):
+    if getattr(cfg, "swap", "random") not in SWAPS:
         bad(f"swap must be random, both or none, got {cfg.swap!r}")
     if getattr(cfg, "on_bad", "raise") not in ("raise", "skip"):
         bad(f"on_bad must be raise or skip, got {cfg.on_bad!r}")

@@ -29,13 +29,7 @@ from rrm_jax.core.progress import Progress
 from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.data.records import DataError, PairRecord
 from rrm_jax.evaluation import scoring
-from rrm_jax.evaluation.records import (
-    RECORD_VERSION,
-    EvalError,
-    RecordsFile,
-    check_meta,
-    lock,
-)
+from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, RecordsFile, check_meta, lock
 from rrm_jax.evaluation.report import summarize
 from rrm_jax.judge.judge import SWAPS
 

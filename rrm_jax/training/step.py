@@ -24,14 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rrm_jax.training.config import OptimConfig
-from rrm_jax.training.rl.loss import (
-    LossConfig,
-    grpo_loss,
-    mean_weights,
-    sequence_logprobs,
-    sft_loss,
-    token_weights,
-)
+from rrm_jax.training.rl.loss import LossConfig, grpo_loss, mean_weights, sequence_logprobs, sft_loss, token_weights
 
 GRPO_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask", "old_logp", "advantages")
 SFT_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask")

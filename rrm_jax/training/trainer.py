@@ -34,12 +34,7 @@ from rrm_jax.judge.prompt import make_render
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.rl import rewards as rewards_lib
 from rrm_jax.training.rl.loss import LossConfig
-from rrm_jax.training.rl.rollout import (
-    assign_sides,
-    pack,
-    rollout,
-    to_prompt,
-)
+from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
 from rrm_jax.training.step import (
     TrainState,
     cached,

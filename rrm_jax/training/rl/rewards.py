@@ -12,17 +12,15 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from rrm_jax.judge.parse import parse_verdict
+
 
 class RewardFn(Protocol):
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], batch: dict) -> np.ndarray: ...
 
 
 def _parse(text: str) -> int | None:
-    from rrm_jax.judge.parse import (
-        parse_verdict,  # the judge's parsing rule (the one evaluation uses)
-    )
-
-    return parse_verdict(text)
+    return parse_verdict(text)  # the judge's parsing rule, the one evaluation uses
 
 
 def verdict_reward(prompts, completions, batch, *, correct: float = 1.0, wrong: float = -1.0) -> np.ndarray:

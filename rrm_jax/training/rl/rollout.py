@@ -16,7 +16,9 @@ import numpy as np
 
 # make_render lives with the prompt registry; this name is kept for callers of the old place.
 from rrm_jax.judge.prompt import make_render  # noqa: F401
+from rrm_jax.sampler import generate
 from rrm_jax.training.rl import advantages as adv_lib
+from rrm_jax.training.rl.rewards import verdicts
 
 
 def check_pair(pair: dict, where: str = "") -> str | None:
@@ -122,8 +124,7 @@ def rollout(
     generate_fn: Callable | None = None,
 ) -> Rollout:
     """Sample G completions per example (examples carry ``prompt_ids`` and ``label``) and build the batch."""
-    if generate_fn is None:
-        from rrm_jax.sampler import generate as generate_fn
+    generate_fn = generate_fn or generate
     t0 = time.perf_counter()
     prompts = [e["prompt_ids"].tolist() for e in examples]
     comps = generate_fn(policy, prompts, dataclasses.replace(sampling, n=group_size))
@@ -167,12 +168,7 @@ def rollout(
         zero_signal_frac=float(np.mean(groups.max(1) == groups.min(1))),
         time_generate=t_gen,
     )
-    try:
-        from rrm_jax.training.rl.rewards import verdicts
-
-        v = verdicts(comps)
-        stats["accuracy"] = float(np.mean(v == meta["label"]))
-        stats["invalid_frac"] = float(np.mean(v < 0))
-    except ImportError:  # no judge package (a custom reward on other data)
-        pass
+    v = verdicts(comps)
+    stats["accuracy"] = float(np.mean(v == meta["label"]))
+    stats["invalid_frac"] = float(np.mean(v < 0))
     return Rollout(batch, rewards, stats, comps)
