@@ -81,11 +81,20 @@ class Model:
             raise ValueError(f"token_ids must be [batch, time], got shape {tokens.shape}")
         b, t = tokens.shape
         mask = np.ones((b, t), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        if mask.shape != (b, t):
+            raise ValueError(f"attention_mask must have the shape of token_ids {tokens.shape}, got {mask.shape}")
         if positions is None:
             positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         positions = np.asarray(positions, np.int32)
         if (tokens >= self.config.vocab_size).any() or (tokens < 0).any():
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        if positions.shape != (b, t):
+            raise ValueError(f"positions must have the shape of token_ids {tokens.shape}, got {positions.shape}")
+        # RoPE past the trained context gives plausible-looking but meaningless logits: refuse, like the sampler.
+        limit = self.config.max_position_embeddings
+        if t and (positions.max() >= limit or positions.min() < 0):
+            raise ValueError(f"token_ids of length {t} reach position {int(positions.max())}; positions must lie in "
+                             f"[0, {limit}) (the model's max_position_embeddings={limit})")
         bb = -(-b // self.batch_multiple()) * self.batch_multiple()
         tb = bucket(t)
         pad = ((0, bb - b), (0, tb - t))
@@ -109,7 +118,21 @@ def state_shardings(state, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
     )
 
 
+def float_dtype(dtype, name: str = "dtype"):
+    """``dtype`` as a JAX floating dtype, or a one-line ConfigError (``float33`` fails here, before any work)."""
+    try:
+        out = jnp.dtype(dtype)
+    except TypeError:
+        out = None
+    if out is None or not jnp.issubdtype(out, jnp.floating):
+        raise ConfigError(f"{name}={dtype!r} is not a floating-point dtype (use float32, bfloat16 or float16)")
+    return out
+
+
 def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, seed=0):
+    for value, name in ((dtype, "dtype"), (compute_dtype, "compute_dtype")):
+        if value is not None:
+            float_dtype(value, name)
     make = lambda: Qwen2(
         cfg, rngs=nnx.Rngs(seed), param_dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention_impl, remat=remat
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                  "head_dim", "max_position_embeddings"):
+            if not getattr(self, f) > 0:
+                raise ConfigError(f"{f}={getattr(self, f)} must be positive")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}"
@@ -65,13 +70,28 @@ class ModelConfig:
     # ---------------------------------------------------------------- HF config.json
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        def need(key):
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of config fields, got a {type(d).__name__}")
+
+        def get(key, tp, default=None):
+            """Field ``key`` as type ``tp`` (strict: "64" is not an int, true is not an int, 4 is a fine float)."""
+            if key not in d:
+                return default
+            return configs.convert(tp, d[key], f"{source}: field {key!r}")
+
+        def need(key, tp=int):
             if key not in d:
                 raise ConfigError(f"{source}: required field {key!r} is missing")
-            return d[key]
+            return get(key, tp)
+
+        def table(key) -> dict:
+            value = d.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{source}: field {key!r}: expected an object, got {value!r}")
+            return value or {}
 
         model_type = d.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: field 'model_type'={model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
@@ -80,10 +100,13 @@ class ModelConfig:
             raise ConfigError(f"{source}: field 'hidden_act'={act!r} is not supported (only 'silu')")
 
         # transformers 5 moved rope settings into `rope_parameters`; 4.x has `rope_theta` + `rope_scaling`.
-        rope = d.get("rope_parameters") or {}
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        rope = table("rope_parameters")
+        if "rope_theta" in rope:
+            theta = configs.convert(float, rope["rope_theta"], f"{source}: field 'rope_parameters.rope_theta'")
+        else:
+            theta = get("rope_theta", float, 10000.0)
         rope_type = rope.get("rope_type") or rope.get("type")
-        scaling = d.get("rope_scaling")
+        scaling = table("rope_scaling")
         if scaling:
             rope_type = scaling.get("rope_type") or scaling.get("type")
             field = "rope_scaling"
@@ -97,7 +120,8 @@ class ModelConfig:
 
         num_heads = need("num_attention_heads")
         hidden = need("hidden_size")
-        head_dim = d.get("head_dim") or hidden // num_heads
+        sizes = {"num_hidden_layers": num_layers, "num_attention_heads": num_heads, "hidden_size": hidden}
+        head_dim = get("head_dim", int | None) or hidden // max(num_heads, 1)
         if model_type == "qwen2":
             qkv_bias = True
         else:
@@ -107,32 +131,53 @@ class ModelConfig:
                 raise ConfigError(f"{source}: field 'attention_bias'=true is not supported for model_type 'llama'")
             if d.get("mlp_bias"):
                 raise ConfigError(f"{source}: field 'mlp_bias'=true is not supported")
-        return cls(
-            vocab_size=need("vocab_size"),
-            hidden_size=hidden,
-            intermediate_size=need("intermediate_size"),
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=d.get("num_key_value_heads") or num_heads,
-            head_dim=head_dim,
-            rope_theta=float(theta),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            qkv_bias=qkv_bias,
-            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-            model_type=model_type,
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=d.get("eos_token_id"),
-            name=d.get("_name_or_path", ""),
-        )
+        sizes |= {
+            "vocab_size": need("vocab_size"),
+            "intermediate_size": need("intermediate_size"),
+            "num_key_value_heads": get("num_key_value_heads", int | None) or num_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": get("max_position_embeddings", int, 32768),
+        }
+        for key, value in sizes.items():
+            if value <= 0:
+                raise ConfigError(f"{source}: field {key!r}={value} must be positive")
+        eps = get("rms_norm_eps", float, 1e-6)
+        if not (theta > 0 and math.isfinite(theta)):
+            raise ConfigError(f"{source}: field 'rope_theta'={theta} must be a positive number")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ConfigError(f"{source}: field 'rms_norm_eps'={eps} must be a non-negative number")
+        try:
+            return cls(
+                vocab_size=sizes["vocab_size"],
+                hidden_size=hidden,
+                intermediate_size=sizes["intermediate_size"],
+                num_layers=num_layers,
+                num_heads=num_heads,
+                num_kv_heads=sizes["num_key_value_heads"],
+                head_dim=head_dim,
+                rope_theta=theta,
+                rms_norm_eps=eps,
+                tie_word_embeddings=get("tie_word_embeddings", bool, False),
+                qkv_bias=qkv_bias,
+                max_position_embeddings=sizes["max_position_embeddings"],
+                model_type=model_type,
+                bos_token_id=get("bos_token_id", int | None),
+                eos_token_id=_token_ids(d.get("eos_token_id"), f"{source}: field 'eos_token_id'"),
+                name=get("_name_or_path", str | None) or "",
+            )
+        except ConfigError as e:  # the cross-field checks of __post_init__, named by file
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise ConfigError(f"{path}: not found (an HF checkpoint directory needs a config.json)")
+        raw = path.read_bytes()
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(raw.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         return cls.from_hf_dict(d, source=str(path))
@@ -177,9 +222,18 @@ class ModelConfig:
         return configs.build(cls, [(source, values, False)])
 
 
+def _token_ids(value, where: str) -> int | list[int] | None:
+    """An id, a list of ids or null (configs.convert would also read the string "1,2" as a list)."""
+    if isinstance(value, list):
+        return [configs.convert(int, v, where) for v in value]
+    return configs.convert(int | None, value, where)
+
+
 def _check_sliding_window(d: dict, num_layers: int, source: str) -> None:
     """Refuse checkpoints whose layers really use sliding-window attention (both config generations)."""
     layer_types = d.get("layer_types")
+    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise ConfigError(f"{source}: field 'layer_types': expected a list of strings, got {layer_types!r}")
     if layer_types:
         bad = [i for i, t in enumerate(layer_types) if t != "full_attention"]
         if bad:
@@ -190,7 +244,8 @@ def _check_sliding_window(d: dict, num_layers: int, source: str) -> None:
         return
     if d.get("use_sliding_window"):
         # transformers 4.x: layers >= max_window_layers use the window.
-        mwl = d.get("max_window_layers", num_layers)
+        mwl = configs.convert(int | None, d.get("max_window_layers"), f"{source}: field 'max_window_layers'")
+        mwl = num_layers if mwl is None else mwl
         if mwl < num_layers:
             raise ConfigError(
                 f"{source}: field 'use_sliding_window'=true with max_window_layers={mwl} < num_hidden_layers="

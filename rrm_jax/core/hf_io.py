@@ -10,7 +10,9 @@ Which HF tensor holds which parameter, and how its layout converts, is the param
 from __future__ import annotations
 
 import json
+import math
 import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -36,37 +38,88 @@ _ST_DTYPES = {
     "BOOL": np.bool_,
 }
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+_FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
+_FLOAT_DTYPES = {np.dtype(_ST_DTYPES[k]) for k in _FLOAT_NAMES}
 
 
 # ------------------------------------------------------------------------------ safetensors, by hand
 class SafetensorsFile:
-    """A memory-mapped safetensors file; ``get(key)`` returns a zero-copy numpy view (bf16 included)."""
+    """A memory-mapped safetensors file; ``get(key)`` returns a zero-copy numpy view (bf16 included).
+
+    The header is checked against the file at open time (O(tensors), the data is never read), so a truncated or
+    corrupt file fails with a CheckpointError naming it and the tensor instead of a numpy error at first use."""
 
     def __init__(self, path: Path):
         self.path = path
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: truncated safetensors file (no header)")
             (n,) = struct.unpack("<Q", head)
+            if n > size - 8:  # checked before reading: random bytes make n up to 2**64
+                raise CheckpointError(f"{path}: not a safetensors file or truncated (header length {n} bytes, "
+                                      f"file {size} bytes)")
             try:
                 self.header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+            if not isinstance(self.header, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object, "
+                                      f"got {type(self.header).__name__}")
+            self.header.pop("__metadata__", None)
+            _check_layout(path, self.header, size - 8 - n)
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._offset = 8 + n
-        self.header.pop("__metadata__", None)
 
     def keys(self):
         return self.header.keys()
 
+    def dtype(self, key: str) -> str:
+        """The tensor's safetensors dtype name (``BF16``, ``I64``...), from the header."""
+        return self.header[key]["dtype"]
+
     def get(self, key: str) -> np.ndarray:
         info = self.header[key]
-        if info["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
         start, end = info["data_offsets"]
-        arr = np.frombuffer(self._mm, dtype=_ST_DTYPES[info["dtype"]], count=(end - start) // np.dtype(_ST_DTYPES[info["dtype"]]).itemsize, offset=self._offset + start)
+        if start == end:  # an empty tensor: np.frombuffer refuses a zero count past the buffer's end
+            return np.zeros(info["shape"], dtype)
+        arr = np.frombuffer(self._mm, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self._offset + start)
         return arr.reshape(info["shape"])
+
+
+def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
+    """Every tensor's dtype, shape and byte range is well formed, in the file, of the right size and not shared."""
+    spans = []
+    for key, info in header.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: corrupt header entry {info!r}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{where} has unsupported dtype {dtype!r} (supported: {', '.join(_ST_DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CheckpointError(f"{where}: corrupt header: shape {shape!r} is not a list of sizes")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise CheckpointError(f"{where}: corrupt header: data_offsets {offsets!r} is not [begin, end]")
+        start, end = offsets
+        want = math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize
+        if end - start != want:
+            raise CheckpointError(f"{where} holds {end - start} bytes but {dtype} {shape} needs {want}")
+        if end > data_bytes:
+            raise CheckpointError(f"{where} ends at byte {end} of the data but the file has {data_bytes} "
+                                  "(truncated file?)")
+        spans.append((start, end, key))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the file (corrupt header)")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
@@ -96,9 +149,19 @@ class CheckpointReader:
         self._files: dict[str, SafetensorsFile] = {}
         if index.exists():
             try:
-                self._where = dict(json.loads(index.read_text())["weight_map"])
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: malformed index ({e})") from None
+                self._where = dict(json.loads(index.read_bytes())["weight_map"])
+            except (KeyError, TypeError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+                raise CheckpointError(f"{index}: malformed index ({type(e).__name__}: {e})") from None
+            bad = next((k for k, v in self._where.items() if not isinstance(v, str)), None)
+            if bad is not None:
+                raise CheckpointError(f"{index}: weight_map[{bad!r}] is {self._where[bad]!r}, not a file name")
+            # Every shard's header, read once: a tensor the index places in a shard that lacks it, or one stored
+            # twice, would otherwise fail at first use or silently pick one copy.
+            stored = self._stored(sorted(set(self._where.values())))
+            for key, name in self._where.items():
+                if key not in stored:
+                    raise CheckpointError(f"{self.dir / name}: tensor {key!r} is listed in {index.name} "
+                                          "but not stored in the file")
             return
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
@@ -110,12 +173,22 @@ class CheckpointReader:
                     "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
                 )
             raise CheckpointError(f"{self.dir}: no model.safetensors or model.safetensors.index.json")
-        self._where = {k: f.name for f in files for k in self._open(f.name).keys()}
+        self._where = self._stored([f.name for f in files])
+
+    def _stored(self, names: list[str]) -> dict[str, str]:
+        """tensor -> the shard holding it; a tensor in two shards is refused, naming both."""
+        where: dict[str, str] = {}
+        for name in names:
+            for key in self._open(name).keys():
+                if key in where:
+                    raise CheckpointError(f"{self.dir}: tensor {key!r} is stored twice, in {where[key]} and {name}")
+                where[key] = name
+        return where
 
     def _open(self, name: str) -> SafetensorsFile:
         if name not in self._files:
             p = self.dir / name
-            if not p.exists():
+            if not p.is_file():
                 raise CheckpointError(f"{p}: listed in model.safetensors.index.json but missing")
             self._files[name] = SafetensorsFile(p)
         return self._files[name]
@@ -130,6 +203,9 @@ class CheckpointReader:
         if key not in self._where:
             raise CheckpointError(f"{self.dir}: tensor {key!r} is missing from the checkpoint")
         return self._open(self._where[key]).get(key)
+
+    def dtype(self, key: str) -> str:
+        return self._open(self._where[key]).dtype(key)
 
     def where(self, key: str) -> str:
         return str(self.dir / self._where.get(key, "?"))
@@ -151,6 +227,9 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
         spec = specs[name]
         key = spec.hf_name(layer)
         raw = reader.get(key)
+        if raw.dtype not in _FLOAT_DTYPES:  # an integer cast to weights would load as garbage, silently
+            raise CheckpointError(f"{reader.where(key)}: tensor {key!r} has dtype {reader.dtype(key)}; "
+                                  f"weights must be floating point ({', '.join(_FLOAT_NAMES)})")
         try:
             out = spec.to_ours(raw, cfg)
         except ValueError:
