@@ -2,7 +2,9 @@
 metadata (grain iterator state, rollout counter), saved asynchronously under one step directory.
 
 A checkpoint is only written when every parameter is finite, so a diverged run can never replace the
-last good checkpoint with NaNs. Restores go straight into the shardings of a template state.
+last good checkpoint with NaNs. Restores go straight into the shardings of a template state. A checkpoint
+that no longer restores (a file lost or cut short) is named, moved aside to ``<step>.damaged`` and the next
+older one is tried, so one damaged directory costs the steps since the previous save, not the run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.core.errors import CheckpointError
 
 
 @jax.jit
@@ -45,6 +50,44 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
         return out["state"], out["meta"]
+
+    def restore_latest(self, template):
+        """(step, state, meta) of the newest checkpoint that restores, or None when there is none.
+
+        Restoring is collective, so every process must settle on the same step: all of them try the same steps
+        (the ones on the shared disk) newest first, and only the main process moves the damaged ones aside.
+        """
+        bad: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(step, template)
+            except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds for a lost or torn file
+                bad.append((step, " ".join(str(e).split())[:200] or type(e).__name__))
+                continue
+            if bad:
+                names = ", ".join(str(self.directory / str(s)) for s, _ in bad)
+                print(f"checkpoint: {names} does not restore ({bad[0][1]}); resuming from step {step}, the damaged "
+                      "one kept as <step>.damaged", file=sys.stderr)
+                self._set_aside([s for s, _ in bad])
+            return step, state, meta
+        if bad:
+            step, why = bad[0]
+            raise CheckpointError(f"{self.directory}: no checkpoint restores (newest, step {step}: {why}); if the "
+                                  f"recipe changed, train in a new run_dir, else delete {self.directory} to start over")
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Rename damaged step directories so the resumed run can save those steps again (nothing deleted)."""
+        if is_main():
+            for step in steps:
+                src = self.directory / str(step)
+                dst, n = self.directory / f"{step}.damaged", 1
+                while dst.exists():
+                    n += 1
+                    dst = self.directory / f"{step}.damaged{n}"
+                src.rename(dst)
+        barrier("checkpoint-set-aside")
+        self.manager.reload()
 
     def wait(self):
         self.manager.wait_until_finished()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rrm_jax.core import shipped
 from rrm_jax.training.config import load_config
-from rrm_jax.training.loop import train
+from rrm_jax.training.loop import read_metrics, train
 
 
 def cli(argv: list[str]) -> int:
@@ -45,7 +45,7 @@ def plot_cli(argv: list[str]) -> int:
     if not path.exists():
         print(f"rrm-jax plot: {path} does not exist", file=sys.stderr)
         return 2
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = read_metrics(path)  # a torn last line is skipped; a corrupt one before it is a one-line DataError
     out = Path(args.out or Path(args.run_dir) / "curves.png")
     plot_metrics(rows, out)
     print(out)

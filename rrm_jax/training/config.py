@@ -9,12 +9,15 @@ config is written beside the run's outputs (``run_dir/config.toml``) so a run ca
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 import warnings
 from pathlib import Path
 
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.judge.prompt import get_prompt
+from rrm_jax.training.rl.loss import AGGREGATIONS
 from rrm_jax.sampler.config import SamplingConfig
 
 
@@ -100,6 +103,46 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"TrainConfig: {msg}")
+        # Every other value is checked here too, so a bad recipe fails in one line before any model is built
+        # (a negative group size, say, used to surface as a traceback from deep inside the first rollout).
+        o, g, d = self.optim, self.grpo, self.data
+        fields = [
+            ("keep", self.keep, self.keep >= 1, "must be >= 1 (the checkpoints a killed run resumes from)"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
+            ("dtype", self.dtype, self.dtype in FLOAT_DTYPES, f"must be one of {', '.join(FLOAT_DTYPES)}"),
+            ("compute_dtype", self.compute_dtype, self.compute_dtype in FLOAT_DTYPES,
+             f"must be one of {', '.join(FLOAT_DTYPES)}"),
+            ("mesh", list(self.mesh), _mesh_ok(self.mesh),
+             "must be 3 sizes [data, fsdp, tensor], each >= 1 or one -1 (fills the devices), e.g. [1, -1, 1]"),
+            ("optim.lr", o.lr, o.lr > 0, "must be > 0"),
+            ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
+            ("optim.decay_steps", o.decay_steps, o.decay_steps >= 0, "must be >= 0 (0 = steps * inner_iters)"),
+            ("optim.end_lr_ratio", o.end_lr_ratio, 0 <= o.end_lr_ratio <= 1, "must lie in [0, 1]"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "must be >= 0"),
+            ("optim.b1", o.b1, 0 <= o.b1 < 1, "must lie in [0, 1)"),
+            ("optim.b2", o.b2, 0 <= o.b2 < 1, "must lie in [0, 1)"),
+            ("optim.eps", o.eps, o.eps > 0, "must be > 0"),
+            ("optim.clip_norm", o.clip_norm, o.clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
+            ("grpo.prompts_per_step", g.prompts_per_step, g.prompts_per_step >= 1, "must be >= 1"),
+            ("grpo.group_size", g.group_size, g.group_size >= 1, "must be >= 1 (completions per prompt)"),
+            ("grpo.adv_eps", g.adv_eps, g.adv_eps >= 0, "must be >= 0"),
+            ("grpo.eps_low", g.eps_low, g.eps_low >= 0, "must be >= 0"),
+            ("grpo.eps_high", g.eps_high, g.eps_high >= 0, "must be >= 0"),
+            ("grpo.beta", g.beta, g.beta >= 0, "must be >= 0 (0 = no KL term)"),
+            ("grpo.aggregation", g.aggregation, g.aggregation in AGGREGATIONS, f"must be one of {', '.join(AGGREGATIONS)}"),
+            ("grpo.norm_length", g.norm_length, g.norm_length >= 0, "must be >= 0 (0 = sampling.max_new_tokens)"),
+            ("grpo.logprob_chunk", g.logprob_chunk, g.logprob_chunk >= 1, "must be >= 1"),
+            ("grpo.seq_bucket", g.seq_bucket, g.seq_bucket >= 0, "must be >= 0 (0 = next power of two)"),
+            ("data.synthetic", d.synthetic, d.synthetic >= 0, "must be >= 0 (0 = read data.path)"),
+            ("data.max_prompt_tokens", d.max_prompt_tokens, d.max_prompt_tokens >= 1, "must be >= 1"),
+        ]
+        for name, value, ok, why in fields:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}={value!r}: {why}")
+        try:
+            get_prompt(d.prompt)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"TrainConfig.data.prompt={d.prompt!r}: {e.args[0] if e.args else e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,6 +168,13 @@ class TrainConfig:
         return {**values, "grpo": grpo, "sampling": sampling}
 
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _mesh_ok(mesh) -> bool:
+    return len(mesh) == 3 and all(s >= 1 or s == -1 for s in mesh) and list(mesh).count(-1) <= 1
+
+
 MOVED_TO_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "max_think_tokens", "max_slots")
 DEMO_KEYS = {"sft_steps", "grpo_steps"}  # train/demo.toml's (rrm_jax.demo.recipe.Recipe), never TrainConfig's
 
@@ -133,6 +183,25 @@ def _demo_name(source: str) -> str:
     """How ``rrm-jax demo --recipe`` names the file: the shipped train/demo.toml is plain ``demo``."""
     demo = shipped.shipped_dir("train") / "demo.toml"
     return "demo" if Path(source).resolve() == demo.resolve() else source
+
+
+def preflight(cfg: TrainConfig, devices: int | None) -> None:
+    """What a recipe needs of this machine, checked before anything is loaded: its data and, when ``devices`` is
+    given (the model is built from ``mesh``), a mesh that fits that many devices."""
+    d = cfg.data
+    if not d.synthetic and not d.path:
+        raise ConfigError("TrainConfig.data.path is empty: set data.path=FILE.jsonl, or data.synthetic=N for N "
+                          "generated pairs")
+    if not d.synthetic and not Path(d.path).is_file():
+        raise ConfigError(f"TrainConfig.data.path={d.path!r}: no such file")
+    if devices is None:
+        return
+    mesh = list(cfg.mesh)
+    rest = math.prod(s for s in mesh if s != -1)
+    fits = rest == devices if -1 not in mesh else devices % rest == 0
+    if not fits:
+        raise ConfigError(f"TrainConfig.mesh={mesh}: needs {'a multiple of ' if -1 in mesh else ''}{rest} devices, "
+                          f"this machine has {devices}; e.g. mesh=[1,-1,1] (FSDP over all {devices})")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:

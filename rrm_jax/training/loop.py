@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from rrm_jax.core.api import load_or_init, save_hf
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.distributed import initialize, is_main
+from rrm_jax.core.errors import DataError
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
 from rrm_jax.training.checkpoint import Checkpointer
-from rrm_jax.training.config import TrainConfig
+from rrm_jax.training.config import TrainConfig, preflight
 from rrm_jax.training.data import PairPipeline, SFTPipeline, prepare_data
 from rrm_jax.training.trainer import Trainer
 
@@ -38,13 +40,57 @@ def build_model(cfg: TrainConfig):
     return model
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A torn last line (a write cut by a kill or a power loss) is dropped, as
+    evaluation records are; a corrupt line before it is a DataError naming file:line."""
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[:raw.rfind(b"\n") + 1]
+    rows = []
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: corrupt metrics record ({e.msg}); delete that line to go on") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise DataError(f"{path}:{n}:step: metrics record without a step")
+        rows.append(rec)
+    return rows
+
+
 def _metrics_file(run_dir: Path, keep_upto: int) -> Path:
     """metrics.jsonl truncated to steps <= keep_upto (a resumed run rewrites what came after its checkpoint)."""
     path = run_dir / "metrics.jsonl"
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_upto]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        rows = [r for r in read_metrics(path) if r["step"] <= keep_upto]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        have = {r["step"] for r in rows}
+        lost = [s for s in range(1, keep_upto + 1) if s not in have]
+        if lost:  # the checkpoint survived a crash that took these lines with it: the curve has a gap there
+            print(f"{path}: no record of step(s) {_spans(lost)} (lost in a crash); training goes on from step "
+                  f"{keep_upto + 1}", file=sys.stderr)
     return path
+
+
+def _spans(steps: list[int]) -> str:
+    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}..{steps[-1]}" if steps[-1] - steps[0] + 1 == len(steps) \
+        else ", ".join(map(str, steps))
+
+
+def _finished(run_dir: Path, config: TrainConfig, done: int) -> dict:
+    """A rerun of a run that already reached its steps: say so and leave every file as it is."""
+    print(f"rrm-jax train: {run_dir} is finished (checkpoint step {done}, steps={config.steps}); nothing changed. "
+          f"Pass steps=N with N > {done} to train further", file=sys.stderr)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
+    base = {"steps": done, "resumed_from": done, "seconds": 0.0, "last": {}, "skipped_total": 0}
+    return {**base, **summary, "finished": True}
 
 
 def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, on_step: Callable | None = None,
@@ -55,38 +101,43 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     """
     if config.distributed:
         initialize()
+    preflight(config, None if model is not None else jax.device_count())
     main = is_main()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        write_toml(config, run_dir / "config.toml")
-    model = model or build_model(config)
-    trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
-    data_path, data_report = prepare_data(config, run_dir)
-    if config.mode == "grpo":
-        pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
-    else:
-        pipe = SFTPipeline(data_path, model.tokenizer, config)
-    report = dict(data_report, **pipe.report)
-    if main:
-        (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
-
     ckpt = Checkpointer(run_dir / "checkpoints", keep=config.keep, async_=config.async_checkpoint)
-    start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        trainer.state, meta = ckpt.restore(latest, trainer.state)
-        pipe.set_state(meta["data_iter"])
-        trainer.iteration = int(meta["iteration"])
-        start = latest
-        print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
-    mpath = _metrics_file(run_dir, start) if main else Path(os.devnull)
-    tb = TensorBoard.open(run_dir / "tb", start) if config.tensorboard and main else None
-    t_start = time.perf_counter()
-    try:
+    tb = None
+    try:  # closing waits for an in-flight async save: an exception never leaves a half-written step
+        done = ckpt.latest_step()
+        if done is not None and done >= config.steps:  # decided from the files alone: every process agrees
+            return _finished(run_dir, config, done)
+        if main:
+            write_toml(config, run_dir / "config.toml")
+        model = model or build_model(config)
+        trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
+        data_path, data_report = prepare_data(config, run_dir)
+        if config.mode == "grpo":
+            pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
+        else:
+            pipe = SFTPipeline(data_path, model.tokenizer, config)
+        report = dict(data_report, **pipe.report)
+        if main:
+            (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
+
+        start = 0
+        restored = ckpt.restore_latest(trainer.state)
+        if restored is not None:
+            latest, trainer.state, meta = restored
+            pipe.set_state(meta["data_iter"])
+            trainer.iteration = int(meta["iteration"])
+            start = latest
+            print(f"resumed from {run_dir}/checkpoints step {latest}", file=sys.stderr)
+        mpath = _metrics_file(run_dir, start) if main else Path(os.devnull)
+        tb = TensorBoard.open(run_dir / "tb", start) if config.tensorboard and main else None
+        t_start = time.perf_counter()
         last = _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress and main, tb)
     finally:
-        ckpt.close()  # waits for an in-flight async save: an exception never leaves a half-written step
+        ckpt.close()
         if tb is not None:
             tb.close()
     summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
