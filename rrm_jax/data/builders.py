@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from rrm_jax.data.records import KINDS, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
+from rrm_jax.data.records import KINDS, DataError, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
 
 TIE = -1   # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
 SPLIT = "test"
@@ -56,6 +56,7 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder):
         # `source` is needed only to generate; reading a finished build works with source=None.
         self._source = None if source is None else Path(source)
         self._on_bad = on_bad
+        self._pairs: PairSet | None = None    # read by build() first, so an empty source fails before TFDS
         self.problems: list[Problem] = []
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -73,7 +74,9 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder):
         return {SPLIT: self._generate_examples()}
 
     def _generate_examples(self):
-        pairs: PairSet = read_pairs(self.KIND, self._source, on_bad=self._on_bad)
+        pairs = self._pairs
+        if pairs is None:
+            pairs = read_pairs(self.KIND, self._source, on_bad=self._on_bad)
         self.problems = pairs.problems
         self.info.metadata["source"] = str(self._source)
         self.info.metadata["problems"] = [[p.path, p.line, p.field, p.message] for p in pairs.problems]
@@ -143,16 +146,25 @@ def build(kind: str, source: str | Path | None, *, data_dir: str | Path | None =
         source = download_rewardbench()
     source = Path(source)
     if not source.exists():
-        from rrm_jax.data.records import DataError
-
         raise DataError(f"{source}: no such file")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     ddir = root / kind / fingerprint(source, on_bad)
     with _quiet_tfds():
         builder = BUILDERS[kind](source=source, on_bad=on_bad, data_dir=str(ddir))
         if not builder.is_prepared():
+            builder._pairs = _nonempty(read_pairs(kind, source, on_bad=on_bad), source)
             builder.download_and_prepare()
     return builder
+
+
+def _nonempty(pairs: PairSet, source: Path) -> PairSet:
+    """TFDS cannot write an empty split (``AssertionError: No examples were yielded``): say so in one line first."""
+    if pairs.records:
+        return pairs
+    if pairs.problems:
+        raise DataError(f"{source}: no pairs left to judge: all {len(pairs.problems)} items are bad "
+                        f"(first: {pairs.problems[0]})")
+    raise DataError(f"{source}: no pairs to judge (the file holds no items)")
 
 
 def problems_of(builder: PairsBuilder) -> tuple[list[Problem], list[Problem]]:

@@ -120,17 +120,18 @@ def _iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
     """
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, _Bad(None, f"malformed JSON ({e.msg} at column {e.colno})")
+        for n, line in _text_lines(path):
+            try:
+                yield n, line if isinstance(line, _Bad) else json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, _Bad(None, f"malformed JSON ({e.msg} at column {e.colno})")
     elif suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -147,6 +148,28 @@ def _iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
         yield from enumerate(pq.read_table(path).to_pylist(), 1)
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r} (expected .jsonl, .json or .parquet)")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, "str | _Bad"]]:
+    """(line number, text) of the non-blank lines of a UTF-8 file; a line that is not UTF-8 comes as a `_Bad`
+    naming the field that holds the bad byte when the line is otherwise JSON, for the policy to decide."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                if raw.strip():
+                    yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, _Bad(_field_with_replacement(raw.decode("utf-8", errors="replace")),
+                              f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+
+
+def _field_with_replacement(line: str) -> str | None:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    fields = item.items() if isinstance(item, dict) else ()
+    return next((k for k, v in fields if "\ufffd" in json.dumps(v, ensure_ascii=False)), None)
 
 
 def _collect(path: Path, items: Iterable[tuple[int, Any]], convert: Callable[[int, dict, _Ctx], PairRecord],
@@ -296,7 +319,8 @@ def read_pairs_jsonl(path: str | Path, *, on_bad: OnBad = "raise", require_label
         if "label" not in item and require_label:
             raise _Bad("label", "missing field")
         label = item.get("label")
-        if isinstance(label, bool) or label not in _JSONL_LABELS:
+        # a list or object label is unhashable: test its type before looking it up
+        if isinstance(label, bool) or not isinstance(label, (int, str, type(None))) or label not in _JSONL_LABELS:
             raise _Bad("label", f"expected 0, 1, null, 'a', 'b' or 'tie', got {label!r}")
         rid = item.get("id", f"{p.stem}-{n}")
         subset = item.get("subset", "")
@@ -352,24 +376,23 @@ def read_queries(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file")
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(item, dict):
-                raise DataError(f"{p}:{n}: expected a JSON object")
-            if not isinstance(item.get("query"), str) or not item["query"].strip():
-                raise DataError(f"{p}:{n}:query: missing or empty")
-            c = item.get("candidates")
-            if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) for x in c):
-                raise DataError(f"{p}:{n}:candidates: expected a list of >= 2 strings")
-            qid = str(item.get("id", f"{p.stem}-{n}"))
-            if qid in seen:
-                raise DataError(f"{p}:{n}:id: duplicate id {qid!r}")
-            seen.add(qid)
-            out.append({"id": qid, "query": item["query"], "candidates": c})
+    for n, line in _text_lines(p):
+        if isinstance(line, _Bad):
+            raise DataError(str(Problem(str(p), n, line.field, line.message)))
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: malformed JSON ({e.msg})") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{p}:{n}: expected a JSON object")
+        if not isinstance(item.get("query"), str) or not item["query"].strip():
+            raise DataError(f"{p}:{n}:query: missing or empty")
+        c = item.get("candidates")
+        if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) for x in c):
+            raise DataError(f"{p}:{n}:candidates: expected a list of >= 2 strings")
+        qid = str(item.get("id", f"{p.stem}-{n}"))
+        if qid in seen:
+            raise DataError(f"{p}:{n}:id: duplicate id {qid!r}")
+        seen.add(qid)
+        out.append({"id": qid, "query": item["query"], "candidates": c})
     return out

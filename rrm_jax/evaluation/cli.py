@@ -33,7 +33,15 @@ from rrm_jax.evaluation.config import (
     sampling_config,
     validate,
 )
-from rrm_jax.evaluation.records import EvalError, RecordsFile, load_records
+from rrm_jax.evaluation.fit import clamp_generation, misfit
+from rrm_jax.evaluation.records import (
+    RECORD_VERSION,
+    EvalError,
+    RecordsFile,
+    fingerprint_file,
+    load_records,
+    open_records,
+)
 from rrm_jax.evaluation.report import summarize, write_summary
 from rrm_jax.evaluation.run import Setting, evaluate, run_records
 from rrm_jax.judge import Judge
@@ -53,6 +61,7 @@ def load_model(opts: JudgeOptions):
 
 
 def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
+    """A Judge of ``model`` (``opts.max_new_tokens`` as :func:`clamp_generation` left it)."""
     return Judge(model, prompt=opts.prompt, sampling=sampling_config(opts, max_think_tokens),
                  max_prompt_tokens=opts.max_prompt_tokens or None)
 
@@ -92,7 +101,8 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         print(f"skipped {len(pairs.problems)} bad items (listed in {out / 'problems.json'})", file=sys.stderr)
     if judge_factory is None:
         model = load_model(cfg)
-        judge_factory = lambda budget: make_judge(model, cfg, budget)  # noqa: E731
+        gen = clamp_generation(model, cfg)
+        judge_factory = lambda budget: make_judge(model, gen, budget)  # noqa: E731
     summaries = []
     try:
         for budget in cfg.max_think_tokens:
@@ -101,7 +111,7 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
                 summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
                                           max_items=cfg.max_items, batch_size=cfg.batch_size, adaptive=cfg.adaptive,
                                           kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress,
-                                          extra_meta={"model": cfg.model or None}))
+                                          extra_meta={"model": cfg.model or None}, restart=cfg.restart))
     except (EvalError, DataError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
@@ -129,13 +139,13 @@ def judge_main(argv: list[str], *, judge=None) -> int:
         return 2
     for p in pairs.problems if main else ():
         print(f"skipped: {p}", file=sys.stderr)
-    judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
+    judge = judge or _real_judge(cfg)
     try:
         recs = run_records(judge, pairs.records, cfg.out, meta={"dataset": "jsonl", "source": cfg.pairs,
-                           "model": cfg.model or None, "max_think_tokens": cfg.max_think_tokens,
-                           "prompt": cfg.prompt},
+                           "fingerprint": fingerprint_file(cfg.pairs), "model": cfg.model or None,
+                           "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt},
                            votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
-                           adaptive=cfg.adaptive, progress=cfg.progress)
+                           adaptive=cfg.adaptive, progress=cfg.progress, restart=cfg.restart)
     except (EvalError, DataError) as e:
         print(f"rrm-jax judge: {e}", file=sys.stderr)
         return 2
@@ -143,6 +153,9 @@ def judge_main(argv: list[str], *, judge=None) -> int:
         return 0
     s = summarize(recs)
     msg = f"{len(recs)} comparisons -> {cfg.out}; {s['no_verdict']} without a verdict"
+    errors = [r["error"] for r in recs if r.get("error")]
+    if errors:
+        msg += f" ({len(errors)} not judged, e.g. {errors[0]})"
     if s["n_scored"]:
         msg += f"; accuracy {100 * s['accuracy']:.1f}% on {s['n_scored']} labelled pairs"
     print(msg)
@@ -155,23 +168,42 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     validate(cfg)
     if not cfg.queries:
         raise ConfigError("--queries FILE.jsonl is required")
-    if cfg.strategy not in ("knockout", "elo"):
-        raise ConfigError(f"--strategy must be knockout or elo, got {cfg.strategy!r}")
     main = _join(cfg)
     try:
         queries = read_queries(cfg.queries)
     except DataError as e:
         print(f"rrm-jax rank: {e}", file=sys.stderr)
         return 2
-    judge = judge or make_judge(load_model(cfg), cfg, cfg.max_think_tokens)
-    rf = RecordsFile(cfg.out)
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    done = {r["id"] for r in rf.load(repair=main)}
+    judge = judge or _real_judge(cfg)
+    meta = {"dataset": "queries", "source": cfg.queries, "fingerprint": fingerprint_file(cfg.queries),
+            "model": cfg.model or None, "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt,
+            "strategy": cfg.strategy, "votes": cfg.votes, "swap": cfg.swap, "seed": cfg.seed,
+            "record_version": RECORD_VERSION}
+    try:
+        with open_records(cfg.out, meta, restart=cfg.restart) as (rf, done):
+            _rank_queries(judge, cfg, queries, rf, done, main)
+    except (EvalError, DataError) as e:
+        print(f"rrm-jax rank: {e}", file=sys.stderr)
+        return 2
+    if main:
+        print(f"{len(queries)} queries ranked -> {cfg.out}")
+    return 0
+
+
+def _rank_queries(judge, cfg: RankConfig, queries: list[dict], rf: RecordsFile, done: dict, main: bool) -> None:
     todo = [q for q in queries if q["id"] not in done]
     with Progress(f"ranking ({cfg.strategy})", len(queries), completed=len(queries) - len(todo), rate="queries",
                   fmt="{tokens} judge tokens", enabled=cfg.progress and main) as bar:
         tokens = 0
         for q in todo:
+            error = _rank_misfit(judge, q)
+            if error is not None:  # one over-long query is recorded and skipped, not the end of the run
+                rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
+                       "best": None, "best_candidate": None, "error": error}
+                if main:
+                    rf.append([rec])
+                bar.update(advance=1, tokens=tokens)
+                continue
             r = judge.rank(q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed,
                            swap=cfg.swap)
             rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
@@ -180,6 +212,14 @@ def rank_main(argv: list[str], *, judge=None) -> int:
                 rf.append([rec])
             tokens += int(r.tokens)
             bar.update(advance=1, tokens=tokens)
-    if main:
-        print(f"{len(queries)} queries ranked -> {cfg.out}")
-    return 0
+
+
+def _rank_misfit(judge, q: dict) -> str | None:
+    """The longest match of a query (its two longest candidates) decides whether every match fits."""
+    a, b = sorted(q["candidates"], key=len)[-2:]
+    return misfit(judge, q["id"], q["query"], a, b)
+
+
+def _real_judge(cfg):
+    model = load_model(cfg)
+    return make_judge(model, clamp_generation(model, cfg), cfg.max_think_tokens)

@@ -15,7 +15,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from rrm_jax.core import configs, shipped
+import jax.numpy as jnp
+
+from rrm_jax.core import configs, hub, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import KINDS
 from rrm_jax.judge.judge import SWAPS
@@ -57,6 +59,7 @@ class EvalConfig(JudgeOptions):
     batch_size: int = 64                  # pairs per compare_many call
     on_bad: str = "raise"                 # raise | skip (skipped items are listed in problems.json)
     plots: bool = True
+    restart: bool = False                 # move earlier records of --out aside (*.replaced-<n>) instead of resuming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,7 @@ class JudgeConfig(JudgeOptions):
     adaptive: bool = False
     batch_size: int = 64
     on_bad: str = "raise"
+    restart: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +83,7 @@ class RankConfig(JudgeOptions):
     votes: int = 1
     max_think_tokens: int | None = None
     swap: str = "random"
+    restart: bool = False
 
 
 HELP = {
@@ -103,6 +108,7 @@ HELP = {
     "pairs": "JSONL of {query, response_a, response_b, [label], [id]}",
     "queries": "JSONL of {query, candidates: [...], [id]}",
     "strategy": "knockout | elo",
+    "restart": "move earlier records of --out aside (<name>.replaced-<n>) and start over instead of resuming",
 }
 
 
@@ -127,6 +133,24 @@ def validate(cfg) -> None:
         bad(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.mesh and len(cfg.mesh) != 3:
         bad(f"mesh expects three sizes data,fsdp,tensor, got {cfg.mesh!r}")
+    if getattr(cfg, "strategy", "knockout") not in ("knockout", "elo"):
+        bad(f"--strategy must be knockout or elo, got {cfg.strategy!r}")
+    if cfg.max_prompt_tokens < 0:
+        bad(f"max_prompt_tokens must be >= 1 or 0 (no limit), got {cfg.max_prompt_tokens}")
+    for budget in budgets:  # the sampling block's own checks (temperature, top_p, ...), before any loading
+        sampling_config(cfg, budget)
+    try:
+        jnp.dtype(cfg.dtype)
+    except (TypeError, ValueError):
+        bad(f"dtype {cfg.dtype!r} is not a dtype (bfloat16, float16 or float32)")
+    if cfg.model and not _model_exists(cfg.model):
+        bad(f"--model {cfg.model}: not a checkpoint directory, hub id (org/name), model TOML or preset "
+            f"(presets: {', '.join(shipped.names('models'))})")
+
+
+def _model_exists(spec: str) -> bool:
+    """What ``load_or_init`` accepts, checked without loading: an existing path, a shipped preset or a hub id."""
+    return Path(spec).exists() or shipped.find(spec, "models") is not None or hub.is_hub_id(spec)
 
 
 def sampling_config(opts: JudgeOptions, max_think_tokens: int | None) -> SamplingConfig:

@@ -1,15 +1,18 @@
 """The records file of an evaluation: append-only JSONL, one comparison a line, flushed and fsynced per chunk.
 
 A torn last line (a killed write) is cut off on load; duplicate or id-less records are refused with file:line;
-``run-<setting>.json`` beside it keeps the run's settings so a resume with other settings is refused; a lock file
-stops two processes writing the same records.
+``run-<setting>.json`` beside it keeps the run's settings and the fingerprint of the data it judges, so a resume
+with other settings or other data is refused (or, with ``restart``, the old records are moved aside, never deleted);
+a lock file stops two processes writing the same records (:func:`open_records` does all three for every writer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -85,23 +88,79 @@ def lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def check_meta(path: Path, meta: dict, have_records: bool) -> None:
+def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None = None) -> None:
+    """Refuse to resume records written for other data (``DATA_KEYS``) or with other settings (``RESUME_KEYS``)."""
     if path.exists():
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), v) for k, v in meta.items() if k in RESUME_KEYS and old.get(k) != v}
+        data = {k: d for k, d in diff.items() if k in DATA_KEYS}
+        if data:
+            raise EvalError(f"{records or path}: holds judgements of other data ("
+                            + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in data.items())
+                            + "); use another --out or --restart")
         if diff:
             raise EvalError(f"{path}: this output holds a run with other settings "
                             + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
-                            + "; use another --out or the same settings")
+                            + "; use another --out, the same settings or --restart")
     elif have_records:
-        raise EvalError(f"{path} is missing beside existing records; cannot tell their settings")
+        raise EvalError(f"{path} is missing beside existing records; cannot tell their settings or data; "
+                        "use another --out or --restart")
     barrier("eval-meta-checked")  # multi-host: everyone has read the old meta before the main process rewrites it
     if is_main():
         path.write_text(json.dumps(meta, indent=1))
 
 
 RESUME_KEYS = ("dataset", "fingerprint", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
-                "prompt", "record_version")
+                "prompt", "record_version", "strategy")
+DATA_KEYS = ("dataset", "fingerprint")   # what was judged, as opposed to how
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """Short content hash of an input file's bytes: records are keyed on what was judged, not on the file name."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename ``path`` to the first free ``<name>.replaced-<n>`` (old results are never deleted)."""
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.name}.replaced-{n}").exists():
+        n += 1
+    dest = path.with_name(f"{path.name}.replaced-{n}")
+    path.rename(dest)
+    return dest
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".meta.json")
+
+
+@contextlib.contextmanager
+def open_records(path: str | Path, meta: dict, *, restart: bool = False):
+    """Lock a records file, move it aside on ``restart``, check its meta and yield ``(RecordsFile, {id: record})``.
+
+    Every writer of a records file goes through here, so none of them can skip the lock or the data check.
+    Multi-host: only the main process locks, repairs, moves and writes; every process reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    main = is_main()
+    with lock(path.with_name(path.name + ".lock")) if main else contextlib.nullcontext():
+        if restart:
+            if main:
+                for p in (path, meta_path(path)):
+                    moved = move_aside(p)
+                    if moved is not None:
+                        print(f"--restart: moved {p} to {moved}", file=sys.stderr)
+            barrier("eval-restart")
+        rf = RecordsFile(path)
+        done = {r["id"]: r for r in rf.load(repair=main)}
+        check_meta(meta_path(path), meta, bool(done), path)
+        yield rf, done
 
 
 def load_records(out_dir: str | Path) -> dict[str, list[dict]]:

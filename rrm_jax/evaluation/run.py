@@ -13,12 +13,13 @@ however the run is chunked or resumed. Each chunk's sampling seed is derived fro
 
 Resume: an existing records file is read back (a torn last line from a killed write is cut off), its ids
 are skipped, and new records are appended; a run's settings are kept in ``run-<setting>.json`` and a
-resume with different settings is refused. A lock file stops two processes writing the same records.
+resume with different settings or data is refused (``restart`` moves the old records aside instead). A lock
+file stops two processes writing the same records. An item whose prompt cannot fit the model's context gets
+an error record (``error``, no verdict) and the run goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ from rrm_jax.core.progress import Progress
 from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.data.records import DataError, PairRecord
 from rrm_jax.evaluation import scoring
-from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, RecordsFile, check_meta, lock
+from rrm_jax.evaluation.fit import NO_VERDICT, misfit
+from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, RecordsFile, open_records  # noqa: F401 (re-exported)
 from rrm_jax.evaluation.report import summarize
 from rrm_jax.judge.judge import SWAPS
 
@@ -59,26 +61,24 @@ def to_dataset_frame(v, flipped: bool):
 # ---------------------------------------------------------------------------------------------- the run
 def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *, meta: dict, votes: int = 1,
                 swap: str = "random", seed: int = 0, batch_size: int = 64, adaptive: bool = False,
-                progress: bool = True, description: str = "judging") -> list[dict]:
+                progress: bool = True, description: str = "judging", restart: bool = False) -> list[dict]:
     """Judge every item not yet in ``records_path`` (chunks of ``batch_size`` through
-    ``judge.compare_many``) and return the records of ``items`` in item order."""
+    ``judge.compare_many``) and return the records of ``items`` in item order. ``restart`` moves earlier
+    records aside instead of resuming them; an item whose prompt cannot fit the model's context gets an
+    error record (see :func:`rrm_jax.evaluation.fit.misfit`) and the run goes on."""
     if swap not in SWAPS:
         raise ValueError(f"swap must be one of {SWAPS}, got {swap!r}")
     if votes < 1 or batch_size < 1:
         raise ValueError(f"votes and batch_size must be >= 1 (got {votes}, {batch_size})")
     path = Path(records_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if len({r.id for r in items}) != len(items):
         raise DataError("items have duplicate ids")
-    rf = RecordsFile(path)
     meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive,
             "record_version": RECORD_VERSION}
     # multi-host: every process judges every chunk (the sampler's collectives need all of them) and
     # reads the same records to resume; the main process alone locks, repairs and appends
     main = is_main()
-    with lock(path.with_name(path.name + ".lock")) if main else contextlib.nullcontext():
-        done = {r["id"]: r for r in rf.load(repair=main)}
-        check_meta(path.with_name(path.stem + ".meta.json"), meta, bool(done))
+    with open_records(path, meta, restart=restart) as (rf, done):
         todo = [(i, r) for i, r in enumerate(items) if r.id not in done]
         t0, tokens = time.perf_counter(), 0
         with Progress(description, len(items), completed=len(items) - len(todo), rate="cmp", fmt="{tok_s:.0f} tok/s",
@@ -95,31 +95,38 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
 
 
 def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
+    # the seed stays the one of the whole chunk, so skipping an over-long item changes no other item's draws
     chunk_seed = derive_seed(seed, chunk[0][0], 0xE7A1)
     flips = [swap == "random" and show_first_b(seed, i) for i, _ in chunk]
     pairs = [(r.query, r.response_b, r.response_a) if f else (r.query, r.response_a, r.response_b)
              for (_, r), f in zip(chunk, flips)]
+    errors = [misfit(judge, r.id, *pair) for (_, r), pair in zip(chunk, pairs)]
+    ok = [k for k, e in enumerate(errors) if e is None]
     t0 = time.perf_counter()
-    verdicts = judge.compare_many(pairs, votes=votes, swap="none" if swap == "random" else swap,
-                                  seed=chunk_seed, adaptive=adaptive)
+    verdicts = judge.compare_many([pairs[k] for k in ok], votes=votes, swap="none" if swap == "random" else swap,
+                                  seed=chunk_seed, adaptive=adaptive) if ok else []
     dt = time.perf_counter() - t0
-    if len(verdicts) != len(pairs):
-        raise EvalError(f"judge returned {len(verdicts)} verdicts for {len(pairs)} pairs")
+    if len(verdicts) != len(ok):
+        raise EvalError(f"judge returned {len(verdicts)} verdicts for {len(ok)} pairs")
+    by_item = dict(zip(ok, verdicts))
     out = []
-    for (row, r), f, v in zip(chunk, flips, verdicts):
-        v = to_dataset_frame(v, f)
+    for k, ((row, r), f) in enumerate(zip(chunk, flips)):
+        v = to_dataset_frame(by_item[k], f) if k in by_item else NO_VERDICT
         rec = {"id": r.id, "row": row, "subset": r.subset, "label": r.label, "setting": meta.get("setting"),
                "votes_requested": votes, "swap": swap, "chunk_seed": chunk_seed}
         rec.update(v.to_dict())
         rec["credit"] = scoring.credit(r.label, v.winner)
-        rec["seconds"] = dt / len(chunk)
+        rec["seconds"] = dt / len(ok) if k in by_item else 0.0
+        if errors[k] is not None:
+            rec["error"] = errors[k]
         out.append(rec)
     return out
 
 
 def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str = "random", seed: int = 0,
              max_items: int | None = None, batch_size: int = 64, adaptive: bool = False, kind: str | None = None,
-             setting: Setting | None = None, progress: bool = True, extra_meta: dict | None = None) -> dict:
+             setting: Setting | None = None, progress: bool = True, extra_meta: dict | None = None,
+             restart: bool = False) -> dict:
     """Judge ``dataset`` (a :class:`~rrm_jax.data.Pairs`, grain MapDataset or sequence of PairRecord) and
     return this setting's summary; records go to ``out_dir/records-<setting>.jsonl``.
 
@@ -140,7 +147,7 @@ def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str =
             "max_think_tokens": setting.max_think_tokens, "prompt": prompt, **(extra_meta or {})}
     records = run_records(judge, items, out / f"records-{setting.tag}.jsonl", meta=meta, votes=votes, swap=swap,
                           seed=seed, batch_size=batch_size, adaptive=adaptive, progress=progress,
-                          description=f"{kind} {setting.tag}")
+                          description=f"{kind} {setting.tag}", restart=restart)
     summary = summarize(records, kind=kind)
     summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
                    max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),

@@ -1,0 +1,220 @@
+"""Faults on the records side of `judge` / `rank` / `eval`: resuming onto other data, two writers, over-long
+items, bad JSONL bytes and labels, empty datasets, and flags that must fail before any model loads."""
+import json
+import types
+from pathlib import Path
+
+import pytest
+from fakes import FakeGenerate, FakeModel
+from test_evaluate import OracleJudge
+
+from rrm_jax.core.errors import ConfigError
+from rrm_jax.data import DataError, PairRecord
+from rrm_jax.data.records import read_pairs_jsonl, read_queries
+from rrm_jax.evaluation import cli
+from rrm_jax.evaluation.fit import clamp_generation
+from rrm_jax.evaluation.records import RecordsFile, lock
+from rrm_jax.evaluation.run import run_records
+from rrm_jax.judge import tournament
+from rrm_jax.judge.judge import Judge
+from rrm_jax.judge.verdict import Verdict
+from rrm_jax.sampler import SamplingConfig
+
+
+def _pairs(path: Path, tag: str, n: int = 3) -> list[PairRecord]:
+    recs = [PairRecord(f"{path.stem}-{i + 1}", f"{tag} question {i}", f"{tag} good {i}", f"{tag} bad {i}", 0)
+            for i in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"query": r.query, "response_a": r.response_a, "response_b": r.response_b,
+                                        "label": 0}) + "\n" for r in recs))
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------- 1. data keys
+def test_judge_refuses_records_of_other_data_and_restart_moves_them_aside(tmp_path, capsys):
+    d1 = _pairs(tmp_path / "d1" / "pairs.jsonl", "one")
+    d2 = _pairs(tmp_path / "d2" / "pairs.jsonl", "two")
+    out = tmp_path / "js" / "v.jsonl"
+    args = ["--out", str(out), "--progress", "false"]
+    assert cli.judge_main(["--pairs", str(tmp_path / "d1" / "pairs.jsonl"), *args], judge=OracleJudge(d1)) == 0
+    first = RecordsFile(out).load()
+    judge = OracleJudge(d1 + d2)
+    assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args], judge=judge) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds judgements of other data (fingerprint: " in err and "use another --out or --restart" in err
+    assert judge.seen == [] and RecordsFile(out).load() == first            # nothing judged, nothing touched
+    assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args, "restart=true"], judge=judge) == 0
+    assert [q for q, _, _ in judge.seen] == [r.query for r in d2]
+    assert RecordsFile(out.with_name("v.jsonl.replaced-1")).load() == first  # the old records kept, renamed
+    assert out.with_name("v.meta.json.replaced-1").exists()
+    assert all(r["winner"] == 0 for r in RecordsFile(out).load())
+    # the same data resumes (nothing re-judged)
+    again = OracleJudge(d2)
+    assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args], judge=again) == 0
+    assert again.seen == []
+
+
+def test_eval_other_data_under_the_same_name_is_refused_then_restarted(tmp_path, capsys):
+    src = tmp_path / "pairs.jsonl"
+    d1 = _pairs(src, "one")
+    out = tmp_path / "out"
+    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
+            "--data-dir", str(tmp_path / "tfds")]
+    assert cli.eval_main(args, judge_factory=lambda b: OracleJudge(d1)) == 0
+    d2 = _pairs(src, "two")
+    assert cli.eval_main(args, judge_factory=lambda b: OracleJudge(d2)) == 2
+    assert "holds judgements of other data (fingerprint:" in capsys.readouterr().err
+    assert cli.eval_main(args + ["--restart", "true"], judge_factory=lambda b: OracleJudge(d2)) == 0
+    assert (out / "records-v1-tnone.jsonl.replaced-1").exists()
+    assert [r["id"] for r in RecordsFile(out / "records-v1-tnone.jsonl").load()] == [r.id for r in d2]
+
+
+# ---------------------------------------------------------------------------------------------- 2. rank
+class RankJudge:
+    """Always prefers the first candidate shown; remembers the queries it ranked."""
+
+    def __init__(self):
+        self.ranked = []
+
+    def rank(self, query, candidates, *, strategy, votes, seed, swap):
+        self.ranked.append(query)
+        return tournament.rank(lambda items: [Verdict(0, 1, 0, 0, 0.9, tokens=1) for _ in items], query,
+                               candidates, strategy=strategy, seed=seed)
+
+
+def _queries(path: Path, tag: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"query": f"{tag} {i}", "candidates": ["x", "yy", "zzz"]}) + "\n"
+                            for i in range(3)))
+
+
+def test_rank_takes_the_records_lock_and_keys_on_its_queries(tmp_path, capsys):
+    q1, q2 = tmp_path / "a" / "q.jsonl", tmp_path / "b" / "q.jsonl"
+    _queries(q1, "one")
+    _queries(q2, "two")
+    out = tmp_path / "rk" / "r.jsonl"
+    args = ["--out", str(out), "--progress", "false"]
+    judge = RankJudge()
+    out.parent.mkdir()
+    with lock(out.with_name("r.jsonl.lock")):                                  # another writer holds it
+        assert cli.rank_main(["--queries", str(q1), *args], judge=judge) == 2
+    assert "another process is writing these records" in capsys.readouterr().err
+    assert not out.exists() and judge.ranked == []
+    assert cli.rank_main(["--queries", str(q1), *args], judge=judge) == 0
+    assert len(RecordsFile(out).load()) == 3
+    assert cli.rank_main(["--queries", str(q2), *args], judge=judge) == 2
+    assert "holds judgements of other data" in capsys.readouterr().err
+    assert cli.rank_main(["--queries", str(q2), *args, "--restart", "true"], judge=judge) == 0
+    assert [r["query"] for r in RecordsFile(out).load()] == ["two 0", "two 1", "two 2"]
+    # a records file two old unlocked writers doubled: one line, no traceback
+    out.write_text(out.read_text() + out.read_text())
+    assert cli.rank_main(["--queries", str(q2), *args], judge=judge) == 2
+    assert "duplicate record for id" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- 9. over-long items
+def _judge_with_context(ctx: int, **kw):
+    model = types.SimpleNamespace(tokenizer=FakeModel.tokenizer,
+                                  config=types.SimpleNamespace(max_position_embeddings=ctx))
+    fake = FakeGenerate(FakeModel.tokenizer, lambda first, second, k: ("1" if "GOOD" in first else "2", False, 0.5))
+
+    def gen(model, prompts, cfg, progress=False):   # as strict as the sampler: one long prompt fails the batch
+        for i, p in enumerate(prompts):
+            if len(model.tokenizer.encode(p)) + cfg.max_new_tokens > ctx:
+                raise ValueError(f"prompts[{i}] exceeds the context")
+        return fake(model, prompts, cfg, progress)
+
+    gen.calls = fake.calls
+    return Judge(model, sampling=SamplingConfig(max_new_tokens=64, temperature=0.6), generate=gen, **kw), gen
+
+
+def test_an_over_long_item_gets_an_error_record_and_the_run_goes_on(tmp_path):
+    items = [PairRecord(f"p{i}", f"q{i}", "GOOD", "bad", 0) for i in range(4)]
+    items[2] = PairRecord("p2", "q2 " + "long " * 400, "GOOD", "bad", 0)
+    judge, gen = _judge_with_context(3000)
+    recs = run_records(judge, items, tmp_path / "r.jsonl", meta={}, swap="none", progress=False)
+    assert [r["winner"] for r in recs] == [0, 0, None, 0]
+    err = recs[2]["error"]
+    assert "item 'p2'" in err and "exceeds the model's context (3000 tokens)" in err
+    assert "--max-prompt-tokens 2936" in err
+    assert all("error" not in r for r in recs[:2] + recs[3:])
+    assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3            # the long item never reached the sampler
+    assert [r["id"] for r in RecordsFile(tmp_path / "r.jsonl").load()] == ["p0", "p1", "p2", "p3"]
+    # the suggested limit does fit: the item is truncated and judged
+    judge, _ = _judge_with_context(3000, max_prompt_tokens=2936)
+    recs = run_records(judge, items, tmp_path / "s.jsonl", meta={}, swap="none", progress=False)
+    assert recs[2]["winner"] == 0 and recs[2]["truncated"] and "error" not in recs[2]
+
+
+def test_generation_length_is_clamped_to_a_short_context(capsys):
+    model = types.SimpleNamespace(tokenizer=FakeModel.tokenizer,
+                                  config=types.SimpleNamespace(max_position_embeddings=4096))
+    opts = cli.JudgeConfig()
+    assert opts.max_new_tokens == 8192
+    clamped = clamp_generation(model, opts)
+    forced = len(FakeModel.tokenizer.encode(SamplingConfig().forced_suffix))
+    assert clamped.max_new_tokens == 4096 - forced - 1024
+    assert "generating at most" in capsys.readouterr().err
+    assert clamp_generation(model, cli.JudgeConfig(max_new_tokens=512)).max_new_tokens == 512
+    model.config.max_position_embeddings = 131072
+    assert clamp_generation(model, opts) is opts
+
+
+# ---------------------------------------------------------------------------------------------- 10. JSONL input
+def _row(**kw):
+    return json.dumps({"query": "q", "response_a": "a", "response_b": "b", "label": 0, **kw})
+
+
+def test_jsonl_bad_bytes_and_list_labels_are_one_line_errors_or_skipped(tmp_path):
+    src = tmp_path / "p.jsonl"
+    bad = b'{"id": "x2", "query": "q", "response_a": "a\xff", "response_b": "b", "label": 0}\n'
+    src.write_bytes((_row(id="x1") + "\n").encode() + bad + (_row(id="x3", label=[0]) + "\n").encode()
+                    + (_row(id="x4", label={"a": 1}) + "\n").encode())
+    with pytest.raises(DataError, match=rf"^{src}:2:response_a: not UTF-8 text \(byte 0xff"):
+        read_pairs_jsonl(src)
+    got = read_pairs_jsonl(src, on_bad="skip")
+    assert [r.id for r in got.records] == ["x1"]
+    assert [(p.line, p.field) for p in got.problems] == [(2, "response_a"), (3, "label"), (4, "label")]
+    src.write_bytes((_row(label=[0]) + "\n").encode())
+    with pytest.raises(DataError, match=rf"^{src}:1:label: expected 0, 1"):
+        read_pairs_jsonl(src)
+    qs = tmp_path / "q.jsonl"
+    qs.write_bytes(b'{"query": "\xfe", "candidates": ["a", "b"]}\n')
+    with pytest.raises(DataError, match=rf"^{qs}:1:query: not UTF-8 text"):
+        read_queries(qs)
+
+
+def test_eval_on_an_empty_dataset_is_one_line(tmp_path, capsys):
+    src = tmp_path / "empty.jsonl"
+    src.write_text("")
+    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(tmp_path / "out"), "--progress", "false",
+            "--data-dir", str(tmp_path / "tfds")]
+    assert cli.eval_main(args, judge_factory=lambda b: pytest.fail("judged an empty dataset")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rrm-jax eval: {src}: no pairs to judge (the file holds no items)"
+    src.write_text(_row(response_a="") + "\n")
+    assert cli.eval_main(args + ["--on-bad", "skip"], judge_factory=lambda b: None) == 2
+    assert "no pairs left to judge: all 1 items are bad" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- 11. flags
+@pytest.mark.parametrize("flags, msg", [
+    (["--temperature", "-1"], "temperature=-1.0: must be >= 0"),
+    (["--top-p", "0"], r"top_p=0.0: must lie in \(0, 1\]"),
+    (["--max-new-tokens", "0"], "max_new_tokens=0: must be >= 1"),
+    (["--dtype", "float33"], "dtype 'float33' is not a dtype"),
+    (["--model", "/nonexistent"], "--model /nonexistent: not a checkpoint directory"),
+    (["--max-prompt-tokens", "-3"], "max_prompt_tokens must be"),
+])
+@pytest.mark.parametrize("command", ["eval", "judge", "rank"])
+def test_bad_flags_fail_before_anything_loads(tmp_path, monkeypatch, command, flags, msg):
+    monkeypatch.setattr(cli, "load_model", lambda opts: pytest.fail("loaded a model"))
+    src = tmp_path / "p.jsonl"
+    src.write_text(_row() + "\n")
+    base = {"eval": ["--dataset", "jsonl", "--data", str(src), "--data-dir", str(tmp_path / "tfds")],
+            "judge": ["--pairs", str(src)], "rank": ["--queries", str(src)]}[command]
+    main = {"eval": cli.eval_main, "judge": cli.judge_main, "rank": cli.rank_main}[command]
+    model = [] if "--model" in flags else ["--model", "tiny"]
+    with pytest.raises(ConfigError, match=msg):
+        main(base + model + flags + ["--out", str(tmp_path / "out")])
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "out").exists()
