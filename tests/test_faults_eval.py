@@ -140,10 +140,13 @@ def test_an_over_long_item_gets_an_error_record_and_the_run_goes_on(tmp_path):
     assert all("error" not in r for r in recs[:2] + recs[3:])
     assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3            # the long item never reached the sampler
     assert [r["id"] for r in RecordsFile(tmp_path / "r.jsonl").load()] == ["p0", "p1", "p2", "p3"]
-    # the suggested limit does fit: the item is truncated and judged
-    judge, _ = _judge_with_context(3000, max_prompt_tokens=2936)
-    recs = run_records(judge, items, tmp_path / "s.jsonl", meta={}, swap="none", progress=False)
-    assert recs[2]["winner"] == 0 and recs[2]["truncated"] and "error" not in recs[2]
+    # a resume with the suggested limit judges (truncated) just that item; its record replaces the error
+    judge, gen = _judge_with_context(3000, max_prompt_tokens=2936)
+    again = run_records(judge, items, tmp_path / "r.jsonl", meta={}, swap="none", progress=False)
+    assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 1
+    assert again[2]["winner"] == 0 and again[2]["truncated"] and "error" not in again[2]
+    assert again[:2] + again[3:] == recs[:2] + recs[3:]
+    assert RecordsFile(tmp_path / "r.jsonl").load() == again
 
 
 def test_generation_length_is_clamped_to_a_short_context(capsys):

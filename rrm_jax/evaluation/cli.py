@@ -117,6 +117,10 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         return 2
     if not main:
         return 0
+    for s in summaries:
+        if s["errors"]:
+            print(f"{s['setting']}: {s['errors']} items not judged (their records hold the reason under 'error'; "
+                  "a rerun with the same --out retries them)", file=sys.stderr)
     # the records files may also hold rows beyond this run's max_items (an earlier, larger run)
     n = {s["setting"]: s["n"] for s in summaries}
     records = {k: [r for r in v if r["row"] < n[k]] for k, v in load_records(out).items() if k in n}
@@ -191,7 +195,7 @@ def rank_main(argv: list[str], *, judge=None) -> int:
 
 
 def _rank_queries(judge, cfg: RankConfig, queries: list[dict], rf: RecordsFile, done: dict, main: bool) -> None:
-    todo = [q for q in queries if q["id"] not in done]
+    todo = [q for q in queries if q["id"] not in done or done[q["id"]].get("error")]
     with Progress(f"ranking ({cfg.strategy})", len(queries), completed=len(queries) - len(todo), rate="queries",
                   fmt="{tokens} judge tokens", enabled=cfg.progress and main) as bar:
         tokens = 0

@@ -1,6 +1,7 @@
 """The records file of an evaluation: append-only JSONL, one comparison a line, flushed and fsynced per chunk.
 
-A torn last line (a killed write) is cut off on load; duplicate or id-less records are refused with file:line;
+A torn last line (a killed write) is cut off on load; duplicate or id-less records are refused with file:line,
+except that a record replaces an earlier *error* record of its id (an item skipped, then judged by a resume);
 ``run-<setting>.json`` beside it keeps the run's settings and the fingerprint of the data it judges, so a resume
 with other settings or other data is refused (or, with ``restart``, the old records are moved aside, never deleted);
 a lock file stops two processes writing the same records (:func:`open_records` does all three for every writer).
@@ -42,7 +43,7 @@ class RecordsFile:
                 with open(self.path, "r+b") as f:
                     f.truncate(cut)
             raw = raw[:cut]
-        out, seen = [], {}
+        out, seen, at = [], {}, {}
         for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -54,9 +55,15 @@ class RecordsFile:
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{self.path}:{n}:id: record without an id")
             if rec["id"] in seen:
+                first = out[at[rec["id"]]]
+                if first.get("error"):  # an item skipped with an error record, judged by a later run: it wins
+                    out[at[rec["id"]]] = rec
+                    seen[rec["id"]] = n
+                    continue
                 raise DataError(f"{self.path}:{n}:id: duplicate record for id {rec['id']!r} (first at line "
                                 f"{seen[rec['id']]}): two runs wrote to this file?")
             seen[rec["id"]] = n
+            at[rec["id"]] = len(out)
             out.append(rec)
         return out
 

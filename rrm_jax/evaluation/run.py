@@ -79,7 +79,8 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
     # reads the same records to resume; the main process alone locks, repairs and appends
     main = is_main()
     with open_records(path, meta, restart=restart) as (rf, done):
-        todo = [(i, r) for i, r in enumerate(items) if r.id not in done]
+        # items recorded with an error (e.g. too long) are tried again: the new record replaces the error
+        todo = [(i, r) for i, r in enumerate(items) if r.id not in done or done[r.id].get("error")]
         t0, tokens = time.perf_counter(), 0
         with Progress(description, len(items), completed=len(items) - len(todo), rate="cmp", fmt="{tok_s:.0f} tok/s",
                       enabled=progress and main) as bar:
@@ -152,5 +153,6 @@ def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str =
     summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
                    max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
                    problems=len(getattr(dataset, "problems", None) or []),
-                   notes=len(getattr(dataset, "notes", None) or []))
+                   notes=len(getattr(dataset, "notes", None) or []),
+                   errors=sum(bool(r.get("error")) for r in records))   # items not judged (too long)
     return summary
