@@ -221,3 +221,55 @@ def test_bad_flags_fail_before_anything_loads(tmp_path, monkeypatch, command, fl
     with pytest.raises(ConfigError, match=msg):
         main(base + model + flags + ["--out", str(tmp_path / "out")])
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the same, nearby
+def test_corrupt_meta_or_records_bytes_are_one_line(tmp_path, capsys):
+    d1 = _pairs(tmp_path / "pairs.jsonl", "one")
+    out = tmp_path / "v.jsonl"
+    args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--progress", "false"]
+    assert cli.judge_main(args, judge=OracleJudge(d1)) == 0
+    good = out.read_bytes()
+    out.with_name("v.meta.json").write_text('{"dataset": ')
+    assert cli.judge_main(args, judge=OracleJudge(d1)) == 2
+    assert "v.meta.json: corrupt run meta" in capsys.readouterr().err
+    assert cli.judge_main(args + ["--restart", "true"], judge=OracleJudge(d1)) == 0
+    out.write_bytes(good.replace(b"pairs-2", b"pairs-\xff"))
+    assert cli.judge_main(args, judge=OracleJudge(d1)) == 2
+    assert f"{out}:2: corrupt record (not UTF-8)" in capsys.readouterr().err
+
+
+def test_list_ids_and_unreadable_parquet_are_one_line(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text(_row(id=["a"]) + "\n")
+    with pytest.raises(DataError, match=rf"^{src}:1:id: expected an int or string, got list"):
+        read_pairs_jsonl(src)
+    qs = tmp_path / "q.jsonl"
+    qs.write_text(json.dumps({"id": {"x": 1}, "query": "q", "candidates": ["a", "b"]}) + "\n")
+    with pytest.raises(DataError, match=rf"^{qs}:1:id: expected an int or string, got dict"):
+        read_queries(qs)
+    pq = tmp_path / "rb.parquet"
+    pq.write_bytes(b"PAR1 not really parquet")
+    pytest.importorskip("pyarrow")
+    from rrm_jax.data.records import read_rewardbench
+    with pytest.raises(DataError, match=rf"^{pq}: cannot read parquet"):
+        read_rewardbench(pq)
+
+
+def test_eval_summary_records_are_this_runs_items_under_another_split(tmp_path, monkeypatch):
+    src = tmp_path / "pairs.jsonl"
+    data = _pairs(src, "one", n=6)
+    out = tmp_path / "out"
+    seen = {}
+    real = cli.write_summary
+
+    def capture(out, summaries, *, plots, records):
+        seen.update(records)
+        return real(out, summaries, plots=plots, records=records)
+
+    monkeypatch.setattr(cli, "write_summary", capture)
+    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
+            "--data-dir", str(tmp_path / "tfds")]
+    assert cli.eval_main(args + ["--split", "test[:3]"], judge_factory=lambda b: OracleJudge(data)) == 0
+    assert cli.eval_main(args + ["--split", "test[3:]"], judge_factory=lambda b: OracleJudge(data)) == 0
+    assert [r["id"] for r in seen["v1-tnone"]] == [r.id for r in data[3:]]

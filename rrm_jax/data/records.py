@@ -28,9 +28,12 @@ import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from rrm_jax.core.errors import DataError
+from rrm_jax.data.sources import BadItem as _Bad
+from rrm_jax.data.sources import iter_json_items as _iter_json_items
+from rrm_jax.data.sources import text_lines as _text_lines
 
 OnBad = Literal["raise", "skip"]
 KINDS = ("rewardbench", "pandalm", "llmbar", "jsonl")
@@ -83,12 +86,6 @@ class PairSet:
         self.notes += other.notes
 
 
-class _Bad(Exception):
-    def __init__(self, field: str | None, message: str):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 class _Ctx:
     """Per-item reading context: how strict to be about texts, and where to put notes."""
@@ -111,65 +108,6 @@ class _Ctx:
                 raise _Bad(key, "empty")
             self.notes.append((key, "empty text (kept: part of the benchmark)"))
         return v
-
-
-def _iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line-or-item number, parsed item) for .jsonl (one object a line) or .json (a list of objects).
-
-    A malformed JSONL line is yielded as a `_Bad` so the policy decides; a broken .json file raises.
-    """
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        for n, line in _text_lines(path):
-            try:
-                yield n, line if isinstance(line, _Bad) else json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, _Bad(None, f"malformed JSON ({e.msg} at column {e.colno})")
-    elif suffix == ".json":
-        raw = path.read_bytes()
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        yield from enumerate(data, 1)
-    elif suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install 'rrm-jax[parquet]')") from None
-
-        yield from enumerate(pq.read_table(path).to_pylist(), 1)
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix!r} (expected .jsonl, .json or .parquet)")
-
-
-def _text_lines(path: Path) -> Iterator[tuple[int, "str | _Bad"]]:
-    """(line number, text) of the non-blank lines of a UTF-8 file; a line that is not UTF-8 comes as a `_Bad`
-    naming the field that holds the bad byte when the line is otherwise JSON, for the policy to decide."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                if raw.strip():
-                    yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, _Bad(_field_with_replacement(raw.decode("utf-8", errors="replace")),
-                              f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-
-
-def _field_with_replacement(line: str) -> str | None:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    fields = item.items() if isinstance(item, dict) else ()
-    return next((k for k, v in fields if "\ufffd" in json.dumps(v, ensure_ascii=False)), None)
 
 
 def _collect(path: Path, items: Iterable[tuple[int, Any]], convert: Callable[[int, dict, _Ctx], PairRecord],
@@ -323,6 +261,8 @@ def read_pairs_jsonl(path: str | Path, *, on_bad: OnBad = "raise", require_label
         if isinstance(label, bool) or not isinstance(label, (int, str, type(None))) or label not in _JSONL_LABELS:
             raise _Bad("label", f"expected 0, 1, null, 'a', 'b' or 'tie', got {label!r}")
         rid = item.get("id", f"{p.stem}-{n}")
+        if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+            raise _Bad("id", f"expected an int or string, got {type(rid).__name__}")
         subset = item.get("subset", "")
         if not isinstance(subset, str):
             raise _Bad("subset", f"expected a string, got {type(subset).__name__}")
@@ -390,7 +330,10 @@ def read_queries(path: str | Path) -> list[dict]:
         c = item.get("candidates")
         if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) for x in c):
             raise DataError(f"{p}:{n}:candidates: expected a list of >= 2 strings")
-        qid = str(item.get("id", f"{p.stem}-{n}"))
+        qid = item.get("id", f"{p.stem}-{n}")
+        if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+            raise DataError(f"{p}:{n}:id: expected an int or string, got {type(qid).__name__}")
+        qid = str(qid)
         if qid in seen:
             raise DataError(f"{p}:{n}:id: duplicate id {qid!r}")
         seen.add(qid)

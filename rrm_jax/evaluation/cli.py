@@ -121,9 +121,12 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         if s["errors"]:
             print(f"{s['setting']}: {s['errors']} items not judged (their records hold the reason under 'error'; "
                   "a rerun with the same --out retries them)", file=sys.stderr)
-    # the records files may also hold rows beyond this run's max_items (an earlier, larger run)
-    n = {s["setting"]: s["n"] for s in summaries}
-    records = {k: [r for r in v if r["row"] < n[k]] for k, v in load_records(out).items() if k in n}
+    # the records files may also hold items beyond this run's max_items or split (an earlier, larger run):
+    # keep this run's items, by id (a row number names another item under another split)
+    n = len(pairs) if cfg.max_items <= 0 else min(len(pairs), cfg.max_items)
+    ids = {pairs[i].id for i in range(n)}
+    tags = {s["setting"] for s in summaries}
+    records = {k: [r for r in v if r["id"] in ids] for k, v in load_records(out).items() if k in tags}
     write_summary(out, summaries, plots=cfg.plots, records=records)
     print((out / "summary.md").read_text())
     return 0

@@ -44,14 +44,15 @@ class RecordsFile:
                     f.truncate(cut)
             raw = raw[:cut]
         out, seen, at = [], {}, {}
-        for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        for n, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{self.path}:{n}: corrupt record ({e.msg}); "
-                                "move the file away to start over") from None
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+                raise DataError(f"{self.path}:{n}: corrupt record ({why}); "
+                                "move the file away or pass --restart to start over") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{self.path}:{n}:id: record without an id")
             if rec["id"] in seen:
@@ -98,7 +99,13 @@ def lock(path: Path):
 def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None = None) -> None:
     """Refuse to resume records written for other data (``DATA_KEYS``) or with other settings (``RESUME_KEYS``)."""
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise EvalError(f"{path}: corrupt run meta; cannot tell the records' settings or data; "
+                            "use another --out or --restart")
         diff = {k: (old.get(k), v) for k, v in meta.items() if k in RESUME_KEYS and old.get(k) != v}
         data = {k: d for k, d in diff.items() if k in DATA_KEYS}
         if data:
