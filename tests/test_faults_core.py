@@ -128,6 +128,34 @@ def test_well_formed_files_still_read(tmp_path):
     assert r.get("e").shape == (0, 3)
 
 
+def test_export_over_an_earlier_export_leaves_one_checkpoint(tmp_path, mesh1):
+    """Re-saving into a directory that held a sharded export: the old shards would be read as duplicates."""
+    model = rrm_jax.init("tiny", mesh=mesh1)
+    out = rrm_jax.save_hf(model, tmp_path / "ck", max_shard_bytes=100_000)
+    assert len(list(out.glob("model-*.safetensors"))) > 1
+    other = rrm_jax.init("tiny", mesh=mesh1, seed=1)
+    rrm_jax.save_hf(other, out)
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]
+    back = rrm_jax.load(out, mesh=mesh1, dtype=jnp.float32, tokenizer=None)
+    ids = np.arange(12).reshape(1, 12)
+    np.testing.assert_array_equal(np.asarray(back.logits(ids)), np.asarray(other.logits(ids)))
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    """A full disk (or a kill) while the tensors are written leaves the previous file whole."""
+    f = tmp_path / "a.safetensors"
+    hf_io.write_safetensors(f, {"w": np.ones(4, np.float32)})
+
+    def disk_full(v):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hf_io.np, "ascontiguousarray", disk_full)
+    with pytest.raises(OSError):
+        hf_io.write_safetensors(f, {"w": np.zeros(4, np.float32)})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(hf_io.SafetensorsFile(f).get("w"), np.ones(4))
+
+
 def _two_shards(ckpt, key):
     """Split the checkpoint in two files that both store ``key``."""
     reader = hf_io.SafetensorsFile(ckpt / "model.safetensors")
@@ -203,7 +231,9 @@ BASE = resolve_config("tiny").to_hf_dict()
     (json.dumps(BASE | {"use_sliding_window": True, "max_window_layers": "2"}).encode(), ["'max_window_layers'"]),
     (json.dumps(BASE | {"model_type": ["qwen2"]}).encode(), ["'model_type'"]),
     (json.dumps(BASE | {"num_key_value_heads": 3}).encode(), ["num_key_value_heads=3"]),
-])
+], ids=["top-level-list", "not-utf8", "str-for-int", "bool-for-int", "float-for-int", "zero-size", "negative-size",
+        "str-for-float", "negative-eps", "str-for-bool", "str-eos", "null-int", "rope-scaling-str", "rope-params-list",
+        "layer-types-str", "max-window-layers-str", "model-type-list", "kv-heads-not-divisor"])
 def test_malformed_config_json_is_one_line_naming_file_and_field(tmp_path, content, fragments):
     p = tmp_path / "config.json"
     p.write_bytes(content)

@@ -131,11 +131,14 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
+    # Written aside and renamed: a crash mid-write must not replace a good file by a truncated one.
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for v in tensors.values():
             f.write(np.ascontiguousarray(v).tobytes())
+    os.replace(tmp, path)
 
 
 class CheckpointReader:
@@ -300,18 +303,29 @@ def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_sha
         size += arr.nbytes
     if not is_main():  # every process took part in the gathers above; one writes
         return out
+    # Weights of an earlier export to this directory would be read with (or instead of) the new ones.
+    stale = {*out.glob("model-*-of-*.safetensors"), out / "model.safetensors"}
     if len(shards) == 1:
         write_safetensors(out / "model.safetensors", shards[0])
         (out / "model.safetensors.index.json").unlink(missing_ok=True)
+        written = {out / "model.safetensors"}
     else:
-        weight_map, total = {}, 0
+        weight_map, total, written = {}, 0, set()
         for i, shard in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             write_safetensors(out / fname, shard)
+            written.add(out / fname)
             weight_map.update({k: fname for k in shard})
             total += sum(v.nbytes for v in shard.values())
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-        )
-    (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(dtype_name or "float32"), indent=2))
+        _write_text(out / "model.safetensors.index.json",
+                    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    for f in stale - written:
+        f.unlink(missing_ok=True)
+    _write_text(out / "config.json", json.dumps(cfg.to_hf_dict(dtype_name or "float32"), indent=2))
     return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
