@@ -208,6 +208,7 @@ def test_eval_on_an_empty_dataset_is_one_line(tmp_path, capsys):
     (["--dtype", "float33"], "dtype 'float33' is not a dtype"),
     (["--model", "/nonexistent"], "--model /nonexistent: not a checkpoint directory"),
     (["--max-prompt-tokens", "-3"], "max_prompt_tokens must be"),
+    (["--tokenizer", "/nonexistent-tok"], "--tokenizer /nonexistent-tok: no such directory"),
 ])
 @pytest.mark.parametrize("command", ["eval", "judge", "rank"])
 def test_bad_flags_fail_before_anything_loads(tmp_path, monkeypatch, command, flags, msg):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from rrm_jax.core import configs, hub, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.tokenizers import GENERATED
 from rrm_jax.data.records import KINDS
 from rrm_jax.judge.judge import SWAPS
 from rrm_jax.sampler.config import SamplingConfig
@@ -143,6 +144,9 @@ def validate(cfg) -> None:
         jnp.dtype(cfg.dtype)
     except (TypeError, ValueError):
         bad(f"dtype {cfg.dtype!r} is not a dtype (bfloat16, float16 or float32)")
+    tok = cfg.tokenizer
+    if tok and not (tok in GENERATED or Path(tok).exists() or hub.is_hub_id(tok)):
+        bad(f"--tokenizer {cfg.tokenizer}: no such directory (nor a hub id or one of {', '.join(GENERATED)})")
     if cfg.model and not _model_exists(cfg.model):
         bad(f"--model {cfg.model}: not a checkpoint directory, hub id (org/name), model TOML or preset "
             f"(presets: {', '.join(shipped.names('models'))})")
