@@ -202,9 +202,9 @@ def test_eval_on_an_empty_dataset_is_one_line(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- 11. flags
 @pytest.mark.parametrize("flags, msg", [
-    (["--temperature", "-1"], "temperature=-1.0: must be >= 0"),
-    (["--top-p", "0"], r"top_p=0.0: must lie in \(0, 1\]"),
-    (["--max-new-tokens", "0"], "max_new_tokens=0: must be >= 1"),
+    (["--temperature", "-1"], "^--temperature -1.0: must be >= 0"),
+    (["--top-p", "0"], r"^--top-p 0.0: must lie in \(0, 1\]"),
+    (["--max-new-tokens", "0"], "^--max-new-tokens 0: must be >= 1"),
     (["--dtype", "float33"], "dtype 'float33' is not a dtype"),
     (["--model", "/nonexistent"], "--model /nonexistent: not a checkpoint directory"),
     (["--max-prompt-tokens", "-3"], "max_prompt_tokens must be"),

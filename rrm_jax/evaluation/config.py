@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -139,7 +140,10 @@ def validate(cfg) -> None:
     if cfg.max_prompt_tokens < 0:
         bad(f"max_prompt_tokens must be >= 1 or 0 (no limit), got {cfg.max_prompt_tokens}")
     for budget in budgets:  # the sampling block's own checks (temperature, top_p, ...), before any loading
-        sampling_config(cfg, budget)
+        try:
+            sampling_config(cfg, budget)
+        except ConfigError as e:  # name the flag, not the dataclass field
+            bad(re.sub(r"SamplingConfig\.(\w+)=", lambda m: f"--{m[1].replace('_', '-')} ", str(e)))
     try:
         jnp.dtype(cfg.dtype)
     except (TypeError, ValueError):
