@@ -289,3 +289,23 @@ def test_bad_dtype_is_one_line_before_any_work(saved, mesh1):
     msg = _one_line(ConfigError, rrm_jax.load, saved, mesh=mesh1, dtype="int32", tokenizer=None)
     assert "dtype='int32'" in msg, msg
     _one_line(ConfigError, rrm_jax.init, "tiny", mesh=mesh1, compute_dtype="float33")
+
+
+def test_corrupt_tokenizer_file_is_named_before_the_weights(ckpt, mesh1):
+    rrm_jax.core.tokenizers.byte_tokenizer().save_pretrained(str(ckpt))
+    (ckpt / "tokenizer.json").write_text('{"version": ')
+    (ckpt / "model.safetensors").write_bytes(b"")  # not reached: the tokenizer fails first
+    msg = _one_line(CheckpointError, rrm_jax.load, ckpt, mesh=mesh1, dtype=jnp.float32)
+    assert str(ckpt) in msg and "cannot load its tokenizer (JSONDecodeError" in msg, msg
+
+
+def test_cli_prints_core_faults_as_one_line(ckpt, tmp_path, capsys):
+    from rrm_jax.cli import main
+
+    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(BASE | {"hidden_size": "64"}))
+    for model in (ckpt, tmp_path / "cfg", "/nonexistent"):
+        rc = main(["generate", "--model", str(model), "--prompt", "hi"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and str(model) in err, err

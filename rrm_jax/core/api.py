@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from rrm_jax.core import hf_io, hub, shipped
 from rrm_jax.core.config import ConfigError, ModelConfig, resolve_config
+from rrm_jax.core.errors import CheckpointError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.params import param_axes, param_name
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
@@ -184,10 +185,14 @@ def load(
     cfg = ModelConfig.from_json(path / "config.json")
     mesh = as_auto(mesh)
     _, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat)
+    if tokenizer == "auto":  # before the weights, so a broken tokenizer file fails before the heavy part
+        try:
+            tokenizer = load_tokenizer(path)
+        except (OSError, ValueError) as e:  # a corrupt tokenizer.json is a bare JSONDecodeError
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"{path}: cannot load its tokenizer ({type(e).__name__}: {first})") from None
     shardings = state_shardings(abstract, mesh, rules)
     state = hf_io.load_params(path, cfg, abstract, shardings, dtype)
-    if tokenizer == "auto":
-        tokenizer = load_tokenizer(path)
     return Model(cfg, graphdef, state, mesh, rules, tokenizer)
 
 
