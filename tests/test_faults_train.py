@@ -113,6 +113,20 @@ def test_rerunning_a_finished_run_changes_nothing_and_more_steps_continue(tmp_pa
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
+def test_a_run_killed_before_its_summary_exports_on_rerun(tmp_path, model, capsys):
+    first = train(_sft(tmp_path, "r", 2), model=model(), progress=False)
+    run = tmp_path / "r"
+    exported = (run / "hf" / "model.safetensors").read_bytes()
+    # a kill after the last checkpoint, during the HF export: no summary, no complete export
+    (run / "summary.json").unlink()
+    for f in (run / "hf").iterdir():
+        f.unlink()
+    again = train(_sft(tmp_path, "r", 2), model=model(), progress=False)
+    assert "finished" not in again and again["resumed_from"] == 2
+    assert (run / "hf" / "model.safetensors").read_bytes() == exported
+    assert json.loads((run / "summary.json").read_text())["last"] == first["last"]
+
+
 # ------------------------------------------------------------------------------------------ metrics.jsonl
 def test_torn_metrics_line_is_dropped_on_resume_and_plot(tmp_path, model, capsys):
     train(_sft(tmp_path, "r", 2), model=model(), progress=False)

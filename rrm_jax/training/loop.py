@@ -93,6 +93,13 @@ def _finished(run_dir: Path, config: TrainConfig, done: int) -> dict:
     return {**base, **summary, "finished": True}
 
 
+def _summary_steps(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "summary.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, on_step: Callable | None = None,
           progress: bool = True) -> dict:
     """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary.
@@ -109,7 +116,9 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
     tb = None
     try:  # closing waits for an in-flight async save: an exception never leaves a half-written step
         done = ckpt.latest_step()
-        if done is not None and done >= config.steps:  # decided from the files alone: every process agrees
+        # decided from the files alone, so every process agrees; a run killed after its last checkpoint but before
+        # its summary (the HF export runs in between) is not finished: it resumes with no steps left and exports
+        if done is not None and done >= config.steps and _summary_steps(run_dir) >= done:
             return _finished(run_dir, config, done)
         if main:
             write_toml(config, run_dir / "config.toml")
@@ -140,9 +149,11 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
         ckpt.close()
         if tb is not None:
             tb.close()
+    if not last and main:  # no step left to run: the last record is the one the killed run wrote
+        last = (read_metrics(mpath) or [{}])[-1]
     summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
                "skipped_total": int(trainer.state.skipped), "data": report}
-    if config.export_hf and config.steps > start:
+    if config.export_hf and (config.steps > start or not (run_dir / "hf" / "config.json").exists()):
         summary["export"] = str(save_hf(trainer.policy, run_dir / "hf"))
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
