@@ -272,6 +272,9 @@ def test_logits_past_max_position_embeddings_are_refused(mesh1):
     _one_line(ValueError, model.logits, np.ones((1, 4), np.int32), positions=np.array([[0, 1, 2, 8]]))
     _one_line(ValueError, model.logits, np.ones((1, 4), np.int32), positions=np.array([[-1, 0, 1, 2]]))
     _one_line(ValueError, model.logits, np.ones((1, 4), np.int32), positions=np.arange(4))
+    # a padding slot's position is masked out, whatever it holds
+    out = model.logits(np.ones((1, 4), np.int32), attention_mask=[[1, 1, 1, 0]], positions=[[0, 1, 2, 99]])
+    assert out.shape == (1, 4, 512)
     _one_line(ValueError, model.logits, np.ones((1, 4), np.int32), attention_mask=np.ones((1, 3)))
 
 

@@ -92,9 +92,10 @@ class Model:
         if positions.shape != (b, t):
             raise ValueError(f"positions must have the shape of token_ids {tokens.shape}, got {positions.shape}")
         # RoPE past the trained context gives plausible-looking but meaningless logits: refuse, like the sampler.
-        limit = self.config.max_position_embeddings
-        if t and (positions.max() >= limit or positions.min() < 0):
-            raise ValueError(f"token_ids of length {t} reach position {int(positions.max())}; positions must lie in "
+        # Only real tokens count: what a padding slot holds is masked out.
+        limit, real = self.config.max_position_embeddings, positions[mask]
+        if real.size and (real.max() >= limit or real.min() < 0):
+            raise ValueError(f"token_ids of length {t} reach position {int(real.max())}; positions must lie in "
                              f"[0, {limit}) (the model's max_position_embeddings={limit})")
         bb = -(-b // self.batch_multiple()) * self.batch_multiple()
         tb = bucket(t)
