@@ -286,6 +286,17 @@ def test_missing_model_path_is_one_line(spec, mesh1):
     assert spec in msg, msg
 
 
+def test_a_file_given_as_the_model_is_one_line(tmp_path, mesh1):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 4)
+    msg = _one_line(ConfigError, rrm_jax.core.api.load_or_init, weights, mesh=mesh1)
+    assert str(weights) in msg and "not a checkpoint directory" in msg, msg
+    binary_toml = tmp_path / "m.toml"
+    binary_toml.write_bytes(bytes(range(256)))
+    msg = _one_line(ConfigError, rrm_jax.core.api.load_or_init, binary_toml, mesh=mesh1)
+    assert str(binary_toml) in msg and "UTF-8" in msg, msg
+
+
 def test_bad_dtype_is_one_line_before_any_work(saved, mesh1):
     msg = _one_line(ConfigError, rrm_jax.init, "tiny", mesh=mesh1, dtype="float33")
     assert "dtype='float33'" in msg, msg

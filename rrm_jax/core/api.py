@@ -204,6 +204,9 @@ def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw
     path = Path(spec)
     if path.is_dir():
         return load(path, tokenizer=tokenizer or "auto", **kw)
+    if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"):
+        raise ConfigError(f"{spec}: a file, not a checkpoint directory (pass the directory holding config.json), "
+                          "model TOML or preset")
     if path.suffix in (".toml", ".json") or shipped.find(spec, "models") is not None:
         return init(spec, seed=seed, tokenizer=tokenizer, **kw)
     if hub.is_hub_id(spec):

@@ -216,7 +216,10 @@ class ModelConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> "ModelConfig":
         """A ``models/*.toml`` preset (flat, or under ``[model]``); ``name`` defaults to the file's stem."""
-        source, values, _ = configs.file_layer(path)
+        try:
+            source, values, _ = configs.file_layer(path)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a TOML file (not UTF-8 text at byte {e.start})") from None
         values = values.get("model", values)
         values.setdefault("name", Path(path).stem)
         return configs.build(cls, [(source, values, False)])
