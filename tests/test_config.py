@@ -350,3 +350,14 @@ def test_the_demo_recipe_given_to_train_says_how_to_run_it(capsys):
     assert main(["train", "demo"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("rrm-jax demo --recipe demo\n"), err
+
+
+def test_a_toml_that_is_not_utf8_is_one_line(tmp_path):
+    from rrm_jax.core import configs
+    from rrm_jax.core.errors import ConfigError
+    from rrm_jax.training.config import TrainConfig
+
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"steps = 3\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not UTF-8 text \(byte 10\)"):
+        configs.load(TrainConfig, bad)

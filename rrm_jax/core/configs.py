@@ -51,6 +51,10 @@ def file_layer(path: str | Path) -> Layer:
         raise ConfigError(f"{path}: not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a TOML file is UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a TOML file") from None
 
 
 def override_layer(item: str, flag: str = "") -> Layer:
