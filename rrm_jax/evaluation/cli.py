@@ -111,7 +111,8 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
                 summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
                                           max_items=cfg.max_items, batch_size=cfg.batch_size, adaptive=cfg.adaptive,
                                           kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress,
-                                          extra_meta={"model": cfg.model or None}, restart=cfg.restart))
+                                          extra_meta={"model": cfg.model or None, "split": cfg.split},
+                                          restart=cfg.restart))
     except (EvalError, DataError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2

@@ -106,7 +106,9 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
         if not isinstance(old, dict):
             raise EvalError(f"{path}: corrupt run meta; cannot tell the records' settings or data; "
                             "use another --out or --restart")
-        diff = {k: (old.get(k), v) for k, v in meta.items() if k in RESUME_KEYS and old.get(k) != v}
+        # a key newer than the records (split) cannot contradict them: compare it only where it was written
+        diff = {k: (old.get(k), v) for k, v in meta.items()
+                if k in RESUME_KEYS and old.get(k) != v and (k in old or k not in LATER_KEYS)}
         data = {k: d for k, d in diff.items() if k in DATA_KEYS}
         if data:
             raise EvalError(f"{records or path}: holds judgements of other data ("
@@ -124,9 +126,10 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
         path.write_text(json.dumps(meta, indent=1))
 
 
-RESUME_KEYS = ("dataset", "fingerprint", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
-                "prompt", "record_version", "strategy")
-DATA_KEYS = ("dataset", "fingerprint")   # what was judged, as opposed to how
+RESUME_KEYS = ("dataset", "fingerprint", "split", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
+               "prompt", "record_version", "strategy")
+DATA_KEYS = ("dataset", "fingerprint", "split")   # what was judged, as opposed to how
+LATER_KEYS = ("split",)
 
 
 def fingerprint_file(path: str | Path) -> str:
