@@ -24,7 +24,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 OPTIONAL = {
     "torch": ("rrm_jax/benchmarks/", "benchmarks time transformers beside rrm-jax"),
     "tensorboard": ("rrm_jax/training/loop.py", "scalars when installed"),
-    "pyarrow": ("rrm_jax/data/records.py", "the [parquet] extra"),
+    "pyarrow": ("rrm_jax/data/sources.py", "the [parquet] extra"),
 }
 # transformers features rrm_jax uses and the package each needs at run time (transformers does not require them)
 FEATURES = {"apply_chat_template": "jinja2", "snapshot_download": "huggingface_hub"}
