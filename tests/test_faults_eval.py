@@ -54,12 +54,17 @@ def test_judge_refuses_records_of_other_data_and_restart_moves_them_aside(tmp_pa
     assert again.seen == []
 
 
+def _eval_args(tmp_path, src, out) -> list[str]:
+    """`rrm-jax eval` over a JSONL of pairs, quietly, with its TFDS cache under tmp_path."""
+    return ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
+            "--data-dir", str(tmp_path / "tfds")]
+
+
 def test_eval_other_data_under_the_same_name_is_refused_then_restarted(tmp_path, capsys):
     src = tmp_path / "pairs.jsonl"
     d1 = _pairs(src, "one")
     out = tmp_path / "out"
-    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
-            "--data-dir", str(tmp_path / "tfds")]
+    args = _eval_args(tmp_path, src, out)
     assert cli.eval_main(args, judge_factory=lambda b: OracleJudge(d1)) == 0
     d2 = _pairs(src, "two")
     assert cli.eval_main(args, judge_factory=lambda b: OracleJudge(d2)) == 2
@@ -73,8 +78,7 @@ def test_eval_another_split_on_the_same_out_is_refused(tmp_path, capsys):
     src = tmp_path / "pairs.jsonl"
     d1 = _pairs(src, "one")
     out = tmp_path / "out"
-    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
-            "--data-dir", str(tmp_path / "tfds")]
+    args = _eval_args(tmp_path, src, out)
     assert cli.eval_main(args + ["--split", "test[:2]"], judge_factory=lambda b: OracleJudge(d1)) == 0
     assert cli.eval_main(args + ["--split", "test[2:]"], judge_factory=lambda b: OracleJudge(d1)) == 2
     assert "holds judgements of other data (split: 'test[:2]' there vs 'test[2:]' now)" in capsys.readouterr().err
@@ -202,8 +206,7 @@ def test_jsonl_bad_bytes_and_list_labels_are_one_line_errors_or_skipped(tmp_path
 def test_eval_on_an_empty_dataset_is_one_line(tmp_path, capsys):
     src = tmp_path / "empty.jsonl"
     src.write_text("")
-    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(tmp_path / "out"), "--progress", "false",
-            "--data-dir", str(tmp_path / "tfds")]
+    args = _eval_args(tmp_path, src, tmp_path / "out")
     assert cli.eval_main(args, judge_factory=lambda b: pytest.fail("judged an empty dataset")) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"rrm-jax eval: {src}: no pairs to judge (the file holds no items)"
