@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from rrm_jax.data.records import KINDS, DataError, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
+from rrm_jax.data.sources import hash_file
 
 TIE = -1   # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
 SPLIT = "test"
@@ -127,9 +128,7 @@ def fingerprint(source: Path, on_bad: str) -> str:
     files = sorted(q for q in source.rglob("*") if q.is_file()) if source.is_dir() else [source]
     for f in files:
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(h, f)
     return h.hexdigest()[:16]
 
 

@@ -11,6 +11,13 @@ from typing import Any, Iterator
 from rrm_jax.core.errors import DataError
 
 
+def hash_file(h, path: str | Path) -> None:
+    """Feed a file's bytes into the hashlib object ``h`` in 1 MiB reads (data sets can be large)."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
 class BadItem(Exception):
     """One bad input item (field, message); the reader's on_bad policy decides whether it raises or is skipped."""
 

@@ -19,6 +19,7 @@ from typing import Iterable
 
 from rrm_jax.core.distributed import barrier, is_main
 from rrm_jax.data.records import DataError
+from rrm_jax.data.sources import hash_file
 
 RECORD_VERSION = 1
 
@@ -135,9 +136,7 @@ LATER_KEYS = ("split",)
 def fingerprint_file(path: str | Path) -> str:
     """Short content hash of an input file's bytes: records are keyed on what was judged, not on the file name."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    hash_file(h, path)
     return h.hexdigest()[:16]
 
 
