@@ -39,7 +39,7 @@ def misfit(judge, item_id: str, query: str, a: str, b: str) -> str | None:
     n = max(len(tok.encode(judge.render(q, x, y), add_special_tokens=False)),
             len(tok.encode(judge.render(q, y, x), add_special_tokens=False)))
     sampling = judge.sampling
-    forced = len(getattr(judge, "_suffix_ids", ())) if sampling.max_think_tokens is not None else 0
+    forced = len(getattr(judge, "suffix_ids", ())) if sampling.max_think_tokens is not None else 0
     room = ctx - sampling.max_new_tokens - forced
     if n <= room:
         return None

@@ -20,6 +20,8 @@ from rrm_jax.judge import tournament
 from rrm_jax.judge.parse import parse_verdict
 from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, render_prompt
 from rrm_jax.judge.verdict import Verdict, majority
+from rrm_jax.sampler import SamplingConfig
+from rrm_jax.sampler import generate as sample
 
 # The order policies of compare_many; the one definition (evaluation imports it).
 SWAPS = ("random", "both", "none")
@@ -82,18 +84,15 @@ class Judge:
             raise ValueError("Judge needs a model with a tokenizer (rrm_jax.load(path) or init(..., tokenizer=))")
         self.prompt = get_prompt(prompt)
         if sampling is None:
-            from rrm_jax.sampler import SamplingConfig
             sampling = SamplingConfig(**DEFAULT_SAMPLING)
         self.sampling = sampling
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
         self.max_prompt_tokens = max_prompt_tokens
-        if generate is None:
-            from rrm_jax.sampler import generate
-        self._generate = generate
+        self._generate = generate or sample
         self.digit_ids = verdict_digit_ids(self.tokenizer)
         suffix = getattr(sampling, "forced_suffix", "") or ""
-        self._suffix_ids = self._encode(suffix) if isinstance(suffix, str) else [int(t) for t in suffix]
+        self.suffix_ids = self._encode(suffix) if isinstance(suffix, str) else [int(t) for t in suffix]
         self.last_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ prompts
@@ -137,8 +136,8 @@ class Judge:
     def _digit_position(self, comp, shown: int | None) -> int | None:
         ids = list(comp.token_ids)
         if comp.forced_at is not None:
-            k = comp.forced_at + len(self._suffix_ids)
-            if ids[comp.forced_at:k] == self._suffix_ids:
+            k = comp.forced_at + len(self.suffix_ids)
+            if ids[comp.forced_at:k] == self.suffix_ids:
                 return k
         if shown is None:
             return None
