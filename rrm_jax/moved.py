@@ -30,6 +30,7 @@ MOVED = {
     "rrm_jax.train_config": "rrm_jax.training.config",
     "rrm_jax.checkpoint": "rrm_jax.training.checkpoint",
     "rrm_jax.rl": "rrm_jax.training.rl",
+    "rrm_jax.evaluation.answers": "rrm_jax.data.answers",  # below judge and training, which read answers too
 }
 # old module -> the modules its names now live in (and names that changed on the way)
 SPLIT = {

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from rrm_jax.evaluation.answers import EXTRACTORS, choice_answer, last_boxed, math_answer, normalise_math, same_answer
+from rrm_jax.data.answers import EXTRACTORS, choice_answer, last_boxed, math_answer, normalise_math, same_answer
 
 
 @pytest.mark.parametrize("text, want", [
