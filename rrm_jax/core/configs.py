@@ -187,14 +187,14 @@ def _type_name(tp) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def dump_toml(cfg) -> str:
-    """``cfg`` as TOML: top-level keys, then one table per nested config; ``load`` reads it back equal."""
+def dump_toml(cfg, prefix: str = "") -> str:
+    """``cfg`` as TOML: top-level keys, then one table per nested config (``[judge.sampling]`` for a config
+    nested two deep); ``load`` reads it back equal."""
     top, tables = [], []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            body = "".join(f"{g.name} = {_toml_value(getattr(value, g.name))}\n" for g in dataclasses.fields(value))
-            tables.append(f"\n[{f.name}]\n{body}")
+            tables.append(f"\n[{prefix}{f.name}]\n{dump_toml(value, f'{prefix}{f.name}.')}")
         else:
             top.append(f"{f.name} = {_toml_value(value)}\n")
     return "".join(top) + "".join(tables)

@@ -270,6 +270,19 @@ class Judge:
         r = self.rank(query, candidates, strategy=strategy, votes=votes, seed=seed, **kw)
         return r.best, r
 
+    def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
+                  strategy: str = "knockout", votes: int = 1, seed: int = 0, swap: str = "random",
+                  adaptive: bool = False) -> list[tournament.Ranking]:
+        """One tournament per query, played in lockstep: each round of all of them is one `compare_many` (one
+        sampler batch), e.g. every group of a GRPO step. Tournament k's bracket/coin seed is derive_seed(seed, k)."""
+        if len(queries) != len(candidate_lists):
+            raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
+        if strategy not in tournament.STRATEGIES:
+            raise ValueError(f"strategy must be one of {sorted(tournament.STRATEGIES)}, got {strategy!r}")
+        rounds = tournament.knockout_rounds if strategy == "knockout" else tournament.round_robin_rounds
+        games = [rounds(q, c, seed=derive_seed(seed, k, 0x6A)) for k, (q, c) in enumerate(zip(queries, candidate_lists))]
+        return tournament.run_many(self._tournament_compare(votes, swap, seed, adaptive), games)
+
 
 def _needed(item: _Item, votes: int, n_orders: int) -> int:
     drawn = len(item.samples) // n_orders

@@ -31,6 +31,7 @@ class Ranking:
     expected: np.ndarray | None = None   # [n, n] mean soft P(i beats j), NaN where never compared
     matches: list[dict] = dataclasses.field(default_factory=list)   # log: round, i, j, votes, winner, soft
     rounds: int = 0                  # knockout rounds / compare_many calls
+    reached: np.ndarray | None = None   # knockout: [n] rounds survived (a bye counts; the champion gets rounds + 1)
 
     @property
     def best(self) -> int:
@@ -166,6 +167,12 @@ def round_robin(compare_many: CompareMany, query: str, candidates: Sequence[str]
     `votes` here repeats a pair as separate items; a `Judge` instead passes its votes to the sampler (one prefill)
     and calls this with votes=1. Without both_orders each pair's presentation order is a seeded coin.
     """
+    return _drive(compare_many, round_robin_rounds(query, candidates, votes, both_orders, seed, rating=rating, k=k,
+                                                   prior=prior))
+
+
+def round_robin_rounds(query, candidates, votes=1, both_orders=False, seed=0, *, rating="bt", k=32.0, prior=0.01):
+    """:func:`round_robin` as rounds: a generator that yields its comparisons and is sent their verdicts."""
     _check(candidates, votes)
     n = len(candidates)
     rng = np.random.default_rng([seed, 0x52])
@@ -177,7 +184,7 @@ def round_robin(compare_many: CompareMany, query: str, candidates: Sequence[str]
             else:
                 pairs.append((i, j) if rng.integers(2) == 0 else (j, i))
     pairs = [p for p in pairs for _ in range(votes)]
-    verdicts = _call(compare_many, [(query, candidates[i], candidates[j]) for i, j in pairs]) if pairs else []
+    verdicts = (yield [(query, candidates[i], candidates[j]) for i, j in pairs]) if pairs else []
     wins = np.zeros((n, n))
     soft_sum, soft_cnt = np.zeros((n, n)), np.zeros((n, n))
     results, matches = [], []
@@ -225,6 +232,11 @@ def knockout(compare_many: CompareMany, query: str, candidates: Sequence[str], s
     Order: champion first, then by the round reached (later = better), ties by a Bradley-Terry fit of the
     bracket's results. `votes` repeats each match as separate items (a `Judge` uses the sampler's n instead).
     """
+    return _drive(compare_many, knockout_rounds(query, candidates, seed, votes=votes, prior=prior))
+
+
+def knockout_rounds(query, candidates, seed=0, *, votes=1, prior=0.01):
+    """:func:`knockout` as rounds: a generator that yields each round's comparisons and is sent their verdicts."""
     _check(candidates, votes)
     n = len(candidates)
     rng = np.random.default_rng([seed, 0x4B])
@@ -240,7 +252,7 @@ def knockout(compare_many: CompareMany, query: str, candidates: Sequence[str], s
         rounds += 1
         pairs = [(field[t], field[t + 1]) for t in range(0, len(field) - 1, 2)]
         items = [(query, candidates[i], candidates[j]) for i, j in pairs for _ in range(votes)]
-        verdicts = _call(compare_many, items)
+        verdicts = yield items
         comparisons += len(items)
         winners = []
         for m, (i, j) in enumerate(pairs):
@@ -276,10 +288,42 @@ def knockout(compare_many: CompareMany, query: str, candidates: Sequence[str], s
         expected = np.where(soft_cnt > 0, soft_sum / np.maximum(soft_cnt, 1), np.nan)
     order = _order(reached, ratings)
     return Ranking(order=order, ratings=ratings, wins=wins, comparisons=comparisons, tokens=tokens,
-                   strategy="knockout", samples=samples, expected=expected, matches=matches, rounds=rounds)
+                   strategy="knockout", samples=samples, expected=expected, matches=matches, rounds=rounds,
+                   reached=reached)
 
 
 STRATEGIES = {"knockout": knockout, "elo": round_robin}
+
+
+def _drive(compare_many: CompareMany, rounds) -> Ranking:
+    return run_many(compare_many, [rounds])[0]
+
+
+def run_many(compare_many: CompareMany, tournaments: Sequence) -> list[Ranking]:
+    """Play several tournaments (``knockout_rounds`` / ``round_robin_rounds`` generators) in lockstep: every
+    round's comparisons of every tournament go to ONE compare_many call, so a judge batches a whole training
+    step's groups (or a whole best-of-N file) where a loop over queries would call it once per query and round.
+    Each tournament's verdicts are exactly those it would get alone from the same compare_many."""
+    out: list[Ranking | None] = [None] * len(tournaments)
+    pending: dict[int, list] = {}
+
+    def advance(k, verdicts=None):
+        try:
+            pending[k] = next(tournaments[k]) if verdicts is None else tournaments[k].send(verdicts)
+        except StopIteration as stop:
+            out[k] = stop.value
+
+    for k in range(len(tournaments)):
+        advance(k)
+    while pending:
+        asked = sorted(pending.items())
+        pending = {}
+        verdicts = _call(compare_many, [item for _, items in asked for item in items])
+        at = 0
+        for k, items in asked:
+            advance(k, verdicts[at:at + len(items)])
+            at += len(items)
+    return out
 
 
 def rank(compare_many: CompareMany, query: str, candidates: Sequence[str], *, strategy: str = "knockout",

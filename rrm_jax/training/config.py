@@ -55,12 +55,30 @@ class GRPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    path: str = ""  # JSONL of {query, chosen, rejected} (GRPO) or {prompt, completion} (SFT)
-    synthetic: int = 0  # > 0: write this many synthetic arithmetic pairs to run_dir/pairs.jsonl and use them
+    path: str = ""  # JSONL of {query, chosen, rejected} (GRPO), {query[, answer, reference]} (policy GRPO) or {prompt, completion} (SFT)
+    synthetic: int = 0  # > 0: write this many synthetic arithmetic pairs (queries for a policy run) to run_dir and use them
     prompt: str = "rrm-v1"  # rrm-v1 (the released RRMs' prompt) | short (for tiny byte-level models)
     max_prompt_tokens: int = 4096  # longer pairs are dropped (counted) when loading
     swap: bool = True  # random per-example position swap (else chosen is always shown first)
     shuffle_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """The frozen judge whose verdicts are a policy's reward (grpo.reward = judge_elo | judge_knockout |
+    judge_reference); it is loaded onto the policy's mesh and never trained."""
+
+    model: str = ""  # preset, models/*.toml, HF checkpoint directory or hub id
+    tokenizer: str = ""  # "" -> the checkpoint's own (as TrainConfig.tokenizer)
+    prompt: str = "rrm-v1"
+    votes: int = 1  # samples per comparison (one prefill)
+    show: str = "response"  # response: the text after </think> | answer: the extracted final answer
+    extract: str = ""  # math | choice: the answer extractor (show = answer; also scores answer_accuracy)
+    max_prompt_tokens: int = 0  # longer comparisons are cut in the middle of each response; 0 = no limit
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=1024, temperature=0.6, max_slots=64)
+
+
+JUDGE_REWARDS = ("judge_elo", "judge_knockout", "judge_reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +106,12 @@ class TrainConfig:
     # rollouts; n is grpo.group_size and the seed comes from `seed` and the step (Trainer.sampling)
     sampling: SamplingConfig = SamplingConfig(max_slots=64)
     data: DataConfig = DataConfig()
+    judge: JudgeConfig = JudgeConfig()
+
+    @property
+    def policy(self) -> bool:
+        """A policy run: plain queries in, a judge's verdicts as the reward (not a judge trained on pairs)."""
+        return self.grpo.reward in JUDGE_REWARDS
 
     def __post_init__(self):
         checks = [
@@ -139,6 +163,23 @@ class TrainConfig:
         for name, value, ok, why in fields:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name}={value!r}: {why}")
+        j = self.judge
+        judge_fields = [
+            ("judge.model", j.model, bool(j.model) or not self.policy,
+             f"is empty: grpo.reward = {g.reward!r} needs the judge checkpoint (or preset)"),
+            ("judge.votes", j.votes, j.votes >= 1, "must be >= 1"),
+            ("judge.show", j.show, j.show in ("response", "answer"), "must be response or answer"),
+            ("judge.extract", j.extract, j.extract in ("", "math", "choice"), "must be math, choice or empty"),
+            ("judge.extract", j.extract, j.show != "answer" or j.extract, "must be math or choice when show = 'answer'"),
+            ("judge.max_prompt_tokens", j.max_prompt_tokens, j.max_prompt_tokens >= 0, "must be >= 0 (0 = no limit)"),
+        ]
+        for name, value, ok, why in judge_fields:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}={value!r}: {why}")
+        try:
+            get_prompt(j.prompt)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"TrainConfig.judge.prompt={j.prompt!r}: {e.args[0] if e.args else e}") from None
         try:
             get_prompt(d.prompt)
         except (KeyError, ValueError) as e:

@@ -23,6 +23,7 @@ import grain
 import numpy as np
 
 from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.core.tokenizers import chat_prompt
 from rrm_jax.training.rl.rollout import check_pair, to_prompt
 
 MAX_REPORTED = 5
@@ -40,13 +41,20 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def synthetic_queries(n: int, seed: int = 0) -> list[dict]:
+    """A policy run's toy queries "a+b=?" with the sum as ``answer`` (held back: a metric, never a reward) and
+    as ``reference`` (what judge_reference compares against)."""
+    return [{"query": p["query"], "answer": p["chosen"], "reference": p["chosen"]} for p in synthetic_pairs(n, seed)]
+
+
 def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
     """The data file a recipe names, writing the synthetic one first when ``data.synthetic > 0``."""
     d = config.data
     if d.synthetic:
-        path = run_dir / "pairs.jsonl"
+        path = run_dir / ("queries.jsonl" if config.policy else "pairs.jsonl")
+        make = synthetic_queries if config.policy else synthetic_pairs
         if is_main():
-            path.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(d.synthetic, d.shuffle_seed)))
+            path.write_text("".join(json.dumps(p) + "\n" for p in make(d.synthetic, d.shuffle_seed)))
         barrier("synthetic-pairs")
         return path, {"synthetic": d.synthetic}
     if not d.path:
@@ -152,6 +160,44 @@ class PairPipeline(_Pipeline):
             .shuffle(seed=d.shuffle_seed)
             .repeat(None)
             .random_map(show, seed=config.seed)
+            .batch(config.grpo.prompts_per_step, batch_fn=list)
+        )
+        super().__init__(ds)
+
+
+def _check_query(needs_reference: bool):
+    def check(rec: dict, where: str) -> str | None:
+        keys = ("query", "reference") if needs_reference else ("query",)
+        for k in keys:
+            if not isinstance(rec.get(k), str) or not rec[k].strip():
+                return f"{where}field {k!r} is missing, empty or not a string"
+        if "answer" in rec and not isinstance(rec["answer"], (str, int, float)):
+            return f"{where}field 'answer' is not a string or number"
+        return None
+    return check
+
+
+class QueryPipeline(_Pipeline):
+    """A policy run's input: batches of ``grpo.prompts_per_step`` queries from a JSONL of ``{query}`` (with an
+    optional ``answer``, held back for the answer_accuracy metric, and the ``reference`` judge_reference needs).
+    Prompts longer than data.max_prompt_tokens are dropped and counted."""
+
+    def __init__(self, path: Path, tokenizer, config):
+        recs, reasons, problems = _read_jsonl(Path(path), _check_query(config.grpo.reward == "judge_reference"))
+        items = []
+        for r in recs:
+            if len(chat_prompt(tokenizer, r["query"])) > config.data.max_prompt_tokens:
+                reasons[f"prompt longer than max_prompt_tokens={config.data.max_prompt_tokens}"] += 1
+                continue
+            items.append({k: (str(r[k]) if k == "answer" else r[k]) for k in ("query", "answer", "reference") if k in r})
+        if not items:
+            raise ValueError(f"{path}: no usable queries (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+        self.report = {"read": len(recs) + sum(reasons.values()), "kept": len(items), "dropped": dict(reasons),
+                       "problems": problems}
+        ds = (
+            grain.MapDataset.source(items)
+            .shuffle(seed=config.data.shuffle_seed)
+            .repeat(None)
             .batch(config.grpo.prompts_per_step, batch_fn=list)
         )
         super().__init__(ds)

@@ -24,7 +24,8 @@ from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
 from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import TrainConfig, preflight
-from rrm_jax.training.data import PairPipeline, SFTPipeline, prepare_data
+from rrm_jax.training.data import PairPipeline, QueryPipeline, SFTPipeline, prepare_data
+from rrm_jax.training.rl import judge_rewards
 from rrm_jax.training.trainer import Trainer
 
 
@@ -123,9 +124,13 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
         if main:
             write_toml(config, run_dir / "config.toml")
         model = model or build_model(config)
+        if config.policy and reward_fn is None:
+            reward_fn = judge_rewards.from_config(config, model)
         trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
         data_path, data_report = prepare_data(config, run_dir)
-        if config.mode == "grpo":
+        if config.policy:
+            pipe = QueryPipeline(data_path, model.tokenizer, config)
+        elif config.mode == "grpo":
             pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
         else:
             pipe = SFTPipeline(data_path, model.tokenizer, config)

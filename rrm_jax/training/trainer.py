@@ -30,11 +30,12 @@ import jax
 import numpy as np
 
 from rrm_jax.core.distributed import to_host
+from rrm_jax.data.answers import EXTRACTORS, same_answer
 from rrm_jax.judge.prompt import make_render
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.rl import rewards as rewards_lib
 from rrm_jax.training.rl.loss import LossConfig
-from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
+from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt, to_query_prompt
 from rrm_jax.training.step import (
     TrainState,
     cached,
@@ -72,7 +73,13 @@ class Trainer:
         # The frozen reference is the model's own (undonated) params, stored in the compute dtype (the forward
         # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
         self.ref_params = self.compute_copy(model.state) if g.beta > 0 else None
+        if reward_fn is None and config.policy:
+            raise ValueError(f"grpo.reward = {g.reward!r} needs the judge: pass reward_fn=JudgeReward(...) "
+                             "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])")
         self.reward_fn = rewards_lib.get(reward_fn or g.reward)
+        extract = EXTRACTORS.get(config.judge.extract)
+        self.answer_of = (lambda text, answer: same_answer(config.judge.extract, extract(text), answer)) \
+            if extract else None
         self._render = render
         self.generate_fn = generate_fn
         self.iteration = 0  # rollout batches done (seeds the position swaps and the sampler)
@@ -140,9 +147,12 @@ class Trainer:
 
     # -- GRPO -------------------------------------------------------------------------------------
     def prepare(self, pairs: Sequence[dict]) -> list[dict]:
-        """Raw pairs -> prompts in a seeded random order (examples that already carry prompt_ids pass)."""
+        """Raw pairs -> judge prompts in a seeded random order; a policy run's ``{query}`` examples -> chat
+        prompts. Examples that already carry prompt_ids pass."""
         if all("prompt_ids" in p for p in pairs):
             return list(pairs)
+        if self.cfg.policy:
+            return [to_query_prompt(p, self.model.tokenizer) for p in pairs]
         flips = assign_sides(pairs, seed=self.cfg.seed, step=self.iteration, swap=self.cfg.data.swap)
         return [to_prompt(p, bool(f), self.render, self.model.tokenizer) for p, f in zip(pairs, flips)]
 
@@ -168,6 +178,7 @@ class Trainer:
             self.sampling_policy(), examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
             advantage=g.advantage, adv_eps=g.adv_eps, rows=max(self.rows, _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches)),
             seq_bucket=g.seq_bucket, forced_len=self.forced_len(), generate_fn=self.generate_fn,
+            step=self.iteration, answer_of=self.answer_of,
         )
         t1 = time.perf_counter()
         batch = ro.batch
@@ -185,6 +196,8 @@ class Trainer:
         metrics["old_policy_kl"] = per_iter[0]["approx_kl_old"]
         metrics.update(ro.stats)
         metrics.update(time_rollout=t1 - t0, time_logprob=t2 - t1, time_update=t3 - t2)
+        if "judge_seconds" in metrics:
+            metrics["judge_share"] = metrics["judge_seconds"] / max(t3 - t0, 1e-9)
         return metrics
 
 

@@ -1,5 +1,6 @@
-"""Rollouts: preference pairs -> judge prompts (random order) -> G samples each -> rewards -> advantages
--> one padded training batch.
+"""Rollouts: prompts -> G samples each -> rewards -> advantages -> one padded training batch. The prompts are
+judge prompts made from preference pairs (random order; the reward checks the verdict) or a policy's plain
+queries (the reward comes from elsewhere, e.g. a judge: rl.judge_rewards).
 
 The policy samples from the trainer's live params (``model.with_state(state.params)``: same arrays, same
 mesh, no host copy). Rows are padded to a bucketed length (and the row count to a fixed multiple) so the
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 # make_render lives with the prompt registry; this name is kept for callers of the old place.
+from rrm_jax.core.tokenizers import chat_prompt
 from rrm_jax.judge.prompt import make_render  # noqa: F401
 from rrm_jax.sampler import generate
 from rrm_jax.training.rl import advantages as adv_lib
@@ -40,6 +42,12 @@ def to_prompt(pair: dict, flip: bool, render: Callable, tokenizer) -> dict:
     text = render(pair["query"], first, second)
     ids = list(text) if not isinstance(text, str) else tokenizer.encode(text, add_special_tokens=False)
     return dict(pair, first=first, second=second, label=int(flip), prompt=text, prompt_ids=np.asarray(ids, np.int32))
+
+
+def to_query_prompt(example: dict, tokenizer) -> dict:
+    """A policy's example: its ``query`` as the user turn of the chat template (core.tokenizers.chat_prompt)."""
+    ids = chat_prompt(tokenizer, example["query"])
+    return dict(example, prompt=example["query"], prompt_ids=np.asarray(ids, np.int32))
 
 
 def assign_sides(pairs: Sequence[dict], *, seed: int, step: int, swap: bool = True) -> np.ndarray:
@@ -122,8 +130,12 @@ def rollout(
     seq_bucket: int = 0,
     forced_len: int = 0,
     generate_fn: Callable | None = None,
+    step: int = 0,
+    answer_of: Callable[[str, str], bool] | None = None,
 ) -> Rollout:
-    """Sample G completions per example (examples carry ``prompt_ids`` and ``label``) and build the batch."""
+    """Sample G completions per example and build the batch. Examples carry ``prompt_ids``, and ``label`` when
+    they are judge prompts from pairs; ``step`` seeds the reward's own randomness (a judge's tournaments);
+    ``answer_of(text, answer)`` scores a policy's response against held-back ground truth, for a metric only."""
     generate_fn = generate_fn or generate
     t0 = time.perf_counter()
     prompts = [e["prompt_ids"].tolist() for e in examples]
@@ -132,8 +144,12 @@ def rollout(
     if len(comps) != len(examples) * group_size:
         raise RuntimeError(f"sampler returned {len(comps)} completions for {len(examples)} x {group_size}")
     rep = lambda key: [e.get(key) for e in examples for _ in range(group_size)]
-    meta = {k: rep(k) for k in ("query", "chosen", "rejected", "first", "second")}
-    meta["label"] = np.asarray(rep("label"), np.int32)
+    judging = all("label" in e for e in examples)  # judge prompts from pairs; else a policy's plain queries
+    # a policy example's `answer` is for evaluation only: the reward never sees it
+    meta = {k: rep(k) for k in ("query", "chosen", "rejected", "first", "second", "reference")}
+    meta["label"] = np.asarray(rep("label") if judging else [-1] * len(comps), np.int32)
+    meta["group"] = np.repeat(np.arange(len(examples)), group_size)
+    meta["step"] = step
     prompt_texts = rep("prompt")
     rewards = np.asarray(reward_fn(prompt_texts, comps, meta), np.float32)
     if rewards.shape != (len(comps),):
@@ -168,7 +184,13 @@ def rollout(
         zero_signal_frac=float(np.mean(groups.max(1) == groups.min(1))),
         time_generate=t_gen,
     )
-    v = verdicts(comps)
-    stats["accuracy"] = float(np.mean(v == meta["label"]))
-    stats["invalid_frac"] = float(np.mean(v < 0))
+    stats.update(getattr(reward_fn, "last_stats", {}))
+    if judging:
+        v = verdicts(comps)
+        stats["accuracy"] = float(np.mean(v == meta["label"]))
+        stats["invalid_frac"] = float(np.mean(v < 0))
+    elif answer_of is not None and all(e.get("answer") is not None for e in examples):
+        # held-back ground truth, when the data has it: how often the policy is right (never a reward)
+        answers = rep("answer")
+        stats["answer_accuracy"] = float(np.mean([answer_of(c.text, a) for c, a in zip(comps, answers)]))
     return Rollout(batch, rewards, stats, comps)
