@@ -166,6 +166,7 @@ def _records(run_dir):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
 
 
+@pytest.mark.slow
 def test_dpo_recipe_trains_and_resumes_bit_for_bit(tmp_path, mesh1):
     from rrm_jax.training.loop import train
 
