@@ -9,7 +9,6 @@ dropped when the file is read and counted by reason, as the GRPO pipeline does (
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -68,7 +67,7 @@ def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dic
         kept.append(item)
     if not kept:
         raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
-    return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(Counter(reasons)),
+    return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(reasons),
                   "problems": problems}
 
 
