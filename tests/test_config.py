@@ -248,7 +248,7 @@ def test_every_source_is_named_in_errors(tmp_path):
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'nope.toml'}: not found$"):
         load(TrainConfig, tmp_path / "nope.toml")
     # a check of the whole config (__post_init__) names where the values came from
-    with pytest.raises(ConfigError, match=r"^mode=ppo: TrainConfig: mode must be grpo or sft, got 'ppo'$"):
+    with pytest.raises(ConfigError, match=r"^mode=ppo: TrainConfig: mode must be grpo, sft or dpo, got 'ppo'$"):
         load(TrainConfig, None, ["mode=ppo"])
 
 

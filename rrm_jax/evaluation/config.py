@@ -110,6 +110,7 @@ HELP = {
     "pairs": "JSONL of {query, response_a, response_b, [label], [id]}",
     "queries": "JSONL of {query, candidates: [...], [id]}",
     "strategy": "knockout | elo",
+    "min_confidence": "rrm-jax label: keep only pairs with |2 soft - 1| >= this (0: every decided pair)",
     "restart": "move earlier records of --out aside (<name>.replaced-<n>) and start over instead of resuming",
 }
 

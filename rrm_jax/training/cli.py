@@ -14,7 +14,7 @@ from rrm_jax.training.loop import read_metrics, train
 
 def cli(argv: list[str]) -> int:
     """``rrm-jax train RECIPE.toml [key=value ...]``."""
-    ap = argparse.ArgumentParser(prog="rrm-jax train", description="train an RRM with GRPO (or SFT) from a recipe")
+    ap = argparse.ArgumentParser(prog="rrm-jax train", description="train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe")
     ap.add_argument("recipe", help="a recipe TOML, or the name of a shipped one (tiny, rrm-7b, rrm-32b)")
     ap.add_argument("overrides", nargs="*", help="key=value or section.key=value (e.g. steps=10 optim.lr=1e-6)")
     args = ap.parse_args(argv)

@@ -17,6 +17,7 @@ from pathlib import Path
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.judge.prompt import get_prompt
+from rrm_jax.training.rl.dpo import DPOConfig
 from rrm_jax.training.rl.loss import AGGREGATIONS
 from rrm_jax.sampler.config import SamplingConfig
 
@@ -106,16 +107,17 @@ class TrainConfig:
     # rollouts; n is grpo.group_size and the seed comes from `seed` and the step (Trainer.sampling)
     sampling: SamplingConfig = SamplingConfig(max_slots=64)
     data: DataConfig = DataConfig()
+    dpo: DPOConfig = DPOConfig()  # mode = "dpo": batch_size pairs per step from data.path {query, chosen, rejected}
     judge: JudgeConfig = JudgeConfig()
 
     @property
     def policy(self) -> bool:
         """A policy run: plain queries in, a judge's verdicts as the reward (not a judge trained on pairs)."""
-        return self.grpo.reward in JUDGE_REWARDS
+        return self.mode == "grpo" and self.grpo.reward in JUDGE_REWARDS
 
     def __post_init__(self):
         checks = [
-            (self.mode in ("grpo", "sft"), f"mode must be grpo or sft, got {self.mode!r}"),
+            (self.mode in ("grpo", "sft", "dpo"), f"mode must be grpo, sft or dpo, got {self.mode!r}"),
             (self.remat in ("none", "dots", "full"), f"remat must be none|dots|full, got {self.remat!r}"),
             (self.grpo.advantage in ("grpo", "drgrpo", "rloo"), f"unknown grpo.advantage {self.grpo.advantage!r}"),
             (self.grpo.old_logprobs in ("sampler", "recompute"), "grpo.old_logprobs must be sampler|recompute"),
@@ -159,6 +161,9 @@ class TrainConfig:
             ("grpo.seq_bucket", g.seq_bucket, g.seq_bucket >= 0, "must be >= 0 (0 = next power of two)"),
             ("data.synthetic", d.synthetic, d.synthetic >= 0, "must be >= 0 (0 = read data.path)"),
             ("data.max_prompt_tokens", d.max_prompt_tokens, d.max_prompt_tokens >= 1, "must be >= 1"),
+            ("dpo.beta", self.dpo.beta, self.dpo.beta > 0, "must be > 0 (the implicit reward's scale)"),
+            ("dpo.label_smoothing", self.dpo.label_smoothing, 0 <= self.dpo.label_smoothing < 0.5,
+             "must lie in [0, 0.5) (the share of labels assumed flipped)"),
         ]
         for name, value, ok, why in fields:
             if not ok:

@@ -25,6 +25,7 @@ from rrm_jax.core.tokenizers import load_tokenizer
 from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import TrainConfig, preflight
 from rrm_jax.training.data import PairPipeline, QueryPipeline, SFTPipeline, prepare_data
+from rrm_jax.training.dpo import DPOPipeline
 from rrm_jax.training.rl import judge_rewards
 from rrm_jax.training.trainer import Trainer
 
@@ -132,6 +133,8 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
             pipe = QueryPipeline(data_path, model.tokenizer, config)
         elif config.mode == "grpo":
             pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
+        elif config.mode == "dpo":
+            pipe = DPOPipeline(data_path, model.tokenizer, config)
         else:
             pipe = SFTPipeline(data_path, model.tokenizer, config)
         report = dict(data_report, **pipe.report)
@@ -174,6 +177,9 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             batch = pipe.next()
             if config.mode == "grpo":
                 metrics = trainer.grpo_step(batch)
+            elif config.mode == "dpo":
+                metrics = trainer.dpo_step(batch)
+                trainer.iteration += 1
             else:
                 metrics = trainer.sft_step(*batch)
                 trainer.iteration += 1
@@ -183,7 +189,8 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             if tb is not None:
                 tb.scalars(step, metrics)
             last = record
-            bar.update(step, reward=metrics.get("reward_mean", float("nan")), loss=metrics["loss"])
+            bar.update(step, reward=metrics.get("reward_mean", metrics.get("reward_margin", float("nan"))),
+                       loss=metrics["loss"])
             if on_step is not None:
                 on_step(step, record)
             if step % config.save_every == 0 or step == config.steps:

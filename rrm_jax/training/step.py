@@ -24,10 +24,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rrm_jax.training.config import OptimConfig
+from rrm_jax.training.rl.dpo import DPOConfig, dpo_loss, pair_weights, sequence_sums
 from rrm_jax.training.rl.loss import LossConfig, grpo_loss, mean_weights, sequence_logprobs, sft_loss, token_weights
 
 GRPO_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask", "old_logp", "advantages")
 SFT_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask")
+# rows [0, P) chosen, [P, 2P) rejected (rl.dpo); ref_logp: the frozen reference's per-token log-probs
+DPO_KEYS = SFT_KEYS + ("ref_logp",)
 
 
 @struct.dataclass
@@ -116,23 +119,27 @@ def cached(kind_name: str, model, key: tuple, build):
 
 
 def make_train_step(model, optim: OptimConfig, total_updates: int, *, kind: str, loss_cfg: LossConfig,
-                    micro_batches: int = 1, donate: bool = True):
-    """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``kind`` "grpo" or "sft".
+                    micro_batches: int = 1, donate: bool = True, dpo: DPOConfig | None = None):
+    """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``kind`` "grpo", "sft" or "dpo" (``dpo``:
+    its beta and label smoothing; a "dpo" batch needs ``micro_batches`` to divide its pair slots, see rl.dpo).
 
     The optimizer is ``make_optimizer(optim, total_updates, ...)``; states from :func:`init_state` with the
     same arguments fit it.
     """
-    key = (optim, total_updates, kind, loss_cfg, micro_batches, donate)
-    return cached("train_step", model, key, lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate))
+    dpo = (dpo or DPOConfig()) if kind == "dpo" else None
+    key = (optim, total_updates, kind, loss_cfg, micro_batches, donate) + ((dpo,) if dpo else ())
+    return cached("train_step", model, key, lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo))
 
 
-def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate):
+def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo=None):
     tx, schedule = make_optimizer(optim, total_updates, model.state)
     graphdef = model.graphdef
     mesh, rules = model.mesh, model.rules
     keys = GRPO_KEYS + (("ref_logp",) if loss_cfg.beta > 0 else ()) if kind == "grpo" else SFT_KEYS
-    if kind not in ("grpo", "sft"):
-        raise ValueError(f"kind must be grpo or sft, got {kind!r}")
+    if kind == "dpo":
+        keys = DPO_KEYS
+    if kind not in ("grpo", "sft", "dpo"):
+        raise ValueError(f"kind must be grpo, sft or dpo, got {kind!r}")
 
     def micro_spec(ndim):
         return rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
@@ -144,6 +151,9 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
         if kind == "grpo":
             ref = mb.get("ref_logp", logp)
             loss, metrics = grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], m, mb["w"], mb["mw"], loss_cfg)
+        elif kind == "dpo":
+            loss, metrics = dpo_loss(sequence_sums(logp, m), sequence_sums(mb["ref_logp"], m), mb["w"], dpo.beta,
+                                     dpo.label_smoothing)
         else:
             loss, metrics = sft_loss(logp, m, mb["w"], mb["mw"])
         metrics["entropy"] = jnp.sum(mb["mw"] * ent * m)
@@ -158,6 +168,8 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
         if kind == "grpo":
             norm = loss_cfg.norm_length
             batch["w"] = token_weights(m, loss_cfg.aggregation, norm)
+        elif kind == "dpo":
+            batch["w"] = pair_weights(m)
         else:
             batch["w"] = token_weights(m, "token-mean")
         batch["mw"] = mean_weights(m)

@@ -12,6 +12,7 @@ Programmatic use (what ``rrm-jax demo`` does)::
     tr = Trainer(model, cfg, render=lambda q, a, b: my_prompt(q, a, b))       # reward: verdict vs label
     tr.sft_step(prompt_ids, completion_ids)     # token cross-entropy on completions -> metrics dict
     tr.grpo_step(pairs)                         # pairs: [{query, chosen, rejected}] -> rollout + mu updates
+    tr.dpo_step(pairs)                          # mode "dpo": one DPO update against the initial params
     judge_model = tr.policy                     # Model sharing the live params (no host copy)
 
 Shapes are bucketed (rows fixed per step kind, lengths to ``seq_bucket`` or a power of two), so a tiny
@@ -33,6 +34,7 @@ from rrm_jax.core.distributed import to_host
 from rrm_jax.data.answers import EXTRACTORS, same_answer
 from rrm_jax.judge.prompt import make_render
 from rrm_jax.training.config import TrainConfig
+from rrm_jax.training.dpo import pack_pairs, pair_slots, tokenize_pair
 from rrm_jax.training.rl import rewards as rewards_lib
 from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt, to_query_prompt
@@ -72,7 +74,7 @@ class Trainer:
         self.state: TrainState = init_state(model, self.tx, config.seed)
         # The frozen reference is the model's own (undonated) params, stored in the compute dtype (the forward
         # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
-        self.ref_params = self.compute_copy(model.state) if g.beta > 0 else None
+        self.ref_params = self.compute_copy(model.state) if g.beta > 0 or config.mode == "dpo" else None
         if reward_fn is None and config.policy:
             raise ValueError(f"grpo.reward = {g.reward!r} needs the judge: pass reward_fn=JudgeReward(...) "
                              "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])")
@@ -120,7 +122,7 @@ class Trainer:
         if kind not in self._steps:
             self._steps[kind] = make_train_step(
                 self.model, self.cfg.optim, self.total_updates, kind=kind, loss_cfg=self.loss_cfg,
-                micro_batches=self.cfg.optim.micro_batches,
+                micro_batches=self.cfg.optim.micro_batches, dpo=self.cfg.dpo if kind == "dpo" else None,
             )
         return self._steps[kind]
 
@@ -144,6 +146,22 @@ class Trainer:
             batch = pack(prompt_ids_or_batch, completion_ids, rows=max(self.sft_rows, _ceil(len(completion_ids), self.model.batch_multiple() * self.cfg.optim.micro_batches)),
                          seq_bucket=self.cfg.grpo.seq_bucket)
         return self.update(batch, "sft")
+
+    # -- DPO --------------------------------------------------------------------------------------
+    def dpo_step(self, pairs: Sequence[dict]) -> dict:
+        """One DPO update on ``pairs`` ({query, chosen, rejected}, or already tokenised by training.dpo): the
+        frozen reference's log-probs are computed once for the batch, then the policy's step."""
+        if self.ref_params is None:  # a Trainer built for another mode: its initial params are the reference
+            self.ref_params = self.compute_copy(self.model.state)
+        items = [p if "prompt_ids" in p else tokenize_pair(p, self.model.tokenizer) for p in pairs]
+        slots = pair_slots(max(len(items), self.cfg.batch_size), self.cfg.optim.micro_batches * self.model.batch_multiple())
+        batch = pack_pairs(items, slots=slots, seq_bucket=self.cfg.grpo.seq_bucket)
+        t0 = time.perf_counter()
+        batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
+        t1 = time.perf_counter()
+        metrics = self.update(batch, "dpo")
+        metrics.update(pairs=float(len(items)), time_logprob=t1 - t0, time_update=time.perf_counter() - t1)
+        return metrics
 
     # -- GRPO -------------------------------------------------------------------------------------
     def prepare(self, pairs: Sequence[dict]) -> list[dict]:
