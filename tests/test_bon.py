@@ -9,7 +9,13 @@ import pytest
 from rrm_jax.data import DataError
 from rrm_jax.data.answers import math_answer
 from rrm_jax.evaluation import bon
-from rrm_jax.evaluation.bon import BonItem, TournamentBatcher, pick_majority, read_bon, run_bon
+from rrm_jax.evaluation.bon import (
+    BonItem,
+    TournamentBatcher,
+    pick_majority,
+    read_bon,
+    run_bon,
+)
 from rrm_jax.evaluation.bon_cli import bon_main
 from rrm_jax.evaluation.bon_report import summarize_bon
 from rrm_jax.evaluation.records import RecordsFile

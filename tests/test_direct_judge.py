@@ -86,7 +86,13 @@ def test_direct_judge_on_a_tiny_random_model(mesh1):
 
 
 def test_direct_flag_reaches_the_commands(tmp_path):
-    from rrm_jax.evaluation.config import EvalConfig, RankConfig, build_config, think_budgets, validate
+    from rrm_jax.evaluation.config import (
+        EvalConfig,
+        RankConfig,
+        build_config,
+        think_budgets,
+        validate,
+    )
     from rrm_jax.evaluation.run import Setting
 
     cfg = build_config(EvalConfig, ["--direct", "--max-think-tokens", "512,none"], "t", "t")

@@ -70,7 +70,7 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
         if limit and len(out) >= limit:
             break
 
-        def bad(field, msg):
+        def bad(field, msg, n=n):
             return DataError(f"{p}:{n}{':' + field if field else ''}: {msg}")
 
         if isinstance(line, BadItem):

@@ -14,7 +14,12 @@ from pathlib import Path
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import DataError
-from rrm_jax.evaluation.bon import JUDGE_STRATEGIES, generate_candidates, read_bon, run_bon
+from rrm_jax.evaluation.bon import (
+    JUDGE_STRATEGIES,
+    generate_candidates,
+    read_bon,
+    run_bon,
+)
 from rrm_jax.evaluation.bon_report import summarize_bon, write_bon_summary
 from rrm_jax.evaluation.cli import _join, _real_judge, load_model
 from rrm_jax.evaluation.config import BonConfig, build_config, think_budgets, validate

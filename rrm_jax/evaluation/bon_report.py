@@ -88,7 +88,7 @@ def plot_bon(summary: dict, path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    style = {"oracle": dict(linestyle="--", color="gray"), "random": dict(linestyle=":")}
+    style = {"oracle": {"linestyle": "--", "color": "gray"}, "random": {"linestyle": ":"}}
     for s, per in summary["accuracy"].items():
         pts = sorted((int(n), 100 * a) for n, a in per.items() if not math.isnan(a))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s, **style.get(s, {}))
