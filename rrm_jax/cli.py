@@ -14,6 +14,7 @@ COMMANDS = {
     "judge": ("rrm_jax.evaluation.cli:judge_main", "judge a JSONL of pairs"),
     "rank": ("rrm_jax.evaluation.cli:rank_main", "rank candidates per query with a tournament"),
     "eval": ("rrm_jax.evaluation.cli:eval_main", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL"),
+    "bon": ("rrm_jax.evaluation.bon_cli:bon_main", "reward-guided best-of-N: a judge picks among candidates"),
     "label": ("rrm_jax.evaluation.label:label_main", "judge-labelled preference pairs for DPO from candidates"),
     "train": ("rrm_jax.training.cli:cli", "train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe TOML"),
     "plot": ("rrm_jax.training.cli:plot_cli", "plot a training run's metrics"),

@@ -318,7 +318,7 @@ def test_recipes_and_overrides(tmp_path):
 
     for bad, msg in ((["--swap", "maybe"], "swap must be"), (["--votes", "0"], "votes must be >= 1"),
                      (["--dataset", "mmlu"], "dataset must be one of"), ([], "--model is required"),
-                     (["--max-think-tokens", "0"], "max_think_tokens must be")):
+                     (["--max-think-tokens", "-1"], "max_think_tokens must be")):   # 0 is the direct baseline
         with pytest.raises(ConfigError, match=msg):
             eval_main(bad + ["--out", str(tmp_path)])
 

@@ -187,3 +187,29 @@ def test_bad_inputs():
         knockout(sim, "Q", cands(3), votes=0)
     with pytest.raises(RuntimeError, match="returned 0 verdicts"):
         knockout(lambda items: [], "Q", cands(3))
+
+
+def test_run_many_plays_in_lockstep_with_the_verdicts_each_gets_alone():
+    """Tournaments of 2, 5 and 8 players played together: one call per round (the longest bracket's 3 rounds;
+    a round-robin's single round goes with round 1), and each Ranking equals that tournament played alone with
+    a deterministic judge (the better candidate always wins)."""
+    from rrm_jax.judge.tournament import rounds_of, run_many
+
+    judge = SimJudge(range(8), seed=0, mode="const", p=1.0)
+    specs = [("knockout", 2, 3), ("elo", 5, 4), ("knockout", 8, 5), ("knockout", 5, 6)]
+    together = run_many(judge, [rounds_of(s, "Q", cands(n), seed=t) for s, n, t in specs])
+    assert judge.calls == 3
+    seen = []
+
+    def keyed(items, ids):
+        seen.append(ids)
+        return judge(items)
+
+    again = run_many(keyed, [rounds_of(s, "Q", cands(n), seed=t) for s, n, t in specs], with_ids=True)
+    for (s, n, t), r, r2 in zip(specs, together, again):
+        alone = rank(SimJudge(range(8), seed=0, mode="const", p=1.0), "Q", cands(n), strategy=s, seed=t)
+        assert r.order == alone.order == r2.order and r.comparisons == alone.comparisons
+        assert r.order[0] == n - 1  # the best candidate wins every format
+    # ids name (tournament, its round, index): the 8-player bracket (tournament 2) plays 4, 2, 1 matches
+    assert [[i for i in ids if i[0] == 2] for ids in seen] == [[(2, r, i) for i in range(m)] for r, m in
+                                                                ((0, 4), (1, 2), (2, 1))]

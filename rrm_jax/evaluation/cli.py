@@ -31,6 +31,7 @@ from rrm_jax.evaluation.config import (
     build_config,
     check_data,
     sampling_config,
+    think_budgets,
     validate,
 )
 from rrm_jax.evaluation.fit import clamp_generation, misfit
@@ -44,7 +45,7 @@ from rrm_jax.evaluation.records import (
 )
 from rrm_jax.evaluation.report import summarize, write_summary
 from rrm_jax.evaluation.run import Setting, evaluate, run_records
-from rrm_jax.judge import Judge
+from rrm_jax.judge import DirectJudge, Judge
 
 
 # ---------------------------------------------------------------------------------------------- model + judge
@@ -61,9 +62,11 @@ def load_model(opts: JudgeOptions):
 
 
 def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
-    """A Judge of ``model`` (``opts.max_new_tokens`` as :func:`clamp_generation` left it)."""
-    return Judge(model, prompt=opts.prompt, sampling=sampling_config(opts, max_think_tokens),
-                 max_prompt_tokens=opts.max_prompt_tokens or None)
+    """A Judge of ``model`` (``opts.max_new_tokens`` as :func:`clamp_generation` left it); a budget of 0 (``--direct``)
+    gives the :class:`DirectJudge` baseline."""
+    cls = DirectJudge if max_think_tokens == 0 else Judge
+    return cls(model, prompt=opts.prompt, sampling=sampling_config(opts, max_think_tokens),
+               max_prompt_tokens=opts.max_prompt_tokens or None)
 
 
 def _join(opts: JudgeOptions) -> bool:
@@ -105,7 +108,7 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         judge_factory = lambda budget: make_judge(model, gen, budget)  # noqa: E731
     summaries = []
     try:
-        for budget in cfg.max_think_tokens:
+        for budget in think_budgets(cfg):
             judge = judge_factory(budget)
             for votes in cfg.votes:
                 summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
@@ -151,7 +154,7 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     try:
         recs = run_records(judge, pairs.records, cfg.out, meta={"dataset": "jsonl", "source": cfg.pairs,
                            "fingerprint": fingerprint_file(cfg.pairs), "model": cfg.model or None,
-                           "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt},
+                           "max_think_tokens": think_budgets(cfg)[0], "direct": cfg.direct, "prompt": cfg.prompt},
                            votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
                            adaptive=cfg.adaptive, progress=cfg.progress, restart=cfg.restart)
     except (EvalError, DataError) as e:
@@ -184,8 +187,8 @@ def rank_main(argv: list[str], *, judge=None) -> int:
         return 2
     judge = judge or _real_judge(cfg)
     meta = {"dataset": "queries", "source": cfg.queries, "fingerprint": fingerprint_file(cfg.queries),
-            "model": cfg.model or None, "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt,
-            "strategy": cfg.strategy, "votes": cfg.votes, "swap": cfg.swap, "seed": cfg.seed,
+            "model": cfg.model or None, "max_think_tokens": think_budgets(cfg)[0], "direct": cfg.direct,
+            "prompt": cfg.prompt, "strategy": cfg.strategy, "votes": cfg.votes, "swap": cfg.swap, "seed": cfg.seed,
             "record_version": RECORD_VERSION}
     try:
         with open_records(cfg.out, meta, restart=cfg.restart) as (rf, done):
@@ -230,4 +233,4 @@ def _rank_misfit(judge, q: dict) -> str | None:
 
 def _real_judge(cfg):
     model = load_model(cfg)
-    return make_judge(model, clamp_generation(model, cfg), cfg.max_think_tokens)
+    return make_judge(model, clamp_generation(model, cfg), think_budgets(cfg)[0])

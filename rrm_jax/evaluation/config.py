@@ -44,6 +44,7 @@ class JudgeOptions:
     max_prompt_tokens: int = 0            # 0 = no limit; longer inputs are cut in the middle (reported per item)
     seed: int = 0
     progress: bool = True
+    direct: bool = False                  # the direct baseline: no thinking, verdict forced at once (budget 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +89,27 @@ class RankConfig(JudgeOptions):
     restart: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class BonConfig(JudgeOptions):
+    data: str = ""                        # JSONL of {query, candidates, correct | answer} (or {query, answer} + policy)
+    out: str = "runs/bon"
+    strategy: tuple[str, ...] = ("knockout", "elo", "random", "majority", "oracle")
+    n: tuple[int, ...] = (2, 4, 8, 16, 32)
+    votes: int = 1
+    extract: str = ""                     # choice | math: answers pulled from the candidates ("" = none)
+    max_think_tokens: int | None = None
+    swap: str = "random"
+    limit: int = 0                        # 0 = every query
+    batch_size: int = 8                   # queries whose tournaments share compare_many calls (and a records flush)
+    policy: str = ""                      # generate the candidates with this model first (checkpoint/preset)
+    policy_temperature: float = 1.0
+    policy_max_new_tokens: int = 512
+    plots: bool = True
+    restart: bool = False
+
+
+BON_STRATEGIES = ("knockout", "elo", "random", "majority", "oracle")
+
 HELP = {
     "model": "checkpoint dir (HF safetensors), model TOML or preset name (random weights)",
     "tokenizer": "tokenizer dir, for models without one",
@@ -111,6 +133,13 @@ HELP = {
     "queries": "JSONL of {query, candidates: [...], [id]}",
     "strategy": "knockout | elo",
     "min_confidence": "rrm-jax label: keep only pairs with |2 soft - 1| >= this (0: every decided pair)",
+    "direct": "the direct baseline: thinking budget 0, the verdict forced at once (replaces --max-think-tokens)",
+    "n": "comma-separated numbers of candidates (the first n of each query); one result per value",
+    "extract": "choice | math: extract final answers (for an 'answer' field and for majority)",
+    "limit": "only the first N queries (0: all)",
+    "policy": "generate the candidates with this policy model first (written to OUT/candidates.jsonl)",
+    "policy_temperature": "the policy's sampling temperature",
+    "policy_max_new_tokens": "the policy's generation length",
     "restart": "move earlier records of --out aside (<name>.replaced-<n>) and start over instead of resuming",
 }
 
@@ -130,13 +159,15 @@ def validate(cfg) -> None:
     if not votes or min(votes) < 1:
         bad(f"votes must be >= 1, got {cfg.votes!r}")
     budgets = cfg.max_think_tokens if isinstance(cfg.max_think_tokens, tuple) else (cfg.max_think_tokens,)
-    if not budgets or any(b is not None and b < 1 for b in budgets):
-        bad(f"max_think_tokens must be >= 1 or none, got {cfg.max_think_tokens!r}")
+    if not budgets or any(b is not None and b < 0 for b in budgets):
+        bad(f"max_think_tokens must be >= 0 (0 = direct) or none, got {cfg.max_think_tokens!r}")
     if getattr(cfg, "batch_size", 1) < 1:
         bad(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.mesh and len(cfg.mesh) != 3:
         bad(f"mesh expects three sizes data,fsdp,tensor, got {cfg.mesh!r}")
-    if getattr(cfg, "strategy", "knockout") not in ("knockout", "elo"):
+    if isinstance(cfg, BonConfig):
+        _validate_bon(cfg, bad)
+    elif getattr(cfg, "strategy", "knockout") not in ("knockout", "elo"):
         bad(f"--strategy must be knockout or elo, got {cfg.strategy!r}")
     if cfg.max_prompt_tokens < 0:
         bad(f"max_prompt_tokens must be >= 1 or 0 (no limit), got {cfg.max_prompt_tokens}")
@@ -155,6 +186,31 @@ def validate(cfg) -> None:
     if cfg.model and not _model_exists(cfg.model):
         bad(f"--model {cfg.model}: not a checkpoint directory, hub id (org/name), model TOML or preset "
             f"(presets: {', '.join(shipped.names('models'))})")
+
+
+def _validate_bon(cfg: "BonConfig", bad) -> None:
+    unknown = [s for s in cfg.strategy if s not in BON_STRATEGIES]
+    if not cfg.strategy or unknown:
+        bad(f"--strategy must be a comma-separated subset of {','.join(BON_STRATEGIES)}, got {cfg.strategy!r}")
+    if not cfg.n or min(cfg.n) < 1:
+        bad(f"--n must be numbers >= 1, got {cfg.n!r}")
+    if cfg.extract not in ("", "choice", "math"):
+        bad(f"--extract must be choice or math, got {cfg.extract!r}")
+    if cfg.limit < 0:
+        bad(f"--limit must be >= 0 (0: all), got {cfg.limit}")
+    if cfg.policy and not _model_exists(cfg.policy):
+        bad(f"--policy {cfg.policy}: not a checkpoint directory, hub id (org/name), model TOML or preset")
+    if cfg.policy_temperature < 0 or cfg.policy_max_new_tokens < 1:
+        bad("--policy-temperature must be >= 0 and --policy-max-new-tokens >= 1, got "
+            f"{cfg.policy_temperature}, {cfg.policy_max_new_tokens}")
+
+
+def think_budgets(cfg) -> tuple:
+    """The thinking budgets a config runs: ``(0,)`` under ``direct``, else its max_think_tokens as a tuple."""
+    if cfg.direct:
+        return (0,)
+    b = cfg.max_think_tokens
+    return b if isinstance(b, tuple) else (b,)
 
 
 def _model_exists(spec: str) -> bool:
@@ -177,10 +233,15 @@ def _metavar(tp: Any) -> str:
     return {int: "INT", float: "FLOAT", bool: "true|false", str: "STR"}.get(tp, "VALUE")
 
 
-def build_config(cls, argv: list[str], prog: str, description: str, origins: dict[str, str] | None = None):
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def build_config(cls, argv: list[str], prog: str, description: str, origins: dict[str, str] | None = None,
+                 positional: str | None = None):
     """defaults < recipe.toml (a positional *.toml or shipped recipe name) < --flags < key=value.
 
-    ``origins``, when given, receives field -> recipe file for the values that came from a recipe."""
+    ``origins``, when given, receives field -> recipe file for the values that came from a recipe; ``positional``
+    names the field that one other bare argument sets (``rrm-jax bon DATA``), as its flag would."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     ap = argparse.ArgumentParser(prog=prog, description=description)
@@ -188,9 +249,16 @@ def build_config(cls, argv: list[str], prog: str, description: str, origins: dic
     for name in fields:
         ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=_metavar(hints[name]),
                         help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip())
+    # a bare boolean flag (--direct) means true; --direct false still works, and a bare one never eats the next word
+    bools = {"--" + n.replace("_", "-") for n in fields if hints[n] is bool}
+    argv = [x for i, a in enumerate(argv) for x in ([a, "true"] if a in bools and (
+        i + 1 == len(argv) or argv[i + 1].lower() not in _BOOL_WORDS) else [a])]
     ns = ap.parse_intermixed_args(argv)
     recipes, overrides = [], []
     for item in ns.rest:
+        if positional and getattr(ns, positional) is None and "=" not in item and not item.endswith(".toml"):
+            setattr(ns, positional, item)
+            continue
         if "=" in item:
             key, _, value = item.partition("=")
             overrides.append(configs.override_layer(f"{key.strip().replace('-', '_')}={value}"))  # max-items=3 too

@@ -128,7 +128,7 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
 
 
 RESUME_KEYS = ("dataset", "fingerprint", "split", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
-               "prompt", "record_version", "strategy")
+               "prompt", "record_version", "strategy", "n", "extract", "policy")
 DATA_KEYS = ("dataset", "fingerprint", "split")   # what was judged, as opposed to how
 LATER_KEYS = ("split",)
 

@@ -122,7 +122,7 @@ def make_plots(out_dir: Path, summaries: Sequence[dict], records: dict[str, list
             x = s.get(x_key)
             if x is None and x_key == "max_think_tokens":
                 x = s.get("max_new_tokens")     # no budget = thinking may use every new token
-            if x is not None:
+            if x is not None and not (logx and x == 0):   # the direct baseline (budget 0) has no place on a log axis
                 groups.setdefault(s.get(group_key), []).append((x, s["accuracy"]))
         if not any(len(v) >= 2 for v in groups.values()):
             return

@@ -44,6 +44,8 @@ class Setting:
 
     @property
     def tag(self) -> str:
+        if self.max_think_tokens == 0:   # the direct baseline (DirectJudge)
+            return f"v{self.votes}-direct"
         return f"v{self.votes}-t{'none' if self.max_think_tokens is None else self.max_think_tokens}"
 
 
@@ -151,6 +153,7 @@ def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str =
                           description=f"{kind} {setting.tag}", restart=restart)
     summary = summarize(records, kind=kind)
     summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
+                   direct=setting.max_think_tokens == 0,
                    max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
                    problems=len(getattr(dataset, "problems", None) or []),
                    notes=len(getattr(dataset, "notes", None) or []),

@@ -4,12 +4,12 @@ from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, make_re
 from rrm_jax.judge.verdict import Verdict, majority
 
 __all__ = ["Verdict", "majority", "parse_verdict", "JudgePrompt", "RRM_PROMPT_V1", "get_prompt",
-           "make_render", "register_prompt", "render_prompt", "Judge"]
+           "make_render", "register_prompt", "render_prompt", "Judge", "DirectJudge"]
 
 
 def __getattr__(name):
     # Lazy: `Judge` pulls in the sampler and JAX; parsing/verdicts/prompts stay importable without them.
-    if name == "Judge":
-        from rrm_jax.judge.judge import Judge
-        return Judge
+    if name in ("Judge", "DirectJudge"):
+        from rrm_jax.judge.judge import DirectJudge, Judge
+        return Judge if name == "Judge" else DirectJudge
     raise AttributeError(name)

@@ -28,6 +28,8 @@ SWAPS = ("random", "both", "none")
 TRUNCATION_MARKER = "\n[...]\n"
 # Decoding of the released RRM evaluation (rrm_prompt.json: temperature 0.6, top_p 1.0, up to 8192 new tokens).
 DEFAULT_SAMPLING = dict(max_new_tokens=8192, temperature=0.6, top_p=1.0)
+# A DirectJudge's tokens after the forced suffix: the digit and "}" (a few spare for tokenizers that split them).
+DIRECT_NEW_TOKENS = 8
 
 
 def adaptive_savings(verdicts: Sequence[Verdict], max_samples: int) -> float:
@@ -75,6 +77,8 @@ class _Item:
 class Judge:
     """An RRM as a pairwise judge. `model` is an `rrm_jax.Model` with a tokenizer; `generate` overrides
     `rrm_jax.sampler.generate` (tests use a fake one)."""
+
+    direct = False    # see DirectJudge
 
     def __init__(self, model, *, prompt: JudgePrompt | str = RRM_PROMPT_V1, sampling=None,
                  max_prompt_tokens: int | None = None, generate: Callable | None = None):
@@ -277,11 +281,28 @@ class Judge:
         sampler batch), e.g. every group of a GRPO step. Tournament k's bracket/coin seed is derive_seed(seed, k)."""
         if len(queries) != len(candidate_lists):
             raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
-        if strategy not in tournament.STRATEGIES:
-            raise ValueError(f"strategy must be one of {sorted(tournament.STRATEGIES)}, got {strategy!r}")
-        rounds = tournament.knockout_rounds if strategy == "knockout" else tournament.round_robin_rounds
-        games = [rounds(q, c, seed=derive_seed(seed, k, 0x6A)) for k, (q, c) in enumerate(zip(queries, candidate_lists))]
+        games = [tournament.rounds_of(strategy, q, c, seed=derive_seed(seed, k, 0x6A))
+                 for k, (q, c) in enumerate(zip(queries, candidate_lists))]
         return tournament.run_many(self._tournament_compare(votes, swap, seed, adaptive), games)
+
+
+class DirectJudge(Judge):
+    """The paper's direct baseline: the same model made to answer without reasoning. Its thinking budget is 0, so
+    the sampler emits the verdict suffix ("</think> ... \\boxed{Assistant ") as the first tokens of every sample and
+    the model writes only the digit; at most DIRECT_NEW_TOKENS more tokens are drawn, stopping at the "}"."""
+
+    direct = True
+
+    def __init__(self, model, *, sampling=None, **kw):
+        base = sampling if sampling is not None else SamplingConfig(**DEFAULT_SAMPLING)
+        suffix = base.forced_suffix
+        # "}" closes the verdict box; a custom suffix that already holds one would stop the sample inside it
+        stops = tuple(base.stop_strings)
+        if isinstance(suffix, str) and "}" not in suffix and "}" not in stops:
+            stops += ("}",)
+        super().__init__(model, sampling=dataclasses.replace(
+            base, max_think_tokens=0, max_new_tokens=min(base.max_new_tokens, DIRECT_NEW_TOKENS), stop_strings=stops),
+            **kw)
 
 
 def _needed(item: _Item, votes: int, n_orders: int) -> int:

@@ -299,13 +299,23 @@ def _drive(compare_many: CompareMany, rounds) -> Ranking:
     return run_many(compare_many, [rounds])[0]
 
 
-def run_many(compare_many: CompareMany, tournaments: Sequence) -> list[Ranking]:
+def rounds_of(strategy: str, query: str, candidates: Sequence[str], seed: int = 0, votes: int = 1):
+    """The generator of one tournament (for :func:`run_many`): ``knockout`` or ``elo`` (round-robin)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    rounds = knockout_rounds if strategy == "knockout" else round_robin_rounds
+    return rounds(query, candidates, seed=seed, votes=votes)
+
+
+def run_many(compare_many: Callable, tournaments: Sequence, *, with_ids: bool = False) -> list[Ranking]:
     """Play several tournaments (``knockout_rounds`` / ``round_robin_rounds`` generators) in lockstep: every
     round's comparisons of every tournament go to ONE compare_many call, so a judge batches a whole training
     step's groups (or a whole best-of-N file) where a loop over queries would call it once per query and round.
-    Each tournament's verdicts are exactly those it would get alone from the same compare_many."""
+    With ``with_ids`` it is called as ``compare_many(items, ids)``, ``ids[i]`` = (tournament, its round, index):
+    a key for each comparison that does not depend on what else shares the call."""
     out: list[Ranking | None] = [None] * len(tournaments)
     pending: dict[int, list] = {}
+    played = [0] * len(tournaments)
 
     def advance(k, verdicts=None):
         try:
@@ -318,9 +328,14 @@ def run_many(compare_many: CompareMany, tournaments: Sequence) -> list[Ranking]:
     while pending:
         asked = sorted(pending.items())
         pending = {}
-        verdicts = _call(compare_many, [item for _, items in asked for item in items])
+        call = compare_many
+        if with_ids:
+            ids = [(k, played[k], i) for k, items in asked for i in range(len(items))]
+            call = lambda items: compare_many(items, ids)  # noqa: E731
+        verdicts = _call(call, [item for _, items in asked for item in items])
         at = 0
         for k, items in asked:
+            played[k] += 1
             advance(k, verdicts[at:at + len(items)])
             at += len(items)
     return out
