@@ -54,7 +54,9 @@ def test_quick_demo_writes_results(quick_run):
     for k in ("accuracy_before_grpo", "accuracy_after_grpo", "accuracy_voting", "seconds"):
         assert k in s
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {r["phase"] for r in rows} == {"sft", "eval", "grpo"}
+    assert {r["phase"] for r in rows} == {"sft", "eval", "grpo", "policy_sft", "policy_grpo", "policy_eval",
+                                          "policy_bon"}
+    assert (out / "judge" / "config.json").exists()  # what `--stage policy` starts from
     from rrm_jax.core.configs import load
     from rrm_jax.demo import QUICK, Recipe
 
@@ -70,6 +72,37 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
     assert s["thinking_after_grpo"] >= s["thinking_before_grpo"] + 0.30
     assert s["accuracy_voting"] >= s["accuracy_after_grpo"] - 0.05  # 3-vote majority is no worse than one vote
     assert [c["step"] for c in s["curve"]] == [0, 15, 30]
+
+
+def test_quick_demo_feedback_loop_raises_the_policy_on_judge_verdicts_alone(quick_run):
+    """The separate policy, post-trained only on the judge's knockout verdicts, is right more often on held-out
+    questions after each cycle (measured 0.50 -> 0.69 -> 0.83 -> 0.91 on seed 0), and the judge's best-of-8 picks
+    beat a random pick and the majority answer among the warm-started policy's samples."""
+    _, s = quick_run
+    before, cycles = s["policy_accuracy_before"], s["policy_accuracy_cycles"]
+    assert len(cycles) == 3 and s["policy_accuracy_after"] == cycles[-1]
+    assert cycles[-1] >= before + 0.20
+    assert all(b >= a - 0.03 for a, b in zip([before] + cycles, cycles))  # rising, up to sampling noise
+    bon = s["bon_accuracy"]
+    assert set(bon) == {"knockout", "elo", "random", "majority", "oracle"} and s["bon_n"] == 8
+    for judged in ("knockout", "elo"):
+        assert bon[judged] > bon["random"] + 0.15 and bon[judged] > bon["majority"] and bon[judged] <= bon["oracle"]
+
+
+def test_careless_chains_end_where_their_slip_leads():
+    tok = char_tokenizer()
+    from rrm_jax.data.answers import math_answer
+
+    for p in task.all_problems():
+        assert task.careless_chain(p) == task.chain(p)
+        for d in task.slips(p):
+            text = task.policy_answer(p, d)
+            assert math_answer(text) == str(p.answer + d)  # a first-step slip carries through to the result
+            assert text.split("\n")[0].split("=")[0] == p.query[:-2]
+            assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert task.policy_answer(task.ArithmeticProblem(3, 4), 1) == "3+4=5+3=6+2=7+1=8\n</think>\n\n\\boxed{8}"
+    train, held = task.split_problems(0, 30)
+    assert len(held) == 30 and not set(train) & set(held) and len(train) + 30 == len(task.all_problems())
 
 
 def test_recipe_file_matches_defaults_and_bad_fields_are_named(tmp_path):

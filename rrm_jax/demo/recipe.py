@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from rrm_jax.core import configs, shipped
+from rrm_jax.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,27 @@ class Recipe:
     knockout_queries: int = 30
     knockout_candidates: int = 4
     max_new_tokens: int = 64  # the longest chain (0+9) needs 55
+    # the feedback loop: a separate policy post-trained on the judge's verdicts alone
+    policy_hidden: int = 64
+    policy_layers: int = 2
+    careless: float = 0.7  # share of the warm-start teacher's answers that slip on the first step
+    policy_sft_steps: int = 300
+    policy_sft_batch: int = 64
+    policy_sft_lr: float = 3e-3
+    policy_heldout: int = 30  # questions the policy never trains on
+    cycles: int = 3  # feedback cycles (held-out policy accuracy after each)
+    cycle_steps: int = 10  # GRPO steps per cycle
+    policy_prompts: int = 16
+    policy_group: int = 8
+    policy_lr: float = 3e-4
+    policy_temperature: float = 1.0  # the policy's rollouts and held-out samples
+    policy_reward: str = "knockout"  # knockout | elo: the tournament inside each group of rollouts
+    policy_samples: int = 8  # sampled answers per held-out question
+    bon_n: int = 8  # best-of-n candidates per held-out question
+
+    def __post_init__(self):
+        if self.policy_reward not in ("knockout", "elo"):
+            raise ConfigError(f"Recipe.policy_reward={self.policy_reward!r}: must be knockout or elo")
 
 
 QUICK = dict(sft_steps=500, grpo_steps=30, eval_every=15, votes=3, knockout_queries=4, eval_pairs=48)

@@ -27,12 +27,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rrm_jax.core.api import init
+from rrm_jax.core.api import init, load, save_hf
 from rrm_jax.core.configs import dump_toml
+from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import char_tokenizer
 from rrm_jax.demo import task
+from rrm_jax.demo.policy import feedback_loop
 from rrm_jax.demo.recipe import Recipe, load_recipe
 from rrm_jax.judge import Judge
 from rrm_jax.judge.prompt import make_render
@@ -48,6 +50,9 @@ def _parse(argv):
     ap.add_argument("--quick", action="store_true", help="a shortened run (CI)")
     ap.add_argument("--recipe", default=None, help="a TOML of Recipe fields (train/demo.toml holds the defaults)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Recipe fields")
+    ap.add_argument("--stage", choices=("all", "judge", "policy"), default="all",
+                    help="judge: train and evaluate the judge (saved to OUT/judge); policy: the feedback loop with "
+                         "the judge OUT/judge holds; all: both")
     ap.add_argument("--no-plot", action="store_true")
     return ap.parse_args(argv)
 
@@ -55,9 +60,9 @@ def _parse(argv):
 class _Log:
     """metrics.jsonl, appended and flushed per record so a killed run keeps what it measured."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mode: str = "w"):
         self.path = path
-        self.f = open(path, "w")
+        self.f = open(path, mode)
 
     def __call__(self, **rec):
         self.f.write(json.dumps(rec) + "\n")
@@ -99,14 +104,47 @@ def _bar(console, steps, label: str):
             bar.update(advance=1)
 
 
-def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None) -> dict:
+def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=None, stage: str = "all") -> dict:
+    """The demo's stages: ``judge`` (train and evaluate the judge, saved to ``out/judge``), ``policy`` (the
+    feedback loop with the judge ``out/judge`` holds) or ``all``; summary.json gathers both stages' figures."""
     say = console.print if console is not None else print
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out / "metrics.jsonl")
+    log = _Log(out / "metrics.jsonl", "a" if stage == "policy" else "w")
     # the seed is a flag, not a recipe field: the header line is the command that reruns this run
     (out / "recipe.toml").write_text(f"# rrm-jax demo --recipe {out / 'recipe.toml'} --seed {seed}\n{dump_toml(recipe)}")
+    if stage == "policy":
+        judge, summary = _saved_judge(out, seed)
+    else:
+        judge, summary = train_judge(recipe, seed, log=log, say=say, console=console, t_start=t_start)
+        save_hf(judge, out / "judge")
+    if stage != "judge":
+        summary.update(feedback_loop(judge, recipe, seed=seed, log=log, say=say,
+                                     bar=lambda steps, label: _bar(console, steps, label)))
+    summary["seconds"] = time.perf_counter() - t_start
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if plot:
+        summary["plot"] = str(plot_run(summary, read_log(out / "metrics.jsonl"), out / "demo.png"))
+    return summary
 
+
+def _saved_judge(out: Path, seed: int):
+    """The judge a ``--stage judge`` run left in ``out`` (its weights, and its figures from summary.json)."""
+    if not (out / "judge" / "config.json").exists() or not (out / "summary.json").exists():
+        raise ConfigError(f"{out}: no trained judge here (judge/ and summary.json); run `rrm-jax demo --stage judge "
+                          f"--out {out} --seed {seed}` first")
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    judge = load(out / "judge", mesh=mesh, dtype=jax.numpy.float32, tokenizer=char_tokenizer())
+    summary = json.loads((out / "summary.json").read_text())
+    return judge, {k: v for k, v in summary.items() if not k.startswith(("policy_", "bon_"))}
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float):
+    """SFT warm start, GRPO on the outcome reward, held-out evaluation: (the trained judge, its figures)."""
     tok = char_tokenizer()
     cfg = task.model_config(hidden=recipe.hidden, layers=recipe.layers)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -195,35 +233,47 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
         grpo_steps=recipe.grpo_steps,
         curve=curve,
         seed=seed,
-        seconds=time.perf_counter() - t_start,
+        judge_seconds=time.perf_counter() - t_start,
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    if plot:
-        summary["plot"] = str(plot_run(curve, rewards, out / "demo.png"))
-    return summary
+    return final, summary
 
 
-def plot_run(curve: list[dict], rewards: list[float], path: Path) -> Path:
+def plot_run(summary: dict, rows: list[dict], path: Path) -> Path:
+    """demo.png: the judge's held-out accuracy and outcome reward over GRPO, and (after the feedback loop) the
+    policy's held-out accuracy over the cycles with the best-of-n picks beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    policy = "policy_accuracy_cycles" in summary
+    fig, axes = plt.subplots(1, 3 if policy else 2, figsize=(15 if policy else 10, 3.6))
+    a, b = axes[:2]
+    curve = summary.get("curve", [])
     steps = [c["step"] for c in curve]
     a.plot(steps, [c["single"] for c in curve], "o-", label="accuracy, single vote")
     a.plot(steps, [c["voting"] for c in curve], "s--", label="accuracy, majority vote")
     a.plot(steps, [c["thinking"] for c in curve], "^:", color="grey", label="reasons before the verdict")
     a.axhline(0.5, color="grey", lw=0.8, ls=":")
-    a.set(xlabel="GRPO step", ylabel="held-out share", ylim=(0.0, 1.02), title="held-out judge accuracy")
+    a.set(xlabel="GRPO step", ylabel="held-out share", ylim=(0.0, 1.02), title="the judge: held-out accuracy")
     a.legend()
-    r = np.asarray(rewards)
+    r = np.asarray([row["reward"] for row in rows if row.get("phase") == "grpo"])
     b.plot(np.arange(1, len(r) + 1), r, alpha=0.35, label="per step")
     if len(r) >= 5:
         k = min(10, len(r))
         b.plot(np.arange(k, len(r) + 1), np.convolve(r, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
-    b.set(xlabel="GRPO step", ylabel="mean reward (+1 / -1)", title="outcome reward")
+    b.set(xlabel="GRPO step", ylabel="mean reward (+1 / -1)", title="the judge: outcome reward")
     b.legend()
+    if policy:
+        c = axes[2]
+        accs = [summary["policy_accuracy_before"]] + summary["policy_accuracy_cycles"]
+        c.plot(range(len(accs)), accs, "o-", label=f"policy, sampled answers ({summary['policy_reward']} reward)")
+        bon = summary["bon_accuracy"]
+        for k, (name, v) in enumerate(bon.items()):
+            c.axhline(v, color=f"C{k + 1}", lw=0.9, ls="--", label=f"best-of-{summary['bon_n']} {name} (warm start)")
+        c.set(xlabel="feedback cycle (0 = warm start)", ylabel="held-out accuracy", ylim=(0.0, 1.02),
+              xticks=range(len(accs)), title="the policy, trained on judge verdicts only")
+        c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,7 +306,7 @@ def main(argv: list[str]) -> int:
         console = Console(soft_wrap=True)  # a log file keeps whole lines
     except ImportError:  # rich is a dependency; this only keeps the demo alive in a bare environment
         console, Table = None, None
-    s = run(recipe, Path(args.out), args.seed, plot=not args.no_plot, console=console)
+    s = run(recipe, Path(args.out), args.seed, plot=not args.no_plot, console=console, stage=args.stage)
     rows = [
         ("held-out accuracy, single vote", f"{s['accuracy_before_grpo']:.3f}", f"{s['accuracy_after_grpo']:.3f}"),
         (f"held-out accuracy, {s['votes']}-vote majority", f"{s['accuracy_voting_before_grpo']:.3f}", f"{s['accuracy_voting']:.3f}"),
@@ -264,9 +314,17 @@ def main(argv: list[str]) -> int:
         (f"best-of-{s['knockout_candidates']} knockout hit rate (chance {s['knockout_chance']:.2f})",
          f"{s['knockout_hit_rate_before_grpo']:.3f}", f"{s['knockout_hit_rate_after_grpo']:.3f}"),
     ]
+    if "policy_accuracy_after" in s:
+        cycles = " -> ".join(f"{a:.3f}" for a in s["policy_accuracy_cycles"])
+        rows.append((f"policy: held-out accuracy, {len(s['policy_accuracy_cycles'])} feedback cycles "
+                     f"({s['policy_reward']})", f"{s['policy_accuracy_before']:.3f}", cycles))
+        bon = s["bon_accuracy"]
+        rows.append((f"policy: best-of-{s['bon_n']} pick (warm-start samples): knockout / elo / random / majority / "
+                     "oracle", "", " / ".join(f"{bon[k]:.3f}" for k in ("knockout", "elo", "random", "majority",
+                                                                        "oracle"))))
     if Table is not None:
         t = Table(title=f"rrm-jax demo ({s['seconds']:.0f}s) -> {args.out}")
-        for c in ("", "after SFT warm start", "after GRPO"):
+        for c in ("", "after the warm start", "after GRPO / the feedback cycles"):
             t.add_column(c)
         for r in rows:
             t.add_row(*r)

@@ -117,6 +117,53 @@ def reasoning(problem: ArithmeticProblem, first: str, second: str) -> str:
     return f"{chain(problem)}\n1:{c}-{s}={c - s}\n" + snap_judgment(pick)
 
 
+def careless_chain(problem: ArithmeticProblem, slip: int = 0) -> str:
+    """:func:`chain` whose first step is off by ``slip`` (-1, 0 or +1), carried through to a wrong result:
+    ``3+4=5+3=6+2=7+1=8``. The demo's policy starts out with this habit (a careless first step)."""
+    if problem.b == 0 or slip == 0:
+        return chain(problem)
+    step = 1 if problem.op == "+" else -1
+    first = ArithmeticProblem(problem.a + step + slip, problem.b - 1, problem.op)
+    return f"{problem.query[:-2]}={chain(first)}" if first.b else f"{problem.query[:-2]}={first.a}"
+
+
+def slips(problem: ArithmeticProblem) -> list[int]:
+    """The first-step slips that keep every number of the chain a single digit (none when b = 0)."""
+    if problem.b == 0:
+        return []
+    end = problem.answer
+    return [d for d in (-1, 1) if 0 <= end + d <= 9 and 0 <= problem.a + (1 if problem.op == "+" else -1) + d <= 9]
+
+
+def policy_answer(problem: ArithmeticProblem, slip: int = 0) -> str:
+    """A policy's whole response after ``<think>\n``: its chain, then the boxed result the chain arrived at."""
+    text = careless_chain(problem, slip)
+    return f"{text}\n</think>\n\n\\boxed{{{text.rsplit('=', 1)[1]}}}"
+
+
+def policy_batch(problems: list[ArithmeticProblem], size: int, rng: np.random.Generator, tokenizer,
+                 careless: float):
+    """(prompt_ids, completion_ids) for the policy's warm start: a teacher that slips on the first step of a
+    share ``careless`` of the problems where a slip is possible."""
+    from rrm_jax.core.tokenizers import chat_prompt
+
+    prompts, comps = [], []
+    for i in rng.integers(0, len(problems), size):
+        p = problems[i]
+        options = slips(p)
+        slip = int(rng.choice(options)) if options and rng.random() < careless else 0
+        prompts.append(chat_prompt(tokenizer, p.query))
+        comps.append(tokenizer.encode(policy_answer(p, slip), add_special_tokens=False) + [tokenizer.eos_token_id])
+    return prompts, comps
+
+
+def split_problems(seed: int, heldout: int) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
+    """The policy's questions: (training, held-out), disjoint; the held-out ones are never trained on."""
+    probs = all_problems()
+    perm = np.random.default_rng([seed, 0x90]).permutation(len(probs))
+    return [probs[i] for i in perm[heldout:]], [probs[i] for i in perm[:heldout]]
+
+
 def knockout_candidates(problem: ArithmeticProblem, n: int, rng: np.random.Generator) -> list[str]:
     """``n`` distinct answers for best-of-N: the right one plus n-1 near misses, shuffled."""
     s = problem.answer
