@@ -274,14 +274,19 @@ def _params(preset: str) -> int:
     return m["num_layers"] * layer + m["vocab_size"] * h * (1 if m["tie_word_embeddings"] else 2) + h
 
 
-def test_large_recipe_loads_marks_every_value_and_fits_its_slice():
+def test_large_recipe_loads_marks_every_value_and_fits_its_slice(tmp_path):
     import dataclasses
+
+    from rrm_jax.core import shipped
+    from rrm_jax.core.configs import write_toml
 
     cfg = load_config(LARGE)
     assert cfg.policy and cfg.grpo.reward in ("judge_knockout", "judge_elo")
     assert cfg.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" and cfg.judge.model == "Reward-Reasoning/RRM-32B"
     assert cfg.judge.prompt == "rrm-v1" and cfg.judge.sampling.temperature == 0.6  # the released RRMs' contract
     assert "v5p-64" in LARGE.read_text().split("\n\n", 1)[0]  # the header names the slice this test sizes for
+    assert shipped.find("policy-7b-rrm32b", "train") == LARGE  # `rrm-jax train policy-7b-rrm32b` from anywhere
+    assert load_config(write_toml(cfg, tmp_path / "saved.toml")) == cfg  # what a run writes beside itself
 
     # every value says where it comes from
     for n, line in enumerate(LARGE.read_text().splitlines(), 1):
