@@ -108,10 +108,11 @@ def test_elo_run_logs_the_judge_and_checkpoints(tmp_path, mesh1):
     _check_judge_metrics(rows, cfg, lambda g: g * (g - 1) // 2)  # a round-robin: every pair once
     g = cfg.grpo.group_size
     for row, r in zip(rows, rec.rewards):
-        # Bradley-Terry ratings standardised per group: mean 0 and std 1, or all 0 when no match had a vote
-        # majority (a random judge's verdict digit rarely parses, so that is the usual case here)
+        # Bradley-Terry ratings standardised per group: mean 0 and std 1. A random judge's verdict digit rarely
+        # parses; its soft score then decides the match, so the ratings still spread and the policy still moves
         for grp in r.reshape(-1, g):
-            assert abs(grp.mean()) < 1e-5 and (np.allclose(grp, 0) or abs(grp.std() - 1) < 1e-5)
+            assert abs(grp.mean()) < 1e-5 and abs(grp.std() - 1) < 1e-4
+        assert row["grad_norm"] > 0
         assert row["reward_mean"] == pytest.approx(float(r.mean()), abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "e" / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
 

@@ -213,3 +213,20 @@ def test_run_many_plays_in_lockstep_with_the_verdicts_each_gets_alone():
     # ids name (tournament, its round, index): the 8-player bracket (tournament 2) plays 4, 2, 1 matches
     assert [[i for i in ids if i[0] == 2] for ids in seen] == [[(2, r, i) for i in range(m)] for r, m in
                                                                 ((0, 4), (1, 2), (2, 1))]
+
+
+def test_round_robin_without_valid_votes_ranks_by_the_soft_score():
+    """A judge whose verdict never parses (a random model, a budget that forces the suffix) still has verdict-digit
+    probabilities: with no valid vote the soft score counts as a fractional win, as it decides a knockout match."""
+
+    def soft_only(items):
+        out = []
+        for _, a, b in items:
+            pa = 0.7 if int(a[1:]) > int(b[1:]) else 0.3
+            out.append(Verdict(None, 0, 0, 1, pa, tokens=1, samples_drawn=1))
+        return out
+
+    r = round_robin(soft_only, "Q", cands(4), seed=1)
+    assert r.order == [3, 2, 1, 0] and np.allclose(r.wins + r.wins.T, 1 - np.eye(4))
+    flat = round_robin(lambda items: [Verdict(None, 0, 0, 1, 0.5) for _ in items], "Q", cands(3))
+    assert np.all(flat.wins == 0)  # nothing known at all: no wins

@@ -189,8 +189,11 @@ def round_robin_rounds(query, candidates, votes=1, both_orders=False, seed=0, *,
     soft_sum, soft_cnt = np.zeros((n, n)), np.zeros((n, n))
     results, matches = [], []
     for (i, j), v in zip(pairs, verdicts):
-        wins[i, j] += v.votes_a
-        wins[j, i] += v.votes_b
+        # no valid vote at all: the soft score (the verdict digit's probabilities) counts as a fractional win, as
+        # it decides such a match in a knockout; otherwise a judge that never finishes its verdict ranks nothing
+        va, vb = (v.votes_a, v.votes_b) if v.votes_a + v.votes_b else (v.soft, 1 - v.soft) if v.soft != 0.5 else (0, 0)
+        wins[i, j] += va
+        wins[j, i] += vb
         soft_sum[i, j] += v.soft
         soft_sum[j, i] += 1 - v.soft
         soft_cnt[i, j] += 1

@@ -36,6 +36,7 @@ from rrm_jax.judge.prompt import make_render
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.dpo import pack_pairs, pair_slots, tokenize_pair
 from rrm_jax.training.rl import rewards as rewards_lib
+from rrm_jax.training.rl.judge_rewards import after_think
 from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt, to_query_prompt
 from rrm_jax.training.step import (
@@ -80,7 +81,7 @@ class Trainer:
                              "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])")
         self.reward_fn = rewards_lib.get(reward_fn or g.reward)
         extract = EXTRACTORS.get(config.judge.extract)
-        self.answer_of = (lambda text, answer: same_answer(config.judge.extract, extract(text), answer)) \
+        self.answer_of = (lambda text, answer: same_answer(config.judge.extract, extract(after_think(text)), answer)) \
             if extract else None
         self._render = render
         self.generate_fn = generate_fn

@@ -16,7 +16,7 @@ has converged on an answer writes it many times; judging a response against itse
 
 What the judge is shown (``show``): ``response``, the text after the last ``</think>`` (a reasoning policy's
 answer without its scratch work; the whole text when there is none), or ``answer``, the final answer pulled out
-by an extractor (:mod:`rrm_jax.data.answers`). A response with nothing to show (no extractable answer, an empty
+by an extractor (:mod:`rrm_jax.data.answers`) from that text. A response with nothing to show (no extractable answer, an empty
 reply) is never sent to the judge and gets the group's lowest reward minus one.
 
 The judge model is an ordinary :class:`~rrm_jax.core.api.Model` on the policy's mesh with its own sharding;
@@ -66,7 +66,8 @@ class JudgeReward:
 
     def shown(self, text: str) -> str | None:
         """What the judge sees of one response; None when there is nothing to judge."""
-        out = self.extract(text) if self.show == "answer" else after_think(text)
+        shown = after_think(text)  # a reasoning policy's answer follows its thinking; a boxed draft inside does not count
+        out = self.extract(shown) if self.show == "answer" else shown
         return out if out else None
 
     def __call__(self, prompts: Sequence, completions: Sequence, batch: dict) -> np.ndarray:
