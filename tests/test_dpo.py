@@ -20,6 +20,7 @@ from rrm_jax.core.tokenizers import byte_tokenizer
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
 from rrm_jax.training.rl.dpo import DPOConfig, dpo_loss
 from tiny_configs import TINY_CONFIGS
+from runs import killed_at, records
 
 RECIPE = Path(__file__).parents[1] / "train" / "dpo-tiny.toml"
 
@@ -161,11 +162,6 @@ def _cfg(run_dir, steps):
                                 "optim.lr=3e-3", "tensorboard=false"])
 
 
-def _records(run_dir):
-    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 @pytest.mark.slow
 def test_dpo_recipe_trains_and_resumes_bit_for_bit(tmp_path, mesh1):
     from rrm_jax.training.loop import train
@@ -176,18 +172,10 @@ def test_dpo_recipe_trains_and_resumes_bit_for_bit(tmp_path, mesh1):
     full = train(_cfg(tmp_path / "a", 6), model=model(), progress=False)
     assert full["data"]["kept"] == 8 and full["skipped_total"] == 0
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(step, record):
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(_cfg(tmp_path / "b", 6), model=model(), on_step=kill_at_3, progress=False)
+    killed_at(3, lambda **kw: train(_cfg(tmp_path / "b", 6), model=model(), progress=False, **kw))
     resumed = train(_cfg(tmp_path / "b", 6), model=model(), progress=False)
     assert resumed["resumed_from"] == 2
-    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert a == b  # every metric of every step, bit for bit
     assert (tmp_path / "a" / "hf" / "model.safetensors").read_bytes() == \

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeCompletion
+from runs import killed_at, records
 
 import rrm_jax
 from rrm_jax.core.errors import ConfigError
@@ -38,7 +39,7 @@ def _raw(run_dir):
 
 
 def _records(run_dir):
-    return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in TIMING} for r in _raw(run_dir)]
+    return records(run_dir, skip=TIMING)
 
 
 def _check_judge_metrics(rows, cfg, per_group):
@@ -60,15 +61,7 @@ def test_knockout_run_checkpoints_and_resumes_bit_for_bit(tmp_path, mesh1):
     full = train(_cfg(tmp_path / "a", *over), model=_model(mesh1), progress=False)
     assert full["resumed_from"] == 0
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(step, record):
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(_cfg(tmp_path / "b", *over), model=_model(mesh1), on_step=kill_at_3, progress=False)
+    killed_at(3, lambda **kw: train(_cfg(tmp_path / "b", *over), model=_model(mesh1), progress=False, **kw))
     assert len(_records(tmp_path / "b")) == 3  # step 3 was logged, but its checkpoint was never written
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     resumed = train(_cfg(tmp_path / "b", *over), model=_model(mesh1), progress=False)

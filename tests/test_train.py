@@ -15,6 +15,7 @@ from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.core.configs import dump_toml
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
+from runs import killed_at, records
 
 OPT = OptimConfig(lr=1e-3, warmup_steps=0, weight_decay=0.01, clip_norm=1.0)
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, beta=0.05, aggregation="seq-mean-token-mean", logprob_chunk=8)
@@ -152,11 +153,6 @@ def _cfg(run_dir, steps):
     ])
 
 
-def _records(run_dir):
-    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
-
-
 @pytest.mark.slow
 def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
     from rrm_jax.training.cli import plot_cli
@@ -169,20 +165,13 @@ def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
 
     full = train(_cfg(tmp_path / "a", 4), model=model(), reward_fn=parity_reward, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(step, record):
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, on_step=kill_at_3, progress=False)
-    assert len(_records(tmp_path / "b")) == 3  # step 3 was logged, but the last checkpoint is step 2
+    killed_at(3, lambda **kw: train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False,
+                                    **kw))
+    assert len(records(tmp_path / "b")) == 3  # step 3 was logged, but the last checkpoint is step 2
     resumed = train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False)
     assert resumed["resumed_from"] == 2
 
-    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert a == b  # every metric of every step, bit for bit
     if importlib.util.find_spec("tensorboard"):  # TensorBoard shows the same curve, the killed run's step 3 dropped
