@@ -49,7 +49,7 @@ class Recipe:
     policy_sft_lr: float = 3e-3
     policy_heldout: int = 30  # questions the policy never trains on
     cycles: int = 3  # feedback cycles (held-out policy accuracy after each)
-    cycle_steps: int = 10  # GRPO steps per cycle
+    cycle_steps: int = 20  # GRPO steps per cycle
     policy_prompts: int = 16
     policy_group: int = 8
     policy_lr: float = 3e-4
