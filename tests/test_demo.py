@@ -76,8 +76,8 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
 
 def test_quick_demo_feedback_loop_raises_the_policy_on_judge_verdicts_alone(quick_run):
     """The separate policy, post-trained only on the judge's knockout verdicts, is right more often on held-out
-    questions after each cycle (measured 0.43 -> 0.72 -> 0.72 -> 0.88 under pytest's XLA flags, seed 0), and the judge's best-of-8 picks
-    beat a random pick and the majority answer among the warm-started policy's samples."""
+    questions after each cycle (measured 0.43 -> 0.72 -> 0.72 -> 0.88 under pytest's XLA flags, seed 0), and the
+    judge's best-of-8 picks beat a random pick and the majority answer among the warm-started policy's samples."""
     _, s = quick_run
     before, cycles = s["policy_accuracy_before"], s["policy_accuracy_cycles"]
     assert len(cycles) == 3 and s["policy_accuracy_after"] == cycles[-1]

@@ -54,10 +54,12 @@ def _check_judge_metrics(rows, cfg, per_group):
 
 # ------------------------------------------------------------------------------------------ full runs
 @pytest.mark.slow
-def test_knockout_run_checkpoints_and_resumes_bit_for_bit(tmp_path, mesh1):
+@pytest.mark.parametrize("reward,matches", [("judge_knockout", lambda g: g - 1),  # a knockout: G - 1 per group
+                                             ("judge_elo", lambda g: g * (g - 1) // 2)])  # round-robin: every pair
+def test_run_checkpoints_and_resumes_bit_for_bit(tmp_path, mesh1, reward, matches):
     from rrm_jax.training.loop import train
 
-    over = ("grpo.reward='judge_knockout'", "steps=3", "save_every=2")
+    over = (f"grpo.reward='{reward}'", "steps=3", "save_every=2")
     full = train(_cfg(tmp_path / "a", *over), model=_model(mesh1), progress=False)
     assert full["resumed_from"] == 0
 
@@ -72,12 +74,11 @@ def test_knockout_run_checkpoints_and_resumes_bit_for_bit(tmp_path, mesh1):
     assert a == b  # every metric of every step (judge tokens and comparisons included), bit for bit
     wa = (tmp_path / "a" / "hf" / "model.safetensors").read_bytes()
     assert wa == (tmp_path / "b" / "hf" / "model.safetensors").read_bytes()
-    # the knockout's rewards (rounds survived; a match without a vote majority goes to the soft score, then a
-    # seeded coin) separate the group, so the weights really moved and the comparison above is not vacuous
+    # the rewards (a match without a vote majority goes to the soft score) separate the group, so the weights
+    # really moved and the comparison above is not vacuous
     assert any(r["reward_std"] > 0 and r["grad_norm"] > 0 for r in a)
     assert wa != _export(_model(mesh1), tmp_path / "init")
-    # a knockout: G - 1 matches per group
-    _check_judge_metrics(_raw(tmp_path / "a"), _cfg(tmp_path / "a", *over), lambda g: g - 1)
+    _check_judge_metrics(_raw(tmp_path / "a"), _cfg(tmp_path / "a", *over), matches)
     ckpts = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts == ["2", "3"]
 

@@ -16,8 +16,8 @@ has converged on an answer writes it many times; judging a response against itse
 
 What the judge is shown (``show``): ``response``, the text after the last ``</think>`` (a reasoning policy's
 answer without its scratch work; the whole text when there is none), or ``answer``, the final answer pulled out
-by an extractor (:mod:`rrm_jax.data.answers`) from that text. A response with nothing to show (no extractable answer, an empty
-reply) is never sent to the judge and gets the group's lowest reward minus one.
+by an extractor (:mod:`rrm_jax.data.answers`) from that text. A response with nothing to show (no extractable
+answer, an empty reply) is never sent to the judge and gets the group's lowest reward minus one.
 
 The judge model is an ordinary :class:`~rrm_jax.core.api.Model` on the policy's mesh with its own sharding;
 nothing is copied to the host. ``last_stats`` reports the judge's seconds, tokens and comparisons per step.
@@ -66,7 +66,7 @@ class JudgeReward:
 
     def shown(self, text: str) -> str | None:
         """What the judge sees of one response; None when there is nothing to judge."""
-        shown = after_think(text)  # a reasoning policy's answer follows its thinking; a boxed draft inside does not count
+        shown = after_think(text)  # a reasoning policy's answer follows its thinking (a boxed draft inside is no answer)
         out = self.extract(shown) if self.show == "answer" else shown
         return out if out else None
 
