@@ -46,7 +46,7 @@ class Ranking:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("ratings", "wins", "expected"):
+        for k in ("ratings", "wins", "expected", "reached"):
             if d[k] is not None:
                 d[k] = np.asarray(d[k]).tolist()
         return d
