@@ -107,7 +107,7 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
                                 max_slots=recipe.policy_prompts * recipe.policy_group),
         judge=JudgeConfig(model="demo judge (stage 1)", prompt=task.DEMO_PROMPT.key, show="answer", extract="math"),
     )
-    reward = JudgeReward(judge, kind, show="answer", extract="math", seed=seed)
+    reward = JudgeReward(judge, kind, show=grpo_cfg.judge.show, extract=grpo_cfg.judge.extract, seed=seed)
     grpo = Trainer(sft.policy, grpo_cfg, reward_fn=reward)
     cycles = []
     for c in range(1, recipe.cycles + 1):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.data.answers import EXTRACTORS
 from rrm_jax.judge.prompt import get_prompt
 from rrm_jax.training.rl.dpo import DPOConfig
 from rrm_jax.training.rl.loss import AGGREGATIONS
@@ -80,6 +81,7 @@ class JudgeConfig:
 
 
 JUDGE_REWARDS = ("judge_elo", "judge_knockout", "judge_reference")
+JUDGE_SHOW = ("response", "answer")  # what the judge sees: the text after </think>, or the extracted final answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,9 +175,11 @@ class TrainConfig:
             ("judge.model", j.model, bool(j.model) or not self.policy,
              f"is empty: grpo.reward = {g.reward!r} needs the judge checkpoint (or preset)"),
             ("judge.votes", j.votes, j.votes >= 1, "must be >= 1"),
-            ("judge.show", j.show, j.show in ("response", "answer"), "must be response or answer"),
-            ("judge.extract", j.extract, j.extract in ("", "math", "choice"), "must be math, choice or empty"),
-            ("judge.extract", j.extract, j.show != "answer" or j.extract, "must be math or choice when show = 'answer'"),
+            ("judge.show", j.show, j.show in JUDGE_SHOW, f"must be one of {', '.join(JUDGE_SHOW)}"),
+            ("judge.extract", j.extract, j.extract in ("", *EXTRACTORS),
+             f"must be one of {', '.join(EXTRACTORS)} or empty"),
+            ("judge.extract", j.extract, j.show != "answer" or j.extract,
+             f"must be one of {', '.join(EXTRACTORS)} when show = 'answer'"),
             ("judge.max_prompt_tokens", j.max_prompt_tokens, j.max_prompt_tokens >= 0, "must be >= 0 (0 = no limit)"),
         ]
         for name, value, ok, why in judge_fields:

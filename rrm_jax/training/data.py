@@ -23,8 +23,7 @@ import grain
 import numpy as np
 
 from rrm_jax.core.distributed import barrier, is_main
-from rrm_jax.core.tokenizers import chat_prompt
-from rrm_jax.training.rl.rollout import check_pair, to_prompt
+from rrm_jax.training.rl.rollout import check_pair, to_prompt, to_query_prompt
 
 MAX_REPORTED = 5
 
@@ -186,10 +185,13 @@ class QueryPipeline(_Pipeline):
         recs, reasons, problems = _read_jsonl(Path(path), _check_query(config.grpo.reward == "judge_reference"))
         items = []
         for r in recs:
-            if len(chat_prompt(tokenizer, r["query"])) > config.data.max_prompt_tokens:
+            # tokenised once here: the trainer samples from these prompt_ids
+            item = to_query_prompt({k: (str(r[k]) if k == "answer" else r[k])
+                                    for k in ("query", "answer", "reference") if k in r}, tokenizer)
+            if len(item["prompt_ids"]) > config.data.max_prompt_tokens:
                 reasons[f"prompt longer than max_prompt_tokens={config.data.max_prompt_tokens}"] += 1
                 continue
-            items.append({k: (str(r[k]) if k == "answer" else r[k]) for k in ("query", "answer", "reference") if k in r})
+            items.append(item)
         if not items:
             raise ValueError(f"{path}: no usable queries (dropped: {dict(reasons)}; e.g. {problems[:3]})")
         self.report = {"read": len(recs) + sum(reasons.values()), "kept": len(items), "dropped": dict(reasons),
@@ -201,6 +203,11 @@ class QueryPipeline(_Pipeline):
             .batch(config.grpo.prompts_per_step, batch_fn=list)
         )
         super().__init__(ds)
+
+
+def sequence_limit(config) -> int:
+    """The longest training row a recipe allows: ``grpo.seq_bucket`` when fixed, else prompt + new tokens."""
+    return config.grpo.seq_bucket or config.data.max_prompt_tokens + config.sampling.max_new_tokens
 
 
 def _check_trace(rec: dict, where: str) -> str | None:
@@ -221,7 +228,7 @@ class SFTPipeline(_Pipeline):
             c = tokenizer.encode(r["completion"], add_special_tokens=False)
             if tokenizer.eos_token_id is not None:
                 c = c + [tokenizer.eos_token_id]
-            if len(p) + len(c) - 1 > (config.grpo.seq_bucket or config.data.max_prompt_tokens + config.sampling.max_new_tokens):
+            if len(p) + len(c) - 1 > sequence_limit(config):
                 reasons["trace longer than the sequence limit"] += 1
                 continue
             items.append((np.asarray(p, np.int32), np.asarray(c, np.int32)))

@@ -16,7 +16,7 @@ import grain
 import numpy as np
 
 from rrm_jax.core.tokenizers import chat_prompt
-from rrm_jax.training.data import _Pipeline, _read_jsonl, normalise_pair
+from rrm_jax.training.data import _Pipeline, _read_jsonl, normalise_pair, sequence_limit
 from rrm_jax.training.rl.rollout import bucket_len, check_pair, pack
 
 
@@ -59,8 +59,8 @@ def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dic
     out), dropping bad lines and pairs longer than ``max_len`` tokens; and a report of what was dropped and why."""
     pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(normalise_pair(r), w))
     kept = []
-    for p in pairs:
-        item = tokenize_pair({k: normalise_pair(p)[k] for k in ("query", "chosen", "rejected")}, tokenizer)
+    for p in map(normalise_pair, pairs):
+        item = tokenize_pair({k: p[k] for k in ("query", "chosen", "rejected")}, tokenizer)
         if pair_length(item) > max_len:
             reasons[f"pair longer than the sequence limit ({max_len} tokens)"] += 1
             continue
@@ -69,11 +69,6 @@ def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dic
         raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
     return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(reasons),
                   "problems": problems}
-
-
-def sequence_limit(config) -> int:
-    """The longest training row a recipe allows: ``grpo.seq_bucket`` when fixed, else prompt + new tokens."""
-    return config.grpo.seq_bucket or config.data.max_prompt_tokens + config.sampling.max_new_tokens
 
 
 class DPOPipeline(_Pipeline):

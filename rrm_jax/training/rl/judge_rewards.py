@@ -34,9 +34,8 @@ import numpy as np
 from rrm_jax.core.seeds import derive_seed
 from rrm_jax.data.answers import EXTRACTORS
 from rrm_jax.judge.judge import Judge
-
-KINDS = ("judge_elo", "judge_knockout", "judge_reference")
-SHOW = ("response", "answer")
+from rrm_jax.training.config import JUDGE_REWARDS as KINDS
+from rrm_jax.training.config import JUDGE_SHOW as SHOW
 
 
 def after_think(text: str) -> str:
