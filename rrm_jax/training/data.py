@@ -64,7 +64,10 @@ def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
     return path, {}
 
 
-def _read_jsonl(path: Path, check: Callable[[dict, str], str | None]) -> tuple[list[dict], Counter, list[str]]:
+def _read_jsonl(path: Path, check: Callable[[dict, str], str | None],
+                prepare: Callable[[dict], dict] | None = None) -> tuple[list[dict], Counter, list[str]]:
+    """The records of ``path`` that ``check`` passes (after ``prepare``, which the kept records keep), the count
+    of each reason for a dropped line, and the first few located problems."""
     keep, reasons, problems = [], Counter(), []
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
@@ -73,6 +76,8 @@ def _read_jsonl(path: Path, check: Callable[[dict, str], str | None]) -> tuple[l
             where = f"{path}:{lineno}: "
             try:
                 rec = json.loads(line)
+                if isinstance(rec, dict) and prepare is not None:
+                    rec = prepare(rec)
                 why = check(rec, where) if isinstance(rec, dict) else f"{where}not a JSON object"
             except json.JSONDecodeError as e:
                 why = f"{where}invalid JSON ({e.msg})"
@@ -110,8 +115,7 @@ def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_toke
     """Valid training pairs from a JSONL of {query, chosen, rejected} (or Skywork-style message lists), each
     short enough once rendered, and a report of what was dropped and why. (The benchmark readers that give a
     labelled PairSet are ``rrm_jax.data.read_pairs``.)"""
-    pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(normalise_pair(r), w))
-    pairs = [normalise_pair(p) for p in pairs]
+    pairs, reasons, problems = _read_jsonl(path, check_pair, prepare=normalise_pair)
     overhead = len(tokenizer.encode(render("", "", ""), add_special_tokens=False)) + 12
     kept = []
     if pairs:

@@ -57,9 +57,9 @@ def pair_slots(n: int, multiple: int) -> int:
 def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dict]:
     """Tokenised pairs from a JSONL of {query, chosen, rejected} (extra fields, e.g. ``confidence``, are kept
     out), dropping bad lines and pairs longer than ``max_len`` tokens; and a report of what was dropped and why."""
-    pairs, reasons, problems = _read_jsonl(path, lambda r, w: check_pair(normalise_pair(r), w))
+    pairs, reasons, problems = _read_jsonl(path, check_pair, prepare=normalise_pair)
     kept = []
-    for p in map(normalise_pair, pairs):
+    for p in pairs:
         item = tokenize_pair({k: p[k] for k in ("query", "chosen", "rejected")}, tokenizer)
         if pair_length(item) > max_len:
             reasons[f"pair longer than the sequence limit ({max_len} tokens)"] += 1

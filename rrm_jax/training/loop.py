@@ -194,6 +194,9 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             if on_step is not None:
                 on_step(step, record)
             if step % config.save_every == 0 or step == config.steps:
+                # the lines up to a checkpoint reach the disk before it does, so a power loss cannot leave a
+                # checkpoint whose curve has a gap (a plain flush only reaches the OS)
+                os.fsync(mf.fileno())
                 ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
     return last
 
