@@ -12,6 +12,12 @@ import pytest  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 2. Each worker is a whole jax process with 8 fake devices and
+    XLA's own thread pool, ~2 GiB resident: more of them would contend for memory and XLA's threads."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def mesh1():
     """A one-device mesh: the default for tests that are not about sharding (fast on 2 cores)."""
