@@ -8,10 +8,12 @@ numbers):
    decode are reported separately. transformers' prefill is ``generate(max_new_tokens=1)``; its decode is
    ``generate(max_new_tokens=N)`` minus that, over N-1 steps. Ours come from the sampler's own timers.
 2. Decode as a fraction of the memory-bandwidth bound: every decode step must stream all weights once
-   (the tied embedding serves as the LM head; the embedding lookup itself reads only B rows), so
-   ``bound = weight bytes / raw read bandwidth``, the bandwidth being a jitted sum over a large array
-   measured in the same run.
-3. Long-tailed workload: requests whose generation lengths are mostly short with a few 8x longer (forced by
+   (the tied embedding serves as the LM head; the embedding lookup itself reads only B rows) and the K/V cache
+   up to the current length, so ``bound = (weight + K/V bytes) / raw read bandwidth``, the bandwidth being a
+   jitted sum over a large array measured in the same run.
+3. Tunix's vanilla sampler on the same weights and prompts (``rrm_jax.benchmarks.tunix_ref``; the ``[bench]``
+   extra installs it; without it the run says so and goes on), timed like transformers.
+4. Long-tailed workload: requests whose generation lengths are mostly short with a few 8x longer (forced by
    per-request max_new_tokens), served with continuous batching vs the static path.
 """
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-transformers", action="store_true", help="skip the torch reference")
+    ap.add_argument("--no-tunix", action="store_true", help="skip Tunix's sampler")
     ap.add_argument("--bandwidth-mb", type=int, default=1024)
     ap.add_argument("--tail-model", default="qwen2.5-0.5b")
     ap.add_argument("--tail-requests", type=int, default=64)
@@ -194,11 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"weights {wbytes / 1e9:.2f} GB streamed per decode step; raw read bandwidth = jitted sum over "
               f"{args.bandwidth_mb} MiB, measured before and after each timed run")
+        from rrm_jax.benchmarks import tunix_ref
+
+        no_tunix = "Tunix skipped (--no-tunix)" if args.no_tunix else tunix_ref.available()
+        if no_tunix:
+            print(no_tunix)
         rng = np.random.default_rng(0)
         for b in args.batch:
             prompts = _prompts(rng, b, args.prompt, model.config.vocab_size)
             ours = bench_ours(model, prompts, args.new, args.repeats, args.bandwidth_mb << 20)
-            bound_ms = 1e3 * wbytes / ours["bandwidth"]
+            c = model.config  # every step also reads the K/V cache (compute dtype) up to the prompt + new tokens
+            kv_bytes = (2 * c.num_layers * b * (args.prompt + args.new) * c.num_kv_heads * c.head_dim
+                        * jnp.dtype(model.param_dtype).itemsize)
+            bound_ms = 1e3 * (wbytes + kv_bytes) / ours["bandwidth"]
             floor_ms = matmul_floor_ms(model, b)
             line = (f"B={b} T={args.prompt} new={args.new} | rrm-jax: prefill {ours['prefill_tok_s']:.0f} tok/s, "
                     f"decode {ours['decode_tok_s']:.1f} tok/s ({ours['step_ms']:.0f} ms/step; bandwidth "
@@ -214,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"B={b} | ratio rrm-jax/transformers: prefill {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x, "
                       f"decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x (target >= 2x), "
                       f"end-to-end {ours['e2e_tok_s'] / ref['e2e_tok_s']:.2f}x; identical greedy rows {agree:.0%}", flush=True)
+            if not no_tunix:
+                tx = tunix_ref.bench_tunix(model, prompts, args.new, args.repeats)
+                agree = np.mean([a == r for a, r in zip(ours["tokens"], tx["tokens"])])
+                print(f"B={b} | tunix: prefill {tx['prefill_tok_s']:.0f} tok/s, decode {tx['decode_tok_s']:.1f} tok/s "
+                      f"({tx['step_ms']:.0f} ms/step), end-to-end {tx['e2e_tok_s']:.1f} tok/s")
+                print(f"B={b} | ratio rrm-jax/tunix: prefill {ours['prefill_tok_s'] / tx['prefill_tok_s']:.2f}x, "
+                      f"decode {ours['decode_tok_s'] / tx['decode_tok_s']:.2f}x, "
+                      f"end-to-end {ours['e2e_tok_s'] / tx['e2e_tok_s']:.2f}x (target >= 1.5x); "
+                      f"identical greedy rows {agree:.0%}", flush=True)
+                del tx
+                gc.collect()
         del model, hf
         gc.collect()
     if not args.skip_tail:
