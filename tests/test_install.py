@@ -25,6 +25,7 @@ OPTIONAL = {
     "torch": ("rrm_jax/benchmarks/", "benchmarks time transformers beside rrm-jax"),
     "tensorboard": ("rrm_jax/training/loop.py", "scalars when installed"),
     "pyarrow": ("rrm_jax/data/sources.py", "the [parquet] extra"),
+    "libtpu": ("rrm_jax/plan/chips.py", "the [tpu] extra: rrm-jax plan compiles for TPU slices with it"),
 }
 # transformers features rrm_jax uses and the package each needs at run time (transformers does not require them)
 FEATURES = {"apply_chat_template": "jinja2", "snapshot_download": "huggingface_hub"}
