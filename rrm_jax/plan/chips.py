@@ -112,9 +112,11 @@ def devices(topo: Topology) -> list:
     if not have_libtpu():
         raise ConfigError(f"--topology {topo.name}: compiling for a TPU needs libtpu, which is not installed; "
                           f"{INSTALL}")
-    # libtpu reads these to find a real slice; with no TPU here, set them so it does not warn that it cannot
+    # libtpu reads these to find a real slice; with no TPU here, set them so it does not warn that it cannot.
+    # Compiling touches no TPU, so two plans may run at once (libtpu otherwise takes a machine-wide lock).
     for key, value in (("TPU_ACCELERATOR_TYPE", f"{topo.generation}-{topo.chips * CORES_PER_CHIP[topo.generation]}"),
-                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_SKIP_MDS_QUERY", "1")):
+                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_SKIP_MDS_QUERY", "1"),
+                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
         os.environ.setdefault(key, value)
     from jax.experimental import topologies
 

@@ -110,7 +110,8 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
 
 def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timings, judge_cfg=None,
            only=PARTS) -> dict:
-    partial = set(only) != set(PARTS)
+    applies = {"update"} | ({"rollout"} if cfg.mode == "grpo" else set()) | ({"judge"} if judge_cfg else set())
+    partial = bool(applies - set(only))
     chip = topo.chip
     hbm = chip.hbm_gib * GIB
     rows = []
@@ -146,7 +147,9 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
                     if judge_cfg else "", judge_params=judge_cfg.num_params if judge_cfg else 0),
         update_batch=dict(kind=kind, rows=nrows, row_tokens=t, tokens=nrows * t),
         residents=res, rollout=rollout, judge_rollout=judge_rollout, programs=rows,
-        peak_bytes=peak, peak_program=worst, hbm_bytes=hbm, fits=peak <= hbm and not any(r["refused"] for r in rows) and not partial, parts=list(only), margin_gib=(hbm - peak) / GIB,
+        peak_bytes=peak, peak_program=worst, hbm_bytes=hbm,
+        fits=peak <= hbm and not any(r["refused"] for r in rows) and not partial,
+        parts=sorted(applies & set(only), key=PARTS.index), partial=partial, margin_gib=(hbm - peak) / GIB,
         update_seconds=update["seconds_per_call"],
         update_mfu=model_flops / (topo.chips * chip.bf16_flops * update["seconds_per_call"])
         if update["seconds_per_call"] else 0.0,
@@ -166,7 +169,7 @@ def fits_line(p: dict) -> str:
     refused = [r["program"] for r in p["programs"] if r["refused"]]
     if refused and p["margin_gib"] >= 0:
         verdict = f"does not fit: the compiler refused {', '.join(refused)} (out of HBM)"
-    part = "" if set(p["parts"]) == set(PARTS) else f" (partial plan: {', '.join(p['parts'])} only)"
+    part = f" (partial plan: {', '.join(p['parts'])} only)" if p["partial"] else ""
     if part and p["peak_bytes"] <= p["hbm_bytes"] and not any(r["refused"] for r in p["programs"]):
         verdict = f"these programs fit: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip"
     return f"{p['topology']} ({p['chips']} x {p['chip']}): {verdict}; peak in {p['peak_program']}{part}"
