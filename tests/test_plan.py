@@ -83,10 +83,12 @@ def test_plan_cli_json_and_errors(tmp_path):
     env.pop("XLA_FLAGS", None)  # the command sets the fake device count for cpu-N itself
     run = lambda *a: subprocess.run([sys.executable, "-m", "rrm_jax.cli", "plan", *a], capture_output=True,
                                     text=True, env=env, cwd=tmp_path, timeout=600)
-    r = run("tiny", "--topology", "cpu-8", *sum((["--set", s] for s in SMALL), []), "--json", "-")
+    r = run("tiny", "--topology", "cpu-8", *sum((["--set", s] for s in SMALL), []), "--only", "update", "--json", "-")
     assert r.returncode == 0, r.stderr[-2000:]
-    p = json.loads(r.stdout)
-    assert p["fits"] and "fits:" in r.stderr and "grpo update" in r.stderr
+    p = json.loads(r.stdout)  # a partial plan: the programs it compiled fit, the recipe is not claimed to
+    assert p["partial"] and not p["fits"] and p["parts"] == ["update"]
+    assert "these programs fit" in r.stderr and "partial plan: update only" in r.stderr and "grpo update" in r.stderr
+    assert {x["program"] for x in p["programs"]} == {"grpo update", "log-probs"}
     r = run("tiny", "--topology", "v9-8")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "known" in r.stderr.lower()
     r = run("no-such-recipe", "--topology", "cpu-8")
@@ -135,3 +137,20 @@ def test_logprob_pass_in_micro_batches_equals_the_whole_batch():
     assert whole.shape == (rows, t) and np.isfinite(whole).all()
     np.testing.assert_allclose(micro[mask], whole[mask], rtol=1e-5, atol=1e-5)
     assert np.abs(whole[mask]).min() > 0  # real log-probs, not zeros
+
+
+def test_policy_plan_compiles_the_judge_beside_the_policy():
+    from rrm_jax.plan import plan
+
+    p = plan("policy-tiny", "cpu-8", SMALL, only=("judge",), progress=lambda *_: None)
+    assert [r["program"] for r in p["programs"]] == ["judge prefill", "judge decode"]
+    assert p["partial"] and not p["fits"] and p["parts"] == ["judge"]
+    res = p["residents"]
+    assert res["judge"] == res["params"] > 0  # the same tiny preset, fp32 in both roles, sharded alike
+    # judge_elo: 2 prompts x (4 choose 2) matches x 2 votes = 24 comparisons -> 32 slots (a power of two, max 32)
+    jr = p["judge_rollout"]
+    assert jr["requests"] == 24 and jr["slots"] == 32
+    # no judge.max_prompt_tokens: query + two responses + the template's room, 32 + 2 x 8 + 256 -> bucket 512
+    assert jr["prompt_bucket"] == 512 and jr["cache_len"] == 512 + 8 + 16  # + the forced suffix (think budget)
+    live = next(r for r in p["programs"] if r["program"] == "judge decode")["resident_bytes"]
+    assert live == res["initial_params"] + res["train_state"]  # fp32 compute: no reference or rollout copies
