@@ -18,6 +18,7 @@ COMMANDS = {
     "label": ("rrm_jax.evaluation.label:label_main", "judge-labelled preference pairs for DPO from candidates"),
     "train": ("rrm_jax.training.cli:cli", "train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe TOML"),
     "plot": ("rrm_jax.training.cli:plot_cli", "plot a training run's metrics"),
+    "plan": ("rrm_jax.plan.cli:main", "compile a recipe for a TPU slice (libtpu): memory per chip, FLOPs, MFU"),
     "bench": ("rrm_jax.benchmarks:cli", "benchmarks: forward | generate | judge | train"),
 }
 

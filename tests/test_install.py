@@ -26,6 +26,7 @@ OPTIONAL = {
     "tensorboard": ("rrm_jax/training/loop.py", "scalars when installed"),
     "pyarrow": ("rrm_jax/data/sources.py", "the [parquet] extra"),
     "tunix": ("rrm_jax/benchmarks/tunix_ref.py", "the [bench] extra: bench generate times Tunix beside rrm-jax"),
+    "libtpu": ("rrm_jax/plan/chips.py", "the [tpu] extra: rrm-jax plan compiles for TPU slices with it"),
 }
 # transformers features rrm_jax uses and the package each needs at run time (transformers does not require them)
 FEATURES = {"apply_chat_template": "jinja2", "snapshot_download": "huggingface_hub"}

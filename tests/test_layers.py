@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "rrm_jax"
 # bottom to top; a module may import from its own layer's package and from any lower layer
 LAYERS = [("core",), ("data",), ("sampler",), ("judge",), ("evaluation", "training"), ("demo",),
-          ("cli", "benchmarks", "moved", "__init__")]
+          ("cli", "benchmarks", "plan", "moved", "__init__")]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 MAX_LINES = 400
 

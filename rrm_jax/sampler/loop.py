@@ -249,8 +249,13 @@ class SamplerLoop:
         b, s = self.shape.slots, self.shape.cache_len
         pb, tb = batch.tokens.shape
         small = KVCache.zeros(self.config, pb, tb, self.cache_dtype)
-        mask = jnp.arange(tb)[None] < batch.lens[:, None]
-        h, small = module(batch.tokens, None, mask, small, return_hidden=True)
+        # The batch arrives replicated (place); split its prompts over the batch axes, or every device runs
+        # every prompt (`rrm-jax plan` found a judge prefill needing 182 GiB per chip that way)
+        rows = lambda x: jax.lax.with_sharding_constraint(
+            x, self.rules.sharding(self.mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
+        tokens = rows(batch.tokens)
+        mask = rows(jnp.arange(tb)[None] < batch.lens[:, None])
+        h, small = module(tokens, None, mask, small, return_hidden=True)
         logits = module.logits_from_hidden(h[jnp.arange(pb), batch.lens - 1])
         dest, src = batch.dest, batch.src
         cache = state.cache

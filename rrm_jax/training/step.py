@@ -217,17 +217,30 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
     return fn
 
 
-def make_logprob_fn(model, chunk: int = 256):
-    """Jitted ``(params, batch) -> [B, T]`` log-probs of the batch's targets (old-policy / reference pass)."""
-    return cached("logprob", model, (chunk,), lambda: _make_logprob_fn(model, chunk))
+def make_logprob_fn(model, chunk: int = 256, micro_batches: int = 1):
+    """Jitted ``(params, batch) -> [B, T]`` log-probs of the batch's targets (old-policy / reference pass).
+
+    ``micro_batches`` > 1 runs the rows in that many strided slices one after another (as the update does), so
+    the pass holds one micro-batch's activations, not the whole batch's (``rrm-jax plan`` found the 7B recipe's
+    whole-batch pass needing TBs per chip); a row count it does not divide runs whole."""
+    return cached("logprob", model, (chunk, micro_batches), lambda: _make_logprob_fn(model, chunk, micro_batches))
 
 
-def _make_logprob_fn(model, chunk):
-    graphdef = model.graphdef
+def _make_logprob_fn(model, chunk, micro_batches=1):
+    graphdef, mesh, rules = model.graphdef, model.mesh, model.rules
 
-    def fwd(params, tokens, positions, mask, targets):
+    def one(params, tokens, positions, mask, targets):
         lp, _ = sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, mask, targets, chunk)
         return lp
+
+    def fwd(params, tokens, positions, mask, targets):
+        k = micro_batches
+        if k == 1 or tokens.shape[0] % k:
+            return one(params, tokens, positions, mask, targets)
+        spec = lambda ndim: rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
+        mbs = [_split(x, k, spec) for x in (tokens, positions, mask, targets)]
+        out = jax.lax.map(lambda mb: one(params, *mb), mbs)  # [k, B/k, T], micro-batch j = rows i*k + j
+        return out.swapaxes(0, 1).reshape(tokens.shape[0], *out.shape[2:])
 
     b2 = model.batch_sharding(2)
     return jax.jit(fwd, in_shardings=(model.state_shardings, b2, b2, b2, b2), out_shardings=b2)

@@ -177,7 +177,7 @@ class Trainer:
 
     def logprobs(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
         if self._logprob is None:
-            self._logprob = make_logprob_fn(self.model, self.loss_cfg.logprob_chunk)
+            self._logprob = make_logprob_fn(self.model, self.loss_cfg.logprob_chunk, self.cfg.optim.micro_batches)
         arrays = place_batch(self.model, batch, ("tokens", "positions", "mask", "targets"))
         return self._logprob(params, arrays["tokens"], arrays["positions"], arrays["mask"], arrays["targets"])
 

@@ -1,0 +1,231 @@
+"""A recipe's device programs, compiled ahead of time for a mesh of (compile-only) devices, nothing allocated.
+
+The seam is :class:`rrm_jax.core.api.Model` itself: its ``state`` may be a tree of ``jax.ShapeDtypeStruct``
+carrying the recipe's shardings, and every builder the trainer and sampler use (``make_train_step``,
+``make_logprob_fn``, :class:`~rrm_jax.sampler.loop.SamplerLoop`) only reads shapes, dtypes and shardings from
+it. So the programs planned here are the very ones a run compiles, lowered on abstract arguments at the
+worst-case shapes the recipe allows (longest rows, every slot full, full-cache attention window).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rrm_jax.core import hub, shipped
+from rrm_jax.core.api import Model, bucket, state_shardings
+from rrm_jax.core.config import ModelConfig, resolve_config
+from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.model import Qwen2
+from rrm_jax.sampler.loop import LoopShape, PrefillBatch, SamplerLoop, SamplingParams
+from rrm_jax.training.config import TrainConfig
+from rrm_jax.training.data import sequence_limit
+from rrm_jax.training.dpo import pair_slots
+from rrm_jax.training.rl.loss import LossConfig
+from rrm_jax.training.rl.rollout import bucket_len
+from rrm_jax.training.step import TrainState, make_logprob_fn, make_optimizer, make_train_step, train_state_shardings
+
+SUFFIX_CAP = 16  # the forced suffix "\n</think>\n\n\\boxed{Assistant " is 9-12 tokens in Qwen2 tokenizers: bucket 16
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled program's per-device figures (bytes, FLOPs), and how often a step runs it."""
+
+    name: str
+    calls: float  # per training step (rollout batch)
+    argument: int
+    output: int
+    alias: int
+    temp: int
+    code: int
+    resident: int  # bytes of other live buffers while it runs (train state, reference, judge ...)
+    flops: float  # per device per call, from cost_analysis()
+    bytes_accessed: float
+    note: str = ""
+    shapes: dict = dataclasses.field(default_factory=dict)  # what roofline.program_cost needs
+    role: str = "policy"  # policy | judge: whose architecture it runs
+
+    @property
+    def peak(self) -> int:
+        return self.argument + self.output - self.alias + self.temp + self.code + self.resident
+
+
+def model_config(spec: str) -> ModelConfig:
+    """A recipe's ``model`` as an architecture, without weights: a preset / models TOML / checkpoint directory,
+    or a hub id whose name is a shipped preset (``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B`` ->
+    models/deepseek-r1-distill-qwen-7b.toml), so planning needs no download."""
+    try:
+        return resolve_config(spec)
+    except ConfigError:
+        if hub.is_hub_id(spec) and shipped.find(spec.split("/")[-1].lower(), "models") is not None:
+            return resolve_config(spec.split("/")[-1].lower())
+        raise ConfigError(f"model={spec!r}: no shape for it here (not a preset, models TOML, checkpoint directory, "
+                          f"or hub id named like a preset: {', '.join(shipped.names('models'))})") from None
+
+
+def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str) -> Model:
+    """A Model whose state is ShapeDtypeStructs in the recipe's shardings: nothing is allocated."""
+    make = lambda: Qwen2(cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype,
+                         attention_impl=attention, remat=remat)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    sh = state_shardings(abstract, mesh)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sh)
+    return Model(cfg, graphdef, state, mesh)
+
+
+def device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard: uneven splits pad)."""
+    total = 0
+    for x in jax.tree_util.tree_leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def _sds(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def cast(tree, dtype):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), tree)
+
+
+def _measure(name, lowered, args, calls, resident, note="", **kw) -> Program:
+    """Compile ``lowered`` and read its figures. A TPU compile that cannot fit HBM is refused by XLA itself: that
+    becomes a Program with the temporaries the compiler said it needed (``refused`` in its note)."""
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # JaxRuntimeError; its text is all there is to read
+        msg = str(e)
+        if "RESOURCE_EXHAUSTED" not in msg:
+            raise
+        need = _bytes_in(msg)
+        first = msg.strip().splitlines()[0][:300]
+        return Program(name, calls, device_bytes(args), 0, 0, need, 0, int(resident), 0.0, 0.0,
+                       f"REFUSED by the compiler: {first}", **kw)
+    ma = compiled.memory_analysis()
+    ca = compiled.cost_analysis()
+    ca = (ca[0] if ca else {}) if isinstance(ca, (list, tuple)) else (ca or {})
+    return Program(name, calls, int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
+                   int(ma.alias_size_in_bytes), int(ma.temp_size_in_bytes), int(ma.generated_code_size_in_bytes),
+                   int(resident), float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), note, **kw)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _bytes_in(msg: str) -> int:
+    """The bytes XLA's out-of-memory message says a program needs ("... required for HLO temporaries (423.62G)
+    exceeds ..." or "Used 101.5G of 95.7G hbm"); 0 when it names none."""
+    m = re.search(r"required[^(]*\((\d+(?:\.\d+)?)([KMGT]?)\)", msg) or re.search(r"Used (\d+(?:\.\d+)?)([KMGT]?)", msg)
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
+
+
+def train_shapes(cfg: TrainConfig, model: Model) -> tuple[str, int, int]:
+    """(step kind, rows, row length) of the recipe's update batch, as the Trainer pads it."""
+    mult = cfg.optim.micro_batches * model.batch_multiple()
+    if cfg.mode == "grpo":
+        g = cfg.grpo
+        extra = SUFFIX_CAP if cfg.sampling.max_think_tokens is not None else 0
+        t = g.seq_bucket or bucket_len(cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens + extra - 1)
+        return "grpo", -(-g.prompts_per_step * g.group_size // mult) * mult, t
+    t = cfg.grpo.seq_bucket or bucket_len(sequence_limit(cfg) - 1)
+    if cfg.mode == "dpo":
+        return "dpo", 2 * pair_slots(cfg.batch_size, mult), t
+    return "sft", -(-cfg.batch_size // mult) * mult, t
+
+
+def _batch(model: Model, keys, rows: int, t: int) -> dict:
+    dtypes = {"tokens": jnp.int32, "targets": jnp.int32, "positions": jnp.int32, "mask": jnp.bool_,
+              "loss_mask": jnp.bool_, "old_logp": jnp.float32, "ref_logp": jnp.float32, "advantages": jnp.float32}
+    return {k: jax.ShapeDtypeStruct((rows,) if k == "advantages" else (rows, t), dtypes[k],
+                                    sharding=model.batch_sharding(1 if k == "advantages" else 2))
+            for k in keys}
+
+
+def loss_config(cfg: TrainConfig) -> LossConfig:
+    g = cfg.grpo  # as Trainer.__init__ builds it
+    return LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
+                      norm_length=g.norm_length or cfg.sampling.max_new_tokens, logprob_chunk=g.logprob_chunk)
+
+
+def train_state(cfg: TrainConfig, model: Model, total_updates: int) -> TrainState:
+    """The TrainState as ShapeDtypeStructs in their shardings (train_state_shardings' layout)."""
+    tx, _ = make_optimizer(cfg.optim, total_updates, model.state)
+    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    state = jax.eval_shape(lambda p: TrainState(jnp.int32(0), p, tx.init(p), key, jnp.int32(0)), model.state)
+    return _sds(state, train_state_shardings(model, tx))
+
+
+def update_programs(cfg: TrainConfig, model: Model, state: TrainState, total_updates: int, *, resident: int,
+                    logprob_resident: int) -> list[Program]:
+    """The update step, and the trainer-side log-prob passes (old policy, reference) a step makes."""
+    g, lc = cfg.grpo, loss_config(cfg)
+    kind, rows, t = train_shapes(cfg, model)
+    fn = make_train_step(model, cfg.optim, total_updates, kind=kind, loss_cfg=lc,
+                         micro_batches=cfg.optim.micro_batches, dpo=cfg.dpo if kind == "dpo" else None)
+    batch = _batch(model, fn.keys, rows, t)
+    shapes = dict(rows=rows, row_tokens=t, micro_batches=cfg.optim.micro_batches)
+    inner = g.inner_iters if kind == "grpo" else 1
+    progs = [_measure(f"{kind} update", fn.lower(state, batch), (state, batch), inner, resident,
+                      f"{rows} rows x {t} tokens, {cfg.optim.micro_batches} micro-batches, remat={cfg.remat}", shapes=shapes)]
+    passes = int(kind == "grpo" and g.old_logprobs == "recompute") + int((kind == "grpo" and g.beta > 0) or kind == "dpo")
+    if passes:
+        lp = make_logprob_fn(model, g.logprob_chunk, cfg.optim.micro_batches)  # as Trainer.logprobs
+        args = (state.params, *[batch[k] for k in ("tokens", "positions", "mask", "targets")])
+        progs.append(_measure("log-probs", lp.lower(*args), args, passes, logprob_resident,
+                              f"{passes} pass(es): old policy / reference over the update batch", shapes=shapes))
+    return progs
+
+
+def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n: int, max_slots: int, prompt_len: int,
+                     max_new: int, budget: bool, resident: int, calls_per_step: float = 1.0, role: str = "policy") -> tuple[list[Program], dict]:
+    """The sampler's prefill (every slot refilled at once, one prompt bucket) and one decode step per slot."""
+    mult = model.batch_multiple()
+    b = min(max_slots, bucket(requests, minimum=1))
+    b = -(-b // mult) * mult
+    m = max_new + (SUFFIX_CAP if budget else 0)
+    tb = bucket(prompt_len)
+    s = tb + m
+    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=0, suffix_cap=SUFFIX_CAP, window=4, n_stops=4, n_probes=0)
+    unroll = model.mesh.devices.flat[0].platform == "cpu"  # SamplerLoop.for_model's choice for the mesh
+    loop = SamplerLoop(model.graphdef, model.config, model.mesh, model.rules, shape,
+                       jnp.dtype(cdt), unroll)
+    state = _sds(jax.eval_shape(loop.init_state), loop.state_shardings())
+    rep = NamedSharding(model.mesh, P())
+    r = lambda shp, dt: jax.ShapeDtypeStruct(shp, dt, sharding=rep)
+    pb = bucket(-(-b // n), minimum=1)
+    batch = PrefillBatch(tokens=r((pb, tb), jnp.int32), lens=r((pb,), jnp.int32), dest=r((b,), jnp.int32),
+                         src=r((b,), jnp.int32), prompt=r((b,), jnp.int32), sample=r((b,), jnp.int32),
+                         limit=r((b,), jnp.int32), seed=r((), jnp.int32))
+    sp = SamplingParams(temperature=r((), jnp.float32), top_p=r((), jnp.float32), min_p=r((), jnp.float32),
+                        budget=r((), jnp.int32), suffix=r((SUFFIX_CAP,), jnp.int32), suffix_len=r((), jnp.int32),
+                        think_end=r((4,), jnp.int32), stops=r((4,), jnp.int32), probes=r((0,), jnp.int32))
+    waves = -(-requests // b)  # each slot-full of requests: one prefill and up to max_new decode steps
+    pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp)
+    rows = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=model.rules.sharding(model.mesh, ("batch",), (b,)))
+    dec = SamplerLoop.decode.lower(loop, params, state, sp, rows, r((), jnp.int32), r((), jnp.int32), window=s)
+    shapes = dict(prefill_rows=pb, prompt_bucket=tb, slots=b, cache_len=s)
+    progs = [_measure(f"{label} prefill", pre, (params, state, batch), waves * calls_per_step, resident,
+                      f"{pb} prompts x {tb} tokens into {b} slots", shapes=shapes, role=role),
+             _measure(f"{label} decode", dec, (params, state), waves * m * calls_per_step, resident,
+                      f"one step of {b} slots over a {s}-token cache (worst case: every row runs {m} tokens)",
+                      shapes=shapes, role=role)]
+    return progs, dict(slots=b, cache_len=s, prompt_bucket=tb, requests=requests, kv_cache_bytes=device_bytes(state.cache))
+
+
+def judge_requests(cfg: TrainConfig) -> int:
+    """Comparisons per rollout batch for a policy recipe's tournament reward, times the votes."""
+    g, kind = cfg.grpo, cfg.grpo.reward
+    per_group = {"judge_elo": g.group_size * (g.group_size - 1) // 2, "judge_knockout": g.group_size - 1,
+                 "judge_reference": g.group_size}[kind]
+    return g.prompts_per_step * per_group * cfg.judge.votes
+
