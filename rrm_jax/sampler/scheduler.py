@@ -145,6 +145,7 @@ def generate(
     prefill_chunk: int = 256,
     prefill_rows: int = 8,
     max_stall: int = 4,
+    prefill_steps: int = 4,
 ) -> list[Completion] | tuple[list[Completion], GenerateStats]:
     """Sample ``config.n`` completions per prompt, ordered prompt-major ([p0 s0, p0 s1, ..., p1 s0, ...]).
 
@@ -154,7 +155,8 @@ def generate(
     ``return_stats=True`` returns ``(completions, GenerateStats)`` (``stats``, if given, is the one filled).
     ``unroll_layers`` picks the decode's layer form (None: unrolled on CPU, the model's scan elsewhere).
     Prompts are prefilled in chunks of ``prefill_chunk`` tokens, up to ``prefill_rows`` prompts per call,
-    interleaved with decode chunks (running rows wait for at most ``max_stall`` prefill calls in a row).
+    interleaved with decode chunks of at most ``prefill_steps`` steps while prompts wait (running rows wait for
+    at most ``max_stall`` prefill calls in a row).
     """
     if not isinstance(config, SamplingConfig):
         raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
@@ -245,10 +247,13 @@ def generate(
             stalled = 0
             n_done = b - n_live
             threshold = n_done + min(len(queue), refill_min) if (continuous and queue) else b + 1
+            # between two prefill calls only a few steps: a decode step costs about the same with few rows as
+            # with all, so rows still prefilling should join soon
+            n_run = min(chunk_steps, prefill_steps) if waiting else chunk_steps
             t0 = time.perf_counter()
             live_count = max((int(counts[r]) for r in range(b) if live[r]), default=0)
-            window = min(s, bucket(tb + live_count + chunk_steps))
-            n_steps, thresh = loop.place((np.int32(chunk_steps), np.int32(threshold)))
+            window = min(s, bucket(tb + live_count + n_run))
+            n_steps, thresh = loop.place((np.int32(n_run), np.int32(threshold)))
             state, steps = loop.decode(model.state, state, sampling, loop.place_rows(kill), n_steps, thresh, window=window)
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
