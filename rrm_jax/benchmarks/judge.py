@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vote-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 5, 9, 16])
     ap.add_argument("--data", default=None, help="workload: PandaLM testset-v1.json (default: ../shared's)")
     ap.add_argument("--new", type=int, default=48, help="workload: new tokens per prompt")
-    ap.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[256],
+    ap.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[128],
                     help="workload: prefill chunk sizes to time (one padded chunk per prompt is always added)")
     ap.add_argument("--dense", type=lambda s: tuple(int(x) for x in s.split(",")), default=(4, 512),
                     help="workload: batch,seq of the dense forward reference")

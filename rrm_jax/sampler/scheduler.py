@@ -142,7 +142,7 @@ def generate(
     stats: GenerateStats | None = None,
     return_stats: bool = False,
     unroll_layers: bool | None = None,
-    prefill_chunk: int = 256,
+    prefill_chunk: int = 128,
     prefill_rows: int = 8,
     max_stall: int = 4,
     prefill_steps: int = 4,
