@@ -8,6 +8,8 @@
    picks the truly best candidate under a simulated Bradley-Terry judge.
 3. adaptive: samples (compute) saved by adaptive voting on a simulated judge of per-sample accuracy p, run
    through the real `Judge` logic with a simulated sampler; winners are checked identical to full voting.
+4. workload (not in the default parts): the judge's real workload, RRM prompts of PandaLM pairs, against
+   transformers on the same weights (`rrm_jax.benchmarks.judge_workload`).
 """
 from __future__ import annotations
 
@@ -193,7 +195,8 @@ def bench_adaptive(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rrm-jax bench judge", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="model,tournament,adaptive", help="comma list: model,tournament,adaptive")
+    ap.add_argument("--parts", default="model,tournament,adaptive",
+                    help="comma list: model,tournament,adaptive,workload")
     ap.add_argument("--model", default="qwen2.5-0.5b", help="preset name or TOML (random weights)")
     ap.add_argument("--layers", type=int, default=None, help="override num_layers (shrinks the run)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -209,8 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=2000, help="comparisons for the adaptive-voting simulation")
     ap.add_argument("--accuracies", type=lambda s: [float(x) for x in s.split(",")], default=[0.7, 0.9])
     ap.add_argument("--vote-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 5, 9, 16])
+    ap.add_argument("--data", default=None, help="workload: PandaLM testset-v1.json (default: ../shared's)")
+    ap.add_argument("--new", type=int, default=48, help="workload: new tokens per prompt")
+    ap.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[128],
+                    help="workload: prefill chunk sizes to time (one padded chunk per prompt is always added)")
+    ap.add_argument("--dense", type=lambda s: tuple(int(x) for x in s.split(",")), default=(4, 512),
+                    help="workload: batch,seq of the dense forward reference")
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
+    bad = [p for p in parts if p not in ("model", "tournament", "adaptive", "workload")]
+    if bad:
+        ap.error(f"--parts: unknown part(s) {', '.join(bad)}")
     for p in parts:
+        if p == "workload":
+            from rrm_jax.benchmarks.judge_workload import DEFAULT_DATA, bench_workload
+
+            args.data = args.data or str(DEFAULT_DATA)
+            bench_workload(args)
+            continue
         {"model": bench_model, "tournament": bench_tournament, "adaptive": bench_adaptive}[p](args)
     return 0

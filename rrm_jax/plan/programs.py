@@ -24,7 +24,8 @@ from rrm_jax.core.api import Model, bucket, state_shardings
 from rrm_jax.core.config import ModelConfig, resolve_config
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import Qwen2
-from rrm_jax.sampler.loop import LoopShape, PrefillBatch, SamplerLoop, SamplingParams
+from rrm_jax.sampler.loop import LoopShape, PrefillChunk, SamplerLoop, SamplingParams
+from rrm_jax.sampler.scheduler import PREFILL_CHUNK, PREFILL_ROWS
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.data import sequence_limit
 from rrm_jax.training.dpo import pair_slots
@@ -202,20 +203,25 @@ def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n:
     state = _sds(jax.eval_shape(loop.init_state), loop.state_shardings())
     rep = NamedSharding(model.mesh, P())
     r = lambda shp, dt: jax.ShapeDtypeStruct(shp, dt, sharding=rep)
-    pb = bucket(-(-b // n), minimum=1)
-    batch = PrefillBatch(tokens=r((pb, tb), jnp.int32), lens=r((pb,), jnp.int32), dest=r((b,), jnp.int32),
-                         src=r((b,), jnp.int32), prompt=r((b,), jnp.int32), sample=r((b,), jnp.int32),
-                         limit=r((b,), jnp.int32), seed=r((), jnp.int32))
+    pb = bucket(-(-b // n), minimum=1)  # distinct prompts per slot-full (n samples share a prefill)
+    chunk, rc = min(PREFILL_CHUNK, tb), min(PREFILL_ROWS, bucket(pb, minimum=1))
+    rows_r = lambda: r((rc,), jnp.int32)
+    batch = PrefillChunk(tokens=r((rc, chunk), jnp.int32), lens=rows_r(), start=rows_r(), home=rows_r(), row=rows_r(),
+                         dest=r((b,), jnp.int32), src=r((b,), jnp.int32), prompt=r((b,), jnp.int32),
+                         sample=r((b,), jnp.int32), limit=r((b,), jnp.int32), seed=r((), jnp.int32))
     sp = SamplingParams(temperature=r((), jnp.float32), top_p=r((), jnp.float32), min_p=r((), jnp.float32),
                         budget=r((), jnp.int32), suffix=r((SUFFIX_CAP,), jnp.int32), suffix_len=r((), jnp.int32),
                         think_end=r((4,), jnp.int32), stops=r((4,), jnp.int32), probes=r((0,), jnp.int32))
-    waves = -(-requests // b)  # each slot-full of requests: one prefill and up to max_new decode steps
-    pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp)
+    waves = -(-requests // b)  # each slot-full of requests: its prompts' chunks and up to max_new decode steps
+    chunks = pb * (-(-tb // chunk))  # per slot-full, every prompt at the bucket's length
+    chunk_calls = -(-chunks // rc)  # the compiled call attends the whole cache (its worst case)
+    pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp, window=s)
     rows = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=model.rules.sharding(model.mesh, ("batch",), (b,)))
     dec = SamplerLoop.decode.lower(loop, params, state, sp, rows, r((), jnp.int32), r((), jnp.int32), window=s)
-    shapes = dict(prefill_rows=pb, prompt_bucket=tb, slots=b, cache_len=s)
-    progs = [_measure(f"{label} prefill", pre, (params, state, batch), waves * calls_per_step, resident,
-                      f"{pb} prompts x {tb} tokens into {b} slots", shapes=shapes, role=role),
+    shapes = dict(prefill_rows=rc, prefill_chunk=chunk, prompt_bucket=tb, slots=b, cache_len=s)
+    progs = [_measure(f"{label} prefill", pre, (params, state, batch), waves * chunk_calls * calls_per_step, resident,
+                      f"{chunk_calls} chunk calls of {rc} prompts x {chunk} tokens per {b} slots", shapes=shapes,
+                      role=role),
              _measure(f"{label} decode", dec, (params, state), waves * m * calls_per_step, resident,
                       f"one step of {b} slots over a {s}-token cache (worst case: every row runs {m} tokens)",
                       shapes=shapes, role=role)]

@@ -42,8 +42,9 @@ def program_cost(name: str, cfg: ModelConfig, shapes: dict, *, remat: str, param
         rows, t = shapes["rows"], shapes["row_tokens"]
         return forward_flops(cfg, rows * t, t / 2) / chips, param_bytes / chips
     if name.endswith("prefill"):
-        rows, t = shapes["prefill_rows"], shapes["prompt_bucket"]
-        return forward_flops(cfg, rows * t, t / 2, head_tokens=rows) / chips, compute_bytes / chips + kv_bytes
+        # one chunk call: rows x chunk tokens attending over half the prompt on average
+        rows, c, t = shapes["prefill_rows"], shapes["prefill_chunk"], shapes["prompt_bucket"]
+        return forward_flops(cfg, rows * c, t / 2, head_tokens=rows) / chips, compute_bytes / chips + kv_bytes
     if name.endswith("decode"):  # one step: every slot reads the weights' share and its whole cache
         return forward_flops(cfg, shapes["slots"], shapes["cache_len"]) / chips, compute_bytes / chips + kv_bytes
     raise ValueError(f"no cost model for program {name!r}")

@@ -1,7 +1,7 @@
 """The sampler's device loop: a static, hashable :class:`SamplerLoop` and the one :class:`SamplingState` it carries.
 
-``SamplerLoop.prefill`` (run a group of prompts once, copy each prompt's cache rows into all its samples'
-slots, choose their first token) and ``SamplerLoop.decode`` (a ``lax.while_loop`` of up to ``n_steps``
+``SamplerLoop.prefill`` (advance up to R prompts by one fixed-size chunk each, at their own cache offsets;
+a prompt's last chunk copies its cache rows into all its samples' slots and chooses their first token) and ``SamplerLoop.decode`` (a ``lax.while_loop`` of up to ``n_steps``
 single-token steps for every slot, leaving early when enough slots finished for the host to refill them) are
 ``jax.jit``-ted with the loop object as a static argument, so jax's own compile cache keys on it; the loop
 holds the model's graph, mesh and shapes, never parameters. The state is donated to both.
@@ -46,7 +46,7 @@ class LoopShape:
 
     @property
     def prompt_len(self) -> int:
-        """The one (bucketed) prompt length every prefill runs at."""
+        """Cache slots kept for the prompt (the longest prompt, bucketed)."""
         return self.cache_len - self.max_out
 
 
@@ -66,13 +66,21 @@ class SamplingParams:
 
 
 @struct.dataclass
-class PrefillBatch:
-    """One prefill: distinct prompts, and for every slot row which prompt (and sample) it receives."""
+class PrefillChunk:
+    """One chunked-prefill call: R prompts each advance by up to C tokens, written at their own cache offset.
 
-    tokens: jax.Array  # [P, prompt_len] right-padded prompts, each distinct prompt once
-    lens: jax.Array  # [P]
-    dest: jax.Array  # [B] slot each row fills; B (out of range) = unused row
-    src: jax.Array  # [B] the row of ``tokens`` it copies
+    A prompt is built in one slot row (``row``) over as many calls as it has chunks; the call that feeds its
+    last chunk (``final``) also copies the prompt's cache to every slot of its samples (``dest``/``src``: n
+    samples share ONE prefill) and chooses their first tokens.
+    """
+
+    tokens: jax.Array  # [R, C] each row's next chunk, right-padded
+    lens: jax.Array  # [R] real tokens in the chunk (0: idle row)
+    start: jax.Array  # [R] prompt tokens already in the row's cache (the chunk's offset)
+    home: jax.Array  # [R] slot row the prompt is built in (its cache so far is read from there)
+    row: jax.Array  # [R] where the row's cache goes back: ``home``, or B (dropped) when final (goes via dest)
+    dest: jax.Array  # [B] slot each finished sample fills; B = unused
+    src: jax.Array  # [B] the chunk row (0..R-1) whose prompt it receives
     prompt: jax.Array  # [B] prompt index (folded into the row's key)
     sample: jax.Array  # [B] sample index (folded into the row's key)
     limit: jax.Array  # [B] max_new_tokens of the request
@@ -242,30 +250,42 @@ class SamplerLoop:
         cache = KVCache.zeros(self.config, self.shape.slots, self.shape.cache_len, self.cache_dtype)
         return self._constrain(SamplingState.empty(self.shape, self.shape.slots, cache))
 
-    @functools.partial(jax.jit, static_argnums=0, donate_argnames="state")
-    def prefill(self, params, state: SamplingState, batch: PrefillBatch, sp: SamplingParams) -> SamplingState:
-        """Run ``batch.tokens`` once; give every used row of ``batch`` its prompt's cache and first token."""
+    @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
+    def prefill(self, params, state: SamplingState, batch: PrefillChunk, sp: SamplingParams, *, window: int):
+        """Feed every used row of ``batch`` its next chunk; finished prompts fill their samples' slots.
+
+        Each row's cache prefix (the first ``window`` slots, which hold all its prompt so far plus this chunk)
+        is gathered out of the slot cache, the chunk runs through the model at offset ``start`` (positions,
+        causal mask and cache writes per row, so rows advance independently), and the prefix goes back. The
+        computed positions are R x C whatever the prompts' lengths: padding costs < C per prompt, not
+        ``bucket(longest) - len`` per prompt.
+        """
         module = nnx.merge(self.graphdef, params)
         b, s = self.shape.slots, self.shape.cache_len
-        pb, tb = batch.tokens.shape
-        small = KVCache.zeros(self.config, pb, tb, self.cache_dtype)
-        # The batch arrives replicated (place); split its prompts over the batch axes, or every device runs
-        # every prompt (`rrm-jax plan` found a judge prefill needing 182 GiB per chip that way)
-        rows = lambda x: jax.lax.with_sharding_constraint(
-            x, self.rules.sharding(self.mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
-        tokens = rows(batch.tokens)
-        mask = rows(jnp.arange(tb)[None] < batch.lens[:, None])
-        h, small = module(tokens, None, mask, small, return_hidden=True)
-        logits = module.logits_from_hidden(h[jnp.arange(pb), batch.lens - 1])
-        dest, src = batch.dest, batch.src
+        r, c = batch.tokens.shape
         cache = state.cache
-        rows_valid = jnp.zeros((dest.shape[0], s), bool).at[:, :tb].set(small.valid[src])
+        take = jnp.clip(batch.home, 0, b - 1)
+        prefix = jnp.arange(window)[None] < batch.start[:, None]
+        # The chunk arrives replicated (place); split its rows over the batch axes, or every device runs every
+        # prompt (`rrm-jax plan` found a 32B judge's prefill needing 182 GiB per chip that way)
+        split = lambda x, axes: jax.lax.with_sharding_constraint(x, self.rules.sharding(self.mesh, axes, x.shape))
+        rows_of = lambda x: split(x, ("batch",) + (None,) * (x.ndim - 1))
+        sub = KVCache(k=split(cache.k[:, take, :window], CACHE_AXES), v=split(cache.v[:, take, :window], CACHE_AXES),
+                      valid=rows_of(prefix), length=batch.start)
+        mask = rows_of(jnp.arange(c)[None] < batch.lens[:, None])
+        h, sub = module(rows_of(batch.tokens), None, mask, sub, return_hidden=True)
+        logits = module.logits_from_hidden(h[jnp.arange(r), jnp.maximum(batch.lens - 1, 0)])
+        # in-progress rows keep their prefix; finished prompts go to every sample slot (their own row included)
+        rows = jnp.concatenate([batch.row, batch.dest])
+        srcs = jnp.concatenate([jnp.arange(r), batch.src])
+        n = batch.start + batch.lens
         cache = KVCache(
-            k=cache.k.at[:, dest, :tb].set(small.k[:, src], mode="drop"),
-            v=cache.v.at[:, dest, :tb].set(small.v[:, src], mode="drop"),
-            valid=cache.valid.at[dest].set(rows_valid, mode="drop"),
-            length=cache.length.at[dest].set(tb, mode="drop"),
+            k=cache.k.at[:, rows, :window].set(sub.k[:, srcs], mode="drop"),
+            v=cache.v.at[:, rows, :window].set(sub.v[:, srcs], mode="drop"),
+            valid=cache.valid.at[rows].set(jnp.arange(s)[None] < n[srcs][:, None], mode="drop"),
+            length=cache.length.at[rows].set(n[srcs], mode="drop"),
         )
+        dest, src = batch.dest, batch.src
         base = jax.random.key(batch.seed)
         keys = jax.vmap(
             lambda p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, p), q))
@@ -273,8 +293,8 @@ class SamplerLoop:
         fresh = SamplingState.empty(self.shape, dest.shape[0], None)
         fresh = fresh.replace(done=jnp.zeros_like(fresh.done), key=keys, limit=batch.limit)
         fresh = _advance(self.shape, sp, fresh, logits[src], dest < b)
-        rows = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), state.replace(cache=None), fresh)
-        return self._constrain(rows.replace(cache=cache))
+        out = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), state.replace(cache=None), fresh)
+        return self._constrain(out.replace(cache=cache))
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
     def decode(self, params, state: SamplingState, sp: SamplingParams, kill, n_steps, threshold, *, window: int):

@@ -3,9 +3,11 @@
 This module is the host side: it schedules requests onto slots and turns rows into completions. Two
 compiled functions of ``rrm_jax.sampler.loop.SamplerLoop`` do all device work:
 
-- ``prefill`` runs a group of prompts (right-padded to a power-of-two length) through the model once,
-  copies each prompt's cache rows into the slots of all its samples (n samples share ONE prefill), resets
-  those slots' bookkeeping and chooses their first token.
+- ``prefill`` advances up to R waiting prompts by one chunk of C tokens each, written at each prompt's own
+  cache offset, so prompts of any lengths share a call and padding costs < C per prompt. A prompt's last
+  chunk copies its cache rows into the slots of all its samples (n samples share ONE prefill), resets those
+  slots' bookkeeping and chooses their first token. Prefill calls interleave with decode chunks, so a long
+  prompt arriving mid-run does not stall the running rows.
 - ``decode`` runs a ``lax.while_loop`` of up to ``chunk_steps`` single-token steps over all slots. It exits
   early when enough slots have finished that the host should refill them (continuous batching), so the
   host only intervenes between chunks: never per token.
@@ -40,7 +42,7 @@ from rrm_jax.sampler.loop import (
     STOP,
     WILD,
     LoopShape,
-    PrefillBatch,
+    PrefillChunk,
     SamplerLoop,
     SamplingParams,
 )
@@ -69,8 +71,10 @@ class GenerateStats:
     rows: int = 0  # slots decoding at once
     cache_slots: int = 0  # S
     prefill_calls: int = 0
-    prefill_rows: int = 0  # prompt rows actually run through the model (n samples share one)
+    prefill_rows: int = 0  # prompts run through the model (n samples share one)
     prefill_tokens: int = 0  # real prompt tokens prefilled
+    prefill_positions: int = 0  # token positions computed by prefill (real + padding)
+    prefill_waits: int = 0  # most prefill calls in a row that running rows waited for (continuous: <= max_stall)
     decode_chunks: int = 0
     decode_steps: int = 0  # while-loop iterations (each = one token for every live slot)
     generated_tokens: int = 0
@@ -125,6 +129,11 @@ def _prompt_ids(model: Model, prompts, budget_room: int, max_new: Sequence[int])
     return out
 
 
+# Prefill defaults: 128-token chunks measured fastest on the judge workload (`bench judge --parts workload`);
+# `rrm-jax plan` compiles the same shapes.
+PREFILL_CHUNK, PREFILL_ROWS = 128, 8
+
+
 def generate(
     model: Model,
     prompts: Sequence[str | Sequence[int]],
@@ -138,6 +147,10 @@ def generate(
     stats: GenerateStats | None = None,
     return_stats: bool = False,
     unroll_layers: bool | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+    prefill_rows: int = PREFILL_ROWS,
+    max_stall: int = 4,
+    prefill_steps: int = 4,
 ) -> list[Completion] | tuple[list[Completion], GenerateStats]:
     """Sample ``config.n`` completions per prompt, ordered prompt-major ([p0 s0, p0 s1, ..., p1 s0, ...]).
 
@@ -146,6 +159,9 @@ def generate(
     many finished slots make the decode loop hand back for a refill (default ``slots // 4``).
     ``return_stats=True`` returns ``(completions, GenerateStats)`` (``stats``, if given, is the one filled).
     ``unroll_layers`` picks the decode's layer form (None: unrolled on CPU, the model's scan elsewhere).
+    Prompts are prefilled in chunks of ``prefill_chunk`` tokens, up to ``prefill_rows`` prompts per call,
+    interleaved with decode chunks of at most ``prefill_steps`` steps while prompts wait (running rows wait for
+    at most ``max_stall`` prefill calls in a row).
     """
     if not isinstance(config, SamplingConfig):
         raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
@@ -199,27 +215,50 @@ def generate(
     state = loop.init_state()
     queue = deque(requests)
     occupant: list[tuple[int, int] | None] = [None] * b
+    live = [False] * b  # decoding on device (a reserved slot waits for its prompt's prefill first)
+    pending: list[_Task] = []
     stop_checked = [0] * b
     results: dict[tuple[int, int], Completion] = {}
     kill = np.zeros((b,), bool)
     counts = np.zeros((b,), np.int64)  # tokens chosen per slot, as of the last chunk
     tb = s - m
+    chunk = max(1, min(prefill_chunk, tb))
+    prefill_rows = max(1, min(prefill_rows, b))
+    stalled = 0
     bar = Progress("generating", len(requests), rate="seq", enabled=progress)
     with bar:
-        while queue or any(o is not None for o in occupant):
+        while queue or pending or any(live):
             free = [r for r in range(b) if occupant[r] is None]
             if queue and free and (continuous or len(free) == b):
-                state = _refill(loop, model, config, sampling, ids, limits, queue, free, occupant, state, st)
+                pending += _assign(queue, free, occupant)
                 for r in free:  # a refilled slot starts fresh (a pending kill was for its previous request)
                     stop_checked[r] = 0
                     kill[r] = False
                     counts[r] = 1
-            n_free = sum(o is None for o in occupant)
-            threshold = n_free + min(len(queue), refill_min) if (continuous and queue) else b + 1
+            if pending:
+                state = _prefill(loop, model, config, sampling, ids, limits, pending, chunk, prefill_rows, state, st,
+                                 live)
+            n_live, waiting = sum(live), sum(len(t.slots) for t in pending)
+            # Prefill and decode interleave: running rows decode after every prefill chunk, unless the rows
+            # still prefilling outnumber them, and then for at most `max_stall` chunks in a row. A fresh batch
+            # thus finishes its prompts before decoding with half its rows, while a long prompt arriving
+            # mid-run never holds running rows back for long.
+            if not n_live:
+                continue
+            if waiting and (not continuous or (waiting > n_live and stalled < max_stall)):
+                stalled += 1
+                st.prefill_waits = max(st.prefill_waits, stalled)
+                continue
+            stalled = 0
+            n_done = b - n_live
+            threshold = n_done + min(len(queue), refill_min) if (continuous and queue) else b + 1
+            # between two prefill calls only a few steps: a decode step costs about the same with few rows as
+            # with all, so rows still prefilling should join soon
+            n_run = min(chunk_steps, prefill_steps) if waiting else chunk_steps
             t0 = time.perf_counter()
-            live_count = max((int(counts[r]) for r in range(b) if occupant[r] is not None), default=0)
-            window = min(s, bucket(tb + live_count + chunk_steps))
-            n_steps, thresh = loop.place((np.int32(chunk_steps), np.int32(threshold)))
+            live_count = max((int(counts[r]) for r in range(b) if live[r]), default=0)
+            window = min(s, bucket(tb + live_count + n_run))
+            n_steps, thresh = loop.place((np.int32(n_run), np.int32(threshold)))
             state, steps = loop.decode(model.state, state, sampling, loop.place_rows(kill), n_steps, thresh, window=window)
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
@@ -227,12 +266,12 @@ def generate(
             st.decode_chunks += 1
             st.decode_steps += int(host["steps"])
             kill[:] = False
-            live = [r for r in range(b) if occupant[r] is not None]
-            finished = [r for r in live if host["done"][r]]
+            running = [r for r in range(b) if live[r]]
+            finished = [r for r in running if host["done"][r]]
             if not finished and not config.stop_strings:
                 continue
             arrays = to_host({k: getattr(state, k) for k in ("out_tok", "out_lp", "out_probe", "reason", "forced_at")})
-            for r in live:
+            for r in running:
                 n_tok = int(host["count"][r])
                 hit = None
                 if config.stop_strings:
@@ -255,38 +294,77 @@ def generate(
                 results[occupant[r]] = c
                 st.generated_tokens += c.num_tokens
                 occupant[r] = None
+                live[r] = False
                 bar.update(advance=1)
     outs = [results[r] for r in requests]
     return (outs, st) if return_stats else outs
 
 
-def _refill(loop, model, config, sampling, ids, limits, queue, free, occupant, state, st):
-    """Prefill the next waiting requests into free slots: each distinct prompt is run once."""
+@dataclasses.dataclass
+class _Task:
+    """A prompt being prefilled: the slots of its samples (built in the first) and the tokens cached so far."""
+
+    prompt: int
+    slots: list[tuple[int, int]]  # (slot, sample index)
+    done: int = 0
+
+
+def _assign(queue, free, occupant) -> list[_Task]:
+    """Reserve free slots for the next waiting requests, one prefill task per distinct prompt."""
+    tasks: dict[int, _Task] = {}
+    for r in free[: len(queue)]:
+        p, q = queue.popleft()
+        tasks.setdefault(p, _Task(p, [])).slots.append((r, q))
+        occupant[r] = (p, q)
+    return list(tasks.values())
+
+
+def _prefill(loop, model, config, sampling, ids, limits, pending, chunk, max_rows, state, st, live):
+    """One chunked-prefill call: up to ``max_rows`` waiting prompts (oldest first) advance by ``chunk`` tokens.
+
+    Rows per call are a power of two (at most log2(max_rows) + 1 shapes), the attended cache prefix a
+    power-of-two window: few compiles, whatever the prompts' lengths; no row of a call is idle, so each
+    prompt pays less than one chunk of padding. Prompts that finish leave ``pending``
+    and their slots go live.
+    """
     b = loop.shape.slots
-    take = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-    prompts = list(dict.fromkeys(p for p, _ in take))
-    tb = loop.shape.prompt_len  # one prompt length per call: fewer shapes to compile
-    pb = bucket(len(prompts), minimum=1)
-    tokens = np.zeros((pb, tb), np.int32)
-    lens = np.ones((pb,), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, : len(ids[p])] = ids[p]
-        lens[i] = len(ids[p])
+    n = min(len(pending), max_rows)
+    rows = 1 << (n.bit_length() - 1)  # largest power of two <= n: no idle rows in the call
+    # most tokens left first: the longest prompt never ends up alone in a tail of one-row calls
+    group = sorted(pending, key=lambda t: t.done - len(ids[t.prompt]))[:rows]
+    tokens = np.zeros((rows, chunk), np.int32)
+    lens, start, home, row = (np.zeros((rows,), np.int32) for _ in range(4))
     dest = np.full((b,), b, np.int32)
     src, pidx, sidx, limit = (np.zeros((b,), np.int32) for _ in range(4))
-    where = {p: i for i, p in enumerate(prompts)}
-    for j, (r, (p, q)) in enumerate(zip(free, take)):
-        dest[j], src[j], pidx[j], sidx[j], limit[j] = r, where[p], p, q, limits[p]
-        occupant[r] = (p, q)
+    j = 0
+    for i, t in enumerate(group):
+        piece = ids[t.prompt][t.done : t.done + chunk]
+        tokens[i, : len(piece)] = piece
+        lens[i], start[i], home[i] = len(piece), t.done, t.slots[0][0]
+        t.done += len(piece)
+        if t.done < len(ids[t.prompt]):
+            row[i] = home[i]
+            continue
+        row[i] = b  # finished: written to all its sample slots through dest
+        for r, q in t.slots:
+            dest[j], src[j], pidx[j], sidx[j], limit[j] = r, i, t.prompt, q, limits[t.prompt]
+            j += 1
+    # a floor of 4 chunks: few window shapes to compile, yet a long prompt's early chunks skip most of its cache
+    window = min(loop.shape.cache_len, bucket(int(np.max(start + lens)), minimum=4 * chunk))
     t0 = time.perf_counter()
-    batch = PrefillBatch(tokens=tokens, lens=lens, dest=dest, src=src, prompt=pidx, sample=sidx, limit=limit,
-                         seed=np.int32(config.seed))
-    state = loop.prefill(model.state, state, loop.place(batch), sampling)
+    batch = PrefillChunk(tokens=tokens, lens=lens, start=start, home=home, row=row, dest=dest, src=src, prompt=pidx,
+                         sample=sidx, limit=limit, seed=np.int32(config.seed))
+    state = loop.prefill(model.state, state, loop.place(batch), sampling, window=window)
     jax.block_until_ready(state.done)
     st.prefill_seconds += time.perf_counter() - t0
     st.prefill_calls += 1
-    st.prefill_rows += len(prompts)
-    st.prefill_tokens += int(sum(len(ids[p]) for p in prompts))
+    st.prefill_tokens += int(lens.sum())
+    st.prefill_positions += rows * chunk
+    for t in [t for t in group if t.done == len(ids[t.prompt])]:
+        pending.remove(t)
+        st.prefill_rows += 1
+        for r, _ in t.slots:
+            live[r] = True
     return state
 
 
