@@ -320,7 +320,7 @@ def _assign(queue, free, occupant) -> list[_Task]:
 
 
 def _prefill(loop, model, config, sampling, ids, limits, pending, chunk, max_rows, state, st, live):
-    """One chunked-prefill call: up to ``max_rows`` waiting prompts (oldest first) advance by ``chunk`` tokens.
+    """One chunked-prefill call: up to ``max_rows`` waiting prompts, most tokens left first, advance a chunk.
 
     Rows per call are a power of two (at most log2(max_rows) + 1 shapes), the attended cache prefix a
     power-of-two window: few compiles, whatever the prompts' lengths; no row of a call is idle, so each
