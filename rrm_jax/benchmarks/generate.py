@@ -126,17 +126,13 @@ def bench_transformers(hf, prompts, new_tokens: int, repeats: int):
     pre = min(run(1)[0] for _ in range(repeats))
     total, out = min((run(new_tokens) for _ in range(repeats)), key=lambda r: r[0])
     b, t = ids.shape
-    return {**rates(b, t, new_tokens, pre, total), "tokens": out[:, t:].tolist()}
-
-
-def rates(b: int, t: int, new_tokens: int, pre: float, total: float) -> dict:
-    """Rates from a prefill-only time (one new token) and a full time, as every engine here is timed."""
     dec = max(total - pre, 1e-9)
     return {
         "prefill_tok_s": b * t / pre,
         "decode_tok_s": b * (new_tokens - 1) / dec,
         "step_ms": 1e3 * dec / (new_tokens - 1),
         "e2e_tok_s": b * new_tokens / total,
+        "tokens": out[:, t:].tolist(),
     }
 
 

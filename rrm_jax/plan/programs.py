@@ -214,8 +214,10 @@ def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n:
                         think_end=r((4,), jnp.int32), stops=r((4,), jnp.int32), probes=r((0,), jnp.int32))
     waves = -(-requests // b)  # each slot-full of requests: its prompts' chunks and up to max_new decode steps
     chunks = pb * (-(-tb // chunk))  # per slot-full, every prompt at the bucket's length
-    chunk_calls = -(-chunks // rc)  # the compiled call attends the whole cache (its worst case)
-    pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp, window=s)
+    chunk_calls = -(-chunks // rc)
+    # its worst case: the last chunk of a prompt at the bucket's length attends the whole prompt (the scheduler's
+    # window never passes the prompt bucket; the cache beyond it is the outputs')
+    pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp, window=tb)
     rows = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=model.rules.sharding(model.mesh, ("batch",), (b,)))
     dec = SamplerLoop.decode.lower(loop, params, state, sp, rows, r((), jnp.int32), r((), jnp.int32), window=s)
     shapes = dict(prefill_rows=rc, prefill_chunk=chunk, prompt_bucket=tb, slots=b, cache_len=s)

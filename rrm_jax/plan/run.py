@@ -165,9 +165,11 @@ def fits_line(p: dict) -> str:
     verdict = (f"fits: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip ({p['margin_gib']:.1f} GiB to spare)"
                if p["fits"] else f"does not fit by {-p['margin_gib']:.1f} GiB: {gib:.1f} GiB per chip, "
                f"{p['chip_peaks']['hbm_gib']:.0f} GiB of HBM")
-    refused = [r["program"] for r in p["programs"] if r["refused"]]
+    refused = [r for r in p["programs"] if r["refused"]]
     if refused and p["margin_gib"] >= 0:
-        verdict = f"does not fit: the compiler refused {', '.join(refused)} (out of HBM)"
+        # TPU compiles also run out of a fusion's scoped on-chip VMEM, which no HBM margin helps
+        where = "on-chip VMEM" if any("vmem" in r["note"].lower() for r in refused) else "HBM"
+        verdict = f"does not fit: the compiler refused {', '.join(r['program'] for r in refused)} (out of {where})"
     part = f" (partial plan: {', '.join(p['parts'])} only)" if p["partial"] else ""
     if part and p["peak_bytes"] <= p["hbm_bytes"] and not any(r["refused"] for r in p["programs"]):
         verdict = f"these programs fit: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip"
