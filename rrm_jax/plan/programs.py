@@ -109,7 +109,8 @@ def _measure(name, lowered, args, calls, resident, note="", **kw) -> Program:
         if "RESOURCE_EXHAUSTED" not in msg:
             raise
         need = _bytes_in(msg)
-        first = msg.strip().splitlines()[0][:300]
+        # the error's first line names the kind, the second the op that could not be placed
+        first = " ".join(line.strip() for line in msg.strip().splitlines()[:2])[:400]
         return Program(name, calls, device_bytes(args), 0, 0, need, 0, int(resident), 0.0, 0.0,
                        f"REFUSED by the compiler: {first}", **kw)
     ma = compiled.memory_analysis()

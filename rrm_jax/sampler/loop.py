@@ -279,11 +279,15 @@ class SamplerLoop:
         rows = jnp.concatenate([batch.row, batch.dest])
         srcs = jnp.concatenate([jnp.arange(r), batch.src])
         n = batch.start + batch.lens
+        # each written slot row's new length; the masks follow elementwise (a scatter of [rows, S] masks ran out
+        # of a TPU fusion's scoped VMEM in `rrm-jax plan rrm-7b --topology v5p-16`)
+        filled = jnp.full((b,), -1, jnp.int32).at[rows].set(n[srcs], mode="drop")
+        written = filled >= 0
         cache = KVCache(
             k=cache.k.at[:, rows, :window].set(sub.k[:, srcs], mode="drop"),
             v=cache.v.at[:, rows, :window].set(sub.v[:, srcs], mode="drop"),
-            valid=cache.valid.at[rows].set(jnp.arange(s)[None] < n[srcs][:, None], mode="drop"),
-            length=cache.length.at[rows].set(n[srcs], mode="drop"),
+            valid=jnp.where(written[:, None], jnp.arange(s)[None] < filled[:, None], cache.valid),
+            length=jnp.where(written, filled, cache.length),
         )
         dest, src = batch.dest, batch.src
         base = jax.random.key(batch.seed)
