@@ -20,9 +20,6 @@ import jax
 import numpy as np
 
 
-SHUTDOWN_TIMEOUT_S = 3600
-
-
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> bool:
     """Join a multi-process run; returns whether this is one (more than one process).
 
@@ -36,10 +33,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if process_id is None and "JAX_PROCESS_ID" in env:
         process_id = int(env["JAX_PROCESS_ID"])
     if not jax.distributed.is_initialized():
-        # Process 0 alone writes exports, summaries and records after the last collective; the others reach
-        # jax's shutdown barrier first and, past its default 300 s, kill the run (seen with a loaded host).
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return jax.process_count() > 1
 
 

@@ -196,7 +196,8 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             if step % config.save_every == 0 or step == config.steps:
                 # the lines up to a checkpoint reach the disk before it does, so a power loss cannot leave a
                 # checkpoint whose curve has a gap (a plain flush only reaches the OS)
-                os.fsync(mf.fileno())
+                if mf.name != os.devnull:  # only process 0 keeps the record (fsync of /dev/null is EINVAL)
+                    os.fsync(mf.fileno())
                 ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
     return last
 
