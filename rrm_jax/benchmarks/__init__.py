@@ -17,3 +17,15 @@ def cli(argv: list[str]) -> int:
     # a bench prints its figures as it goes; off a terminal a heartbeat shows it is alive between them
     with Progress(f"bench {argv[0]}", None, bar=False):
         return importlib.import_module(f"rrm_jax.benchmarks.{argv[0]}").main(argv[1:]) or 0
+
+
+def rates(b: int, t: int, new_tokens: int, pre: float, total: float) -> dict:
+    """Rates of a B x T prompt batch from its prefill-only time (one new token) and its full time; every
+    engine `bench generate` compares is timed this way."""
+    dec = max(total - pre, 1e-9)
+    return {
+        "prefill_tok_s": b * t / pre,
+        "decode_tok_s": b * (new_tokens - 1) / dec,
+        "step_ms": 1e3 * dec / (new_tokens - 1),
+        "e2e_tok_s": b * new_tokens / total,
+    }

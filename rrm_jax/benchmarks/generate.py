@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rrm_jax.benchmarks import rates
 from rrm_jax.benchmarks.forward import best_seconds
 
 
@@ -126,14 +127,7 @@ def bench_transformers(hf, prompts, new_tokens: int, repeats: int):
     pre = min(run(1)[0] for _ in range(repeats))
     total, out = min((run(new_tokens) for _ in range(repeats)), key=lambda r: r[0])
     b, t = ids.shape
-    dec = max(total - pre, 1e-9)
-    return {
-        "prefill_tok_s": b * t / pre,
-        "decode_tok_s": b * (new_tokens - 1) / dec,
-        "step_ms": 1e3 * dec / (new_tokens - 1),
-        "e2e_tok_s": b * new_tokens / total,
-        "tokens": out[:, t:].tolist(),
-    }
+    return {**rates(b, t, new_tokens, pre, total), "tokens": out[:, t:].tolist()}
 
 
 def long_tail(model, args) -> tuple[float, float, int]:

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from rrm_jax.benchmarks import rates
+
 
 def available() -> str | None:
     """None when Tunix can be imported, else why not (printed by the benchmark instead of its figures)."""
@@ -98,12 +100,4 @@ def bench_tunix(model, prompts: list[list[int]], new_tokens: int, repeats: int) 
     run(1), run(new_tokens)  # compile both shapes
     pre = min(run(1)[0] for _ in range(repeats))
     total, out = min((run(new_tokens) for _ in range(repeats)), key=lambda r: r[0])
-    b = len(prompts)
-    dec = max(total - pre, 1e-9)
-    return {
-        "prefill_tok_s": b * t / pre,
-        "decode_tok_s": b * (new_tokens - 1) / dec,
-        "step_ms": 1e3 * dec / (new_tokens - 1),
-        "e2e_tok_s": b * new_tokens / total,
-        "tokens": [np.asarray(x).tolist() for x in out.tokens],
-    }
+    return {**rates(len(prompts), t, new_tokens, pre, total), "tokens": [np.asarray(x).tolist() for x in out.tokens]}
