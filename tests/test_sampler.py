@@ -12,7 +12,7 @@ import pytest
 
 import rrm_jax
 from rrm_jax.sampler import Completion, GenerateStats, SamplingConfig, generate
-from rrm_jax.sampler.sampling import sample
+from rrm_jax.sampler.sampling import argmax, sample
 
 from fakes import SamplerCharTokenizer
 
@@ -124,6 +124,16 @@ def test_top_k_one_is_greedy(model):
     g = generate(model, PROMPTS[:2], greedy())
     k1 = generate(model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=1.3, top_k=1, seed=9))
     assert [c.token_ids for c in g] == [c.token_ids for c in k1]
+
+
+def test_argmax_is_numpys_first_maximum():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 1000)).astype(np.float32)
+    x[1, [7, 500]] = x[1].max() + 1  # a tie: the first index wins, as in numpy
+    x[2, -1] = np.inf
+    x[3, :] = -np.inf  # every index ties
+    x[4] = np.round(x[4])  # many ties below the top
+    np.testing.assert_array_equal(np.asarray(jax.jit(argmax)(jnp.asarray(x))), np.argmax(x, axis=-1))
 
 
 @pytest.mark.parametrize("top_k,top_p,temperature,min_p", [(0, 0.8, 0.7, 0.0), (5, 0.9, 1.5, 0.0), (0, 1.0, 1.0, 0.1)])

@@ -220,7 +220,9 @@ def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n:
     # window never passes the prompt bucket; the cache beyond it is the outputs')
     pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp, window=tb)
     rows = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=model.rules.sharding(model.mesh, ("batch",), (b,)))
-    dec = SamplerLoop.decode.lower(loop, params, state, sp, rows, r((), jnp.int32), r((), jnp.int32), window=s)
+    weights = jax.eval_shape(loop.split_weights, params)  # None off CPU (the decode scans the stacked layers)
+    dec = SamplerLoop.decode.lower(loop, params, weights, state, sp, rows, r((), jnp.int32), r((), jnp.int32),
+                                   window=s)
     shapes = dict(prefill_rows=rc, prefill_chunk=chunk, prompt_bucket=tb, slots=b, cache_len=s)
     progs = [_measure(f"{label} prefill", pre, (params, state, batch), waves * chunk_calls * calls_per_step, resident,
                       f"{chunk_calls} chunk calls of {rc} prompts x {chunk} tokens per {b} slots", shapes=shapes,

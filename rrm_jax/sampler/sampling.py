@@ -75,13 +75,24 @@ def draw(probs: jax.Array, keys: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, -1)`` as int32 (first index of the maximum) from two plain reductions.
+
+    XLA:CPU runs argmax's (value, index) reduce unvectorised: 2.9 ms for [8, 151936] against 0.7 for a max
+    and a min, a step's worth of greedy decode time in a handful of steps. A row with a NaN gives its last index.
+    """
+    v = logits.shape[-1]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    return jnp.minimum(jnp.min(jnp.where(logits == top, jnp.arange(v, dtype=jnp.int32), v), axis=-1), v - 1)
+
+
 def sample(logits: jax.Array, keys: jax.Array, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0) -> jax.Array:
     """logits [R, V] float32, keys [R] typed keys -> chosen token ids [R] int32. temperature 0 = greedy.
 
     Only ``top_k`` must be a Python int; the other knobs may be traced (greedy is a ``lax.cond`` branch, so
     a greedy run pays for no filtering).
     """
-    greedy = lambda lg: jnp.argmax(lg, axis=-1).astype(jnp.int32)
+    greedy = argmax
     if top_k == 1:
         return greedy(logits)
 

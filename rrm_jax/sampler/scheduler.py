@@ -213,6 +213,7 @@ def generate(
     refill_min = max(1, b // 4) if refill_min is None else max(1, refill_min)
 
     state = loop.init_state()
+    weights = loop.split_weights(model.state)
     queue = deque(requests)
     occupant: list[tuple[int, int] | None] = [None] * b
     live = [False] * b  # decoding on device (a reserved slot waits for its prompt's prefill first)
@@ -259,7 +260,8 @@ def generate(
             live_count = max((int(counts[r]) for r in range(b) if live[r]), default=0)
             window = min(s, bucket(tb + live_count + n_run))
             n_steps, thresh = loop.place((np.int32(n_run), np.int32(threshold)))
-            state, steps = loop.decode(model.state, state, sampling, loop.place_rows(kill), n_steps, thresh, window=window)
+            state, steps = loop.decode(model.state, weights, state, sampling, loop.place_rows(kill), n_steps, thresh,
+                                       window=window)
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
