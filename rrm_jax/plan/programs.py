@@ -25,7 +25,7 @@ from rrm_jax.core.config import ModelConfig, resolve_config
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.sampler.loop import LoopShape, PrefillChunk, SamplerLoop, SamplingParams
-from rrm_jax.sampler.scheduler import PREFILL_CHUNK, PREFILL_ROWS
+from rrm_jax.sampler.prefill import PREFILL_CHUNK, PREFILL_ROWS
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.data import sequence_limit
 from rrm_jax.training.dpo import pair_slots

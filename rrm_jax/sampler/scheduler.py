@@ -12,7 +12,7 @@ compiled functions of ``rrm_jax.sampler.loop.SamplerLoop`` do all device work:
   early when enough slots have finished that the host should refill them (continuous batching), so the
   host only intervenes between chunks: never per token.
 
-The KV cache ``[L, slots, S, K, hd]`` is preallocated once per call (S = bucketed prompt length +
+The KV cache ``[L, slots, K, S, hd]`` is preallocated once per call (S = bucketed prompt length +
 max_new_tokens + forced-suffix length), sharded by ``CACHE_AXES`` through the model's ShardingRules and
 donated to every call, as is the per-slot state. Randomness is ``fold_in(fold_in(fold_in(key(seed),
 prompt), sample), step)``, so a sample does not depend on batch composition or slot placement.
@@ -35,17 +35,8 @@ from rrm_jax.core.api import Model, bucket
 from rrm_jax.core.distributed import to_host
 from rrm_jax.core.progress import Progress
 from rrm_jax.sampler.config import SamplingConfig  # also the old import path: rrm_jax.sampler.scheduler
-from rrm_jax.sampler.loop import (
-    BUDGET,
-    LENGTH,
-    NEVER,
-    STOP,
-    WILD,
-    LoopShape,
-    PrefillChunk,
-    SamplerLoop,
-    SamplingParams,
-)
+from rrm_jax.sampler.loop import BUDGET, LENGTH, NEVER, STOP, WILD, LoopShape, SamplerLoop, SamplingParams
+from rrm_jax.sampler.prefill import PREFILL_CHUNK, PREFILL_ROWS, Task, assign, prefill_call, window
 
 _REASONS = {STOP: "stop", LENGTH: "length", BUDGET: "budget"}
 
@@ -129,11 +120,6 @@ def _prompt_ids(model: Model, prompts, budget_room: int, max_new: Sequence[int])
     return out
 
 
-# Prefill defaults: 128-token chunks measured fastest on the judge workload (`bench judge --parts workload`);
-# `rrm-jax plan` compiles the same shapes.
-PREFILL_CHUNK, PREFILL_ROWS = 128, 8
-
-
 def generate(
     model: Model,
     prompts: Sequence[str | Sequence[int]],
@@ -181,7 +167,7 @@ def generate(
     if config.stop_strings and tok is None:
         raise ValueError("SamplingConfig.stop_strings needs a model with a tokenizer")
     scap = bucket(len(suffix), minimum=8)
-    window = bucket(len(think_end), minimum=4)
+    te_window = bucket(len(think_end), minimum=4)
     probes = tuple(int(t) for t in config.probe_token_ids)
     if any(not 0 <= t < model.config.vocab_size for t in probes + tuple(stops)):
         raise ValueError(f"SamplingConfig.probe_token_ids / stop_token_ids must lie in [0, {model.config.vocab_size})")
@@ -194,7 +180,7 @@ def generate(
         budget=np.int32(budget),
         suffix=pad(suffix, scap, 0),
         suffix_len=np.int32(len(suffix)),
-        think_end=pad(think_end, window, WILD, left=True) if think_end else np.full((window,), NEVER, np.int32),
+        think_end=pad(think_end, te_window, WILD, left=True) if think_end else np.full((te_window,), NEVER, np.int32),
         stops=pad(sorted(stops), n_stops, NEVER),
         probes=np.asarray(probes, np.int32),
     )
@@ -204,7 +190,7 @@ def generate(
     mult = model.batch_multiple()
     b = min(config.max_slots, bucket(len(requests), minimum=1))
     b = -(-b // mult) * mult
-    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=int(config.top_k), suffix_cap=scap, window=window,
+    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=int(config.top_k), suffix_cap=scap, window=te_window,
                       n_stops=n_stops, n_probes=len(probes))
     loop = SamplerLoop.for_model(model, shape, unroll_layers)
     sampling = loop.place(sampling)
@@ -217,7 +203,7 @@ def generate(
     queue = deque(requests)
     occupant: list[tuple[int, int] | None] = [None] * b
     live = [False] * b  # decoding on device (a reserved slot waits for its prompt's prefill first)
-    pending: list[_Task] = []
+    pending: list[Task] = []
     stop_checked = [0] * b
     results: dict[tuple[int, int], Completion] = {}
     kill = np.zeros((b,), bool)
@@ -231,22 +217,22 @@ def generate(
         while queue or pending or any(live):
             free = [r for r in range(b) if occupant[r] is None]
             if queue and free and (continuous or len(free) == b):
-                pending += _assign(queue, free, occupant)
+                pending += assign(queue, free, occupant)
                 for r in free:  # a refilled slot starts fresh (a pending kill was for its previous request)
                     stop_checked[r] = 0
                     kill[r] = False
                     counts[r] = 1
             if pending:
-                state = _prefill(loop, model, config, sampling, ids, limits, pending, chunk, prefill_rows, state, st,
-                                 live)
+                state = prefill_call(loop, model, config, sampling, ids, limits, pending, chunk, prefill_rows, state,
+                                     st, live)
             n_live, waiting = sum(live), sum(len(t.slots) for t in pending)
-            # Prefill and decode interleave: running rows decode after every prefill chunk, unless the rows
-            # still prefilling outnumber them, and then for at most `max_stall` chunks in a row. A fresh batch
-            # thus finishes its prompts before decoding with half its rows, while a long prompt arriving
-            # mid-run never holds running rows back for long.
+            # Prefill and decode interleave: while prompts wait, running rows decode only after `max_stall`
+            # prefill calls in a row. A decode step costs about the same with few rows as with all, so rows
+            # that join sooner share steps (a fresh batch finishes its prompts first), while a long prompt
+            # arriving mid-run never holds running rows back for long.
             if not n_live:
                 continue
-            if waiting and (not continuous or (waiting > n_live and stalled < max_stall)):
+            if waiting and (not continuous or stalled < max_stall):
                 stalled += 1
                 st.prefill_waits = max(st.prefill_waits, stalled)
                 continue
@@ -257,11 +243,12 @@ def generate(
             # with all, so rows still prefilling should join soon
             n_run = min(chunk_steps, prefill_steps) if waiting else chunk_steps
             t0 = time.perf_counter()
-            live_count = max((int(counts[r]) for r in range(b) if live[r]), default=0)
-            window = min(s, bucket(tb + live_count + n_run))
+            # the longest live row's prompt, tokens so far and this chunk's steps: slots past it hold nothing
+            extent = max(len(ids[occupant[r][0]]) + int(counts[r]) for r in range(b) if live[r]) + n_run
+            span = window(extent, chunk, s)
             n_steps, thresh = loop.place((np.int32(n_run), np.int32(threshold)))
             state, steps = loop.decode(model.state, weights, state, sampling, loop.place_rows(kill), n_steps, thresh,
-                                       window=window)
+                                       window=span)
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0
@@ -300,74 +287,6 @@ def generate(
                 bar.update(advance=1)
     outs = [results[r] for r in requests]
     return (outs, st) if return_stats else outs
-
-
-@dataclasses.dataclass
-class _Task:
-    """A prompt being prefilled: the slots of its samples (built in the first) and the tokens cached so far."""
-
-    prompt: int
-    slots: list[tuple[int, int]]  # (slot, sample index)
-    done: int = 0
-
-
-def _assign(queue, free, occupant) -> list[_Task]:
-    """Reserve free slots for the next waiting requests, one prefill task per distinct prompt."""
-    tasks: dict[int, _Task] = {}
-    for r in free[: len(queue)]:
-        p, q = queue.popleft()
-        tasks.setdefault(p, _Task(p, [])).slots.append((r, q))
-        occupant[r] = (p, q)
-    return list(tasks.values())
-
-
-def _prefill(loop, model, config, sampling, ids, limits, pending, chunk, max_rows, state, st, live):
-    """One chunked-prefill call: up to ``max_rows`` waiting prompts, most tokens left first, advance a chunk.
-
-    Rows per call are a power of two (at most log2(max_rows) + 1 shapes), the attended cache prefix a
-    power-of-two window: few compiles, whatever the prompts' lengths; no row of a call is idle, so each
-    prompt pays less than one chunk of padding. Prompts that finish leave ``pending``
-    and their slots go live.
-    """
-    b = loop.shape.slots
-    n = min(len(pending), max_rows)
-    rows = 1 << (n.bit_length() - 1)  # largest power of two <= n: no idle rows in the call
-    # most tokens left first: the longest prompt never ends up alone in a tail of one-row calls
-    group = sorted(pending, key=lambda t: t.done - len(ids[t.prompt]))[:rows]
-    tokens = np.zeros((rows, chunk), np.int32)
-    lens, start, home, row = (np.zeros((rows,), np.int32) for _ in range(4))
-    dest = np.full((b,), b, np.int32)
-    src, pidx, sidx, limit = (np.zeros((b,), np.int32) for _ in range(4))
-    j = 0
-    for i, t in enumerate(group):
-        piece = ids[t.prompt][t.done : t.done + chunk]
-        tokens[i, : len(piece)] = piece
-        lens[i], start[i], home[i] = len(piece), t.done, t.slots[0][0]
-        t.done += len(piece)
-        if t.done < len(ids[t.prompt]):
-            row[i] = home[i]
-            continue
-        row[i] = b  # finished: written to all its sample slots through dest
-        for r, q in t.slots:
-            dest[j], src[j], pidx[j], sidx[j], limit[j] = r, i, t.prompt, q, limits[t.prompt]
-            j += 1
-    # a floor of 4 chunks: few window shapes to compile, yet a long prompt's early chunks skip most of its cache
-    window = min(loop.shape.cache_len, bucket(int(np.max(start + lens)), minimum=4 * chunk))
-    t0 = time.perf_counter()
-    batch = PrefillChunk(tokens=tokens, lens=lens, start=start, home=home, row=row, dest=dest, src=src, prompt=pidx,
-                         sample=sidx, limit=limit, seed=np.int32(config.seed))
-    state = loop.prefill(model.state, state, loop.place(batch), sampling, window=window)
-    jax.block_until_ready(state.done)
-    st.prefill_seconds += time.perf_counter() - t0
-    st.prefill_calls += 1
-    st.prefill_tokens += int(lens.sum())
-    st.prefill_positions += rows * chunk
-    for t in [t for t in group if t.done == len(ids[t.prompt])]:
-        pending.remove(t)
-        st.prefill_rows += 1
-        for r, _ in t.slots:
-            live[r] = True
-    return state
 
 
 def _stop_string_hit(tok, out_tok, checked: int, n_tok: int, stop_strings) -> tuple[int, str] | None:
