@@ -31,10 +31,9 @@ from rrm_jax.core.params import (  # noqa: F401
     param_shapes,
 )
 
-# Logical axes of the KV cache's k/v buffers. Heads-major ([layers, batch, kv_heads, slots, head_dim]): a
-# cached attention's dots then read the cache as it lies, where slot-major needed a transposed copy of it per
-# layer and step (3.3x the attention time of a B=8 decode step over 1088 slots on XLA:CPU).
-CACHE_AXES = ("layers", "batch", "kv_heads", "cache_sequence", "head_dim")
+# Logical axes of the KV cache's k/v buffers, slot-major (TPU/GPU) or heads-major (CPU; see KVCache).
+CACHE_AXES = ("layers", "batch", "cache_sequence", "kv_heads", "head_dim")
+HEADS_MAJOR_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_sequence", "head_dim")
 
 
 @struct.dataclass
@@ -46,20 +45,38 @@ class KVCache:
     (continuous batching).
     """
 
-    k: jax.Array  # [L, B, K, S, hd]
-    v: jax.Array  # [L, B, K, S, hd]
+    k: jax.Array  # [L, B, S, K, hd], or [L, B, K, S, hd] when heads_major
+    v: jax.Array
     valid: jax.Array  # [B, S] bool
     length: jax.Array  # [B] int32
+    # XLA:CPU's attention dots read a heads-major cache as it lies, where a slot-major one costs a transposed
+    # copy per layer and step (3.3x the attention time of a B=8 decode step over 1088 slots). On TPU the
+    # heads-major scatter of a step's keys made XLA copy the whole cache per step when a chip holds more than
+    # one KV head (`rrm-jax plan rrm-7b --topology v5p-16`: 12.7 GiB of decode temporaries), so TPU/GPU keep
+    # slot-major, whose layout XLA picks there.
+    heads_major: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16) -> "KVCache":
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
+    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16,
+              heads_major: bool = False) -> "KVCache":
+        shape = (cfg.num_layers, batch) + ((cfg.num_kv_heads, slots) if heads_major else (slots, cfg.num_kv_heads))
+        shape += (cfg.head_dim,)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
             valid=jnp.zeros((batch, slots), bool),
             length=jnp.zeros((batch,), jnp.int32),
+            heads_major=heads_major,
         )
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Logical axes of the stacked k/v."""
+        return HEADS_MAJOR_CACHE_AXES if self.heads_major else CACHE_AXES
+
+    def seq(self, index) -> tuple:
+        """An index of the stacked k/v whose slot axis takes ``index`` (every other axis whole)."""
+        return (slice(None),) * (3 if self.heads_major else 2) + (index,)
 
     @property
     def slots(self) -> int:
@@ -163,7 +180,7 @@ class DecoderLayers(nnx.Module):
         return {name: getattr(self, name)[...] for name in PARAMS if isinstance(getattr(self, name, None), nnx.Param)}
 
 
-def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype):
+def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype, heads_major=False):
     """One decoder layer. ``kv`` is (k_layer, v_layer) of the cache or None; returns (x, new_kv)."""
     cd = compute_dtype
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -175,15 +192,17 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     q = rope(q, positions, cfg.rope_theta)
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
-        # The cache is heads-major [B, K, S, hd]: rows [B, 1] and slots [B, T] index around the heads' slice,
-        # so the indexed view is [B, T, K, hd], the projections' own layout.
+        # rows [B, 1] and slots [B, T] index [B, T, K, hd] (the projections' layout) in either cache layout:
+        # heads-major [B, K, S, hd] puts the heads' slice between them
         ck, cv = kv
         rows, slots = write
-        ck = ck.at[rows, :, slots].set(k.astype(ck.dtype), mode="drop")
-        cv = cv.at[rows, :, slots].set(v.astype(cv.dtype), mode="drop")
+        at = (rows, slice(None), slots) if heads_major else (rows, slots)
+        ck = ck.at[at].set(k.astype(ck.dtype), mode="drop")
+        cv = cv.at[at].set(v.astype(cv.dtype), mode="drop")
         kv = (ck, cv)
-        # A cached attention always runs XLA's heads-major dots: cuDNN's [B, S, K, hd] would need the cache
-        # transposed per layer and step.
+        if not heads_major:
+            ck, cv = ck.transpose(0, 2, 1, 3), cv.transpose(0, 2, 1, 3)
+        # A cached attention runs XLA's dots: cuDNN's fused kernel is for a sequence attending to itself.
         o = attention(q, ck.astype(cd), cv.astype(cd), mask)
     else:
         o = causal_attention(q, k, v, mask, impl)
@@ -274,12 +293,12 @@ class Qwen2(nnx.Module):
         ks, vs = [], []
         for p, k, v in zip(weights.layers, cache.k, cache.v):
             x, (k, v) = decoder_layer(cfg, p, x, positions, attn_mask, (k, v), write, self.attention_impl,
-                                      self.compute_dtype)
+                                      self.compute_dtype, cache.heads_major)
             ks.append(k)
             vs.append(v)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
         logits = self.logits_from_hidden(h, weights.head)
-        return logits, KVCache(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
+        return logits, cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
 
     def __call__(
         self,
@@ -316,8 +335,9 @@ class Qwen2(nnx.Module):
             valid, attn_mask, write = _cache_mask(cache, mask)
 
         params = self.layers.stacked()
+        heads_major = cache is not None and cache.heads_major
         layer = lambda x, p, kv: decoder_layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl,
-                                               self.compute_dtype)
+                                               self.compute_dtype, heads_major)
         if self.remat == "full":
             layer = jax.checkpoint(layer)
         elif self.remat == "dots":
@@ -339,7 +359,7 @@ class Qwen2(nnx.Module):
                 return (x, ck, cv, i + 1), None
 
             (x, ck, cv, _), _ = jax.lax.scan(body, (x, cache.k, cache.v, jnp.int32(0)), params)
-            new_cache = KVCache(k=ck, v=cv, valid=valid, length=cache.length + t)
+            new_cache = cache.replace(k=ck, v=cv, valid=valid, length=cache.length + t)
 
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if return_hidden:
