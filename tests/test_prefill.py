@@ -118,3 +118,18 @@ def test_ragged_chunks_match_transformers(ckpt, model):
             want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False,
                                pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
         assert outs[i].token_ids == want, f"prompt {i} (len {len(p)})"
+
+
+def test_attention_window_covers_the_extent_with_few_shapes():
+    from rrm_jax.sampler.prefill import window
+
+    step, cap = 128, 40_000
+    got = {n: window(n, step, cap) for n in range(1, 33_000)}
+    for n, w in got.items():
+        assert n <= w <= cap, (n, w)
+        # multiples of the step up to 8 steps; past that at most a quarter of the extent's power of two wasted
+        waste = step if n <= 8 * step else (1 << ((n - 1).bit_length() - 1)) // 4
+        assert w == cap or (w % step == 0 and w - n < waste), (n, w)
+    for lo in (1024, 2048, 4096, 8192, 16384):  # four shapes per doubling
+        assert len({got[n] for n in range(lo + 1, 2 * lo + 1)}) == 4, lo
+    assert window(1, 128, 100) == 100 and window(5000, 128, 3000) == 3000  # never past the cache

@@ -119,7 +119,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def attention(q, k, v, mask) -> jax.Array:
-    """Grouped-query attention over heads-major keys (the cache's layout).
+    """Grouped-query attention over heads-major keys and values.
 
     q [B,T,H,hd], k/v [B,K,S,hd], mask [B,T,S] bool -> [B,T,H,hd]. The dots run as plain batched matmuls over
     (batch, kv_head) with no transposes of the [T, S] scores (measured ~25% less attention time on CPU).
