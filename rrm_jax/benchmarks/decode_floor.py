@@ -24,6 +24,7 @@ import numpy as np
 D, F, L, V, KV, G, HD = 896, 4864, 24, 151936, 2, 7, 64
 SHAPES = [(D, D), (D, KV * HD), (D, KV * HD), (D, D), (D, F), (D, F), (F, D)]
 FLAGS = {
+    "no extra flags (as a subprocess too)": "",
     "XNNPACK dot fusion": "--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_DOT",
     "YNNPACK dot fusion": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT",
     "oneDNN": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
@@ -124,7 +125,7 @@ def _report(title: str, engines: dict, rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rrm_jax.benchmarks.decode_floor", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--slots", type=int, nargs="+", default=[160, 1088])
+    ap.add_argument("--slots", type=int, nargs="*", default=[160, 1088])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--flags", action="store_true", help="also time the XLA chain under other XLA:CPU flags")
     ap.add_argument("--xla-only", action="store_true", help=argparse.SUPPRESS)  # one subprocess of --flags
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 got = f"{float(run.stdout.split()[-1]):8.1f} ms" if run.returncode == 0 and run.stdout.split() else (
                     "failed: " + (run.stderr.strip().splitlines() or ["?"])[-1][:80])
-                print(f"  XLA with {name:31s} {got}   ({flags})")
+                print(f"  XLA with {name:36s} {got}   ({flags or 'XLA_FLAGS as given'})")
     for s in args.slots:
         _report(f"decode attention, 24 layers, B=8, {s} slots", attention_variants(s), args.rounds)
     return 0
