@@ -50,7 +50,7 @@ class KVCache:
     valid: jax.Array  # [B, S] bool
     length: jax.Array  # [B] int32
     # XLA:CPU's attention dots read a heads-major cache as it lies, where a slot-major one costs a transposed
-    # copy per layer and step (3.3x the attention time of a B=8 decode step over 1088 slots). On TPU the
+    # copy per layer and step (2.5-3.3x the attention time of a B=8 decode step over 1088 slots). On TPU the
     # heads-major scatter of a step's keys made XLA copy the whole cache per step when a chip holds more than
     # one KV head (`rrm-jax plan rrm-7b --topology v5p-16`: 12.7 GiB of decode temporaries), so TPU/GPU keep
     # slot-major, whose layout XLA picks there.
