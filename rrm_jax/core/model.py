@@ -74,9 +74,9 @@ class KVCache:
         """Logical axes of the stacked k/v."""
         return HEADS_MAJOR_CACHE_AXES if self.heads_major else CACHE_AXES
 
-    def seq(self, index) -> tuple:
-        """An index of the stacked k/v whose slot axis takes ``index`` (every other axis whole)."""
-        return (slice(None),) * (3 if self.heads_major else 2) + (index,)
+    def index(self, rows=slice(None), slots=slice(None)) -> tuple:
+        """An index of the stacked k/v taking ``rows`` on the batch axis and ``slots`` on the slot axis."""
+        return (slice(None), rows) + ((slice(None), slots) if self.heads_major else (slots,))
 
     @property
     def slots(self) -> int:

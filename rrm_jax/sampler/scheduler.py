@@ -12,10 +12,11 @@ compiled functions of ``rrm_jax.sampler.loop.SamplerLoop`` do all device work:
   early when enough slots have finished that the host should refill them (continuous batching), so the
   host only intervenes between chunks: never per token.
 
-The KV cache ``[L, slots, K, S, hd]`` is preallocated once per call (S = bucketed prompt length +
-max_new_tokens + forced-suffix length), sharded by ``CACHE_AXES`` through the model's ShardingRules and
-donated to every call, as is the per-slot state. Randomness is ``fold_in(fold_in(fold_in(key(seed),
-prompt), sample), step)``, so a sample does not depend on batch composition or slot placement.
+The KV cache ``[L, slots, S, K, hd]`` (``[L, slots, K, S, hd]`` on CPU: ``KVCache.heads_major``) is preallocated
+once per call (S = bucketed prompt length + max_new_tokens + forced-suffix length), sharded by its logical axes
+(``KVCache.axes``) through the model's ShardingRules and donated to every call, as is the per-slot state.
+Randomness is ``fold_in(fold_in(fold_in(key(seed), prompt), sample), step)``, so a sample does not depend on batch
+composition or slot placement.
 
 Stop token ids (eos by default) are checked on device; stop strings are checked on the host between chunks
 on the decoded text (the row is then truncated at the token that completes the string).
@@ -28,7 +29,6 @@ import time
 from collections import deque
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from rrm_jax.core.api import Model, bucket
