@@ -146,3 +146,4 @@ def test_wheel_carries_the_presets_and_recipes(tmp_path):
         for f in (ROOT / kind).glob("*.toml"):
             assert f"rrm_jax/recipes/{kind}/{f.name}" in names
     assert {f"rrm_jax/{p.relative_to(ROOT / 'rrm_jax')}" for p in (ROOT / "rrm_jax").rglob("*.py")} <= names
+    assert "rrm_jax/core/cpu_matmul.cc" in names  # the CPU decode kernel's source, built at first use

@@ -5,7 +5,8 @@
 Random Qwen2.5-0.5B shape, fp32, a cache of 160 slots with 128 filled. In interleaved rounds it times, per step:
 
 - the sampler itself (``generate``, greedy, 32 new tokens, from its own decode timer);
-- a 16-step ``fori_loop`` of ``Qwen2.decode_step`` + argmax over weights split once beforehand;
+- a 16-step ``fori_loop`` of ``Qwen2.decode_step`` + argmax over weights split once beforehand, in the sampler's
+  CPU form (heads-major cache; fused weights through the CPU matmul kernel when it is available);
 - the same with attention replaced by its query (no scores, softmax or cache read);
 - the output head + argmax alone;
 - a jitted sum over 512 MiB (the read bandwidth, to put the rest in bytes).
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rrm_jax.core import cpu_kernel
 from rrm_jax.core import model as model_lib
 
 STEPS, SLOTS, FILLED = 16, 160, 128
@@ -36,7 +38,7 @@ def _loop(model, batch: int, kind: str):
         def body(_, c):
             tok, cache = c
             if kind == "head":
-                logits = mod.logits_from_hidden(mod.embed_tokens(tok), weights.head)
+                logits = mod.unrolled_logits(mod.embed_tokens(tok), weights)
             else:
                 logits, cache = mod.decode_step(tok, jnp.ones((batch,), bool), cache, weights)
             return jnp.argmax(logits, -1).astype(jnp.int32), cache
@@ -60,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = api.init("qwen2.5-0.5b", seed=0, mesh=mesh, dtype=jnp.float32)
     cfg = model.config
-    weights = jax.jit(lambda st: nnx.merge(model.graphdef, st).unrolled_weights())(model.state)
+    fused = cpu_kernel.available()
+    weights = jax.jit(lambda st: nnx.merge(model.graphdef, st).unrolled_weights(fused))(model.state)
     rng = np.random.default_rng(0)
-    cache0 = model_lib.KVCache.zeros(cfg, b, SLOTS, jnp.float32)
+    cache0 = model_lib.KVCache.zeros(cfg, b, SLOTS, jnp.float32, heads_major=True)
     cache0 = cache0.replace(
         valid=cache0.valid.at[:, :FILLED].set(True), length=jnp.full((b,), FILLED, jnp.int32),
         k=jnp.asarray(0.1 * rng.normal(size=cache0.k.shape), jnp.float32),
@@ -95,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     real_attention = model_lib.attention
-    model_lib.attention = lambda q, k, v, mask: q
+    model_lib.attention = cpu_kernel.attention = lambda q, k, v, mask: q  # both decode layers' attention
     try:  # traced and compiled (then cached) with attention replaced by its query
         timed(loops["  without attention"])
     finally:
-        model_lib.attention = real_attention
+        model_lib.attention = cpu_kernel.attention = real_attention
     generate(model, prompts, scfg)
     for f in loops.values():
         timed(f)
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, f in loops.items():
             times[k].append(timed(f))
         times["jnp.sum over 512 MiB"].append(read())
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; qwen2.5-0.5b fp32, B={b}, {FILLED} cached tokens")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; qwen2.5-0.5b fp32, B={b}, {FILLED} cached tokens; "
+          f"CPU matmul kernel {'on' if fused else 'off'}")
     for k, v in times.items():
         v = 1e3 * np.array(v)
         print(f"{k:42s} best {v.min():7.1f} ms  median {np.median(v):7.1f}  all {np.round(v).tolist()}")

@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from rrm_jax.core import cpu_kernel
 from rrm_jax.core.config import ModelConfig
+# The maths lived here before ops.py; re-exported so old imports work.
+from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope  # noqa: F401
 # PARAM_AXES and the path helpers lived here before the parameter table; re-exported so old imports work.
 from rrm_jax.core.params import (  # noqa: F401
     PARAM_AXES,
@@ -93,78 +96,16 @@ class KVCache:
 
 @struct.dataclass
 class UnrolledWeights:
-    """Per-layer weights and the ``[D, V]`` output projection, split out of the stacked arrays once."""
+    """Per-layer weights and the ``[D, V]`` output projection, split out of the stacked arrays once.
 
-    layers: tuple[dict[str, jax.Array], ...]
+    ``fused``: ``layers`` is one dict of stacked weights in the CPU matmul kernel's packed float32 form
+    (:func:`rrm_jax.core.cpu_kernel.fuse_layers`), the head is packed too, and the decode step multiplies through
+    :func:`rrm_jax.core.cpu_kernel.matmul` (over a heads-major cache only).
+    """
+
+    layers: tuple[dict[str, jax.Array], ...] | dict[str, jax.Array]
     head: jax.Array
-
-
-# ------------------------------------------------------------------------------------------ maths
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    # HF numerics: statistics in float32, cast back to the activation dtype, then scale.
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return weight.astype(x.dtype) * x32.astype(x.dtype)
-
-
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE; x [B, T, N, hd], positions [B, T]. Angles in float32."""
-    hd = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
-    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
-    cos = jnp.cos(ang)[:, :, None, :].astype(x.dtype)
-    sin = jnp.sin(ang)[:, :, None, :].astype(x.dtype)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def attention(q, k, v, mask) -> jax.Array:
-    """Grouped-query attention over heads-major keys and values.
-
-    q [B,T,H,hd], k/v [B,K,S,hd], mask [B,T,S] bool -> [B,T,H,hd]. The dots run as plain batched matmuls over
-    (batch, kv_head) with no transposes of the [T, S] scores (measured ~25% less attention time on CPU).
-    """
-    b, t, h, hd = q.shape
-    kh = k.shape[1]
-    qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
-    return _attend(qg, k, v, mask).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-
-
-def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.Array:
-    """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
-
-    q [B,T,H,hd], k/v [B,T,K,hd] (as projected), ``mask`` [B, T, T] already causal. ``impl`` "cudnn" or "auto"
-    hands it to ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU; "auto" falls back to XLA
-    elsewhere). Otherwise queries go in chunks of ``chunk``; chunk c only scores the keys up to its own end, so
-    the upper-triangle blocks are never computed (about half the score work and softmax at long T). Real
-    positions match :func:`attention` exactly; a padding query whose keys are all masked gets a (meaningless)
-    uniform average over fewer keys.
-    """
-    if impl in ("cudnn", "auto"):
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"
-        )
-    b, t, h, hd = q.shape
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads-major [B, K, T, hd]
-    if t <= chunk or t % chunk:
-        return attention(q, kt, vt, mask)
-    kh = kt.shape[1]
-    qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
-    outs = []
-    for c in range(t // chunk):  # static unroll: t // chunk blocks of growing key length
-        lo, hi = c * chunk, (c + 1) * chunk
-        outs.append(_attend(qg[:, :, :, lo:hi], kt[:, :, :hi], vt[:, :, :hi], mask[:, lo:hi, :hi]))
-    out = jnp.concatenate(outs, axis=3)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-
-
-def _attend(qg, kt, vt, mask):
-    """qg [B,K,G,T,hd], kt/vt [B,K,S,hd], mask [B,T,S] -> [B,K,G,T,hd]; scores and softmax in float32."""
-    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, kt, preferred_element_type=jnp.float32)
-    scores = scores * (qg.shape[-1] ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
-    return jnp.einsum("bkgts,bksd->bkgtd", probs, vt)
+    fused: bool = struct.field(pytree_node=False, default=False)
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -261,18 +202,30 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(cd) if head is None else head
         return jnp.einsum("...d,dv->...v", h.astype(cd), w, preferred_element_type=jnp.float32)
 
-    def unrolled_weights(self) -> UnrolledWeights:
+    def unrolled_weights(self, fused: bool = False) -> UnrolledWeights:
         """The weights :meth:`decode_step` runs unrolled over, materialised once outside a decode loop.
 
         XLA:CPU copies a layer's weights out of the stacked array on every scan iteration (the dot needs its
         own buffer), tripling weight traffic in a bandwidth-bound step; split once, the copies happen once per
         loop. A tied embedding is transposed here too: XLA:CPU streams ``h @ W[D, V]`` markedly faster than
-        ``h @ E[V, D].T``. The barrier keeps XLA from sinking the split back into the loop.
+        ``h @ E[V, D].T``. The barrier keeps XLA from sinking the split back into the loop. ``fused`` gives the
+        CPU matmul kernel's packed float32 form (:func:`rrm_jax.core.cpu_kernel.fuse_layers`), the head packed too.
         """
         stacked = self.layers.stacked()
+        if fused:  # packed by the kernel's own routine, stacked (the kernel indexes the layer), head included
+            tied = self.cfg.tie_word_embeddings
+            head = cpu_kernel.pack((self.embed if tied else self.lm_head)[...].astype(jnp.float32), transposed=tied)
+            layers = cpu_kernel.fuse_layers(self.cfg, {k: v.astype(jnp.float32) for k, v in stacked.items()})
+            return UnrolledWeights(layers=layers, head=head, fused=True)
         layers = tuple({k: v[i] for k, v in stacked.items()} for i in range(self.cfg.num_layers))
         layers, head = jax.lax.optimization_barrier((layers, self.head_weight().astype(self.compute_dtype)))
         return UnrolledWeights(layers=layers, head=head)
+
+    def unrolled_logits(self, h: jax.Array, weights: UnrolledWeights) -> jax.Array:
+        """The output head over :meth:`unrolled_weights`: final-normed hidden [B, D] -> float32 logits [B, V]."""
+        if weights.fused:
+            return cpu_kernel.matmul(h, weights.head, self.cfg.vocab_size)
+        return self.logits_from_hidden(h, weights.head)
 
     def decode_step(
         self, tokens: jax.Array, active: jax.Array, cache: KVCache, weights: UnrolledWeights | None = None
@@ -291,14 +244,17 @@ class Qwen2(nnx.Module):
         valid, attn_mask, write = _cache_mask(cache, active[:, None])
         x = self.embed_tokens(tokens[:, None])
         ks, vs = [], []
-        for p, k, v in zip(weights.layers, cache.k, cache.v):
-            x, (k, v) = decoder_layer(cfg, p, x, positions, attn_mask, (k, v), write, self.attention_impl,
-                                      self.compute_dtype, cache.heads_major)
+        for i, (k, v) in enumerate(zip(cache.k, cache.v)):
+            if weights.fused:
+                x, (k, v) = cpu_kernel.decoder_layer(cfg, weights.layers, i, x, positions, attn_mask, (k, v), write)
+            else:
+                x, (k, v) = decoder_layer(cfg, weights.layers[i], x, positions, attn_mask, (k, v), write,
+                                          self.attention_impl, self.compute_dtype, cache.heads_major)
             ks.append(k)
             vs.append(v)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
-        logits = self.logits_from_hidden(h, weights.head)
-        return logits, cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
+        cache = cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
+        return self.unrolled_logits(h, weights), cache
 
     def __call__(
         self,

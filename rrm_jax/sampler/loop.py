@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rrm_jax.core import cpu_kernel as kernel
 from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.model import KVCache, UnrolledWeights
 from rrm_jax.core.sharding import ShardingRules
@@ -219,13 +220,24 @@ class SamplerLoop:
     shape: LoopShape
     cache_dtype: Any
     unroll_layers: bool  # also picks the heads-major cache (KVCache.heads_major): the CPU decode form
+    # decode's matmuls through rrm_jax.core.cpu_kernel (packed float32 weights); an FFI call has no sharding rule,
+    # so only on a one-device mesh
+    cpu_kernel: bool = False
 
     @classmethod
-    def for_model(cls, model, shape: LoopShape, unroll_layers: bool | None = None) -> "SamplerLoop":
+    def for_model(cls, model, shape: LoopShape, unroll_layers: bool | None = None,
+                  cpu_kernel: bool | None = None) -> "SamplerLoop":
         if unroll_layers is None:
             unroll_layers = model.mesh.devices.flat[0].platform == "cpu"
+        f32 = jnp.dtype(model.module.compute_dtype) == jnp.float32
+        fits = bool(unroll_layers) and f32 and model.mesh.size == 1
+        if cpu_kernel and not (fits and kernel.available()):
+            raise ValueError("the CPU matmul kernel needs the unrolled CPU decode, float32 compute, a one-device mesh "
+                             "and a built kernel (rrm_jax.core.cpu_kernel.available())")
+        if cpu_kernel is None:
+            cpu_kernel = fits and kernel.available()
         return cls(model.graphdef, model.config, model.mesh, model.rules, shape,
-                   jnp.dtype(model.module.compute_dtype), bool(unroll_layers))
+                   jnp.dtype(model.module.compute_dtype), bool(unroll_layers), bool(cpu_kernel))
 
     def __hash__(self) -> int:
         # jit hashes its static arguments on every call; hashing the graphdef costs ~70 us, so once per loop
@@ -329,7 +341,9 @@ class SamplerLoop:
         Split once per generate call, not inside every decode call: that copy of all the weights (2 GB for a
         0.5B model in float32) cost more than the four steps a decode call runs between prefill chunks.
         """
-        return nnx.merge(self.graphdef, params).unrolled_weights() if self.unroll_layers else None
+        if not self.unroll_layers:
+            return None
+        return nnx.merge(self.graphdef, params).unrolled_weights(fused=self.cpu_kernel)
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
     def decode(self, params, weights: UnrolledWeights | None, state: SamplingState, sp: SamplingParams, kill, n_steps,
