@@ -3,8 +3,8 @@
 ``python -m rrm_jax.benchmarks.decode_floor [--batch 8 32] [--rounds 5] [--flags] [--slots 160 1088]``
 
 - matmuls: every weight matrix of one Qwen2.5-0.5B decode step (24 layers of q/k/v/o/gate/up/down and the
-  [D, V] head; fp32, fresh arrays), chained as a step chains them, at B rows: XLA (one jit), NumPy and torch
-  (where installed), in interleaved rounds. With ``--flags`` the XLA chain is timed again in subprocesses under
+  [D, V] head; fp32, fresh arrays), chained as a step chains them, at B rows: XLA (one jit), the sampler's CPU
+  kernel (``rrm_jax.core.cpu_kernel``, where it builds), NumPy and torch (where installed), in interleaved rounds. With ``--flags`` the XLA chain is timed again in subprocesses under
   each XLA:CPU flag set that may route a dot to another kernel library.
 - attention: decode attention at T=1 for 24 layers, B=8, Qwen2.5-0.5B heads (14 query, 2 KV, hd 64), over a
   cache of S slots: slot-major ``[B, S, K, hd]`` (the TPU/GPU layout; transposed per layer here) against
@@ -70,6 +70,14 @@ def matmul_engines(b: int, xla_only: bool = False) -> dict:
     engines = {"XLA (jax.jit)": lambda: f(x, jws, jhead).block_until_ready()}
     if xla_only:
         return engines
+    from rrm_jax.core import cpu_kernel
+
+    if cpu_kernel.available():  # the sampler's CPU decode matmul, over weights packed once beforehand
+        pws, phead = jax.jit(lambda ws, h: ([cpu_kernel.pack(w) for w in ws], cpu_kernel.pack(h)))(jws, jhead)
+        ns = [w.shape[1] for w in ws]  # (packed, columns) pairs: the packed width is padded to whole panels
+        kmm = lambda x, wn: cpu_kernel.matmul(x, *wn)
+        g = jax.jit(lambda x, ws, h: _chain(x, list(zip(ws, ns)), (h, V), kmm, jax.nn.silu, jnp.tanh))
+        engines["rrm-jax CPU kernel (packed weights)"] = lambda: g(x, pws, phead).block_until_ready()
     engines["NumPy"] = lambda: _chain(x, ws, head, np.matmul, lambda z: z / (1 + np.exp(-z)), np.tanh)
     try:
         import torch
