@@ -301,3 +301,25 @@ def test_return_stats_and_loop_is_static(model):
     a, b = SamplerLoop.for_model(model, shape), SamplerLoop.for_model(model.with_state(model.state), shape)
     assert a == b and hash(a) == hash(b) and a.unroll_layers  # CPU default: unrolled
     assert SamplerLoop.for_model(model, shape, unroll_layers=False) != a
+
+
+def test_split_weights_are_reused_only_for_the_same_parameters(model):
+    """SamplerLoop.weights keeps one split while the same parameter arrays come back; new arrays split again."""
+    from rrm_jax.sampler.loop import LoopShape, SamplerLoop
+
+    shape = LoopShape(slots=2, cache_len=24, max_out=8, top_k=0, suffix_cap=8, window=4, n_stops=4, n_probes=0)
+    loop = SamplerLoop.for_model(model, shape)
+    first = loop.weights(model.state)
+    assert SamplerLoop.for_model(model, shape).weights(model.state) is first
+    scaled = jax.tree.map(lambda x: x * 2, model.state)
+    again = loop.weights(scaled)
+    assert again is not first
+    want = jax.tree.leaves(loop.split_weights(scaled))
+    for got, ref in zip(jax.tree.leaves(again), want, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    # a model with new parameters decodes with them, not with a kept split: the unrolled (split) decode equals
+    # the scanned one (no split) on the new model, and differs from the old model's tokens
+    tokens = lambda m, **kw: [c.token_ids for c in generate(m, PROMPTS[:3], greedy(), **kw)]
+    old = tokens(model)
+    new = model.with_state(scaled)
+    assert tokens(new) == tokens(new, unroll_layers=False) != old

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Any
 
 import jax
@@ -203,6 +204,10 @@ def _write_rows(cache: KVCache, buf: jax.Array, sub: jax.Array, rows: jax.Array,
     return jax.lax.fori_loop(0, buf.shape[0], layer, buf)
 
 
+# SamplerLoop.weights' one kept split: loop -> (weak references to the parameter leaves, the split weights)
+_SPLIT: dict = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerLoop:
     """The compiled prefill/decode for one (model graph, mesh, rules, shape, cache dtype, layer form).
@@ -344,6 +349,20 @@ class SamplerLoop:
         if not self.unroll_layers:
             return None
         return nnx.merge(self.graphdef, params).unrolled_weights(fused=self.cpu_kernel)
+
+    def weights(self, params) -> UnrolledWeights | None:
+        """:meth:`split_weights`, reused while the same parameter arrays come back (an evaluation's many generate
+        calls over fixed weights; an RL step's new weights miss). One copy is kept beyond a call, and it does not
+        keep the parameters it came from alive (weak references)."""
+        leaves = jax.tree.leaves(params)
+        kept = _SPLIT.get(self)
+        if kept is not None and len(kept[0]) == len(leaves) and all(r() is x for r, x in zip(kept[0], leaves)):
+            return kept[1]
+        _SPLIT.clear()  # the old copy goes before the new one is made: at most one at a time
+        split = self.split_weights(params)
+        if split is not None:
+            _SPLIT[self] = ([weakref.ref(x) for x in leaves], split)
+        return split
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
     def decode(self, params, weights: UnrolledWeights | None, state: SamplingState, sp: SamplingParams, kill, n_steps,

@@ -199,7 +199,7 @@ def generate(
     refill_min = max(1, b // 4) if refill_min is None else max(1, refill_min)
 
     state = loop.init_state()
-    weights = loop.split_weights(model.state)
+    weights = loop.weights(model.state)
     queue = deque(requests)
     occupant: list[tuple[int, int] | None] = [None] * b
     live = [False] * b  # decoding on device (a reserved slot waits for its prompt's prefill first)
