@@ -9,9 +9,10 @@ prefill/decode steps that read and write a :class:`KVCache` (the sampler drives 
 ``__call__`` and :meth:`Qwen2.decode_step`). One output head, :meth:`Qwen2.logits_from_hidden`, serves
 the forward, the trainer and the sampler.
 
-This module owns the maths (RMSNorm, RoPE, attention, the decoder layer), the KV cache and the module
-that runs them. What the parameters are (shapes, logical axes, initialisers, HF names) is the table in
-:mod:`rrm_jax.core.params`; the module creates its weights from it.
+This module owns the decoder layer, the KV cache and the module that runs them; the maths they compose (RMSNorm,
+RoPE, attention) is :mod:`rrm_jax.core.ops`, and the CPU decode step's matmul kernel and its layer are
+:mod:`rrm_jax.core.cpu_kernel`. What the parameters are (shapes, logical axes, initialisers, HF names) is the table
+in :mod:`rrm_jax.core.params`; the module creates its weights from it.
 """
 
 from __future__ import annotations
