@@ -311,6 +311,8 @@ def test_split_weights_are_reused_only_for_the_same_parameters(model):
     loop = SamplerLoop.for_model(model, shape)
     first = loop.weights(model.state)
     assert SamplerLoop.for_model(model, shape).weights(model.state) is first
+    longer = LoopShape(slots=4, cache_len=64, max_out=16, top_k=0, suffix_cap=8, window=4, n_stops=4, n_probes=0)
+    assert SamplerLoop.for_model(model, longer).weights(model.state) is first  # the split ignores the shape
     scaled = jax.tree.map(lambda x: x * 2, model.state)
     again = loop.weights(scaled)
     assert again is not first

@@ -4,8 +4,9 @@
 
 - matmuls: every weight matrix of one Qwen2.5-0.5B decode step (24 layers of q/k/v/o/gate/up/down and the
   [D, V] head; fp32, fresh arrays), chained as a step chains them, at B rows: XLA (one jit), the sampler's CPU
-  kernel (``rrm_jax.core.cpu_kernel``, where it builds), NumPy and torch (where installed), in interleaved rounds. With ``--flags`` the XLA chain is timed again in subprocesses under
-  each XLA:CPU flag set that may route a dot to another kernel library.
+  kernel (``rrm_jax.core.cpu_kernel``, where it builds), NumPy and torch (where installed), in interleaved
+  rounds. With ``--flags`` the XLA chain is timed again in subprocesses under each XLA:CPU flag set that may
+  route a dot to another kernel library.
 - attention: decode attention at T=1 for 24 layers, B=8, Qwen2.5-0.5B heads (14 query, 2 KV, hd 64), over a
   cache of S slots: slot-major ``[B, S, K, hd]`` (the TPU/GPU layout; transposed per layer here) against
   heads-major ``[B, K, S, hd]`` (the CPU layout, ``KVCache.heads_major``).

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.core.ops import attention, rms_norm, rope
+from rrm_jax.core.ops import attention, rms_norm, rope, write_kv
 
 TARGET, PACK_TARGET = "rrm_cpu_matmul", "rrm_cpu_pack"
 SOURCE = Path(__file__).with_name("cpu_matmul.cc")
@@ -120,7 +120,8 @@ def matmul(x: jax.Array, packed: jax.Array, n: int, layer: int = 0) -> jax.Array
     """
     if x.dtype != jnp.float32:
         raise TypeError(f"the CPU matmul kernel is float32 only, got {x.dtype}")
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(x, packed, layer=np.int64(layer))
+    out = jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, out)(x, packed, layer=np.int64(layer))
 
 
 # ------------------------------------------------------------------------------ the decode layer over it
@@ -161,10 +162,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, i: int, x, positions, mask, kv, wri
     q = rope(heads(y[..., :nq], cfg.num_heads), positions, cfg.rope_theta)
     k = rope(heads(y[..., nq:nq + nk], cfg.num_kv_heads), positions, cfg.rope_theta)
     v = heads(y[..., nq + nk:], cfg.num_kv_heads)
-    ck, cv = kv
-    rows, slots = write
-    ck = ck.at[rows, :, slots].set(k, mode="drop")
-    cv = cv.at[rows, :, slots].set(v, mode="drop")
+    ck, cv = write_kv(*kv, k, v, write, heads_major=True)
     x = x + _fused_dense(attention(q, ck, cv, mask), p["o_proj"], cfg.hidden_size, i)
     h = rms_norm(x, p["mlp_norm"][i], cfg.rms_norm_eps)
     y = _fused_dense(h, p["gate_up"], 2 * f, i)

@@ -24,7 +24,7 @@ from flax import nnx, struct
 from rrm_jax.core import cpu_kernel
 from rrm_jax.core.config import ModelConfig
 # The maths lived here before ops.py; re-exported so old imports work.
-from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope  # noqa: F401
+from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope, write_kv  # noqa: F401
 # PARAM_AXES and the path helpers lived here before the parameter table; re-exported so old imports work.
 from rrm_jax.core.params import (  # noqa: F401
     PARAM_AXES,
@@ -134,14 +134,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     q = rope(q, positions, cfg.rope_theta)
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
-        # rows [B, 1] and slots [B, T] index [B, T, K, hd] (the projections' layout) in either cache layout:
-        # heads-major [B, K, S, hd] puts the heads' slice between them
-        ck, cv = kv
-        rows, slots = write
-        at = (rows, slice(None), slots) if heads_major else (rows, slots)
-        ck = ck.at[at].set(k.astype(ck.dtype), mode="drop")
-        cv = cv.at[at].set(v.astype(cv.dtype), mode="drop")
-        kv = (ck, cv)
+        ck, cv = kv = write_kv(*kv, k, v, write, heads_major)
         if not heads_major:
             ck, cv = ck.transpose(0, 2, 1, 3), cv.transpose(0, 2, 1, 3)
         # A cached attention runs XLA's dots: cuDNN's fused kernel is for a sequence attending to itself.

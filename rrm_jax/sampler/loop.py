@@ -204,8 +204,7 @@ def _write_rows(cache: KVCache, buf: jax.Array, sub: jax.Array, rows: jax.Array,
     return jax.lax.fori_loop(0, buf.shape[0], layer, buf)
 
 
-# SamplerLoop.weights' one kept split: loop -> (weak references to the parameter leaves, the split weights)
-_SPLIT: dict = {}
+_SPLIT: dict = {}  # SamplerLoop.weights' one kept split: loop -> (weak refs to the parameter leaves, the split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,16 +351,17 @@ class SamplerLoop:
 
     def weights(self, params) -> UnrolledWeights | None:
         """:meth:`split_weights`, reused while the same parameter arrays come back (an evaluation's many generate
-        calls over fixed weights; an RL step's new weights miss). One copy is kept beyond a call, and it does not
-        keep the parameters it came from alive (weak references)."""
+        calls over fixed weights, whatever their shapes; an RL step's new weights miss). One copy is kept beyond a
+        call, and it does not keep the parameters it came from alive (weak references)."""
+        key = dataclasses.replace(self, shape=None)  # the split does not depend on the shape
         leaves = jax.tree.leaves(params)
-        kept = _SPLIT.get(self)
+        kept = _SPLIT.get(key)
         if kept is not None and len(kept[0]) == len(leaves) and all(r() is x for r, x in zip(kept[0], leaves)):
             return kept[1]
         _SPLIT.clear()  # the old copy goes before the new one is made: at most one at a time
-        split = self.split_weights(params)
+        split = key.split_weights(params)
         if split is not None:
-            _SPLIT[self] = ([weakref.ref(x) for x in leaves], split)
+            _SPLIT[key] = ([weakref.ref(x) for x in leaves], split)
         return split
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
