@@ -37,7 +37,16 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Model", "init", "load", "save_hf", "ModelConfig", "ConfigError", "CheckpointError", "ShardingRules", "make_mesh",
-    *_LAZY, *_SUBMODULES,
+    "Model",
+    "init",
+    "load",
+    "save_hf",
+    "ModelConfig",
+    "ConfigError",
+    "CheckpointError",
+    "ShardingRules",
+    "make_mesh",
+    *_LAZY,
+    *_SUBMODULES,
 ]
 __version__ = "0.1.0"

@@ -34,11 +34,20 @@ MOVED = {
 }
 # old module -> the modules its names now live in (and names that changed on the way)
 SPLIT = {
-    "rrm_jax.evaluate": ("rrm_jax.evaluation.run", "rrm_jax.evaluation.records", "rrm_jax.evaluation.report",
-                         "rrm_jax.evaluation.cli"),
+    "rrm_jax.evaluate": (
+        "rrm_jax.evaluation.run",
+        "rrm_jax.evaluation.records",
+        "rrm_jax.evaluation.report",
+        "rrm_jax.evaluation.cli",
+    ),
     "rrm_jax.eval_cli": ("rrm_jax.evaluation.config", "rrm_jax.evaluation.cli", "rrm_jax.data.records"),
-    "rrm_jax.train": ("rrm_jax.training.trainer", "rrm_jax.training.loop", "rrm_jax.training.cli",
-                      "rrm_jax.training.config", "rrm_jax.training.step"),
+    "rrm_jax.train": (
+        "rrm_jax.training.trainer",
+        "rrm_jax.training.loop",
+        "rrm_jax.training.cli",
+        "rrm_jax.training.config",
+        "rrm_jax.training.step",
+    ),
     "rrm_jax.train_step": ("rrm_jax.training.step",),
     "rrm_jax.data.train_pipeline": ("rrm_jax.training.data", "rrm_jax.core.tokenizers"),
     "rrm_jax.demo_task": ("rrm_jax.demo.task", "rrm_jax.core.tokenizers", "rrm_jax.judge.prompt"),
@@ -58,7 +67,7 @@ def new_home(name: str) -> str | tuple[str, ...] | None:
         return SPLIT[name]
     for old, new in MOVED.items():
         if name == old or name.startswith(old + "."):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return None
 
 
@@ -69,7 +78,9 @@ class _Split(types.ModuleType):
             mod = importlib.import_module(place)
             if hasattr(mod, name):
                 return getattr(mod, name)
-        raise AttributeError(f"{self.__name__}.{attr} is gone; {self.__name__} now lives in {', '.join(self.__homes__)}")
+        raise AttributeError(
+            f"{self.__name__}.{attr} is gone; {self.__name__} now lives in {', '.join(self.__homes__)}"
+        )
 
 
 class _Loader(importlib.abc.Loader):

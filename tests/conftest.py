@@ -1,8 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
 
-# 8 fake CPU devices for the sharding tests; set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Set before jax is imported anywhere; pytest-xdist's workers and the tests' subprocesses inherit them.
+# 8 fake CPU devices for the sharding tests. LLVM's optimisation level 0: the suite's programs are tiny and
+# compiling them is most of its time (-36% wall on test_train.py); the same XLA ops run, and the dots go to the
+# same runtime kernels.
+TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the session's processes (workers, CLI subprocesses), so a program that
+# several tests compile is compiled once; new per session unless the caller names one (CI does, per run).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache = tempfile.mkdtemp(prefix="rrm-jax-test-xla-")
+    atexit.register(shutil.rmtree, _cache, True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 from pathlib import Path  # noqa: E402
 
@@ -31,3 +44,44 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (it exists only beside the development checkout)")
     return SHARED
+
+
+# ------------------------------------------------------------------ the default tier's time budget
+# Each default-tier test (its setup, call and teardown: a module fixture is billed to the first test that uses it)
+# must finish within `max_test_seconds` (pyproject), so a new feature cannot quietly double the suite: a test that
+# needs longer is marked `slow` (CI runs that tier once, on Python 3.11). 0 turns the check off.
+def pytest_addoption(parser):
+    parser.addini("max_test_seconds", "per-test budget of the default tier, in seconds (0: no budget)", default="0")
+
+
+_spent: dict[str, float] = {}
+_slow: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+    if "slow" in report.keywords:
+        _slow.add(report.nodeid)
+
+
+def _over_budget(config) -> list[tuple[str, float]]:
+    budget = float(config.getini("max_test_seconds") or 0)
+    if budget <= 0 or config.getoption("markexpr", "") == "slow":
+        return []
+    return sorted(((n, s) for n, s in _spent.items() if n not in _slow and s > budget), key=lambda x: -x[1])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    over = _over_budget(config)
+    if over:
+        budget = config.getini("max_test_seconds")
+        terminalreporter.section(
+            f"over the default tier's per-test budget of {budget} s (mark them slow or shrink them)"
+        )
+        for nodeid, s in over:
+            terminalreporter.line(f"{s:7.1f} s  {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0 and _over_budget(session.config):
+        session.exitstatus = 1

@@ -5,8 +5,8 @@ argv: RUN_DIR. The device count and the JAX_* coordinator variables come from th
 import sys
 from pathlib import Path
 
-from rrm_jax.training.loop import train
 from rrm_jax.training.config import load_config
+from rrm_jax.training.loop import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "train" / "tiny.toml"
 
@@ -18,6 +18,14 @@ def reward(prompts, completions, batch):
 
 if __name__ == "__main__":
     distributed = "JAX_COORDINATOR_ADDRESS" in __import__("os").environ
-    cfg = load_config(RECIPE, [f"run_dir={sys.argv[1]}", "steps=2", "save_every=2", "async_checkpoint=false",
-                               f"distributed={str(distributed).lower()}"])
+    cfg = load_config(
+        RECIPE,
+        [
+            f"run_dir={sys.argv[1]}",
+            "steps=2",
+            "save_every=2",
+            "async_checkpoint=false",
+            f"distributed={str(distributed).lower()}",
+        ],
+    )
     train(cfg, reward_fn=reward, progress=False)

@@ -9,6 +9,7 @@
 
 The two tokenizers differ on purpose: their ids are what the tests' expected values were computed with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,9 +113,19 @@ class FakeGenerate:
                 lp = np.full((len(ids), 2), math.log(0.5), np.float32)
                 lp[digit_pos] = [math.log(p1), math.log(1 - p1)]
                 self.tokens += len(ids)
-                out.append(Completion(pi, s, ids, self.tok.decode(ids), np.zeros(len(ids), np.float32),
-                                      "budget" if forced else "stop", len(ids),
-                                      lp if self.probes else None, forced_at))
+                out.append(
+                    Completion(
+                        pi,
+                        s,
+                        ids,
+                        self.tok.decode(ids),
+                        np.zeros(len(ids), np.float32),
+                        "budget" if forced else "stop",
+                        len(ids),
+                        lp if self.probes else None,
+                        forced_at,
+                    )
+                )
         return out
 
 

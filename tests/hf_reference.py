@@ -14,8 +14,10 @@ import transformers
 
 # PyPI has CPU-only torch wheels for Python 3.11 here (the pinned torch==2.13.0 file) but only CUDA builds for
 # newer Pythons on Linux x86_64: where torch is absent the tests that compare against it skip, saying why.
-TORCH_MISSING = ("torch is not installed: the HF reference needs it (Python 3.11: pip install torch==2.13.0; "
-                 "elsewhere a CPU-only build from PyTorch's own package index)")
+TORCH_MISSING = (
+    "torch is not installed: the HF reference needs it (Python 3.11: pip install torch==2.13.0; "
+    "elsewhere a CPU-only build from PyTorch's own package index)"
+)
 torch = pytest.importorskip("torch", reason=TORCH_MISSING)
 
 from tiny_configs import TINY_CONFIGS, hf_config, padded_batch  # noqa: E402,F401  (shared, torch-free)

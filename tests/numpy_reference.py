@@ -27,21 +27,34 @@ def random_checkpoint(path: Path, cfg: dict, num_layers: int = 2, seed: int = 0,
     w = {"model.embed_tokens.weight": rng.standard_normal((v, d)).astype(np.float32), "model.norm.weight": norm()}
     for i in range(num_layers):
         p = f"model.layers.{i}."
-        w |= {p + "input_layernorm.weight": norm(), p + "post_attention_layernorm.weight": norm(),
-              p + "self_attn.q_proj.weight": mat(h * hd, d), p + "self_attn.k_proj.weight": mat(k * hd, d),
-              p + "self_attn.v_proj.weight": mat(k * hd, d), p + "self_attn.o_proj.weight": mat(d, h * hd),
-              p + "mlp.gate_proj.weight": mat(f, d), p + "mlp.up_proj.weight": mat(f, d),
-              p + "mlp.down_proj.weight": mat(d, f)}
+        w |= {
+            p + "input_layernorm.weight": norm(),
+            p + "post_attention_layernorm.weight": norm(),
+            p + "self_attn.q_proj.weight": mat(h * hd, d),
+            p + "self_attn.k_proj.weight": mat(k * hd, d),
+            p + "self_attn.v_proj.weight": mat(k * hd, d),
+            p + "self_attn.o_proj.weight": mat(d, h * hd),
+            p + "mlp.gate_proj.weight": mat(f, d),
+            p + "mlp.up_proj.weight": mat(f, d),
+            p + "mlp.down_proj.weight": mat(d, f),
+        }
         if bias:
-            w |= {p + "self_attn.q_proj.bias": mat(h * hd), p + "self_attn.k_proj.bias": mat(k * hd),
-                  p + "self_attn.v_proj.bias": mat(k * hd)}
+            w |= {
+                p + "self_attn.q_proj.bias": mat(h * hd),
+                p + "self_attn.k_proj.bias": mat(k * hd),
+                p + "self_attn.v_proj.bias": mat(k * hd),
+            }
     if not cfg["tie_word_embeddings"]:
         w["lm_head.weight"] = mat(v, d)
     path.mkdir(parents=True, exist_ok=True)
     safetensors.numpy.save_file(w, str(path / "model.safetensors"), metadata={"format": "pt"})
     config = {k_: v_ for k_, v_ in cfg.items() if k_ != "attention_bias"} | {
-        "num_hidden_layers": num_layers, "rms_norm_eps": 1e-6, "hidden_act": "silu", "max_position_embeddings": 4096,
-        "architectures": ["Qwen2ForCausalLM" if bias else "LlamaForCausalLM"]}
+        "num_hidden_layers": num_layers,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "architectures": ["Qwen2ForCausalLM" if bias else "LlamaForCausalLM"],
+    }
     (path / "config.json").write_text(json.dumps(config))
     return w
 
@@ -55,7 +68,7 @@ def _rope(x, pos, theta):
     hd = x.shape[-1]
     inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     ang = np.concatenate([pos[:, None] * inv[None]] * 2, axis=-1)[:, None, :]
-    rot = np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], axis=-1)
+    rot = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], axis=-1)
     return x * np.cos(ang) + rot * np.sin(ang)
 
 

@@ -1,4 +1,5 @@
 """Helpers for the kill-and-resume tests of training runs (test_train, test_dpo, test_policy_train)."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ def kill_at(step: int):
     def on_step(s, record):
         if s == step:
             raise Killed
+
     return on_step
 
 

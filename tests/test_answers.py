@@ -7,18 +7,21 @@ import pytest
 from rrm_jax.data.answers import EXTRACTORS, choice_answer, last_boxed, math_answer, normalise_math, same_answer
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Let's think. (A) is wrong, (C) fits. The answer is (C).", "C"),
-    ("the answer is B", "B"),
-    ("Answer: (J)", "J"),
-    ("First I thought the answer is (A). On reflection the answer is (D)", "D"),  # the last statement wins
-    ("So we get \\boxed{E}.", "E"),
-    ("\\boxed{\\text{(G)}}", "G"),
-    ("Options (A) and (B) remain; I pick (B)", "B"),  # no statement, no box: the last (X)
-    ("The answer is 42", None),
-    ("no letters here", None),
-    ("\\boxed{AB}", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Let's think. (A) is wrong, (C) fits. The answer is (C).", "C"),
+        ("the answer is B", "B"),
+        ("Answer: (J)", "J"),
+        ("First I thought the answer is (A). On reflection the answer is (D)", "D"),  # the last statement wins
+        ("So we get \\boxed{E}.", "E"),
+        ("\\boxed{\\text{(G)}}", "G"),
+        ("Options (A) and (B) remain; I pick (B)", "B"),  # no statement, no box: the last (X)
+        ("The answer is 42", None),
+        ("no letters here", None),
+        ("\\boxed{AB}", None),
+    ],
+)
 def test_choice_answer(text, want):
     assert choice_answer(text) == want
 
@@ -29,10 +32,20 @@ def test_last_boxed_balances_braces_and_refuses_a_cut_box():
     assert last_boxed("no box") is None
 
 
-@pytest.mark.parametrize("a, b", [
-    ("\\frac{1}{2}", "0.5"), ("\\dfrac{3}{6}", "1/2"), ("-\\frac{2}{4}", "-0.5"), ("1,000", "1000"),
-    ("90^\\circ", "90"), ("$12$", "12"), ("\\left(1,2\\right)", "(1, 2)"), ("7.", "7"), ("\\text{5}", "5"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("\\dfrac{3}{6}", "1/2"),
+        ("-\\frac{2}{4}", "-0.5"),
+        ("1,000", "1000"),
+        ("90^\\circ", "90"),
+        ("$12$", "12"),
+        ("\\left(1,2\\right)", "(1, 2)"),
+        ("7.", "7"),
+        ("\\text{5}", "5"),
+    ],
+)
 def test_spellings_of_one_value_normalise_equal(a, b):
     assert normalise_math(a) == normalise_math(b)
 

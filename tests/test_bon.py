@@ -1,5 +1,6 @@
 """`rrm-jax bon`: strategies against closed forms under a simulated judge of known accuracy, majority and answer
 extraction on hand-made cases, input errors, resume after a kill, and a policy + judge run on tiny random models."""
+
 import json
 import zlib
 
@@ -9,12 +10,7 @@ import pytest
 from rrm_jax.data import DataError
 from rrm_jax.data.answers import math_answer
 from rrm_jax.evaluation import bon
-from rrm_jax.evaluation.bon import (
-    BonItem,
-    pick_majority,
-    read_bon,
-    run_bon,
-)
+from rrm_jax.evaluation.bon import BonItem, pick_majority, read_bon, run_bon
 from rrm_jax.evaluation.bon_cli import bon_main
 from rrm_jax.evaluation.bon_report import summarize_bon
 from rrm_jax.evaluation.records import RecordsFile
@@ -45,8 +41,17 @@ class SimJudge:
                 first = (u < self.p) == ra
             else:
                 first = u < 0.5
-            out.append(Verdict(winner=0 if first else 1, votes_a=int(first), votes_b=int(not first), invalid=0,
-                               soft=0.5, tokens=10, samples_drawn=1))
+            out.append(
+                Verdict(
+                    winner=0 if first else 1,
+                    votes_a=int(first),
+                    votes_b=int(not first),
+                    invalid=0,
+                    soft=0.5,
+                    tokens=10,
+                    samples_drawn=1,
+                )
+            )
         return out
 
 
@@ -62,16 +67,29 @@ def one_right_items(count, k=8, seed=0, within=None):
 
 
 def write_jsonl(path, items):
-    path.write_text("".join(json.dumps({"id": it.id, "query": it.query, "candidates": list(it.candidates),
-                                        "correct": list(it.correct)}) + "\n" for it in items))
+    path.write_text(
+        "".join(
+            json.dumps({"id": it.id, "query": it.query, "candidates": list(it.candidates), "correct": list(it.correct)})
+            + "\n"
+            for it in items
+        )
+    )
     return path
 
 
 def test_judge_strategies_beat_random_and_match_closed_forms(tmp_path):
     items = one_right_items(300) + one_right_items(300, within=2, seed=1)
     ns = (2, 4, 8)
-    recs = run_bon(SimJudge(), items, tmp_path, meta={}, ns=ns, strategies=("knockout", "elo", "random", "oracle"),
-                   batch_size=50, progress=False)
+    recs = run_bon(
+        SimJudge(),
+        items,
+        tmp_path,
+        meta={},
+        ns=ns,
+        strategies=("knockout", "elo", "random", "oracle"),
+        batch_size=50,
+        progress=False,
+    )
     s = summarize_bon(recs, strategies=("knockout", "elo", "random", "oracle"), ns=ns)
     acc = s["accuracy"]
     for n in ns:
@@ -82,7 +100,7 @@ def test_judge_strategies_beat_random_and_match_closed_forms(tmp_path):
         assert acc["random"][str(n)] == pytest.approx(np.mean(inside / n), abs=0.07)
         ko = inside.mean() * knockout_win_probability(n, P)
         assert acc["knockout"][str(n)] == pytest.approx(ko, abs=0.07)
-        gap = ko - np.mean(inside / n)   # >= 0.075 (n=2) here
+        gap = ko - np.mean(inside / n)  # >= 0.075 (n=2) here
         assert acc["knockout"][str(n)] > acc["random"][str(n)] + gap / 2
         assert acc["elo"][str(n)] > acc["random"][str(n)] + gap / 2
         assert acc["elo"][str(n)] <= acc["oracle"][str(n)]
@@ -96,17 +114,31 @@ def test_judge_strategies_beat_random_and_match_closed_forms(tmp_path):
 
 def test_a_real_judge_batches_every_tournament_of_a_chunk_into_one_generate_per_round(tmp_path):
     from fakes import FakeGenerate, FakeModel
-
     from rrm_jax.judge.judge import Judge
     from rrm_jax.sampler import SamplingConfig
 
     # a perfect judge: the sampler's scripted verdict names whichever shown response is the right one
-    gen = FakeGenerate(FakeModel.tokenizer, lambda first, second, k: ("1" if first.startswith("right") else "2",
-                                                                      False, 0.9 if first.startswith("right") else 0.1))
+    gen = FakeGenerate(
+        FakeModel.tokenizer,
+        lambda first, second, k: (
+            "1" if first.startswith("right") else "2",
+            False,
+            0.9 if first.startswith("right") else 0.1,
+        ),
+    )
     judge = Judge(FakeModel(), sampling=SamplingConfig(max_new_tokens=64), generate=gen)
     items = one_right_items(6, k=4, seed=5)
-    recs = run_bon(judge, items, tmp_path, meta={}, ns=(2, 4), strategies=("knockout", "elo", "oracle"),
-                   batch_size=6, votes=3, progress=False)
+    recs = run_bon(
+        judge,
+        items,
+        tmp_path,
+        meta={},
+        ns=(2, 4),
+        strategies=("knockout", "elo", "oracle"),
+        batch_size=6,
+        votes=3,
+        progress=False,
+    )
     s = summarize_bon(recs, strategies=("knockout", "elo", "oracle"), ns=(2, 4))
     assert s["accuracy"]["knockout"] == s["accuracy"]["elo"] == s["accuracy"]["oracle"]
     # 6 queries x (knockout n=2: 1 + n=4: 2 + elo n=2: 1 + n=4: 6) = 60 matches in round 1, 6 finals in round 2;
@@ -119,19 +151,25 @@ def test_a_real_judge_batches_every_tournament_of_a_chunk_into_one_generate_per_
 
 def test_majority_on_hand_made_cases():
     a = ["A", "B", "B", "A", "C"]
-    assert pick_majority(a, 5) == 0          # A and B tie with 2 each: A came first
-    assert pick_majority(a, 3) == 1          # B, 2 of 3
+    assert pick_majority(a, 5) == 0  # A and B tie with 2 each: A came first
+    assert pick_majority(a, 3) == 1  # B, 2 of 3
     assert pick_majority(["C", "A", "B", "B"], 4) == 2
-    assert pick_majority([None, "x", None, "y", "y"], 5) == 3   # candidates without an answer do not vote
+    assert pick_majority([None, "x", None, "y", "y"], 5) == 3  # candidates without an answer do not vote
     assert pick_majority([None, None], 2) == 0
 
 
 def test_extract_path_and_majority_through_the_cli(tmp_path, capsys):
     lines = [
-        {"query": "q1", "answer": "B", "candidates": ["The answer is (B)", "The answer is (C)", "(C) I think",
-                                                      "the answer is C"]},
-        {"query": "q2", "answer": "\\boxed{A}", "candidates": ["\\boxed{A}", "The answer is (D)", "no idea",
-                                                               "Answer: A"]},
+        {
+            "query": "q1",
+            "answer": "B",
+            "candidates": ["The answer is (B)", "The answer is (C)", "(C) I think", "the answer is C"],
+        },
+        {
+            "query": "q2",
+            "answer": "\\boxed{A}",
+            "candidates": ["\\boxed{A}", "The answer is (D)", "no idea", "Answer: A"],
+        },
     ]
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -139,8 +177,24 @@ def test_extract_path_and_majority_through_the_cli(tmp_path, capsys):
     assert items[0].correct == (True, False, False, False) and items[0].answers == ("B", "C", "C", "C")
     assert items[1].correct == (True, False, False, True) and items[1].answers == ("A", "D", None, "A")
     out = tmp_path / "out"
-    assert bon_main([str(data), "--extract", "choice", "--strategy", "random,majority,oracle", "--n", "2,4,8",
-                     "--out", str(out), "--progress", "false"]) == 0
+    assert (
+        bon_main(
+            [
+                str(data),
+                "--extract",
+                "choice",
+                "--strategy",
+                "random,majority,oracle",
+                "--n",
+                "2,4,8",
+                "--out",
+                str(out),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     # majority at n=4: q1 picks a "C" (wrong), q2 picks "A" (right); at n=2 q1 ties B/C -> B, q2 ties A/D -> A
     assert s["accuracy"]["majority"] == {"2": 1.0, "4": 0.5}
@@ -151,21 +205,38 @@ def test_extract_path_and_majority_through_the_cli(tmp_path, capsys):
     assert (out / "bon.png").stat().st_size > 0
     # no extractor: majority is skipped and says so; the data carry `correct`
     data2 = write_jsonl(tmp_path / "c.jsonl", one_right_items(3, k=2))
-    assert bon_main([str(data2), "--strategy", "majority,oracle", "--n", "2", "--out", str(tmp_path / "o2"),
-                     "--progress", "false"]) == 0
+    assert (
+        bon_main(
+            [
+                str(data2),
+                "--strategy",
+                "majority,oracle",
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "o2"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     s2 = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert "majority" not in s2["accuracy"] and any("majority skipped" in n for n in s2["notes"])
 
 
-@pytest.mark.parametrize("line, field", [
-    ({"candidates": ["a"], "correct": [True]}, "query"),
-    ({"query": "q", "candidates": "a", "correct": [True]}, "candidates"),
-    ({"query": "q", "candidates": ["a", 3], "correct": [True, False]}, "candidates"),
-    ({"query": "q", "candidates": ["a", "b"], "correct": [True]}, "correct"),
-    ({"query": "q", "candidates": ["a", "b"], "correct": [1, 0]}, "correct"),
-    ({"query": "q", "candidates": ["a", "b"]}, "correct"),
-    ({"query": "q", "candidates": ["a"], "answer": ["x"]}, "answer"),
-])
+@pytest.mark.parametrize(
+    "line, field",
+    [
+        ({"candidates": ["a"], "correct": [True]}, "query"),
+        ({"query": "q", "candidates": "a", "correct": [True]}, "candidates"),
+        ({"query": "q", "candidates": ["a", 3], "correct": [True, False]}, "candidates"),
+        ({"query": "q", "candidates": ["a", "b"], "correct": [True]}, "correct"),
+        ({"query": "q", "candidates": ["a", "b"], "correct": [1, 0]}, "correct"),
+        ({"query": "q", "candidates": ["a", "b"]}, "correct"),
+        ({"query": "q", "candidates": ["a"], "answer": ["x"]}, "answer"),
+    ],
+)
 def test_bad_input_names_file_line_field(tmp_path, line, field):
     data = tmp_path / "bad.jsonl"
     good = {"query": "ok", "candidates": ["x", "y"], "correct": [True, False]}
@@ -188,8 +259,18 @@ def test_bad_input_through_the_cli_is_one_line(tmp_path, capsys):
 def test_resume_after_a_kill_finishes_only_the_rest(tmp_path, capsys):
     items = one_right_items(12, k=4, seed=3)
     data = write_jsonl(tmp_path / "d.jsonl", items)
-    args = ["--n", "2,4", "--strategy", "knockout,elo,random,oracle", "--batch-size", "4", "--progress", "false",
-            "--model", "tiny"]   # the judge is injected; --model only names it in the records
+    args = [
+        "--n",
+        "2,4",
+        "--strategy",
+        "knockout,elo,random,oracle",
+        "--batch-size",
+        "4",
+        "--progress",
+        "false",
+        "--model",
+        "tiny",
+    ]  # the judge is injected; --model only names it in the records
     full = tmp_path / "full"
     assert bon_main([str(data), "--out", str(full), *args], judge=SimJudge()) == 0
     killed = tmp_path / "killed"
@@ -199,10 +280,11 @@ def test_resume_after_a_kill_finishes_only_the_rest(tmp_path, capsys):
     assert [r["id"] for r in RecordsFile(killed / "records.jsonl").load()] == [it.id for it in items[:4]]
     again = SimJudge()
     assert bon_main([str(data), "--out", str(killed), *args], judge=again) == 0
-    assert {q for q, _, _ in again.pairs} == {it.query for it in items[4:]}    # finished queries are not redone
+    assert {q for q, _, _ in again.pairs} == {it.query for it in items[4:]}  # finished queries are not redone
     assert json.loads((killed / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
-    assert [r["results"] for r in RecordsFile(killed / "records.jsonl").load()] == \
-        [r["results"] for r in RecordsFile(full / "records.jsonl").load()]
+    assert [r["results"] for r in RecordsFile(killed / "records.jsonl").load()] == [
+        r["results"] for r in RecordsFile(full / "records.jsonl").load()
+    ]
     # other settings or other data in the same --out are refused
     capsys.readouterr()
     assert bon_main([str(data), "--out", str(killed), *args, "--n", "2"], judge=SimJudge()) == 2
@@ -216,9 +298,32 @@ def test_policy_candidates_then_direct_judge_on_tiny_models(tmp_path, capsys):
     data = tmp_path / "math.jsonl"
     data.write_text("".join(json.dumps({"query": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in (1, 2)))
     out = tmp_path / "out"
-    argv = [str(data), "--policy", "tiny", "--model", "tiny", "--tokenizer", "chars", "--mesh", "1,1,1",
-            "--dtype", "float32", "--n", "3", "--extract", "math", "--policy-max-new-tokens", "6", "--direct",
-            "--strategy", "knockout,random,majority,oracle", "--out", str(out), "--progress", "false"]
+    argv = [
+        str(data),
+        "--policy",
+        "tiny",
+        "--model",
+        "tiny",
+        "--tokenizer",
+        "chars",
+        "--mesh",
+        "1,1,1",
+        "--dtype",
+        "float32",
+        "--n",
+        "3",
+        "--extract",
+        "math",
+        "--policy-max-new-tokens",
+        "6",
+        "--direct",
+        "--strategy",
+        "knockout,random,majority,oracle",
+        "--out",
+        str(out),
+        "--progress",
+        "false",
+    ]
     # (n = 3 and knockout alone: both bracket rounds send one match per query, so the judge compiles once)
     assert bon_main(argv) == 0
     cands = RecordsFile(out / "candidates.jsonl").load()

@@ -10,14 +10,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
+import safetensors.torch  # noqa: E402  (needs torch)
 import transformers
 
 import rrm_jax
-from rrm_jax import CheckpointError
-
 from hf_reference import TINY_CONFIGS, hf_config, hf_logits, random_hf_model, save, torch  # skips without torch
-
-import safetensors.torch  # noqa: E402  (needs torch)
+from rrm_jax import CheckpointError
 
 UNTIED = "qwen2-untied-g2-hd128-1e6"
 TIED = "llama-tied-g7-hd128-1e4"
@@ -201,8 +199,13 @@ def test_empty_directory_and_missing_shard(ckpt, mesh1, tmp_path):
     assert "model.safetensors" in _load_error(path, mesh1)
     keys = list(tensors)
     rrm_jax.core.hf_io.write_safetensors(path / "model-00001-of-00002.safetensors", {k: tensors[k] for k in keys[:5]})
-    index = {"metadata": {}, "weight_map": {k: ("model-00001-of-00002.safetensors" if i < 5 else
-                                                "model-00002-of-00002.safetensors") for i, k in enumerate(keys)}}
+    index = {
+        "metadata": {},
+        "weight_map": {
+            k: ("model-00001-of-00002.safetensors" if i < 5 else "model-00002-of-00002.safetensors")
+            for i, k in enumerate(keys)
+        },
+    }
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     msg = _load_error(path, mesh1)
     assert str(path / "model-00002-of-00002.safetensors") in msg and "missing" in msg

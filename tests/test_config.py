@@ -11,37 +11,87 @@ import transformers
 
 import rrm_jax
 from rrm_jax.core.config import MODELS_DIR, ConfigError, ModelConfig, resolve_config
-
 from tiny_configs import TINY_CONFIGS, hf_config
 
 # Qwen2.5-0.5B's config.json as published on the hub (transformers 4.x generation).
 QWEN_4X = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
-    "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
-    "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14,
-    "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1",
-    "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 896,
+    "initializer_range": 0.02,
+    "intermediate_size": 4864,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 24,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
 }
 # The same model as transformers 5 writes it: rope_parameters, layer_types, dtype.
 QWEN_5X = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
-    "dtype": "bfloat16", "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-    "intermediate_size": 4864, "layer_types": ["full_attention"] * 24, "max_position_embeddings": 32768,
-    "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
-    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}, "sliding_window": None,
-    "tie_word_embeddings": True, "transformers_version": "5.0.0", "use_cache": True, "use_sliding_window": False,
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "dtype": "bfloat16",
+    "hidden_act": "silu",
+    "hidden_size": 896,
+    "initializer_range": 0.02,
+    "intermediate_size": 4864,
+    "layer_types": ["full_attention"] * 24,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 24,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "transformers_version": "5.0.0",
+    "use_cache": True,
+    "use_sliding_window": False,
     "vocab_size": 151936,
 }
 # SmolLM2-135M-Instruct (Llama, 4.x generation, explicit null rope_scaling).
 SMOLLM_4X = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
-    "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
-    "intermediate_size": 1536, "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama",
-    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": True, "vocab_size": 49152,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 576,
+    "initializer_range": 0.041666666666666664,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 8192,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 100000,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.42.3",
+    "use_cache": True,
+    "vocab_size": 49152,
 }
 
 
@@ -54,8 +104,20 @@ def _arch(c: ModelConfig, skip=("name",)) -> dict:
 def test_both_config_generations_parse_to_the_preset(d):
     got = ModelConfig.from_hf_dict(d)
     want = resolve_config("qwen2.5-0.5b")
-    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                  "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings", "qkv_bias", "model_type"):
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "rope_theta",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "qkv_bias",
+        "model_type",
+    ):
         assert getattr(got, field) == getattr(want, field), field
     assert got.head_dim == 64  # derived: hidden_size // num_attention_heads when the field is absent
     assert got.eos_token_id == 151643
@@ -155,8 +217,15 @@ def test_sliding_window_in_use_5x(tmp_path):
 
 
 def test_sliding_window_written_by_transformers_5_is_refused():
-    hf = transformers.Qwen2Config(num_hidden_layers=4, use_sliding_window=True, max_window_layers=2,
-                                  sliding_window=64, hidden_size=64, num_attention_heads=4, vocab_size=32)
+    hf = transformers.Qwen2Config(
+        num_hidden_layers=4,
+        use_sliding_window=True,
+        max_window_layers=2,
+        sliding_window=64,
+        hidden_size=64,
+        num_attention_heads=4,
+        vocab_size=32,
+    )
     with pytest.raises(ConfigError, match="'layer_types'"):
         resolve_config(hf)
 
@@ -257,9 +326,14 @@ def test_types_are_strict_in_files_and_text_is_converted(tmp_path):
     from rrm_jax.training.config import TrainConfig
 
     f = tmp_path / "r.toml"
-    for line, want in (("steps = true", "steps: expected int, got True"), ('steps = "3"', "steps: expected int, got '3'"),
-                       ("steps = 2.5", "steps: expected int, got 2.5"), ("model = 7", "model: expected str, got 7"),
-                       ("distributed = 1", "distributed: expected bool, got 1"), ("mesh = [1, true, 1]", "mesh")):
+    for line, want in (
+        ("steps = true", "steps: expected int, got True"),
+        ('steps = "3"', "steps: expected int, got '3'"),
+        ("steps = 2.5", "steps: expected int, got 2.5"),
+        ("model = 7", "model: expected str, got 7"),
+        ("distributed = 1", "distributed: expected bool, got 1"),
+        ("mesh = [1, true, 1]", "mesh"),
+    ):
         f.write_text(line + "\n")
         with pytest.raises(ConfigError, match=rf"^{f}: {want}"):
             load(TrainConfig, f)
@@ -268,8 +342,19 @@ def test_types_are_strict_in_files_and_text_is_converted(tmp_path):
     f.write_text("[optim]\nlr = 1\n")
     lr = load(TrainConfig, f).optim.lr
     assert lr == 1.0 and isinstance(lr, float)  # an int is a fine float
-    cfg = load(TrainConfig, None, ["steps='3'", "optim.lr=2e-6", "distributed=true", "run_dir=runs/x y", "model=7",
-                                   "grpo.aggregation='token-mean'", "export_hf=no"])
+    cfg = load(
+        TrainConfig,
+        None,
+        [
+            "steps='3'",
+            "optim.lr=2e-6",
+            "distributed=true",
+            "run_dir=runs/x y",
+            "model=7",
+            "grpo.aggregation='token-mean'",
+            "export_hf=no",
+        ],
+    )
     assert (cfg.steps, cfg.optim.lr, cfg.distributed, cfg.run_dir, cfg.model) == (3, 2e-6, True, "runs/x y", "7")
     assert cfg.grpo.aggregation == "token-mean" and cfg.export_hf is False
     # tuples: TOML arrays or "1,1,8"
@@ -304,12 +389,22 @@ def test_sampling_block_round_trips_and_maps_onto_the_sampler(tmp_path):
     from rrm_jax.training.config import TrainConfig
 
     assert rrm_jax.SamplingConfig is scheduler.SamplingConfig is config.SamplingConfig  # every import path
-    sampling = rrm_jax.SamplingConfig(max_new_tokens=100, temperature=0.6, top_k=20, top_p=0.95, min_p=0.05,
-                                      stop_token_ids=(3, 5), stop_strings=("\n\n", 'say "x"'), max_think_tokens=None,
-                                      think_end=(7,), forced_suffix="\n</think>\n\n\\boxed{Assistant ", max_slots=16)
+    sampling = rrm_jax.SamplingConfig(
+        max_new_tokens=100,
+        temperature=0.6,
+        top_k=20,
+        top_p=0.95,
+        min_p=0.05,
+        stop_token_ids=(3, 5),
+        stop_strings=("\n\n", 'say "x"'),
+        max_think_tokens=None,
+        think_end=(7,),
+        forced_suffix="\n</think>\n\n\\boxed{Assistant ",
+        max_slots=16,
+    )
     cfg = TrainConfig(steps=3, mesh=(1, 1, 8), sampling=sampling)
     text = dump_toml(cfg)
-    assert '\n[sampling]\nmax_new_tokens = 100\n' in text and 'max_think_tokens = "none"' in text
+    assert "\n[sampling]\nmax_new_tokens = 100\n" in text and 'max_think_tokens = "none"' in text
     assert load(TrainConfig, write_toml(cfg, tmp_path / "c.toml")) == cfg
     ev = EvalConfig(votes=(1, 4), max_think_tokens=(None, 64), mesh=(1, 1, 8), split="test[:10]")
     assert load(EvalConfig, write_toml(ev, tmp_path / "e.toml")) == ev
@@ -324,14 +419,19 @@ def test_old_grpo_sampling_keys_are_accepted_with_a_warning(tmp_path):
     from rrm_jax.training.config import TrainConfig
 
     f = tmp_path / "old.toml"
-    f.write_text("[grpo]\ngroup_size = 4\nmax_new_tokens = 48\ntemperature = 0.8\nmax_think_tokens = 0\n"
-                 "max_slots = 16\n")
+    f.write_text(
+        "[grpo]\ngroup_size = 4\nmax_new_tokens = 48\ntemperature = 0.8\nmax_think_tokens = 0\nmax_slots = 16\n"
+    )
     with pytest.warns(DeprecationWarning) as caught:
         cfg = load(TrainConfig, f)
-    assert [str(w.message) for w in caught] == [f"{f}: grpo.{k} is deprecated; use sampling.{k}"
-                                                for k in ("max_new_tokens", "temperature", "max_think_tokens", "max_slots")]
-    new = TrainConfig(grpo=dataclasses.replace(TrainConfig().grpo, group_size=4),
-                      sampling=rrm_jax.SamplingConfig(max_new_tokens=48, temperature=0.8, max_slots=16))
+    assert [str(w.message) for w in caught] == [
+        f"{f}: grpo.{k} is deprecated; use sampling.{k}"
+        for k in ("max_new_tokens", "temperature", "max_think_tokens", "max_slots")
+    ]
+    new = TrainConfig(
+        grpo=dataclasses.replace(TrainConfig().grpo, group_size=4),
+        sampling=rrm_jax.SamplingConfig(max_new_tokens=48, temperature=0.8, max_slots=16),
+    )
     assert cfg == new and cfg.sampling.max_think_tokens is None  # [grpo]'s 0 meant "no budget"
     with pytest.warns(DeprecationWarning, match="grpo.max_think_tokens=5: grpo.max_think_tokens is deprecated"):
         assert load(TrainConfig, None, ["grpo.max_think_tokens=5"]).sampling.max_think_tokens == 5
@@ -344,8 +444,11 @@ def test_the_demo_recipe_given_to_train_says_how_to_run_it(capsys):
     from rrm_jax.training.config import load_config
 
     demo = ROOT / "train" / "demo.toml"
-    with pytest.raises(ConfigError, match=rf"^{demo}: this is an `rrm-jax demo` recipe, not a training recipe; "
-                                          r"run it with rrm-jax demo --recipe demo$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{demo}: this is an `rrm-jax demo` recipe, not a training recipe; "
+        r"run it with rrm-jax demo --recipe demo$",
+    ):
         load_config(demo)
     assert main(["train", "demo"]) == 2
     err = capsys.readouterr().err

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_configs import TINY_CONFIGS, hf_config
 
 from rrm_jax.core import api, cpu_kernel
 from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.model import KVCache
+from tiny_configs import TINY_CONFIGS, hf_config
 
-pytestmark = pytest.mark.skipif(not cpu_kernel.available(),
-                                reason="the CPU matmul kernel needs x86-64 with AVX-512 and a C++ compiler")
+pytestmark = pytest.mark.skipif(
+    not cpu_kernel.available(), reason="the CPU matmul kernel needs x86-64 with AVX-512 and a C++ compiler"
+)
 
 # (rows, K, the concatenated inputs' column counts): full and partial 8-row blocks, panels split across inputs,
 # column counts off the 16-float vector and the 48-column panel, K past the kernel's 64-row register sum
@@ -39,8 +40,9 @@ def test_pack_and_matmul_match_numpy(m, k, ns):
     packed = np.asarray(jax.jit(lambda ws: cpu_kernel.pack(*ws))(ws))
     np.testing.assert_array_equal(packed, _reference_pack(ws))
     transposed = [np.ascontiguousarray(w.transpose(0, 2, 1)) for w in ws]
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda ws: cpu_kernel.pack(*ws, transposed=True))(transposed)),
-                                  _reference_pack(ws))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda ws: cpu_kernel.pack(*ws, transposed=True))(transposed)), _reference_pack(ws)
+    )
     n = sum(ns)
     for layer in range(2):
         got = np.asarray(jax.jit(lambda x, p: cpu_kernel.matmul(x, p, n, layer))(x, packed))

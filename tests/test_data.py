@@ -1,11 +1,20 @@
 """Readers, bad-input policy, TFDS ArrayRecord builders and grain reading."""
+
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from rrm_jax.data import DataError, PairRecord, read_llmbar, read_pairs, read_pairs_jsonl, read_pandalm, read_rewardbench
+from rrm_jax.data import (
+    DataError,
+    PairRecord,
+    read_llmbar,
+    read_pairs,
+    read_pairs_jsonl,
+    read_pandalm,
+    read_rewardbench,
+)
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -14,10 +23,24 @@ def _write_jsonl(path: Path, rows) -> Path:
 
 
 RB_ROWS = [
-    {"prompt": "2+2?", "chosen": "4", "chosen_model": "m1", "rejected": "5", "rejected_model": "m2",
-     "subset": "math-prm", "id": 30},
-    {"prompt": "Say hi", "chosen": "hi", "chosen_model": "m1", "rejected": "no", "rejected_model": "m2",
-     "subset": "alpacaeval-easy", "id": 7},
+    {
+        "prompt": "2+2?",
+        "chosen": "4",
+        "chosen_model": "m1",
+        "rejected": "5",
+        "rejected_model": "m2",
+        "subset": "math-prm",
+        "id": 30,
+    },
+    {
+        "prompt": "Say hi",
+        "chosen": "hi",
+        "chosen_model": "m1",
+        "rejected": "no",
+        "rejected_model": "m2",
+        "subset": "alpacaeval-easy",
+        "id": 7,
+    },
 ]
 
 
@@ -48,8 +71,13 @@ def test_llmbar_reader_on_shared(shared_dir):
     d = shared_dir / "data" / "llmbar"
     ps = read_llmbar(d)
     sizes = Counter(r.subset for r in ps.records)
-    assert sizes == {"Natural": 100, "Adversarial_Neighbor": 134, "Adversarial_GPTInst": 92,
-                     "Adversarial_GPTOut": 47, "Adversarial_Manual": 46}
+    assert sizes == {
+        "Natural": 100,
+        "Adversarial_Neighbor": 134,
+        "Adversarial_GPTInst": 92,
+        "Adversarial_GPTOut": 47,
+        "Adversarial_Manual": 46,
+    }
     raw = json.loads((d / "Adversarial_GPTOut.json").read_text())
     recs = [r for r in ps.records if r.subset == "Adversarial_GPTOut"]
     for r, item in zip(recs, raw):
@@ -74,8 +102,10 @@ def test_rewardbench_schema_files(tmp_path, fmt):
 
         pq.write_table(pa.Table.from_pylist(RB_ROWS), path)
     ps = read_pairs("rewardbench", path)
-    assert ps.records == [PairRecord("30", "2+2?", "4", "5", 0, "math-prm", "rewardbench"),
-                          PairRecord("7", "Say hi", "hi", "no", 0, "alpacaeval-easy", "rewardbench")]
+    assert ps.records == [
+        PairRecord("30", "2+2?", "4", "5", 0, "math-prm", "rewardbench"),
+        PairRecord("7", "Say hi", "hi", "no", 0, "alpacaeval-easy", "rewardbench"),
+    ]
 
 
 def test_rewardbench_download_reads_the_filtered_shards_of_a_hub_snapshot(tmp_path, monkeypatch):
@@ -116,8 +146,9 @@ def test_generic_jsonl_labels(tmp_path):
     ps = read_pairs_jsonl(_write_jsonl(tmp_path / "p.jsonl", rows))
     assert [r.label for r in ps.records] == [0, 1, None, 0, 1, None]
     assert ps.records[0].id == "first" and ps.records[1].id == "p-2" and ps.records[1].subset == "s"
-    unl = read_pairs_jsonl(_write_jsonl(tmp_path / "u.jsonl", [{"query": "q", "response_a": "x", "response_b": "y"}]),
-                           require_label=False)
+    unl = read_pairs_jsonl(
+        _write_jsonl(tmp_path / "u.jsonl", [{"query": "q", "response_a": "x", "response_b": "y"}]), require_label=False
+    )
     assert unl.records[0].label is None
     with pytest.raises(DataError, match=r"u\.jsonl:1:label: missing field"):
         read_pairs_jsonl(tmp_path / "u.jsonl")
@@ -127,16 +158,19 @@ def test_generic_jsonl_labels(tmp_path):
 GOOD = {"query": "q", "response_a": "x", "response_b": "y", "label": 0}
 
 
-@pytest.mark.parametrize("bad,where", [
-    ('{"query": "q", "response_a": "x"', ":2: malformed JSON"),
-    ({"query": "q", "response_a": "x", "label": 1}, ":2:response_b: missing field"),
-    ({**GOOD, "response_b": "   "}, ":2:response_b: empty"),
-    ({**GOOD, "response_a": 3}, ":2:response_a: expected a string, got int"),
-    ({**GOOD, "label": 2}, ":2:label: expected 0, 1, null"),
-    ({**GOOD, "label": True}, ":2:label: expected"),
-    ("[1, 2]", ":2: expected a JSON object"),
-    ({**GOOD, "id": "p-1"}, ":2:id: duplicate id 'p-1'"),
-])
+@pytest.mark.parametrize(
+    "bad,where",
+    [
+        ('{"query": "q", "response_a": "x"', ":2: malformed JSON"),
+        ({"query": "q", "response_a": "x", "label": 1}, ":2:response_b: missing field"),
+        ({**GOOD, "response_b": "   "}, ":2:response_b: empty"),
+        ({**GOOD, "response_a": 3}, ":2:response_a: expected a string, got int"),
+        ({**GOOD, "label": 2}, ":2:label: expected 0, 1, null"),
+        ({**GOOD, "label": True}, ":2:label: expected"),
+        ("[1, 2]", ":2: expected a JSON object"),
+        ({**GOOD, "id": "p-1"}, ":2:id: duplicate id 'p-1'"),
+    ],
+)
 def test_bad_jsonl_raise_and_skip(tmp_path, bad, where):
     path = _write_jsonl(tmp_path / "p.jsonl", [GOOD, bad, GOOD])
     with pytest.raises(DataError) as e:
@@ -149,8 +183,16 @@ def test_bad_jsonl_raise_and_skip(tmp_path, bad, where):
 
 def test_bad_benchmark_items(tmp_path):
     pl = tmp_path / "pandalm.json"
-    item = {"idx": 0, "instruction": "i", "input": "", "response1": "a", "response2": "b",
-            "annotator1": 1, "annotator2": 1, "annotator3": 3}
+    item = {
+        "idx": 0,
+        "instruction": "i",
+        "input": "",
+        "response1": "a",
+        "response2": "b",
+        "annotator1": 1,
+        "annotator2": 1,
+        "annotator3": 3,
+    }
     pl.write_text(json.dumps([item]))
     with pytest.raises(DataError, match=r"pandalm\.json:1:annotator3: expected 0 \(tie\), 1 or 2, got 3"):
         read_pandalm(pl)
@@ -177,14 +219,16 @@ def test_build_and_read_through_grain(tmp_path):
 
     from rrm_jax.data import load_pairs
 
-    rows = [{"query": "héllo ✓", "response_a": "x" * 5, "response_b": "y", "label": lab, "subset": "s"}
-            for lab in (0, 1, None)]
+    rows = [
+        {"query": "héllo ✓", "response_a": "x" * 5, "response_b": "y", "label": lab, "subset": "s"}
+        for lab in (0, 1, None)
+    ]
     src = _write_jsonl(tmp_path / "p.jsonl", rows + ['{"broken'])
     with pytest.raises(DataError, match=r"p\.jsonl:4: malformed JSON"):
         load_pairs("jsonl", src, data_dir=tmp_path / "tfds")
     pairs = load_pairs("jsonl", src, data_dir=tmp_path / "tfds", on_bad="skip")
     assert isinstance(pairs.dataset, grain.MapDataset)
-    assert list(pairs) == read_pairs_jsonl(src, on_bad="skip").records       # order, tie label, unicode kept
+    assert list(pairs) == read_pairs_jsonl(src, on_bad="skip").records  # order, tie label, unicode kept
     assert len(pairs.problems) == 1 and str(pairs.problems[0]).startswith(f"{src}:4: malformed JSON")
     files = list(Path(pairs.data_dir).glob("*.array_record*"))
     assert files, "expected ArrayRecord shards"
@@ -205,4 +249,4 @@ def test_build_pandalm_slice(shared_dir, tmp_path):
     path = shared_dir / "data" / "pandalm" / "testset-v1.json"
     pairs = load_pairs("pandalm", path, data_dir=tmp_path, split="test[:25]")
     assert list(pairs) == read_pandalm(path).records[:25]
-    assert len(pairs.notes) == len(read_pandalm(path).notes)     # recorded at build time for the whole set
+    assert len(pairs.notes) == len(read_pandalm(path).notes)  # recorded at build time for the whole set

@@ -5,6 +5,7 @@ writes files."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +18,9 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 def _env(devices: int, **extra) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", TOKENIZERS_PARALLELISM="false")
+    # conftest's flags with this run's device count
+    flags = re.sub(r"device_count=\d+", f"device_count={devices}", os.environ["XLA_FLAGS"])
+    env = dict(os.environ, XLA_FLAGS=flags, TOKENIZERS_PARALLELISM="false")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -31,10 +34,16 @@ def _free_port() -> int:
 def _run_pair(cmd, devices_each: int, timeout: int = 600) -> list[str]:
     """``cmd`` in 2 coordinated processes of ``devices_each`` CPU devices each; returns their outputs."""
     port = _free_port()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=_env(devices_each, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=2,
-                                       JAX_PROCESS_ID=i))
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(devices_each, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i),
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -46,11 +55,19 @@ def test_two_processes_train_like_one(tmp_path):
     from rrm_jax.core.hf_io import SafetensorsFile
 
     _run_pair([sys.executable, str(WORKER), str(tmp_path / "multi")], 4)
-    single = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "single")], env=_env(8), capture_output=True,
-                            text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path / "single")],
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
-    rows = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("multi", "single")}
+    rows = {
+        k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()]
+        for k in ("multi", "single")
+    }
     assert len(rows["multi"]) == len(rows["single"]) == 2
     for m, s in zip(rows["multi"], rows["single"]):
         assert m["reward_std"] > 0 and m["grad_norm"] > 0  # the steps really updated the weights
@@ -73,15 +90,58 @@ def test_two_processes_evaluate_like_one(tmp_path):
 
     byte_tokenizer().save_pretrained(tmp_path / "tok")
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"id": f"q{i}", "query": f"{i}+{i}=?", "response_a": str(2 * i),
-                                         "response_b": str(2 * i + 1), "label": 0}) + "\n" for i in range(6)))
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "query": f"{i}+{i}=?",
+                    "response_a": str(2 * i),
+                    "response_b": str(2 * i + 1),
+                    "label": 0,
+                }
+            )
+            + "\n"
+            for i in range(6)
+        )
+    )
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "rrm_jax.cli", "eval", "--dataset", "jsonl", "--data", str(pairs),
-                "--out", str(out), "--data-dir", str(out / "tfds"), "--model", "tiny", "--tokenizer",
-                str(tmp_path / "tok"), "--dtype", "float32", "--mesh", "2,2,1", "--max-new-tokens", "12",
-                "--temperature", "1.0", "--votes", "2", "--batch-size", "4", "--progress", "false", "--plots", "false",
-                *extra]
+        return [
+            sys.executable,
+            "-m",
+            "rrm_jax.cli",
+            "eval",
+            "--dataset",
+            "jsonl",
+            "--data",
+            str(pairs),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(out / "tfds"),
+            "--model",
+            "tiny",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--dtype",
+            "float32",
+            "--mesh",
+            "2,2,1",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--votes",
+            "2",
+            "--batch-size",
+            "4",
+            "--progress",
+            "false",
+            "--plots",
+            "false",
+            *extra,
+        ]
 
     _run_pair(cmd(tmp_path / "multi", "--distributed", "true"), 2)
     single = subprocess.run(cmd(tmp_path / "single"), env=_env(4), capture_output=True, text=True, timeout=600)

@@ -19,8 +19,8 @@ from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.tokenizers import byte_tokenizer
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
 from rrm_jax.training.rl.dpo import DPOConfig, dpo_loss
-from tiny_configs import TINY_CONFIGS
 from runs import killed_at, records
+from tiny_configs import TINY_CONFIGS
 
 RECIPE = Path(__file__).parents[1] / "train" / "dpo-tiny.toml"
 
@@ -54,15 +54,21 @@ def test_loss_closed_form_on_hand_made_logprobs():
 
 
 # ------------------------------------------------------------------------------------------ step vs NumPy
-PAIRS = [{"query": "2+3=?", "chosen": "5", "rejected": "six"},
-         {"query": "What is 7 times 6?", "chosen": "It is 42.", "rejected": "41"},
-         {"query": "hi", "chosen": "hello there", "rejected": "go away"}]
+PAIRS = [
+    {"query": "2+3=?", "chosen": "5", "rejected": "six"},
+    {"query": "What is 7 times 6?", "chosen": "It is 42.", "rejected": "41"},
+    {"query": "hi", "chosen": "hello there", "rejected": "go away"},
+]
 
 
 def _numpy_seq_logp(w, cfg, tok, pair, side) -> float:
     """Sum of log-probs of the completion (text + EOS) after the chat prompt, in float64 NumPy."""
-    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": pair["query"]}],
-                                                add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+    prompt = tok.encode(
+        tok.apply_chat_template(
+            [{"role": "user", "content": pair["query"]}], add_generation_prompt=True, tokenize=False
+        ),
+        add_special_tokens=False,
+    )
     comp = tok.encode(pair[side], add_special_tokens=False) + [tok.eos_token_id]
     seq = np.array(prompt + comp)
     z = ref.logits(w, cfg, seq[None, :-1])[0]
@@ -85,16 +91,23 @@ def two_checkpoints(tmp_path_factory, mesh1):
 def _trainer(model, micro):
     from rrm_jax.training.trainer import Trainer
 
-    cfg = TrainConfig(mode="dpo", batch_size=3, optim=OptimConfig(lr=1e-3, micro_batches=micro),
-                      dpo=DPOConfig(beta=0.2, label_smoothing=0.1), grpo=GRPOConfig(logprob_chunk=8))
+    cfg = TrainConfig(
+        mode="dpo",
+        batch_size=3,
+        optim=OptimConfig(lr=1e-3, micro_batches=micro),
+        dpo=DPOConfig(beta=0.2, label_smoothing=0.1),
+        grpo=GRPOConfig(logprob_chunk=8),
+    )
     return Trainer(model, cfg)
 
 
 def test_dpo_step_matches_numpy_reference(two_checkpoints):
     cfg, [(wa, policy), (wb, other)] = two_checkpoints
     tok = policy.tokenizer
-    lp = {k: np.array([_numpy_seq_logp(w, cfg, tok, p, s) for p in PAIRS])
-          for k, w, s in [("pc", wa, "chosen"), ("pr", wa, "rejected"), ("rc", wb, "chosen"), ("rr", wb, "rejected")]}
+    lp = {
+        k: np.array([_numpy_seq_logp(w, cfg, tok, p, s) for p in PAIRS])
+        for k, w, s in [("pc", wa, "chosen"), ("pr", wa, "rejected"), ("rc", wb, "chosen"), ("rr", wb, "rejected")]
+    }
     m = (lp["pc"] - lp["pr"]) - (lp["rc"] - lp["rr"])
     z = 0.2 * m
     want = -np.mean(0.9 * _log_sigmoid(z) + 0.1 * _log_sigmoid(-z))
@@ -158,8 +171,17 @@ def test_sharded_dpo_step_matches_single_device(two_checkpoints):
 
 # ------------------------------------------------------------------------------------------ run + resume
 def _cfg(run_dir, steps):
-    return load_config(RECIPE, [f"run_dir='{run_dir}'", f"steps={steps}", "save_every=2", "mesh=[1,1,1]",
-                                "optim.lr=3e-3", "tensorboard=false"])
+    return load_config(
+        RECIPE,
+        [
+            f"run_dir='{run_dir}'",
+            f"steps={steps}",
+            "save_every=2",
+            "mesh=[1,1,1]",
+            "optim.lr=3e-3",
+            "tensorboard=false",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -178,8 +200,9 @@ def test_dpo_recipe_trains_and_resumes_bit_for_bit(tmp_path, mesh1):
     a, b = records(tmp_path / "a"), records(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert a == b  # every metric of every step, bit for bit
-    assert (tmp_path / "a" / "hf" / "model.safetensors").read_bytes() == \
-        (tmp_path / "b" / "hf" / "model.safetensors").read_bytes()
+    assert (tmp_path / "a" / "hf" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "hf" / "model.safetensors"
+    ).read_bytes()
     # 8 fixed pairs, 4 a step: the policy learns them (loss from log 2 down, margins up)
     loss = [r["loss"] for r in a]
     np.testing.assert_allclose(loss[0], np.log(2.0), atol=1e-4)
@@ -189,11 +212,14 @@ def test_dpo_recipe_trains_and_resumes_bit_for_bit(tmp_path, mesh1):
 
 
 # ------------------------------------------------------------------------------------------ config + data
-@pytest.mark.parametrize("override, message", [
-    ("dpo.beta=0", "TrainConfig.dpo.beta=0.0: must be > 0"),
-    ("dpo.label_smoothing=0.5", "TrainConfig.dpo.label_smoothing=0.5: must lie in [0, 0.5)"),
-    ("mode='ppo'", "mode must be grpo, sft or dpo, got 'ppo'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dpo.beta=0", "TrainConfig.dpo.beta=0.0: must be > 0"),
+        ("dpo.label_smoothing=0.5", "TrainConfig.dpo.label_smoothing=0.5: must lie in [0, 0.5)"),
+        ("mode='ppo'", "mode must be grpo, sft or dpo, got 'ppo'"),
+    ],
+)
 def test_dpo_config_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)").replace(".", r"\.")):
         load_config(RECIPE, [override])
@@ -209,11 +235,13 @@ def test_pair_reader_drops_bad_lines_with_counts_and_packs_halves(tmp_path):
 
     tok = byte_tokenizer()
     path = tmp_path / "pairs.jsonl"
-    lines = [json.dumps({"query": "1+1=?", "chosen": "2", "rejected": "3", "confidence": 0.9}),
-             "{not json",
-             json.dumps({"query": "q", "chosen": "same", "rejected": "same"}),
-             json.dumps({"query": "q", "chosen": "x" * 200, "rejected": "y"}),
-             json.dumps({"query": "2+2=?", "chosen": "4", "rejected": "five"})]
+    lines = [
+        json.dumps({"query": "1+1=?", "chosen": "2", "rejected": "3", "confidence": 0.9}),
+        "{not json",
+        json.dumps({"query": "q", "chosen": "same", "rejected": "same"}),
+        json.dumps({"query": "q", "chosen": "x" * 200, "rejected": "y"}),
+        json.dumps({"query": "2+2=?", "chosen": "4", "rejected": "five"}),
+    ]
     path.write_text("\n".join(lines) + "\n")
     items, report = read_dpo_pairs(path, tok, max_len=64)
     assert [i["chosen"] for i in items] == ["2", "4"] and report["read"] == 5 and report["kept"] == 2

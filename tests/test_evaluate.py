@@ -1,5 +1,6 @@
 """Evaluation runs end to end with scripted fake judges: records, 0.5 for missing verdicts, position swaps,
 resume after an exception / a killed process, summaries, plots and the CLIs."""
+
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ import pytest
 
 from rrm_jax.core.configs import load
 from rrm_jax.core.errors import ConfigError
-from rrm_jax.evaluation import scoring
 from rrm_jax.data import DataError, PairRecord
+from rrm_jax.evaluation import scoring
 from rrm_jax.evaluation.run import EvalError, RecordsFile, evaluate, summarize
 from rrm_jax.judge.judge import show_first_b
 
@@ -74,9 +75,18 @@ OracleJudge = _ns["OracleJudge"]
 
 
 def synthetic(n: int, ties: int = 0) -> list[PairRecord]:
-    return [PairRecord(f"s{i}", f"question {i}", f"good answer {i}", f"bad answer {i}" if i % 2 else f"meh {i}",
-                       None if i < ties else i % 2, "even" if i % 2 == 0 else "odd", "jsonl")
-            for i in range(n)]
+    return [
+        PairRecord(
+            f"s{i}",
+            f"question {i}",
+            f"good answer {i}",
+            f"bad answer {i}" if i % 2 else f"meh {i}",
+            None if i < ties else i % 2,
+            "even" if i % 2 == 0 else "odd",
+            "jsonl",
+        )
+        for i in range(n)
+    ]
 
 
 def _strip(recs):
@@ -87,14 +97,15 @@ def _strip(recs):
 def test_pandalm_slice_records_and_scores(shared_dir, tmp_path):
     from rrm_jax.data import load_pairs
 
-    pairs = load_pairs("pandalm", shared_dir / "data" / "pandalm" / "testset-v1.json", data_dir=tmp_path / "tfds",
-                       split="test[:150]")
+    pairs = load_pairs(
+        "pandalm", shared_dir / "data" / "pandalm" / "testset-v1.json", data_dir=tmp_path / "tfds", split="test[:150]"
+    )
     judge = OracleJudge(list(pairs), mute_every=7)
     s = evaluate(judge, pairs, tmp_path / "out", votes=3, seed=11, batch_size=32, progress=False)
     recs = RecordsFile(tmp_path / "out" / "records-v3-tnone.jsonl").load()
     assert [r["id"] for r in recs] == [r.id for r in pairs]
-    assert [c["n"] for c in judge.calls] == [32, 32, 32, 32, 22]                 # chunked compare_many
-    assert all(c["swap"] == "none" and c["votes"] == 3 for c in judge.calls)    # the harness owns the coin
+    assert [c["n"] for c in judge.calls] == [32, 32, 32, 32, 22]  # chunked compare_many
+    assert all(c["swap"] == "none" and c["votes"] == 3 for c in judge.calls)  # the harness owns the coin
     expected_winners, credits = [], []
     for row, (r, rec) in enumerate(zip(pairs, recs)):
         muted = judge.muted(r.query)
@@ -135,8 +146,18 @@ def test_rewardbench_schema_end_to_end(tmp_path):
     from rrm_jax.data import load_pairs
 
     subsets = ["alpacaeval-easy"] * 6 + ["mt-bench-med"] * 4 + ["hep-go"] * 5 + ["math-prm"] * 3
-    rows = [{"prompt": f"p{i}", "chosen": f"right {i}", "rejected": f"wrong {i}", "subset": s, "id": 100 + i,
-             "chosen_model": "x", "rejected_model": "y"} for i, s in enumerate(subsets)]
+    rows = [
+        {
+            "prompt": f"p{i}",
+            "chosen": f"right {i}",
+            "rejected": f"wrong {i}",
+            "subset": s,
+            "id": 100 + i,
+            "chosen_model": "x",
+            "rejected_model": "y",
+        }
+        for i, s in enumerate(subsets)
+    ]
     src = tmp_path / "filtered.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = load_pairs("rewardbench", src, data_dir=tmp_path / "tfds")
@@ -176,8 +197,9 @@ def test_resume_after_crash_no_duplicates_no_losses(tmp_path):
     full = OracleJudge(data, mute_every=5)
     s_full = evaluate(full, data, tmp_path / "full", batch_size=5, seed=1, progress=False)
     assert _strip(RecordsFile(path).load()) == _strip(RecordsFile(tmp_path / "full" / path.name).load())
-    assert {k: v for k, v in s.items() if "second" not in k and "_per_s" not in k} == \
-        {k: v for k, v in s_full.items() if "second" not in k and "_per_s" not in k}
+    assert {k: v for k, v in s.items() if "second" not in k and "_per_s" not in k} == {
+        k: v for k, v in s_full.items() if "second" not in k and "_per_s" not in k
+    }
     # a finished run resumes to a no-op
     again = OracleJudge(data)
     evaluate(again, data, tmp_path / "run", batch_size=5, seed=1, progress=False)
@@ -190,7 +212,7 @@ def test_torn_line_repaired_and_corruption_reported(tmp_path):
         evaluate(OracleJudge(data, fail_after=1), data, tmp_path, batch_size=3, progress=False)
     path = tmp_path / "records-v1-tnone.jsonl"
     with open(path, "a") as f:
-        f.write('{"id": "s3", "row": 3, "winn')           # killed mid-write
+        f.write('{"id": "s3", "row": 3, "winn')  # killed mid-write
     j = OracleJudge(data)
     evaluate(j, data, tmp_path, batch_size=3, progress=False)
     recs = RecordsFile(path).load()
@@ -214,14 +236,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         evaluate(OracleJudge(data), data, tmp_path, swap="both", progress=False)
 
 
-KILL_SCRIPT = FAKE_JUDGE_SRC + '''
+KILL_SCRIPT = (
+    FAKE_JUDGE_SRC
+    + """
 import sys
 from rrm_jax.data import read_pairs_jsonl
 from rrm_jax.eval_cli import eval_main
 
 data = read_pairs_jsonl(sys.argv[1]).records
 sys.exit(eval_main(sys.argv[2:], judge_factory=lambda budget: OracleJudge(data, mute_every=4, sleep=0.15)))
-'''
+"""
+)
 
 
 def test_killed_process_resumes(tmp_path):
@@ -229,17 +254,45 @@ def test_killed_process_resumes(tmp_path):
 
     data = synthetic(40, ties=3)
     src = tmp_path / "pairs.jsonl"
-    src.write_text("".join(json.dumps({"id": r.id, "query": r.query, "response_a": r.response_a,
-                                       "response_b": r.response_b, "label": r.label, "subset": r.subset}) + "\n"
-                           for r in data))
+    src.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": r.id,
+                    "query": r.query,
+                    "response_a": r.response_a,
+                    "response_b": r.response_b,
+                    "label": r.label,
+                    "subset": r.subset,
+                }
+            )
+            + "\n"
+            for r in data
+        )
+    )
     script = tmp_path / "run_eval.py"
     script.write_text(KILL_SCRIPT)
     out = tmp_path / "out"
-    args = ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--batch-size", "2", "--progress", "false",
-            "--data-dir", str(tmp_path / "tfds"), "--plots", "false"]
+    args = [
+        "--dataset",
+        "jsonl",
+        "--data",
+        str(src),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--progress",
+        "false",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--plots",
+        "false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), str(src), *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(src), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     path = out / "records-v1-tnone.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -256,7 +309,7 @@ def test_killed_process_resumes(tmp_path):
     recs = RecordsFile(path).load()
     assert [r["id"] for r in recs] == [r.id for r in data]
     assert len(judge.seen) == 40 - len(before)
-    assert _strip(recs[:len(before)]) == _strip(before)
+    assert _strip(recs[: len(before)]) == _strip(before)
     summary = json.loads((out / "summary.json").read_text())[0]
     muted = [judge.muted(r.query) for r in data[3:]]
     assert summary["accuracy"] == pytest.approx(sum(0.5 if m else 1.0 for m in muted) / len(muted))
@@ -268,17 +321,46 @@ def test_eval_cli_settings_grid_summary_and_plots(tmp_path):
 
     data = synthetic(12)
     src = tmp_path / "p.jsonl"
-    src.write_text("".join(json.dumps({"id": r.id, "query": r.query, "response_a": r.response_a,
-                                       "response_b": r.response_b, "label": r.label}) + "\n" for r in data)
-                   + '{"query": "q", "response_a": "", "response_b": "b", "label": 0}\n')
+    src.write_text(
+        "".join(
+            json.dumps(
+                {"id": r.id, "query": r.query, "response_a": r.response_a, "response_b": r.response_b, "label": r.label}
+            )
+            + "\n"
+            for r in data
+        )
+        + '{"query": "q", "response_a": "", "response_b": "b", "label": 0}\n'
+    )
     out = tmp_path / "out"
-    assert eval_main(["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--data-dir",
-                      str(tmp_path / "tfds")], judge_factory=lambda b: OracleJudge(data)) == 2   # on_bad=raise
+    assert (
+        eval_main(
+            ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--data-dir", str(tmp_path / "tfds")],
+            judge_factory=lambda b: OracleJudge(data),
+        )
+        == 2
+    )  # on_bad=raise
     budgets = []
-    rc = eval_main(["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--votes", "1,3",
-                    "--max-think-tokens", "none,64", "--progress", "false", "--data-dir", str(tmp_path / "tfds"),
-                    "max_items=10", "on_bad=skip"],
-                   judge_factory=lambda b: budgets.append(b) or OracleJudge(data, mute_every=3, budget=b))
+    rc = eval_main(
+        [
+            "--dataset",
+            "jsonl",
+            "--data",
+            str(src),
+            "--out",
+            str(out),
+            "--votes",
+            "1,3",
+            "--max-think-tokens",
+            "none,64",
+            "--progress",
+            "false",
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "max_items=10",
+            "on_bad=skip",
+        ],
+        judge_factory=lambda b: budgets.append(b) or OracleJudge(data, mute_every=3, budget=b),
+    )
     assert rc == 0 and budgets == [None, 64]
     tags = ["v1-tnone", "v3-tnone", "v1-t64", "v3-t64"]
     assert sorted(p.name for p in out.glob("records-*.jsonl")) == sorted(f"records-{t}.jsonl" for t in tags)
@@ -303,8 +385,12 @@ def test_recipes_and_overrides(tmp_path):
     for toml in sorted((ROOT / "eval").glob("*.toml")):
         cfg = build_config(EvalConfig, [str(toml)], "t", "")
         assert cfg.dataset in ("rewardbench", "pandalm", "llmbar", "jsonl"), toml
-    cfg = build_config(EvalConfig, [str(ROOT / "eval" / "pandalm.toml"), "--votes", "2,4", "seed=5",
-                                    "max_think_tokens=none,128", "adaptive=true"], "t", "")
+    cfg = build_config(
+        EvalConfig,
+        [str(ROOT / "eval" / "pandalm.toml"), "--votes", "2,4", "seed=5", "max_think_tokens=none,128", "adaptive=true"],
+        "t",
+        "",
+    )
     assert cfg.votes == (2, 4) and cfg.seed == 5 and cfg.max_think_tokens == (None, 128) and cfg.adaptive
     with pytest.raises(ConfigError, match="vots=3: vots: unknown key; known: "):
         build_config(EvalConfig, ["vots=3"], "t", "")
@@ -316,16 +402,20 @@ def test_recipes_and_overrides(tmp_path):
     assert build_config(EvalConfig, [], "t", "").mesh == ()
     from rrm_jax.evaluation.cli import eval_main
 
-    for bad, msg in ((["--swap", "maybe"], "swap must be"), (["--votes", "0"], "votes must be >= 1"),
-                     (["--dataset", "mmlu"], "dataset must be one of"), ([], "--model is required"),
-                     (["--max-think-tokens", "-1"], "max_think_tokens must be")):   # 0 is the direct baseline
+    for bad, msg in (
+        (["--swap", "maybe"], "swap must be"),
+        (["--votes", "0"], "votes must be >= 1"),
+        (["--dataset", "mmlu"], "dataset must be one of"),
+        ([], "--model is required"),
+        (["--max-think-tokens", "-1"], "max_think_tokens must be"),
+    ):  # 0 is the direct baseline
         with pytest.raises(ConfigError, match=msg):
             eval_main(bad + ["--out", str(tmp_path)])
 
 
 def test_judge_and_rank_clis(tmp_path, capsys):
-    from rrm_jax.judge import tournament
     from rrm_jax.evaluation.cli import judge_main, rank_main
+    from rrm_jax.judge import tournament
 
     data = synthetic(5)
     src = tmp_path / "pairs.jsonl"
@@ -340,20 +430,23 @@ def test_judge_and_rank_clis(tmp_path, capsys):
 
     class RankJudge(OracleJudge):
         def rank(self, query, candidates, *, strategy, votes, seed, swap):
-            return tournament.rank(lambda items: self.compare_many(items, votes=votes), query, candidates,
-                                   strategy=strategy, seed=seed)
+            return tournament.rank(
+                lambda items: self.compare_many(items, votes=votes), query, candidates, strategy=strategy, seed=seed
+            )
 
     quality = ["ok", "best answer", "bad", "good"]
     judge = RankJudge([])
     judge.gold = {}
     for i, a in enumerate(quality):
-        for b in quality[i + 1:]:
-            judge.gold[("q", frozenset((a, b)))] = a if len(a) > len(b) else b       # longer = better here
+        for b in quality[i + 1 :]:
+            judge.gold[("q", frozenset((a, b)))] = a if len(a) > len(b) else b  # longer = better here
     qs = tmp_path / "q.jsonl"
     qs.write_text(json.dumps({"id": "x", "query": "q", "candidates": quality}) + "\n")
     out = tmp_path / "r.jsonl"
-    assert rank_main(["--queries", str(qs), "--out", str(out), "--strategy", "elo", "--progress", "false"],
-                     judge=judge) == 0
+    assert (
+        rank_main(["--queries", str(qs), "--out", str(out), "--strategy", "elo", "--progress", "false"], judge=judge)
+        == 0
+    )
     rec = RecordsFile(out).load()[0]
     assert rec["best_candidate"] == "best answer" and rec["order"] == [1, 3, 2, 0] and rec["comparisons"] == 6
     bad = tmp_path / "bad.jsonl"
@@ -379,10 +472,40 @@ def test_eval_cli_real_judge_tiny_model(shared_dir, tmp_path):
     tok_dir = shared_dir / "tokenizers" / "deepseek-r1-distill-qwen"
     data = shared_dir / "data" / "pandalm" / "testset-v1.json"
     out = tmp_path / "out"
-    argv = ["--model", str(model_toml), "--tokenizer", str(tok_dir), "--mesh", "1,1,1", "--dtype", "float32",
-            "--dataset", "pandalm", "--data", str(data), "--split", "test[:4]", "--data-dir", str(tmp_path / "tfds"),
-            "--out", str(out), "--votes", "2", "--max-think-tokens", "6", "--max-new-tokens", "10",
-            "--max-prompt-tokens", "480", "--batch-size", "4", "--seed", "2", "--progress", "false"]
+    argv = [
+        "--model",
+        str(model_toml),
+        "--tokenizer",
+        str(tok_dir),
+        "--mesh",
+        "1,1,1",
+        "--dtype",
+        "float32",
+        "--dataset",
+        "pandalm",
+        "--data",
+        str(data),
+        "--split",
+        "test[:4]",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--out",
+        str(out),
+        "--votes",
+        "2",
+        "--max-think-tokens",
+        "6",
+        "--max-new-tokens",
+        "10",
+        "--max-prompt-tokens",
+        "480",
+        "--batch-size",
+        "4",
+        "--seed",
+        "2",
+        "--progress",
+        "false",
+    ]
     assert eval_main(argv) == 0
     tok = load_tokenizer(tok_dir)
     items = read_pandalm(data).records[:4]

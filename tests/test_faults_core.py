@@ -46,7 +46,7 @@ def _load_error(path, mesh1) -> str:
 def _split(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _rewrite(path, header, data):
@@ -55,8 +55,10 @@ def _rewrite(path, header, data):
 
 
 # ------------------------------------------------------------------------------------------ safetensors
-@pytest.mark.parametrize("how", ["cut-50%", "cut-99%", "cut-in-header", "random-bytes", "header-length-1e12",
-                                 "header-not-an-object", "empty"])
+@pytest.mark.parametrize(
+    "how",
+    ["cut-50%", "cut-99%", "cut-in-header", "random-bytes", "header-length-1e12", "header-not-an-object", "empty"],
+)
 def test_truncated_or_corrupt_file_is_named(ckpt, mesh1, how):
     f = ckpt / "model.safetensors"
     raw = f.read_bytes()
@@ -77,15 +79,18 @@ def test_truncated_or_corrupt_file_is_named(ckpt, mesh1, how):
     assert _one_line(CheckpointError, hf_io.SafetensorsFile, f) == msg
 
 
-@pytest.mark.parametrize("how, fragments", [
-    ("size", ["holds", "needs"]),
-    ("out-of-bounds", ["ends at byte", "truncated"]),
-    ("overlap", ["overlap"]),
-    ("dtype", ["unsupported dtype", "'F8'"]),
-    ("shape", ["shape"]),
-    ("offsets", ["data_offsets"]),
-    ("entry", ["corrupt header entry"]),
-])
+@pytest.mark.parametrize(
+    "how, fragments",
+    [
+        ("size", ["holds", "needs"]),
+        ("out-of-bounds", ["ends at byte", "truncated"]),
+        ("overlap", ["overlap"]),
+        ("dtype", ["unsupported dtype", "'F8'"]),
+        ("shape", ["shape"]),
+        ("offsets", ["data_offsets"]),
+        ("entry", ["corrupt header entry"]),
+    ],
+)
 def test_bad_tensor_entry_is_named(ckpt, mesh1, how, fragments):
     f = ckpt / "model.safetensors"
     header, data = _split(f)
@@ -162,7 +167,7 @@ def _two_shards(ckpt, key):
     arrays = {k: np.array(reader.get(k)) for k in reader.keys()}
     keys = sorted(arrays)
     first = {k: arrays[k] for k in keys[: len(keys) // 2]} | {key: arrays[key]}
-    second = {k: arrays[k] for k in keys[len(keys) // 2:]} | {key: arrays[key]}
+    second = {k: arrays[k] for k in keys[len(keys) // 2 :]} | {key: arrays[key]}
     del reader
     (ckpt / "model.safetensors").unlink()
     hf_io.write_safetensors(ckpt / "model-00001-of-00002.safetensors", first)
@@ -175,8 +180,10 @@ def test_tensor_stored_in_two_shards_names_both(ckpt, mesh1):
     keys = _two_shards(ckpt, key)
     for indexed in (False, True):
         if indexed:
-            wm = {k: "model-00001-of-00002.safetensors" if i < len(keys) // 2 else "model-00002-of-00002.safetensors"
-                  for i, k in enumerate(keys)}
+            wm = {
+                k: "model-00001-of-00002.safetensors" if i < len(keys) // 2 else "model-00002-of-00002.safetensors"
+                for i, k in enumerate(keys)
+            }
             (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
         msg = _load_error(ckpt, mesh1)
         assert repr(key) in msg and "model-00001-of-00002.safetensors" in msg, msg
@@ -212,28 +219,49 @@ def test_integer_weights_are_refused(ckpt, mesh1, dtype, name):
 BASE = resolve_config("tiny").to_hf_dict()
 
 
-@pytest.mark.parametrize("content, fragments", [
-    (b"[1, 2]", ["JSON object", "list"]),
-    (b'{"model_type": "qwen2", "hidden_size": \xff\xfe}', ["not UTF-8", "byte"]),
-    (json.dumps(BASE | {"hidden_size": "64"}).encode(), ["'hidden_size'", "expected int", "'64'"]),
-    (json.dumps(BASE | {"num_hidden_layers": True}).encode(), ["'num_hidden_layers'", "expected int"]),
-    (json.dumps(BASE | {"vocab_size": 51.2}).encode(), ["'vocab_size'", "expected int"]),
-    (json.dumps(BASE | {"intermediate_size": 0}).encode(), ["'intermediate_size'", "positive"]),
-    (json.dumps(BASE | {"num_key_value_heads": -2}).encode(), ["'num_key_value_heads'", "positive"]),
-    (json.dumps(BASE | {"rope_theta": "1e4"}).encode(), ["'rope_theta'", "expected float"]),
-    (json.dumps(BASE | {"rms_norm_eps": -1}).encode(), ["'rms_norm_eps'"]),
-    (json.dumps(BASE | {"tie_word_embeddings": "false"}).encode(), ["'tie_word_embeddings'", "expected bool"]),
-    (json.dumps(BASE | {"eos_token_id": "2"}).encode(), ["'eos_token_id'"]),
-    (json.dumps(BASE | {"max_position_embeddings": None}).encode(), ["'max_position_embeddings'"]),
-    (json.dumps(BASE | {"rope_scaling": "yarn"}).encode(), ["'rope_scaling'", "object"]),
-    (json.dumps(BASE | {"rope_parameters": [1]}).encode(), ["'rope_parameters'", "object"]),
-    (json.dumps(BASE | {"layer_types": "full_attention"}).encode(), ["'layer_types'", "list"]),
-    (json.dumps(BASE | {"use_sliding_window": True, "max_window_layers": "2"}).encode(), ["'max_window_layers'"]),
-    (json.dumps(BASE | {"model_type": ["qwen2"]}).encode(), ["'model_type'"]),
-    (json.dumps(BASE | {"num_key_value_heads": 3}).encode(), ["num_key_value_heads=3"]),
-], ids=["top-level-list", "not-utf8", "str-for-int", "bool-for-int", "float-for-int", "zero-size", "negative-size",
-        "str-for-float", "negative-eps", "str-for-bool", "str-eos", "null-int", "rope-scaling-str", "rope-params-list",
-        "layer-types-str", "max-window-layers-str", "model-type-list", "kv-heads-not-divisor"])
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        (b"[1, 2]", ["JSON object", "list"]),
+        (b'{"model_type": "qwen2", "hidden_size": \xff\xfe}', ["not UTF-8", "byte"]),
+        (json.dumps(BASE | {"hidden_size": "64"}).encode(), ["'hidden_size'", "expected int", "'64'"]),
+        (json.dumps(BASE | {"num_hidden_layers": True}).encode(), ["'num_hidden_layers'", "expected int"]),
+        (json.dumps(BASE | {"vocab_size": 51.2}).encode(), ["'vocab_size'", "expected int"]),
+        (json.dumps(BASE | {"intermediate_size": 0}).encode(), ["'intermediate_size'", "positive"]),
+        (json.dumps(BASE | {"num_key_value_heads": -2}).encode(), ["'num_key_value_heads'", "positive"]),
+        (json.dumps(BASE | {"rope_theta": "1e4"}).encode(), ["'rope_theta'", "expected float"]),
+        (json.dumps(BASE | {"rms_norm_eps": -1}).encode(), ["'rms_norm_eps'"]),
+        (json.dumps(BASE | {"tie_word_embeddings": "false"}).encode(), ["'tie_word_embeddings'", "expected bool"]),
+        (json.dumps(BASE | {"eos_token_id": "2"}).encode(), ["'eos_token_id'"]),
+        (json.dumps(BASE | {"max_position_embeddings": None}).encode(), ["'max_position_embeddings'"]),
+        (json.dumps(BASE | {"rope_scaling": "yarn"}).encode(), ["'rope_scaling'", "object"]),
+        (json.dumps(BASE | {"rope_parameters": [1]}).encode(), ["'rope_parameters'", "object"]),
+        (json.dumps(BASE | {"layer_types": "full_attention"}).encode(), ["'layer_types'", "list"]),
+        (json.dumps(BASE | {"use_sliding_window": True, "max_window_layers": "2"}).encode(), ["'max_window_layers'"]),
+        (json.dumps(BASE | {"model_type": ["qwen2"]}).encode(), ["'model_type'"]),
+        (json.dumps(BASE | {"num_key_value_heads": 3}).encode(), ["num_key_value_heads=3"]),
+    ],
+    ids=[
+        "top-level-list",
+        "not-utf8",
+        "str-for-int",
+        "bool-for-int",
+        "float-for-int",
+        "zero-size",
+        "negative-size",
+        "str-for-float",
+        "negative-eps",
+        "str-for-bool",
+        "str-eos",
+        "null-int",
+        "rope-scaling-str",
+        "rope-params-list",
+        "layer-types-str",
+        "max-window-layers-str",
+        "model-type-list",
+        "kv-heads-not-divisor",
+    ],
+)
 def test_malformed_config_json_is_one_line_naming_file_and_field(tmp_path, content, fragments):
     p = tmp_path / "config.json"
     p.write_bytes(content)
@@ -246,8 +274,13 @@ def test_malformed_config_json_is_one_line_naming_file_and_field(tmp_path, conte
 
 def test_well_typed_config_json_still_parses(tmp_path):
     """Ints are fine floats, null head_dim/num_key_value_heads fall back, a list of eos ids stays a list."""
-    d = BASE | {"rope_theta": 10000, "head_dim": None, "num_key_value_heads": None, "eos_token_id": [1, 2],
-                "num_attention_heads": 4}
+    d = BASE | {
+        "rope_theta": 10000,
+        "head_dim": None,
+        "num_key_value_heads": None,
+        "eos_token_id": [1, 2],
+        "num_attention_heads": 4,
+    }
     got = ModelConfig.from_hf_dict(d)
     assert got.rope_theta == 10000.0 and isinstance(got.rope_theta, float)
     assert got.head_dim == 16 and got.num_kv_heads == 4 and got.eos_token_id == [1, 2]

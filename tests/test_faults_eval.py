@@ -1,13 +1,13 @@
 """Faults on the records side of `judge` / `rank` / `eval`: resuming onto other data, two writers, over-long
 items, bad JSONL bytes and labels, empty datasets, and flags that must fail before any model loads."""
+
 import json
 import types
 from pathlib import Path
 
 import pytest
-from fakes import FakeGenerate, FakeModel
-from test_evaluate import OracleJudge
 
+from fakes import FakeGenerate, FakeModel
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data import DataError, PairRecord
 from rrm_jax.data.records import read_pairs_jsonl, read_queries
@@ -19,14 +19,21 @@ from rrm_jax.judge import tournament
 from rrm_jax.judge.judge import Judge
 from rrm_jax.judge.verdict import Verdict
 from rrm_jax.sampler import SamplingConfig
+from test_evaluate import OracleJudge
 
 
 def _pairs(path: Path, tag: str, n: int = 3) -> list[PairRecord]:
-    recs = [PairRecord(f"{path.stem}-{i + 1}", f"{tag} question {i}", f"{tag} good {i}", f"{tag} bad {i}", 0)
-            for i in range(n)]
+    recs = [
+        PairRecord(f"{path.stem}-{i + 1}", f"{tag} question {i}", f"{tag} good {i}", f"{tag} bad {i}", 0)
+        for i in range(n)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"query": r.query, "response_a": r.response_a, "response_b": r.response_b,
-                                        "label": 0}) + "\n" for r in recs))
+    path.write_text(
+        "".join(
+            json.dumps({"query": r.query, "response_a": r.response_a, "response_b": r.response_b, "label": 0}) + "\n"
+            for r in recs
+        )
+    )
     return recs
 
 
@@ -42,7 +49,7 @@ def test_judge_refuses_records_of_other_data_and_restart_moves_them_aside(tmp_pa
     assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args], judge=judge) == 2
     err = capsys.readouterr().err
     assert f"{out}: holds judgements of other data (fingerprint: " in err and "use another --out or --restart" in err
-    assert judge.seen == [] and RecordsFile(out).load() == first            # nothing judged, nothing touched
+    assert judge.seen == [] and RecordsFile(out).load() == first  # nothing judged, nothing touched
     assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args, "restart=true"], judge=judge) == 0
     assert [q for q, _, _ in judge.seen] == [r.query for r in d2]
     assert RecordsFile(out.with_name("v.jsonl.replaced-1")).load() == first  # the old records kept, renamed
@@ -56,8 +63,20 @@ def test_judge_refuses_records_of_other_data_and_restart_moves_them_aside(tmp_pa
 
 def _eval_args(tmp_path, src, out) -> list[str]:
     """`rrm-jax eval` over a JSONL of pairs, quietly, with its TFDS cache under tmp_path."""
-    return ["--dataset", "jsonl", "--data", str(src), "--out", str(out), "--progress", "false", "--plots", "false",
-            "--data-dir", str(tmp_path / "tfds")]
+    return [
+        "--dataset",
+        "jsonl",
+        "--data",
+        str(src),
+        "--out",
+        str(out),
+        "--progress",
+        "false",
+        "--plots",
+        "false",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+    ]
 
 
 def test_eval_other_data_under_the_same_name_is_refused_then_restarted(tmp_path, capsys):
@@ -94,14 +113,20 @@ class RankJudge:
 
     def rank(self, query, candidates, *, strategy, votes, seed, swap):
         self.ranked.append(query)
-        return tournament.rank(lambda items: [Verdict(0, 1, 0, 0, 0.9, tokens=1) for _ in items], query,
-                               candidates, strategy=strategy, seed=seed)
+        return tournament.rank(
+            lambda items: [Verdict(0, 1, 0, 0, 0.9, tokens=1) for _ in items],
+            query,
+            candidates,
+            strategy=strategy,
+            seed=seed,
+        )
 
 
 def _queries(path: Path, tag: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"query": f"{tag} {i}", "candidates": ["x", "yy", "zzz"]}) + "\n"
-                            for i in range(3)))
+    path.write_text(
+        "".join(json.dumps({"query": f"{tag} {i}", "candidates": ["x", "yy", "zzz"]}) + "\n" for i in range(3))
+    )
 
 
 def test_rank_takes_the_records_lock_and_keys_on_its_queries(tmp_path, capsys):
@@ -112,7 +137,7 @@ def test_rank_takes_the_records_lock_and_keys_on_its_queries(tmp_path, capsys):
     args = ["--out", str(out), "--progress", "false"]
     judge = RankJudge()
     out.parent.mkdir()
-    with lock(out.with_name("r.jsonl.lock")):                                  # another writer holds it
+    with lock(out.with_name("r.jsonl.lock")):  # another writer holds it
         assert cli.rank_main(["--queries", str(q1), *args], judge=judge) == 2
     assert "another process is writing these records" in capsys.readouterr().err
     assert not out.exists() and judge.ranked == []
@@ -130,11 +155,12 @@ def test_rank_takes_the_records_lock_and_keys_on_its_queries(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- 9. over-long items
 def _judge_with_context(ctx: int, **kw):
-    model = types.SimpleNamespace(tokenizer=FakeModel.tokenizer,
-                                  config=types.SimpleNamespace(max_position_embeddings=ctx))
+    model = types.SimpleNamespace(
+        tokenizer=FakeModel.tokenizer, config=types.SimpleNamespace(max_position_embeddings=ctx)
+    )
     fake = FakeGenerate(FakeModel.tokenizer, lambda first, second, k: ("1" if "GOOD" in first else "2", False, 0.5))
 
-    def gen(model, prompts, cfg, progress=False):   # as strict as the sampler: one long prompt fails the batch
+    def gen(model, prompts, cfg, progress=False):  # as strict as the sampler: one long prompt fails the batch
         for i, p in enumerate(prompts):
             if len(model.tokenizer.encode(p)) + cfg.max_new_tokens > ctx:
                 raise ValueError(f"prompts[{i}] exceeds the context")
@@ -154,7 +180,7 @@ def test_an_over_long_item_gets_an_error_record_and_the_run_goes_on(tmp_path):
     assert "item 'p2'" in err and "exceeds the model's context (3000 tokens)" in err
     assert "--max-prompt-tokens 2936" in err
     assert all("error" not in r for r in recs[:2] + recs[3:])
-    assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3            # the long item never reached the sampler
+    assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3  # the long item never reached the sampler
     assert [r["id"] for r in RecordsFile(tmp_path / "r.jsonl").load()] == ["p0", "p1", "p2", "p3"]
     # a resume with the suggested limit judges (truncated) just that item; its record replaces the error
     judge, gen = _judge_with_context(3000, max_prompt_tokens=2936)
@@ -166,8 +192,9 @@ def test_an_over_long_item_gets_an_error_record_and_the_run_goes_on(tmp_path):
 
 
 def test_generation_length_is_clamped_to_a_short_context(capsys):
-    model = types.SimpleNamespace(tokenizer=FakeModel.tokenizer,
-                                  config=types.SimpleNamespace(max_position_embeddings=4096))
+    model = types.SimpleNamespace(
+        tokenizer=FakeModel.tokenizer, config=types.SimpleNamespace(max_position_embeddings=4096)
+    )
     opts = cli.JudgeConfig()
     assert opts.max_new_tokens == 8192
     clamped = clamp_generation(model, opts)
@@ -187,8 +214,12 @@ def _row(**kw):
 def test_jsonl_bad_bytes_and_list_labels_are_one_line_errors_or_skipped(tmp_path):
     src = tmp_path / "p.jsonl"
     bad = b'{"id": "x2", "query": "q", "response_a": "a\xff", "response_b": "b", "label": 0}\n'
-    src.write_bytes((_row(id="x1") + "\n").encode() + bad + (_row(id="x3", label=[0]) + "\n").encode()
-                    + (_row(id="x4", label={"a": 1}) + "\n").encode())
+    src.write_bytes(
+        (_row(id="x1") + "\n").encode()
+        + bad
+        + (_row(id="x3", label=[0]) + "\n").encode()
+        + (_row(id="x4", label={"a": 1}) + "\n").encode()
+    )
     with pytest.raises(DataError, match=rf"^{src}:2:response_a: not UTF-8 text \(byte 0xff"):
         read_pairs_jsonl(src)
     got = read_pairs_jsonl(src, on_bad="skip")
@@ -216,22 +247,28 @@ def test_eval_on_an_empty_dataset_is_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- 11. flags
-@pytest.mark.parametrize("flags, msg", [
-    (["--temperature", "-1"], "^--temperature -1.0: must be >= 0"),
-    (["--top-p", "0"], r"^--top-p 0.0: must lie in \(0, 1\]"),
-    (["--max-new-tokens", "0"], "^--max-new-tokens 0: must be >= 1"),
-    (["--dtype", "float33"], "dtype 'float33' is not a dtype"),
-    (["--model", "/nonexistent"], "--model /nonexistent: not a checkpoint directory"),
-    (["--max-prompt-tokens", "-3"], "max_prompt_tokens must be"),
-    (["--tokenizer", "/nonexistent-tok"], "--tokenizer /nonexistent-tok: no such directory"),
-])
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        (["--temperature", "-1"], "^--temperature -1.0: must be >= 0"),
+        (["--top-p", "0"], r"^--top-p 0.0: must lie in \(0, 1\]"),
+        (["--max-new-tokens", "0"], "^--max-new-tokens 0: must be >= 1"),
+        (["--dtype", "float33"], "dtype 'float33' is not a dtype"),
+        (["--model", "/nonexistent"], "--model /nonexistent: not a checkpoint directory"),
+        (["--max-prompt-tokens", "-3"], "max_prompt_tokens must be"),
+        (["--tokenizer", "/nonexistent-tok"], "--tokenizer /nonexistent-tok: no such directory"),
+    ],
+)
 @pytest.mark.parametrize("command", ["eval", "judge", "rank"])
 def test_bad_flags_fail_before_anything_loads(tmp_path, monkeypatch, command, flags, msg):
     monkeypatch.setattr(cli, "load_model", lambda opts: pytest.fail("loaded a model"))
     src = tmp_path / "p.jsonl"
     src.write_text(_row() + "\n")
-    base = {"eval": ["--dataset", "jsonl", "--data", str(src), "--data-dir", str(tmp_path / "tfds")],
-            "judge": ["--pairs", str(src)], "rank": ["--queries", str(src)]}[command]
+    base = {
+        "eval": ["--dataset", "jsonl", "--data", str(src), "--data-dir", str(tmp_path / "tfds")],
+        "judge": ["--pairs", str(src)],
+        "rank": ["--queries", str(src)],
+    }[command]
     main = {"eval": cli.eval_main, "judge": cli.judge_main, "rank": cli.rank_main}[command]
     model = [] if "--model" in flags else ["--model", "tiny"]
     with pytest.raises(ConfigError, match=msg):
@@ -268,5 +305,6 @@ def test_list_ids_and_unreadable_parquet_are_one_line(tmp_path):
     pq.write_bytes(b"PAR1 not really parquet")
     pytest.importorskip("pyarrow")
     from rrm_jax.data.records import read_rewardbench
+
     with pytest.raises(DataError, match=rf"^{pq}: cannot read parquet"):
         read_rewardbench(pq)

@@ -22,9 +22,21 @@ def _sft(tmp_path, run, steps, **extra):
     data = tmp_path / "traces.jsonl"
     if not data.exists():
         data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(8)))
-    over = [f"run_dir='{tmp_path / run}'", f"steps={steps}", "mode='sft'", "batch_size=2", "save_every=2", "keep=3",
-            "mesh=[1,1,1]", "optim.micro_batches=1", "async_checkpoint=false", "tensorboard=false", "grpo.seq_bucket=32",
-            "data.synthetic=0", f"data.path='{data}'"] + [f"{k}={v}" for k, v in extra.items()]
+    over = [
+        f"run_dir='{tmp_path / run}'",
+        f"steps={steps}",
+        "mode='sft'",
+        "batch_size=2",
+        "save_every=2",
+        "keep=3",
+        "mesh=[1,1,1]",
+        "optim.micro_batches=1",
+        "async_checkpoint=false",
+        "tensorboard=false",
+        "grpo.seq_bucket=32",
+        "data.synthetic=0",
+        f"data.path='{data}'",
+    ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(RECIPE, over)
 
 
@@ -38,18 +50,21 @@ def _steps(run_dir):
 
 
 # ------------------------------------------------------------------------------------------ bad recipes
-@pytest.mark.parametrize("override, names", [
-    ("grpo.group_size=-4", "grpo.group_size=-4"),
-    ("sampling.temperature=-1", "temperature"),
-    ("keep=0", "keep=0"),
-    ("grpo.prompts_per_step=0", "grpo.prompts_per_step"),
-    ("optim.lr=-1", "optim.lr"),
-    ("data.prompt='nope'", "data.prompt"),
-    ("data.synthetic=0", "data.path is empty"),
-    ("data.path='/nonexistent/pairs.jsonl'", "data.path='/nonexistent/pairs.jsonl': no such file"),
-    ("mesh=[3,1,1]", "mesh=[3, 1, 1]: needs 3 devices, this machine has 8; e.g. mesh=[1,-1,1]"),
-    ("mesh=[1,2]", "mesh=[1, 2]"),
-])
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("grpo.group_size=-4", "grpo.group_size=-4"),
+        ("sampling.temperature=-1", "temperature"),
+        ("keep=0", "keep=0"),
+        ("grpo.prompts_per_step=0", "grpo.prompts_per_step"),
+        ("optim.lr=-1", "optim.lr"),
+        ("data.prompt='nope'", "data.prompt"),
+        ("data.synthetic=0", "data.path is empty"),
+        ("data.path='/nonexistent/pairs.jsonl'", "data.path='/nonexistent/pairs.jsonl': no such file"),
+        ("mesh=[3,1,1]", "mesh=[3, 1, 1]: needs 3 devices, this machine has 8; e.g. mesh=[1,-1,1]"),
+        ("mesh=[1,2]", "mesh=[1, 2]"),
+    ],
+)
 def test_bad_recipe_values_fail_in_one_line_before_anything_runs(tmp_path, capsys, override, names):
     run = tmp_path / "run"
     extra = ["data.synthetic=0"] if override.startswith("data.path") else []
@@ -64,8 +79,11 @@ def test_bad_recipe_values_fail_in_one_line_before_anything_runs(tmp_path, capsy
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, model, capsys):
     train(_sft(tmp_path, "r", 4), model=model(), progress=False)
     ck = tmp_path / "r" / "checkpoints"
-    victim = next(p for p in sorted((ck / "4" / "state").rglob("*")) if p.is_file() and p.stat().st_size > 0
-                  and "metadata" not in p.name)
+    victim = next(
+        p
+        for p in sorted((ck / "4" / "state").rglob("*"))
+        if p.is_file() and p.stat().st_size > 0 and "metadata" not in p.name
+    )
     victim.unlink()
     capsys.readouterr()
     out = train(_sft(tmp_path, "r", 6), model=model(), progress=False)

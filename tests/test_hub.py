@@ -68,8 +68,11 @@ def test_hub_id_loads_from_the_cache_offline(hub_cache, checkpoints, mesh1):
 def test_revision_pins_a_snapshot(hub_cache, checkpoints, mesh1):
     hub_cache("org/tiny-rrm", checkpoints[0][0], MAIN_SHA, "main")
     hub_cache("org/tiny-rrm", checkpoints[1][0], OLD_SHA, None)
-    for spec, kw, seed in (("org/tiny-rrm", {}, 0), ("org/tiny-rrm", {"revision": OLD_SHA}, 1),
-                           (f"org/tiny-rrm@{OLD_SHA}", {}, 1)):
+    for spec, kw, seed in (
+        ("org/tiny-rrm", {}, 0),
+        ("org/tiny-rrm", {"revision": OLD_SHA}, 1),
+        (f"org/tiny-rrm@{OLD_SHA}", {}, 1),
+    ):
         model = rrm_jax.load(spec, mesh=mesh1, dtype=np.float32, **kw)
         np.testing.assert_array_equal(np.asarray(model.logits(IDS)), checkpoints[seed][1])
 
@@ -114,17 +117,33 @@ def test_every_command_takes_a_hub_id(hub_cache, checkpoints, tmp_path, capsys):
     from rrm_jax.cli import main
 
     hub_cache("org/tiny-rrm", checkpoints[0][0])
-    assert main(["generate", "--model", "org/tiny-rrm", "--prompt", "ids:1 2 3", "--max-new-tokens", "4",
-                 "--dtype", "float32", "--temperature", "0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "org/tiny-rrm",
+                "--prompt",
+                "ids:1 2 3",
+                "--max-new-tokens",
+                "4",
+                "--dtype",
+                "float32",
+                "--temperature",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "--- prompt 0 sample 0" in capsys.readouterr().out
     assert main(["generate", "--model", "org/missing", "--prompt", "ids:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rrm-jax generate: org/missing: not in the Hugging Face cache") and "\n" not in err
 
-    from rrm_jax.training.loop import build_model
     from rrm_jax.training.config import load_config
+    from rrm_jax.training.loop import build_model
 
-    cfg = load_config(None, ["model=org/tiny-rrm", "tokenizer=bytes", "compute_dtype=\"float32\""])
+    cfg = load_config(None, ["model=org/tiny-rrm", "tokenizer=bytes", 'compute_dtype="float32"'])
     model = build_model(cfg)  # on all 8 devices: the same weights, summed in another order
     np.testing.assert_allclose(np.asarray(model.logits(IDS)), checkpoints[0][1], atol=1e-5)
 
@@ -142,8 +161,26 @@ def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"query": "2+2?", "response_a": "4", "response_b": "5", "label": 0}) + "\n")
     out = tmp_path / "v.jsonl"
-    assert main(["judge", "--model", "org/tiny-judge", "--pairs", str(pairs), "--out", str(out), "--dtype", "float32",
-                 "--max-new-tokens", "4", "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "--model",
+                "org/tiny-judge",
+                "--pairs",
+                str(pairs),
+                "--out",
+                str(out),
+                "--dtype",
+                "float32",
+                "--max-new-tokens",
+                "4",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert "1 comparisons ->" in capsys.readouterr().out
     (rec,) = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert rec["tokens"] > 0
@@ -152,8 +189,7 @@ def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
 def test_hub_offline_in_a_fresh_process(hub_cache, checkpoints, tmp_path):
     """HF_HUB_OFFLINE / HF_HUB_CACHE from the environment, as a user sets them (not patched constants)."""
     hub_cache("org/tiny-rrm", checkpoints[0][0])
-    code = ("import rrm_jax, numpy as np; m = rrm_jax.load('org/tiny-rrm', dtype=np.float32); "
-            f"print(m.config.num_layers)")
+    code = "import rrm_jax, numpy as np; m = rrm_jax.load('org/tiny-rrm', dtype=np.float32); print(m.config.num_layers)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(rrm_jax.core.config.resolve_config("tiny").num_layers)

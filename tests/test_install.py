@@ -137,8 +137,23 @@ def test_shipped_eval_recipe_with_absent_data_says_what_to_pass(tmp_path, monkey
 @pytest.mark.slow
 def test_wheel_carries_the_presets_and_recipes(tmp_path):
     pytest.importorskip("setuptools", reason="builds the wheel offline with the installed setuptools")
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("rrm_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

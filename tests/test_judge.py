@@ -1,17 +1,17 @@
 """The Judge's logic with a scripted fake sampler (swap handling, votes, adaptive stopping, soft scores,
 truncation, tournaments), plus one end-to-end run through the real sampler on a random tiny model."""
+
 import dataclasses
 import subprocess
 import sys
 
 import pytest
 
+from fakes import FakeGenerate, FakeModel
 from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.judge.judge import TRUNCATION_MARKER, Judge, adaptive_savings, verdict_digit_ids
 from rrm_jax.judge.prompt import render_prompt
 from rrm_jax.sampler import SamplingConfig
-
-from fakes import FakeGenerate, FakeModel
 
 
 def make_judge(policy, probes=True, **kw):
@@ -54,8 +54,14 @@ def test_swap_modes_and_position_bias():
     assert all(v.winner == 0 and v.votes_a == 2 and v.soft == pytest.approx(0.9) for v in none)
     both = judge.compare_many(PAIRS, votes=2, swap="both")
     # A judge that always says "Assistant 1" is cancelled out by showing both orders.
-    assert all(v.orders == ["ab", "ab", "ba", "ba"] and (v.votes_a, v.votes_b) == (2, 2) and v.winner is None
-               and v.soft == pytest.approx(0.5) and v.score() == 0.5 for v in both)
+    assert all(
+        v.orders == ["ab", "ab", "ba", "ba"]
+        and (v.votes_a, v.votes_b) == (2, 2)
+        and v.winner is None
+        and v.soft == pytest.approx(0.5)
+        and v.score() == 0.5
+        for v in both
+    )
     rnd = judge.compare_many(PAIRS, votes=1, swap="random", seed=3)
     assert [v.winner for v in rnd] == [int(show_first_b(3, i)) for i in range(len(PAIRS))]
     # item_ids pins the coin to a stable id (a resumed run sees the same orders).
@@ -65,11 +71,18 @@ def test_swap_modes_and_position_bias():
 
 def test_seeded_order_is_reproducible_across_processes():
     here = [show_first_b(42, i) for i in range(64)] + [derive_seed(42, 7)]
-    code = ("from rrm_jax.core.seeds import show_first_b, derive_seed;"
-            "print([show_first_b(42, i) for i in range(64)] + [derive_seed(42, 7)])")
+    code = (
+        "from rrm_jax.core.seeds import show_first_b, derive_seed;"
+        "print([show_first_b(42, i) for i in range(64)] + [derive_seed(42, 7)])"
+    )
     for hashseed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={"PYTHONHASHSEED": hashseed, "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": hashseed, "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
+        )
         assert out.stdout.strip() == str(here)
     assert 16 < sum(here[:64]) < 48
 
@@ -81,13 +94,13 @@ def test_vote_counting_invalid_and_soft_fallback():
     v = judge.compare("q", "A", "B", votes=5, swap="none")
     assert (v.winner, v.votes_a, v.votes_b, v.invalid, v.forced) == (0, 3, 1, 1, 0)
     assert v.sample_verdicts == [0, 1, None, 0, 0]
-    assert v.soft == pytest.approx(3 / 4)     # no probes: each valid vote counts 1/0, invalid ones nothing
+    assert v.soft == pytest.approx(3 / 4)  # no probes: each valid vote counts 1/0, invalid ones nothing
     judge, _ = make_judge(lambda f, s, k: (seq[k], False, 0.9))
     v = judge.compare("q", "A", "B", votes=5, swap="none")
     # With probes the unforced verdict digit is located; invalid "3" has no digit to read.
     assert v.soft == pytest.approx(0.9)
     vb = judge.compare_many([("q2", "A", "B")], votes=5, swap="both")[0]
-    assert vb.sample_verdicts == [0, 1, None, 0, 0, 1, 0, None, 1, 1]   # 2nd order's votes mapped back
+    assert vb.sample_verdicts == [0, 1, None, 0, 0, 1, 0, None, 1, 1]  # 2nd order's votes mapped back
     assert (vb.votes_a, vb.votes_b) == (4, 4) and vb.soft == pytest.approx(0.5)
 
 
@@ -147,7 +160,7 @@ def test_truncation_policy():
 
 
 def test_rank_and_best_of_n_through_the_judge():
-    def by_score(first, second, k):   # candidates "score=<int>": the higher one is better
+    def by_score(first, second, k):  # candidates "score=<int>": the higher one is better
         sf, ss = int(first.split("=")[1]), int(second.split("=")[1])
         return ("1" if sf > ss else "2"), False, 0.5
 
@@ -177,16 +190,19 @@ def test_bad_inputs():
 
 def test_end_to_end_tiny_model_with_thinking_budget(shared_dir, mesh1):
     import rrm_jax
-    from rrm_jax.core.tokenizers import load_tokenizer
     from rrm_jax.core.config import resolve_config
+    from rrm_jax.core.tokenizers import load_tokenizer
 
     tok = load_tokenizer(shared_dir / "tokenizers" / "deepseek-r1-distill-qwen")
     cfg = dataclasses.replace(resolve_config("tiny"), vocab_size=151936, eos_token_id=151643)
     model = rrm_jax.init(cfg, seed=0, mesh=mesh1, tokenizer=tok)
     assert verdict_digit_ids(tok) == (16, 17)
     judge = Judge(model, sampling=SamplingConfig(max_new_tokens=14, max_think_tokens=6, temperature=0.6))
-    pairs = [("What is 2+2?", "4", "5"), ("Name a colour.", "Blue.", "A banana is a colour."),
-             ("Say hi.", "hi", "Hello there!")]
+    pairs = [
+        ("What is 2+2?", "4", "5"),
+        ("Name a colour.", "Blue.", "A banana is a colour."),
+        ("Say hi.", "hi", "Hello there!"),
+    ]
     vs = judge.compare_many(pairs, votes=2, swap="random", seed=0)
     for v in vs:
         assert v.samples_drawn == 2 and len(v.reasonings) == 2 and v.tokens > 0 and 0.0 <= v.soft <= 1.0
@@ -194,4 +210,4 @@ def test_end_to_end_tiny_model_with_thinking_budget(shared_dir, mesh1):
         # Random weights never close </think> in 6 tokens: the budget forces every verdict.
         assert v.forced == 2
         assert all("</think>\n\n\\boxed{Assistant " in t for t in v.reasonings)
-        assert v.soft not in (0.0, 0.5, 1.0)   # read from the digit probabilities, not a vote
+        assert v.soft not in (0.0, 0.5, 1.0)  # read from the digit probabilities, not a vote

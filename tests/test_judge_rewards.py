@@ -4,11 +4,10 @@ judge prefers the larger number, so every tournament's outcome is worked out by 
 import numpy as np
 import pytest
 
+from fakes import FakeCompletion, FakeGenerate, FakeModel
 from rrm_jax.judge.judge import Judge
 from rrm_jax.sampler import SamplingConfig
 from rrm_jax.training.rl.judge_rewards import JudgeReward, after_think
-
-from fakes import FakeCompletion, FakeGenerate, FakeModel
 
 
 def larger_wins(first, second, k):
@@ -25,8 +24,12 @@ def call(reward, groups, step=0, **fields):
     texts = [t for g in groups for t in g]
     comps = [FakeCompletion([], t, np.zeros(0)) for t in texts]
     size = len(groups[0])
-    batch = dict(query=[f"q{i // size}" for i in range(len(texts))], group=np.repeat(np.arange(len(groups)), size),
-                 step=step, **fields)
+    batch = dict(
+        query=[f"q{i // size}" for i in range(len(texts))],
+        group=np.repeat(np.arange(len(groups)), size),
+        step=step,
+        **fields,
+    )
     return reward(["p"] * len(texts), comps, batch)
 
 
@@ -86,7 +89,9 @@ def test_same_step_same_rewards_and_after_think():
 
 
 def test_bad_options_are_named():
-    judge = Judge(FakeModel(), sampling=SamplingConfig(max_new_tokens=8), generate=FakeGenerate(FakeModel.tokenizer, larger_wins))
+    judge = Judge(
+        FakeModel(), sampling=SamplingConfig(max_new_tokens=8), generate=FakeGenerate(FakeModel.tokenizer, larger_wins)
+    )
     with pytest.raises(ValueError, match="judge_elo, judge_knockout, judge_reference"):
         JudgeReward(judge, "judge_best")
     with pytest.raises(ValueError, match="needs extract"):

@@ -9,8 +9,8 @@ import json
 import math
 
 import pytest
-from fakes import FakeGenerate, FakeModel
 
+from fakes import FakeGenerate, FakeModel
 from rrm_jax.evaluation.label import label_main
 from rrm_jax.judge import Judge
 from rrm_jax.sampler import SamplingConfig
@@ -151,11 +151,14 @@ def test_resume_after_a_kill_and_refilter_without_judging(data, tmp_path):
     assert run(data, out, make_judge()[0], "--batch-size", "4", "--seed", "3") == 2
 
 
-@pytest.mark.parametrize("line, where", [
-    ('{"query": "q", "candidates": ["only one"]}', "cands.jsonl:2:candidates"),
-    ('{"candidates": ["a", "b"]}', "cands.jsonl:2:query"),
-    ("{oops", "cands.jsonl:2: malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "line, where",
+    [
+        ('{"query": "q", "candidates": ["only one"]}', "cands.jsonl:2:candidates"),
+        ('{"candidates": ["a", "b"]}', "cands.jsonl:2:query"),
+        ("{oops", "cands.jsonl:2: malformed JSON"),
+    ],
+)
 def test_bad_input_names_file_line_field(tmp_path, line, where, capsys):
     path = tmp_path / "cands.jsonl"
     path.write_text(json.dumps(QUERIES[0]) + "\n" + line + "\n")

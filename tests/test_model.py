@@ -9,9 +9,8 @@ import pytest
 from flax import nnx
 
 import rrm_jax
-from rrm_jax.core.model import KVCache
-
 from hf_reference import TINY_CONFIGS, hf_config, hf_logits, padded_batch, random_hf_model, save
+from rrm_jax.core.model import KVCache
 
 FP32_RTOL = 1e-4  # max |Δlogit| <= FP32_RTOL * max |logit|  (the bar)
 # bf16 compute: each matmul input is rounded to 8 mantissa bits, so logits carry ~1% relative error.
@@ -184,8 +183,15 @@ def test_rope_matches_hf_at_absolute_positions(theta, head_dim):
 
     from rrm_jax.core.model import rope
 
-    cfg = hf_config(hidden_size=64, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
-                    head_dim=head_dim, rope_theta=theta, vocab_size=16)
+    cfg = hf_config(
+        hidden_size=64,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        rope_theta=theta,
+        vocab_size=16,
+    )
     positions = np.array([[0, 1, 7, 100, 4095, 30000]], np.int64)
     x = np.random.default_rng(0).normal(size=(1, 6, 2, head_dim)).astype(np.float32)
     cos, sin = hfq.Qwen2RotaryEmbedding(cfg)(torch.zeros(1), torch.as_tensor(positions))

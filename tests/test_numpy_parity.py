@@ -39,7 +39,11 @@ def test_export_round_trips_through_numpy(tmp_path, mesh1):
     for f in sorted(out.glob("*.safetensors")):
         weights |= safetensors.numpy.load_file(str(f))
     c = model.config
-    cfg = dict(num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-               rope_theta=c.rope_theta)
+    cfg = dict(
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        rope_theta=c.rope_theta,
+    )
     ids = np.random.default_rng(1).integers(0, c.vocab_size, (2, 9))
     np.testing.assert_allclose(np.asarray(model.logits(ids)), ref.logits(weights, cfg, ids), atol=1e-4)

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 import rrm_jax
+from hf_reference import TINY_CONFIGS, hf_config, random_hf_model, save, torch  # noqa: F401  (skips without torch)
 from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.hf_io import CheckpointReader
 from rrm_jax.core.params import PARAMS, param_axes, param_name, param_shapes, params_of
-
-from hf_reference import TINY_CONFIGS, hf_config, random_hf_model, save, torch  # noqa: F401  (skips without torch)
 
 
 def _path_names(path) -> list[str]:
@@ -62,8 +61,11 @@ def test_every_hf_tensor_is_one_table_entry(name, tmp_path):
     for key in keys:
         assert len(owners.get(key, [])) == 1, (key, owners.get(key))
     # and this config's entries ask for exactly the checkpoint's tensors
-    wanted = {spec.hf_name(layer) for spec in params_of(cfg).values()
-              for layer in (range(cfg.num_layers) if spec.stacked else [None])}
+    wanted = {
+        spec.hf_name(layer)
+        for spec in params_of(cfg).values()
+        for layer in (range(cfg.num_layers) if spec.stacked else [None])
+    }
     assert wanted == keys
 
     for key in keys:

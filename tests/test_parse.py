@@ -1,4 +1,5 @@
 """Verdict parsing: the official rule (last \\boxed{} after the last </think>) on real-looking outputs."""
+
 import pytest
 
 from rrm_jax.judge.parse import boxed_contents, parse_verdict
@@ -8,22 +9,22 @@ CASES = [
     # (generated text after the prompt's "<think>\n", expected)
     (THINK + "</think>\n\n\\boxed{Assistant 1}", 0),
     (THINK + "</think>\n\n\\boxed{Assistant 2}", 1),
-    (THINK + "</think>\n\nFinal: \\boxed{Assistant 1} ... on reflection \\boxed{Assistant 2}", 1),   # last box
-    (THINK + "</think>\n\n\\boxed{ Assistant  2 }", 1),                                             # whitespace
-    (THINK + "</think>\n\n\\boxed{\\text{Assistant 1}}", 0),                                         # \text wrapper
-    (THINK + "</think>\n\n\\boxed{assistant 2}", 1),                                                # case
+    (THINK + "</think>\n\nFinal: \\boxed{Assistant 1} ... on reflection \\boxed{Assistant 2}", 1),  # last box
+    (THINK + "</think>\n\n\\boxed{ Assistant  2 }", 1),  # whitespace
+    (THINK + "</think>\n\n\\boxed{\\text{Assistant 1}}", 0),  # \text wrapper
+    (THINK + "</think>\n\n\\boxed{assistant 2}", 1),  # case
     (THINK + "</think>\n\n\\boxed{Assistant 3}", None),
-    (THINK + "</think>\n\n\\boxed{Assistant 1 and Assistant 2}", None),                              # both
+    (THINK + "</think>\n\n\\boxed{Assistant 1 and Assistant 2}", None),  # both
     (THINK + "</think>\n\n\\boxed{Neither}", None),
     (THINK + "</think>\n\n\\boxed{}", None),
-    (THINK + "</think>\n\nAssistant 1 is better.", None),                                            # no box
-    (THINK + "so the answer is \\boxed{Assistant 1} but let me check", None),                        # no </think>: truncated
-    ("\\boxed{Assistant 2} in thought</think>\n\nI pick the first.", None),                         # box only in thinking
-    ("first \\boxed{Assistant 2}</think> x </think>\n\n\\boxed{Assistant 1}", 0),                    # last </think>
-    ("a</think>\\boxed{Assistant 2} then </think> nothing", None),                                  # after LAST </think>
-    (THINK + "</think>\n\n\\boxed{Assistant 2} and \\boxed{Assistant 1", 1),                         # unterminated last box
-    (THINK + "\n</think>\n\n\\boxed{Assistant 2}<｜end▁of▁sentence｜>", 1),                            # eos text kept
-    (THINK + "</think>\n\n\\boxed{\\text{Assistant} 1}", None),                                      # mangled
+    (THINK + "</think>\n\nAssistant 1 is better.", None),  # no box
+    (THINK + "so the answer is \\boxed{Assistant 1} but let me check", None),  # no </think>: truncated
+    ("\\boxed{Assistant 2} in thought</think>\n\nI pick the first.", None),  # box only in thinking
+    ("first \\boxed{Assistant 2}</think> x </think>\n\n\\boxed{Assistant 1}", 0),  # last </think>
+    ("a</think>\\boxed{Assistant 2} then </think> nothing", None),  # after LAST </think>
+    (THINK + "</think>\n\n\\boxed{Assistant 2} and \\boxed{Assistant 1", 1),  # unterminated last box
+    (THINK + "\n</think>\n\n\\boxed{Assistant 2}<｜end▁of▁sentence｜>", 1),  # eos text kept
+    (THINK + "</think>\n\n\\boxed{\\text{Assistant} 1}", None),  # mangled
     ("", None),
 ]
 

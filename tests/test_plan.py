@@ -19,11 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["grpo.seq_bucket=64", "sampling.max_new_tokens=8", "data.max_prompt_tokens=32", "optim.micro_batches=2"]
 
 
-@pytest.mark.parametrize("name, gen, chips_, libtpu", [
-    ("v4-32", "v4", 16, "v4:2x2x4"), ("v5p-64", "v5p", 32, "v5p:2x4x4"), ("v5p-16", "v5p", 8, "v5p:2x2x2"),
-    ("v5e-16", "v5e", 16, "v5e:4x4"), ("v5litepod-8", "v5e", 8, "v5e:2x4"), ("v6e-8", "v6e", 8, "v6e:2x4"),
-    ("v5e:4x8", "v5e", 32, "v5e:4x8"), ("cpu-8", "cpu", 8, ""),
-])
+@pytest.mark.parametrize(
+    "name, gen, chips_, libtpu",
+    [
+        ("v4-32", "v4", 16, "v4:2x2x4"),
+        ("v5p-64", "v5p", 32, "v5p:2x4x4"),
+        ("v5p-16", "v5p", 8, "v5p:2x2x2"),
+        ("v5e-16", "v5e", 16, "v5e:4x4"),
+        ("v5litepod-8", "v5e", 8, "v5e:2x4"),
+        ("v6e-8", "v6e", 8, "v6e:2x4"),
+        ("v5e:4x8", "v5e", 32, "v5e:4x8"),
+        ("cpu-8", "cpu", 8, ""),
+    ],
+)
 def test_slice_names_count_cores_or_chips_per_generation(name, gen, chips_, libtpu):
     t = chips.parse(name)
     assert (t.generation, t.chips, t.libtpu_name) == (gen, chips_, libtpu)
@@ -38,8 +46,15 @@ def test_bad_slice_names_list_the_known_ones(bad):
 def _closed_form_state_bytes(cfg, shards: int) -> int:
     """fp32 params + AdamW mu and nu per device on mesh (1, shards, 1): every matrix has an ``embed`` axis
     (split over fsdp); norms and biases are replicated."""
-    d, f, h, k, hd, L, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                            cfg.num_layers, cfg.vocab_size)
+    d, f, h, k, hd, L, V = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.num_layers,
+        cfg.vocab_size,
+    )
     matrices = V * d * (1 if cfg.tie_word_embeddings else 2) + L * (2 * d * h * hd + 2 * d * k * hd + 3 * d * f)
     replicated = 2 * L * d + d + L * (h * hd + 2 * k * hd)
     assert matrices % shards == 0
@@ -64,8 +79,14 @@ def test_cpu_plan_matches_closed_form_bytes():
     assert update["alias_bytes"] >= state  # the state is donated: updated in place
     assert {r["program"] for r in p["programs"]} == {"grpo update", "log-probs", "rollout prefill", "rollout decode"}
     for r in p["programs"]:
-        assert r["peak_bytes"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"]
-                                   + r["code_bytes"] + r["resident_bytes"])
+        assert r["peak_bytes"] == (
+            r["argument_bytes"]
+            + r["output_bytes"]
+            - r["alias_bytes"]
+            + r["temp_bytes"]
+            + r["code_bytes"]
+            + r["resident_bytes"]
+        )
     assert p["peak_bytes"] == max(r["peak_bytes"] for r in p["programs"])
     assert p["fits"] and fits_line(p).startswith("cpu-8 (8 x host CPU (fake devices)): fits:")
     # the rollout's KV cache: layers x slots x cache x kv heads x head_dim, k and v, fp32, slots split over 8;
@@ -81,8 +102,14 @@ def test_cpu_plan_matches_closed_form_bytes():
 def test_plan_cli_json_and_errors(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # the command sets the fake device count for cpu-N itself
-    run = lambda *a: subprocess.run([sys.executable, "-m", "rrm_jax.cli", "plan", *a], capture_output=True,
-                                    text=True, env=env, cwd=tmp_path, timeout=600)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "rrm_jax.cli", "plan", *a],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     r = run("tiny", "--topology", "cpu-8", *sum((["--set", s] for s in SMALL), []), "--only", "update", "--json", "-")
     assert r.returncode == 0, r.stderr[-2000:]
     p = json.loads(r.stdout)  # a partial plan: the programs it compiled fit, the recipe is not claimed to
@@ -103,8 +130,10 @@ def test_tpu_plan_without_libtpu_says_how_to_install(monkeypatch):
         chips.devices(chips.parse("v5e-8"))
 
 
-@pytest.mark.skipif(not chips.have_libtpu(), reason="libtpu is not installed (pip install 'rrm-jax[tpu]'); the "
-                    "CPU plan above exercises the same code")
+@pytest.mark.skipif(
+    not chips.have_libtpu(),
+    reason="libtpu is not installed (pip install 'rrm-jax[tpu]'); the CPU plan above exercises the same code",
+)
 def test_tiny_recipe_fits_a_v5e_8_compiled_by_libtpu():
     from rrm_jax.plan import plan
 
@@ -127,9 +156,12 @@ def test_logprob_pass_in_micro_batches_equals_the_whole_batch():
     rows, t = 16, 32
     lens = rng.integers(4, t + 1, rows)
     mask = np.arange(t)[None] < lens[:, None]
-    batch = dict(tokens=rng.integers(0, 512, (rows, t)).astype(np.int32) * mask,
-                 positions=(np.cumsum(mask, 1) - 1).clip(0).astype(np.int32), mask=mask,
-                 targets=rng.integers(0, 512, (rows, t)).astype(np.int32) * mask)
+    batch = dict(
+        tokens=rng.integers(0, 512, (rows, t)).astype(np.int32) * mask,
+        positions=(np.cumsum(mask, 1) - 1).clip(0).astype(np.int32),
+        mask=mask,
+        targets=rng.integers(0, 512, (rows, t)).astype(np.int32) * mask,
+    )
     arrays = place_batch(model, batch, ("tokens", "positions", "mask", "targets"))
     args = [arrays[k] for k in ("tokens", "positions", "mask", "targets")]
     whole = np.asarray(jax.device_get(make_logprob_fn(model, 16, 1)(model.state, *args)))

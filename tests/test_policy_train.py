@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeCompletion
-from runs import killed_at, records
 
 import rrm_jax
+from fakes import FakeCompletion
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.training.config import load_config, preflight
+from runs import killed_at, records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "train" / "policy-tiny.toml"
@@ -54,8 +54,13 @@ def _check_judge_metrics(rows, cfg, per_group):
 
 # ------------------------------------------------------------------------------------------ full runs
 @pytest.mark.slow
-@pytest.mark.parametrize("reward,matches", [("judge_knockout", lambda g: g - 1),  # a knockout: G - 1 per group
-                                             ("judge_elo", lambda g: g * (g - 1) // 2)])  # round-robin: every pair
+@pytest.mark.parametrize(
+    "reward,matches",
+    [
+        ("judge_knockout", lambda g: g - 1),  # a knockout: G - 1 per group
+        ("judge_elo", lambda g: g * (g - 1) // 2),
+    ],
+)  # round-robin: every pair
 def test_run_checkpoints_and_resumes_bit_for_bit(tmp_path, mesh1, reward, matches):
     from rrm_jax.training.loop import train
 
@@ -192,8 +197,9 @@ def test_answer_accuracy_is_a_metric_the_reward_never_sees(mesh1):
     assert "answer" not in batch and batch["query"] == [q for q in ("1+2=?", "2+2=?") for _ in range(4)]
     assert not any(v == ["3"] * 4 + ["4"] * 4 for v in batch.values() if isinstance(v, list))
 
-    no_extract = Trainer(model, _cfg("unused", "grpo.prompts_per_step=2", "grpo.group_size=4"), reward_fn,
-                         generate_fn=generate_fn)
+    no_extract = Trainer(
+        model, _cfg("unused", "grpo.prompts_per_step=2", "grpo.group_size=4"), reward_fn, generate_fn=generate_fn
+    )
     assert "answer_accuracy" not in no_extract.grpo_step(data)  # no extractor: nothing to score against
 
 
@@ -220,8 +226,14 @@ def test_bad_queries_are_dropped_counted_and_located_in_data_report(tmp_path, me
     zero = lambda prompts, completions, batch: np.zeros(len(completions), np.float32)
 
     def report(reward, run):
-        cfg = _cfg(tmp_path / run, f"grpo.reward='{reward}'", "data.synthetic=0", f"data.path='{path}'",
-                   "steps=0", "export_hf=false")
+        cfg = _cfg(
+            tmp_path / run,
+            f"grpo.reward='{reward}'",
+            "data.synthetic=0",
+            f"data.path='{path}'",
+            "steps=0",
+            "export_hf=false",
+        )
         train(cfg, model=model, reward_fn=zero, progress=False)
         return json.loads((tmp_path / run / "data_report.json").read_text())
 

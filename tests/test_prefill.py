@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import rrm_jax
 import numpy_reference
+import rrm_jax
 from rrm_jax.sampler import GenerateStats, SamplingConfig, generate
-
 from tiny_configs import TINY_CONFIGS
 
 C = 8  # chunk: small, so short test prompts span several chunks
@@ -45,7 +44,7 @@ def numpy_greedy(w, prompt: list[int], new: int) -> tuple[list[int], np.ndarray]
         lp = lg - lg.max() - np.log(np.sum(np.exp(lg - lg.max())))
         seq.append(int(np.argmax(lg)))
         lps.append(lp[seq[-1]])
-    return seq[len(prompt):], np.asarray(lps)
+    return seq[len(prompt) :], np.asarray(lps)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +89,16 @@ def test_long_prompts_interleave_with_decode(ckpt, model, reference):
     waits = {}
     for stall in (2, 99):
         st = GenerateStats()
-        outs = generate(model, prompts, greedy(max_slots=4), max_new_tokens=limits, prefill_chunk=C, max_stall=stall,
-                        prefill_steps=2, stats=st)
+        outs = generate(
+            model,
+            prompts,
+            greedy(max_slots=4),
+            max_new_tokens=limits,
+            prefill_chunk=C,
+            max_stall=stall,
+            prefill_steps=2,
+            stats=st,
+        )
         assert [c.token_ids for c in outs] == want, stall
         waits[stall] = st.prefill_waits
     # while the three long prompts (6-7 chunks each) outnumber the one running row, it waits at most max_stall
@@ -100,23 +107,36 @@ def test_long_prompts_interleave_with_decode(ckpt, model, reference):
     # more requests than slots: refills prefill in chunks while other rows decode, same tokens
     small = generate(model, prompts, greedy(max_slots=2), max_new_tokens=limits, prefill_chunk=C, refill_min=1)
     assert [c.token_ids for c in small] == want
-    static = generate(model, prompts, dataclasses.replace(greedy(max_slots=2)), max_new_tokens=limits,
-                      prefill_chunk=C, continuous=False)
+    static = generate(
+        model,
+        prompts,
+        dataclasses.replace(greedy(max_slots=2)),
+        max_new_tokens=limits,
+        prefill_chunk=C,
+        continuous=False,
+    )
     assert [c.token_ids for c in static] == want
 
 
 def test_ragged_chunks_match_transformers(ckpt, model):
     """transformers' generate on each prompt alone (where torch is installed)."""
-    from hf_reference import torch  # skips here without torch
     from transformers import AutoModelForCausalLM
+
+    from hf_reference import torch  # skips here without torch
 
     hf = AutoModelForCausalLM.from_pretrained(str(ckpt[0]), dtype=torch.float32).eval()
     outs = generate(model, PROMPTS, greedy(max_slots=8), prefill_chunk=C)
     for i, p in enumerate(PROMPTS):
         ids = torch.tensor([p])
         with torch.no_grad():
-            want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False,
-                               pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()
+            want = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )[0, len(p) :].tolist()
         assert outs[i].token_ids == want, f"prompt {i} (len {len(p)})"
 
 

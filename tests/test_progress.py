@@ -29,8 +29,8 @@ def test_plain_lines_off_a_terminal():
 def test_heartbeat_while_a_call_blocks_and_no_flood():
     out = io.StringIO()
     with Progress("SFT warm start", 10, stream=out, every=0.3) as p:
-        p.update(advance=1)      # within the interval: no line
-        time.sleep(1.0)          # one long call: the heartbeat speaks for it
+        p.update(advance=1)  # within the interval: no line
+        time.sleep(1.0)  # one long call: the heartbeat speaks for it
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("started, 0:00 elapsed, ~? left")
     beats = [ln for ln in lines[1:-1] if ln.startswith("SFT warm start: 1/10 (10%)")]

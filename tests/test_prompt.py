@@ -1,4 +1,5 @@
 """The RRM prompt: constants equal the shared reference, rendering through the real R1-distill chat template."""
+
 import json
 
 import pytest
@@ -64,8 +65,9 @@ class _FakeTemplateTokenizer:
         return "".join(f"[{m['role']}]{m['content']}" for m in messages) + self.gen_suffix
 
 
-@pytest.mark.parametrize("suffix,end", [("<A>", "<A><think>\n"), ("<A><think>\n", "<A><think>\n"),
-                                        ("<A><think>", "<A><think>\n")])
+@pytest.mark.parametrize(
+    "suffix,end", [("<A>", "<A><think>\n"), ("<A><think>\n", "<A><think>\n"), ("<A><think>", "<A><think>\n")]
+)
 def test_think_start_added_once(suffix, end):
     text = render_prompt(_FakeTemplateTokenizer(suffix), "rrm", "q", "a", "b")
     assert text.endswith(end) and text.count("<think>") == 1
@@ -78,7 +80,8 @@ def test_registry_and_validation():
     custom = JudgePrompt("plain", 1, "", "Q: {question}\n1: {answer1}\n2: {answer2}\n", "Which? ")
     register_prompt(custom)
     assert get_prompt("plain-v1") is custom and custom.messages("q", "a", "b") == [
-        {"role": "user", "content": "Q: q\n1: a\n2: b\nWhich? "}]
+        {"role": "user", "content": "Q: q\n1: a\n2: b\nWhich? "}
+    ]
     with pytest.raises(ValueError, match="already registered"):
         register_prompt(JudgePrompt("plain", 1, "x", "{question}{answer1}{answer2}", ""))
     with pytest.raises(ValueError, match="answer2"):
@@ -93,12 +96,17 @@ def test_short_prompt_and_make_render():
     assert get_prompt("short") is SHORT_PROMPT and get_prompt("short-v1") is SHORT_PROMPT
     tok = _FakeTemplateTokenizer("<A>")
     render = make_render(tok, "short")
-    assert render("q", "a", "b") == render_prompt(tok, SHORT_PROMPT, "q", "a", "b") == (
-        "[system]Pick the better answer.[user]Q: q\nA1: a\nA2: b\n"
-        "Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.<A><think>\n")
+    assert (
+        render("q", "a", "b")
+        == render_prompt(tok, SHORT_PROMPT, "q", "a", "b")
+        == (
+            "[system]Pick the better answer.[user]Q: q\nA1: a\nA2: b\n"
+            "Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.<A><think>\n"
+        )
+    )
     assert make_render(tok, RRM_PROMPT_V1)("q", "a", "b") == render_prompt(tok, "rrm-v1", "q", "a", "b")
     with pytest.raises(KeyError, match="unknown judge prompt"):
-        make_render(tok, "nope")   # at once, not on the first render
+        make_render(tok, "nope")  # at once, not on the first render
     # an equal prompt registered again (a module imported twice) changes nothing
     again = JudgePrompt("short", 1, SHORT_PROMPT.system, SHORT_PROMPT.user_template, SHORT_PROMPT.analysis_suffix)
     assert register_prompt(again, aliases=("short",)) is SHORT_PROMPT and get_prompt("short") is SHORT_PROMPT

@@ -15,8 +15,15 @@ from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
 from rrm_jax.training.trainer import Trainer
 
-CFG = TrainConfig(mode="sft", steps=4, batch_size=8, seed=0, compute_dtype="float32",
-                  optim=OptimConfig(lr=3e-3, warmup_steps=0), grpo=GRPOConfig(seq_bucket=32))
+CFG = TrainConfig(
+    mode="sft",
+    steps=4,
+    batch_size=8,
+    seed=0,
+    compute_dtype="float32",
+    optim=OptimConfig(lr=3e-3, warmup_steps=0),
+    grpo=GRPOConfig(seq_bucket=32),
+)
 
 
 def batch(k: int):
@@ -52,7 +59,8 @@ def test_checkpoint_restores_on_another_mesh(tmp_path, target):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     for x, t in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(dst.state)):
         assert x.sharding.is_equivalent_to(t.sharding, x.ndim) and dict(x.sharding.mesh.shape) == dict(
-            zip(("data", "fsdp", "tensor"), target))
+            zip(("data", "fsdp", "tensor"), target)
+        )
     dst.state = state
     # the weights an HF export of the restored run writes are the saved run's, bit for bit
     exported = {k: np.asarray(v) for k, v in params_dict(dst.policy).items()}

@@ -7,12 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rrm_jax.training.rl import advantages as adv
-from rrm_jax.training.rl.loss import AGGREGATIONS, LossConfig, chunked_logprobs, grpo_loss, k3_kl, mean_weights, sft_loss, token_weights
-from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
-
 from fakes import FakeCompletion
-
+from rrm_jax.training.rl import advantages as adv
+from rrm_jax.training.rl.loss import (
+    AGGREGATIONS,
+    LossConfig,
+    chunked_logprobs,
+    grpo_loss,
+    k3_kl,
+    mean_weights,
+    sft_loss,
+    token_weights,
+)
+from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt
 
 # ------------------------------------------------------------------------------------------ advantages
 REWARDS = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, -1, 0.5], np.float32)  # 3 groups of 4
@@ -102,8 +109,16 @@ def test_grpo_loss_matches_numpy(aggregation, beta):
     logp, old, ref, a, mask = _inputs()
     cfg = LossConfig(eps_low=0.2, eps_high=0.28, beta=beta, aggregation=aggregation, norm_length=11)
     w = token_weights(jnp.asarray(mask), aggregation, cfg.norm_length)
-    loss, met = grpo_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(ref), jnp.asarray(a), jnp.asarray(mask), w,
-                          mean_weights(jnp.asarray(mask)), cfg)
+    loss, met = grpo_loss(
+        jnp.asarray(logp),
+        jnp.asarray(old),
+        jnp.asarray(ref),
+        jnp.asarray(a),
+        jnp.asarray(mask),
+        w,
+        mean_weights(jnp.asarray(mask)),
+        cfg,
+    )
     want, clip_frac, kl = _numpy_loss(logp, old, ref, a, mask, cfg)
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     np.testing.assert_allclose(float(met["clip_frac"]), clip_frac, rtol=1e-5)
@@ -211,8 +226,13 @@ def test_chunked_logprob_gradient_equals_full(tiny):
 
 # ------------------------------------------------------------------------------------------ rollout assembly
 def test_pack_places_completion_targets():
-    batch = pack([[5, 6, 7], [9]], [[1, 2], [3, 4, 8]], completion_logprobs=[np.array([-0.1, -0.2]), np.array([-1, -2, -3.0])],
-                 completion_masks=[np.array([1, 1]), np.array([1, 0, 1])], row_multiple=4)
+    batch = pack(
+        [[5, 6, 7], [9]],
+        [[1, 2], [3, 4, 8]],
+        completion_logprobs=[np.array([-0.1, -0.2]), np.array([-1, -2, -3.0])],
+        completion_masks=[np.array([1, 1]), np.array([1, 0, 1])],
+        row_multiple=4,
+    )
     assert batch["tokens"].shape == (4, 16)
     np.testing.assert_array_equal(batch["tokens"][0, :4], [5, 6, 7, 1])
     np.testing.assert_array_equal(batch["targets"][0, :4], [6, 7, 1, 2])
@@ -241,25 +261,47 @@ def test_assign_sides_is_seeded_and_labels_follow_chosen():
 def test_rollout_with_fake_sampler_builds_batch():
     from rrm_jax.training.rl.rewards import verdict_reward
 
-    texts = ["a</think>\\boxed{Assistant 1}", "b</think>\\boxed{Assistant 2}", "no verdict", "c</think>\\boxed{Assistant 1}"]
+    texts = [
+        "a</think>\\boxed{Assistant 1}",
+        "b</think>\\boxed{Assistant 2}",
+        "no verdict",
+        "c</think>\\boxed{Assistant 1}",
+    ]
     seen = {}
 
     def fake_generate(policy, prompts, sampling):
         seen["n"], seen["prompts"] = sampling.n, prompts
         out = []
-        for p in range(len(prompts)):
+        for _ in range(len(prompts)):
             for s in range(sampling.n):
                 ids = [10 + s, 11, 12][: 1 + (s % 3)]
-                out.append(FakeCompletion(ids, texts[s], -0.5 * np.ones(len(ids), np.float32), num_tokens=len(ids),
-                                          forced_at=0 if s == 3 else None))
+                out.append(
+                    FakeCompletion(
+                        ids,
+                        texts[s],
+                        -0.5 * np.ones(len(ids), np.float32),
+                        num_tokens=len(ids),
+                        forced_at=0 if s == 3 else None,
+                    )
+                )
         return out
 
-    examples = [dict(prompt_ids=np.array([1, 2, 3], np.int32), label=0, query="q", prompt="P0"),
-                dict(prompt_ids=np.array([4, 5], np.int32), label=1, query="q", prompt="P1")]
+    examples = [
+        dict(prompt_ids=np.array([1, 2, 3], np.int32), label=0, query="q", prompt="P0"),
+        dict(prompt_ids=np.array([4, 5], np.int32), label=1, query="q", prompt="P1"),
+    ]
     from rrm_jax.sampler import SamplingConfig
 
-    ro = rollout(None, examples, group_size=4, sampling=SamplingConfig(), reward_fn=verdict_reward, generate_fn=fake_generate,
-                 row_multiple=8, forced_len=1)
+    ro = rollout(
+        None,
+        examples,
+        group_size=4,
+        sampling=SamplingConfig(),
+        reward_fn=verdict_reward,
+        generate_fn=fake_generate,
+        row_multiple=8,
+        forced_len=1,
+    )
     assert seen["n"] == 4 and seen["prompts"] == [[1, 2, 3], [4, 5]]
     np.testing.assert_array_equal(ro.rewards, [1, -1, -1, 1, -1, 1, -1, -1])
     np.testing.assert_allclose(ro.batch["advantages"], adv.compute(ro.rewards, 4, "grpo"))

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 import rrm_jax
+from fakes import SamplerCharTokenizer
 from rrm_jax.sampler import Completion, GenerateStats, SamplingConfig, generate
 from rrm_jax.sampler.sampling import argmax, sample
-
-from fakes import SamplerCharTokenizer
 
 NEW = 8  # max_new_tokens used by most tests (shared shapes -> shared compiles)
 PROMPTS = [[5, 17, 300], [42] * 2 + list(range(60, 69)), [7, 8, 9, 10, 11, 12, 13], list(range(100, 116)), [1]]
@@ -28,9 +27,19 @@ def hf_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = Qwen2Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=True, eos_token_id=None, bos_token_id=None, pad_token_id=0,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=0,
     )
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -155,7 +164,11 @@ def test_sampling_frequencies_match_renormalised_distribution(top_k, top_p, temp
     want = np.where(keep, p, 0) / np.where(keep, p, 0).sum()
     draws = 20000
     keys = jax.random.split(jax.random.key(1), draws)
-    f = jax.jit(lambda k: sample(jnp.broadcast_to(logits, (draws, 12)), k, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+    f = jax.jit(
+        lambda k: sample(
+            jnp.broadcast_to(logits, (draws, 12)), k, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
+        )
+    )
     got = np.bincount(np.asarray(f(keys)), minlength=12)
     assert got[~keep].sum() == 0
     expected = want[keep] * draws
@@ -233,7 +246,9 @@ def test_thinking_budget_forces_suffix_once(model):
 
 def test_logprobs_and_probes(model):
     probes = (3, 77, 500)
-    outs = generate(model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=0.8, seed=1, probe_token_ids=probes))
+    outs = generate(
+        model, PROMPTS[:2], SamplingConfig(max_new_tokens=NEW, temperature=0.8, seed=1, probe_token_ids=probes)
+    )
     seqs = [PROMPTS[i] + o.token_ids for i, o in enumerate(outs)]
     t = max(map(len, seqs))
     batch = np.zeros((len(seqs), t), np.int32)
@@ -243,7 +258,11 @@ def test_logprobs_and_probes(model):
     all_logits = np.asarray(model.logits(batch, mask), np.float64)
     for i, o in enumerate(outs):
         logits = all_logits[i]
-        lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        lp = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - logits.max(-1, keepdims=True)
+        )
         n0 = len(PROMPTS[i])
         rows = lp[n0 - 1 : n0 - 1 + o.num_tokens]
         np.testing.assert_allclose(o.logprobs, rows[np.arange(o.num_tokens), o.token_ids], atol=2e-4)

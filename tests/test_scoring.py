@@ -1,4 +1,5 @@
 """Scoring rules against hand-computed values."""
+
 import math
 
 import pytest
@@ -11,8 +12,8 @@ def test_credit_rule():
     assert scoring.credit(0, 1) == 0.0
     assert scoring.credit(1, 1) == 1.0
     assert scoring.credit(1, 0) == 0.0
-    assert scoring.credit(1, None) == 0.5      # no verdict: half credit (official protocol)
-    assert scoring.credit(None, 0) is None     # tie gold: not scorable pairwise
+    assert scoring.credit(1, None) == 0.5  # no verdict: half credit (official protocol)
+    assert scoring.credit(None, 0) is None  # tie gold: not scorable pairwise
 
 
 def test_rewardbench_weights_match_reference_table():
@@ -26,15 +27,21 @@ def test_rewardbench_weights_match_reference_table():
 
 
 def test_rewardbench_sections_weighted_by_example_counts():
-    acc = {"alpacaeval-easy": 1.0, "alpacaeval-length": 0.5, "mt-bench-med": 0.25,
-           "llmbar-natural": 0.8, "llmbar-adver-neighbor": 0.5,
-           "donotanswer": 0.9,
-           "math-prm": 0.6, "hep-go": 1.0}
+    acc = {
+        "alpacaeval-easy": 1.0,
+        "alpacaeval-length": 0.5,
+        "mt-bench-med": 0.25,
+        "llmbar-natural": 0.8,
+        "llmbar-adver-neighbor": 0.5,
+        "donotanswer": 0.9,
+        "math-prm": 0.6,
+        "hep-go": 1.0,
+    }
     r = scoring.rewardbench_scores(acc)
-    chat = (100 * 1.0 + 95 * 0.5 + 40 * 0.25) / (100 + 95 + 40)          # 157.5 / 235
-    hard = (100 * 0.8 + 134 * 0.5) / (100 + 134)                          # 147 / 234
+    chat = (100 * 1.0 + 95 * 0.5 + 40 * 0.25) / (100 + 95 + 40)  # 157.5 / 235
+    hard = (100 * 0.8 + 134 * 0.5) / (100 + 134)  # 147 / 234
     safety = 0.9
-    reasoning = (984 * 0.6 + 164 * 1.0) / (984 + 164)                     # 754.4 / 1148
+    reasoning = (984 * 0.6 + 164 * 1.0) / (984 + 164)  # 754.4 / 1148
     assert r["sections"]["Chat"] == pytest.approx(chat)
     assert r["sections"]["Chat Hard"] == pytest.approx(hard)
     assert r["sections"]["Safety"] == pytest.approx(safety)
@@ -78,7 +85,7 @@ def test_pandalm_invalid_as_tie_option():
     tie = scoring.pandalm_metrics(labels, winners, invalid_as="tie")
     assert miss["accuracy"] == 0.0
     assert tie["accuracy"] == 0.5
-    assert tie["per_class"]["tie"]["precision"] == 0.5     # 2 tie predictions, 1 right
+    assert tie["per_class"]["tie"]["precision"] == 0.5  # 2 tie predictions, 1 right
     assert miss["nontie_accuracy"] == tie["nontie_accuracy"] == 0.5
     with pytest.raises(ValueError):
         scoring.pandalm_metrics(labels, winners, invalid_as="coin")
@@ -90,8 +97,11 @@ def test_subset_accuracy_and_llmbar():
     subsets = ["Natural"] * 4 + ["Adversarial_Neighbor"] * 2 + ["Adversarial_Manual"] * 2 + ["x"]
     credits = [1, 1, 0, 0.5, 1, 0, 0, 0, None]
     acc = scoring.subset_accuracy(subsets, credits)
-    assert acc == {"Adversarial_Manual": {"accuracy": 0.0, "n": 2}, "Adversarial_Neighbor": {"accuracy": 0.5, "n": 2},
-                   "Natural": {"accuracy": 0.625, "n": 4}}
+    assert acc == {
+        "Adversarial_Manual": {"accuracy": 0.0, "n": 2},
+        "Adversarial_Neighbor": {"accuracy": 0.5, "n": 2},
+        "Natural": {"accuracy": 0.625, "n": 4},
+    }
     lb = scoring.llmbar_scores(acc)
     assert lb["adversarial_mean"] == pytest.approx(0.25)
     assert lb["adversarial_complete"] is False

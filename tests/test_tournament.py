@@ -1,12 +1,13 @@
 """Tournaments with a simulated judge of known accuracy over candidates of known quality."""
+
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from rrm_jax.judge.verdict import Verdict
 from rrm_jax.judge.tournament import ELO_SCALE, best_of_n, bradley_terry, elo_sequential, knockout, rank, round_robin
+from rrm_jax.judge.verdict import Verdict
 
 
 class SimJudge:
@@ -49,7 +50,7 @@ def test_knockout_match_count(n):
     sim = SimJudge(np.arange(n), seed=n)
     r = knockout(sim, "Q", cands(n), seed=n)
     assert r.comparisons == sim.items == n - 1 == len(r.matches)
-    assert sim.calls == r.rounds == (math.ceil(math.log2(n)) if n > 1 else 0)   # one call per round
+    assert sim.calls == r.rounds == (math.ceil(math.log2(n)) if n > 1 else 0)  # one call per round
     assert sorted(r.order) == list(range(n)) and r.tokens == 7 * (n - 1)
     champ = r.order[0]
     assert all(m["i" if m["winner"] == 0 else "j"] == champ for m in r.matches if champ in (m["i"], m["j"]))
@@ -73,8 +74,8 @@ def p_best_wins(n, p):
     """Independent closed form: the bracket pads n to P = 2^R with P - n byes handed to random players; the best
     player plays R matches, or R - 1 when it holds one of the byes, and wins each with probability p."""
     R = math.ceil(math.log2(n))
-    byes = 2 ** R - n
-    return byes / n * p ** (R - 1) + (1 - byes / n) * p ** R
+    byes = 2**R - n
+    return byes / n * p ** (R - 1) + (1 - byes / n) * p**R
 
 
 @pytest.mark.parametrize("n,p", [(8, 0.8), (5, 0.75), (12, 0.9)])
@@ -92,7 +93,7 @@ def kendall_tau(order, true_order):
     pos = {c: k for k, c in enumerate(order)}
     concord = 0
     pairs = list(itertools.combinations(true_order, 2))
-    for x, y in pairs:   # x truly better than y
+    for x, y in pairs:  # x truly better than y
         concord += 1 if pos[x] < pos[y] else -1
     return concord / len(pairs)
 
@@ -162,7 +163,7 @@ def test_bradley_terry_matches_independent_mm():
 
 
 def test_bradley_terry_prior_keeps_undefeated_finite():
-    w = np.array([[0, 3, 2], [0, 0, 1], [0, 1, 0]], float)   # player 0 never lost: plain MLE diverges
+    w = np.array([[0, 3, 2], [0, 0, 1], [0, 1, 0]], float)  # player 0 never lost: plain MLE diverges
     r = bradley_terry(w)
     assert np.all(np.isfinite(r)) and np.argmax(r) == 0 and r[0] - r[1] < 4000
     assert np.all(np.isfinite(bradley_terry(np.zeros((4, 4))))) and np.ptp(bradley_terry(np.zeros((4, 4)))) == 0
@@ -211,8 +212,9 @@ def test_run_many_plays_in_lockstep_with_the_verdicts_each_gets_alone():
         assert r.order == alone.order == r2.order and r.comparisons == alone.comparisons
         assert r.order[0] == n - 1  # the best candidate wins every format
     # ids name (tournament, its round, index): the 8-player bracket (tournament 2) plays 4, 2, 1 matches
-    assert [[i for i in ids if i[0] == 2] for ids in seen] == [[(2, r, i) for i in range(m)] for r, m in
-                                                                ((0, 4), (1, 2), (2, 1))]
+    assert [[i for i in ids if i[0] == 2] for ids in seen] == [
+        [(2, r, i) for i in range(m)] for r, m in ((0, 4), (1, 2), (2, 1))
+    ]
 
 
 def test_round_robin_without_valid_votes_ranks_by_the_soft_score():

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import rrm_jax
-from rrm_jax.training.checkpoint import Checkpointer
-from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.core.configs import dump_toml
+from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
+from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 from runs import killed_at, records
 
@@ -30,8 +30,11 @@ def _batch(b=8, t=32, seed=0, vocab=512):
     start = rng.integers(2, 10, b)
     loss_mask = mask & (np.arange(t)[None] >= start[:, None])
     return dict(
-        tokens=tok[:, :-1] * mask, targets=tok[:, 1:] * mask, mask=mask,
-        positions=np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32), loss_mask=loss_mask,
+        tokens=tok[:, :-1] * mask,
+        targets=tok[:, 1:] * mask,
+        mask=mask,
+        positions=np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32),
+        loss_mask=loss_mask,
         old_logp=rng.normal(-6.2, 0.2, (b, t)).astype(np.float32) * loss_mask,
         ref_logp=rng.normal(-6.2, 0.2, (b, t)).astype(np.float32) * loss_mask,
         advantages=rng.normal(0, 1, b).astype(np.float32),
@@ -123,8 +126,9 @@ def test_nan_loss_skips_update_and_never_reaches_a_checkpoint(tiny, tmp_path):
 def test_sft_step_metrics_match_reference_and_loss_falls(tiny):
     from rrm_jax.training.trainer import Trainer
 
-    cfg = TrainConfig(mode="sft", steps=6, batch_size=3, optim=OptimConfig(lr=3e-3, micro_batches=1),
-                      grpo=GRPOConfig(logprob_chunk=8))
+    cfg = TrainConfig(
+        mode="sft", steps=6, batch_size=3, optim=OptimConfig(lr=3e-3, micro_batches=1), grpo=GRPOConfig(logprob_chunk=8)
+    )
     tr = Trainer(tiny, cfg, reward_fn=lambda *a: None)
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 512, n).tolist() for n in (5, 9, 3)]
@@ -147,10 +151,20 @@ def parity_reward(prompts, completions, batch):
 
 
 def _cfg(run_dir, steps):
-    return load_config(Path(__file__).parents[1] / "train" / "tiny.toml", [
-        f"run_dir='{run_dir}'", f"steps={steps}", "save_every=2", "mesh=[1,1,1]", "export_hf=true",
-        "sampling.max_new_tokens=12", "grpo.seq_bucket=128", "optim.lr=3e-3", "data.synthetic=24",
-    ])
+    return load_config(
+        Path(__file__).parents[1] / "train" / "tiny.toml",
+        [
+            f"run_dir='{run_dir}'",
+            f"steps={steps}",
+            "save_every=2",
+            "mesh=[1,1,1]",
+            "export_hf=true",
+            "sampling.max_new_tokens=12",
+            "grpo.seq_bucket=128",
+            "optim.lr=3e-3",
+            "data.synthetic=24",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -163,10 +177,11 @@ def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
 
         return rrm_jax.init("tiny", seed=0, mesh=mesh1, tokenizer=byte_tokenizer())
 
-    full = train(_cfg(tmp_path / "a", 4), model=model(), reward_fn=parity_reward, progress=False)
+    train(_cfg(tmp_path / "a", 4), model=model(), reward_fn=parity_reward, progress=False)
 
-    killed_at(3, lambda **kw: train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False,
-                                    **kw))
+    killed_at(
+        3, lambda **kw: train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False, **kw)
+    )
     assert len(records(tmp_path / "b")) == 3  # step 3 was logged, but the last checkpoint is step 2
     resumed = train(_cfg(tmp_path / "b", 4), model=model(), reward_fn=parity_reward, progress=False)
     assert resumed["resumed_from"] == 2
@@ -196,10 +211,14 @@ def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
 
 # ------------------------------------------------------------------------------------------ config & data
 def test_config_overrides_and_errors(tmp_path):
-    cfg = load_config(None, ["steps=7", "optim.lr=2e-6", "grpo.aggregation='token-mean'", "mesh=[2,-1,1]", "data.path=x.jsonl"])
+    cfg = load_config(
+        None, ["steps=7", "optim.lr=2e-6", "grpo.aggregation='token-mean'", "mesh=[2,-1,1]", "data.path=x.jsonl"]
+    )
     assert cfg.steps == 7 and cfg.optim.lr == 2e-6 and cfg.grpo.aggregation == "token-mean"
     assert cfg.mesh == (2, -1, 1) and cfg.data.path == "x.jsonl" and isinstance(cfg.optim, OptimConfig)
-    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0 and isinstance(load_config(None, ["optim.lr=1"]).optim.lr, float)
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0 and isinstance(
+        load_config(None, ["optim.lr=1"]).optim.lr, float
+    )
     p = tmp_path / "r.toml"
     p.write_text(dump_toml(cfg))
     assert load_config(p) == cfg
@@ -231,16 +250,28 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
         "{not json",
         json.dumps({"query": "long " * 100, "chosen": "1", "rejected": "2"}),  # over-long
         json.dumps({"query": "3+3=?", "chosen": "6", "rejected": "7"}),
-        json.dumps({"chosen": [{"role": "user", "content": "4+4=?"}, {"role": "assistant", "content": "8"}],  # Skywork style
-                    "rejected": [{"role": "user", "content": "4+4=?"}, {"role": "assistant", "content": "9"}]}),
+        json.dumps(
+            {
+                "chosen": [
+                    {"role": "user", "content": "4+4=?"},
+                    {"role": "assistant", "content": "8"},
+                ],  # Skywork style
+                "rejected": [{"role": "user", "content": "4+4=?"}, {"role": "assistant", "content": "9"}],
+            }
+        ),
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     pairs, rep = read_training_pairs(path, tok, render, max_prompt_tokens=160)
     assert [p["query"] for p in pairs] == ["1+1=?", "3+3=?", "4+4=?"] and pairs[2]["rejected"] == "9"
     assert rep["read"] == 8 and rep["kept"] == 3
-    assert rep["dropped"] == {"chosen == rejected": 1, "field 'query' is empty": 1, "field 'rejected' is missing or not a string": 1,
-                              "invalid JSON": 1, "prompt longer than max_prompt_tokens=160": 1}
+    assert rep["dropped"] == {
+        "chosen == rejected": 1,
+        "field 'query' is empty": 1,
+        "field 'rejected' is missing or not a string": 1,
+        "invalid JSON": 1,
+        "prompt longer than max_prompt_tokens=160": 1,
+    }
     assert any(f"{path}:2:" in p for p in rep["problems"]) and any(f"{path}:5:" in p for p in rep["problems"])
     # every kept prompt really fits
     cfg = load_config(None, ["grpo.prompts_per_step=3", "data.max_prompt_tokens=160"])

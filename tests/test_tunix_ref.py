@@ -20,8 +20,17 @@ from rrm_jax.core.sharding import make_mesh  # noqa: E402
 
 
 def _model(tied: bool):
-    cfg = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=16, rope_theta=1e4, tie_word_embeddings=tied)
+    cfg = ModelConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rope_theta=1e4,
+        tie_word_embeddings=tied,
+    )
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     return api.init(cfg, seed=3, mesh=mesh, dtype=jnp.float32)
 

@@ -67,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     cache0 = model_lib.KVCache.zeros(cfg, b, SLOTS, jnp.float32, heads_major=True)
     cache0 = cache0.replace(
-        valid=cache0.valid.at[:, :FILLED].set(True), length=jnp.full((b,), FILLED, jnp.int32),
+        valid=cache0.valid.at[:, :FILLED].set(True),
+        length=jnp.full((b,), FILLED, jnp.int32),
         k=jnp.asarray(0.1 * rng.normal(size=cache0.k.shape), jnp.float32),
-        v=jnp.asarray(0.1 * rng.normal(size=cache0.v.shape), jnp.float32))
+        v=jnp.asarray(0.1 * rng.normal(size=cache0.v.shape), jnp.float32),
+    )
     tok0 = jnp.asarray(rng.integers(10, 1000, size=b), jnp.int32)
 
-    loops = {"decode_step loop (weights split before)": _loop(model, b, "full"),
-             "  without attention": _loop(model, b, "full"),
-             "  head + argmax only": _loop(model, b, "head")}
+    loops = {
+        "decode_step loop (weights split before)": _loop(model, b, "full"),
+        "  without attention": _loop(model, b, "full"),
+        "  head + argmax only": _loop(model, b, "head"),
+    }
 
     def timed(f):
         cache = jax.block_until_ready(jax.tree.map(jnp.copy, cache0))
@@ -113,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, f in loops.items():
             times[k].append(timed(f))
         times["jnp.sum over 512 MiB"].append(read())
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; qwen2.5-0.5b fp32, B={b}, {FILLED} cached tokens; "
-          f"CPU matmul kernel {'on' if fused else 'off'}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; qwen2.5-0.5b fp32, B={b}, {FILLED} cached tokens; "
+        f"CPU matmul kernel {'on' if fused else 'off'}"
+    )
     for k, v in times.items():
         v = 1e3 * np.array(v)
         print(f"{k:42s} best {v.min():7.1f} ms  median {np.median(v):7.1f}  all {np.round(v).tolist()}")

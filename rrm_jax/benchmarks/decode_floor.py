@@ -85,8 +85,9 @@ def matmul_engines(b: int, xla_only: bool = False) -> dict:
     except ImportError:
         return engines
     tx, tws, th = torch.from_numpy(x), [torch.from_numpy(w) for w in ws], torch.from_numpy(head)
-    engines[f"torch {torch.__version__} ({torch.get_num_threads()} threads)"] = (
-        lambda: _chain(tx, tws, th, torch.matmul, torch.nn.functional.silu, torch.tanh))
+    engines[f"torch {torch.__version__} ({torch.get_num_threads()} threads)"] = lambda: _chain(
+        tx, tws, th, torch.matmul, torch.nn.functional.silu, torch.tanh
+    )
     return engines
 
 
@@ -110,15 +111,18 @@ def attention_variants(slots: int) -> dict:
                 k, v = caches[2 * i], caches[2 * i + 1]
                 q = q + 0.01 * attention(q, to_heads(k), to_heads(v), mask)
             return q
+
         return lambda: f(q, caches).block_until_ready()
 
-    return {"slot-major cache, transposed per layer": run(slot_major, lambda k: k.transpose(0, 2, 1, 3)),
-            "heads-major cache (CPU layout)": run(heads_major, lambda k: k)}
+    return {
+        "slot-major cache, transposed per layer": run(slot_major, lambda k: k.transpose(0, 2, 1, 3)),
+        "heads-major cache (CPU layout)": run(heads_major, lambda k: k),
+    }
 
 
 def _report(title: str, engines: dict, rounds: int) -> None:
     times = {k: [] for k in engines}
-    for k, fn in engines.items():
+    for fn in engines.values():
         fn()  # compile / warm
     for _ in range(rounds):  # interleaved: every engine once per round
         for k, fn in engines.items():
@@ -150,11 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.flags:
             for name, flags in FLAGS.items():
                 env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
-                cmd = [sys.executable, "-m", "rrm_jax.benchmarks.decode_floor", "--xla-only", "--batch", str(b),
-                       "--rounds", str(args.rounds)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "rrm_jax.benchmarks.decode_floor",
+                    "--xla-only",
+                    "--batch",
+                    str(b),
+                    "--rounds",
+                    str(args.rounds),
+                ]
                 run = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                got = f"{float(run.stdout.split()[-1]):8.1f} ms" if run.returncode == 0 and run.stdout.split() else (
-                    "failed: " + (run.stderr.strip().splitlines() or ["?"])[-1][:80])
+                got = (
+                    f"{float(run.stdout.split()[-1]):8.1f} ms"
+                    if run.returncode == 0 and run.stdout.split()
+                    else ("failed: " + (run.stderr.strip().splitlines() or ["?"])[-1][:80])
+                )
                 print(f"  XLA with {name:36s} {got}   ({flags or 'XLA_FLAGS as given'})")
     for s in args.slots:
         _report(f"decode attention, 24 layers, B=8, {s} slots", attention_variants(s), args.rounds)

@@ -34,8 +34,15 @@ def shapes(kind: str) -> list[tuple[int, int]]:
     q = QWEN
     if kind == "head":
         return [(q["D"], q["V"])]
-    per = [(q["D"], q["H"] * q["hd"]), (q["D"], q["K"] * q["hd"]), (q["D"], q["K"] * q["hd"]),
-           (q["H"] * q["hd"], q["D"]), (q["D"], q["F"]), (q["D"], q["F"]), (q["F"], q["D"])]
+    per = [
+        (q["D"], q["H"] * q["hd"]),
+        (q["D"], q["K"] * q["hd"]),
+        (q["D"], q["K"] * q["hd"]),
+        (q["H"] * q["hd"], q["D"]),
+        (q["D"], q["F"]),
+        (q["D"], q["F"]),
+        (q["F"], q["D"]),
+    ]
     return per * q["L"]
 
 
@@ -79,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", choices=("qwen", "head", "square"), default="qwen")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.shapes} matrices, fp32, "
-          f"{args.rounds} interleaved rounds; ratio = time / same round's [in, out] time")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.shapes} matrices, fp32, "
+        f"{args.rounds} interleaved rounds; ratio = time / same round's [in, out] time"
+    )
     runs = None
     for b in args.batch:
         runs = None  # free the previous batch's arrays before making the next
@@ -98,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, nbytes) in runs.items():
             t = np.array(times[name])
             r = t / base
-            print(f"B={b:3d} {name:32s} best {1e3 * t.min():7.1f} ms ({nbytes / t.min() / 1e9:5.1f} GB/s, "
-                  f"{t.min() / base.min():.2f}x the best [in, out]); per-round ratio median {np.median(r):.2f} "
-                  f"[{r.min():.2f}-{r.max():.2f}]", flush=True)
+            print(
+                f"B={b:3d} {name:32s} best {1e3 * t.min():7.1f} ms ({nbytes / t.min() / 1e9:5.1f} GB/s, "
+                f"{t.min() / base.min():.2f}x the best [in, out]); per-round ratio median {np.median(r):.2f} "
+                f"[{r.min():.2f}-{r.max():.2f}]",
+                flush=True,
+            )
     return 0
 
 

@@ -48,13 +48,45 @@ from rrm_jax.training.config import OptimConfig
 from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
-FULL = dict(model="qwen2.5-0.5b", parity_layers=4, parity_batch=2, parity_seq=128, attn_batch=4, attn_seq=512,
-            batches="1,8,32,64", prompt=128, new=64, train_batch=8, train_seq=1024, train_steps=3, remat="none",
-            attention="xla", matmul_n=8192, bandwidth_mb=2048, repeats=2, budget_s=330.0)
+FULL = dict(
+    model="qwen2.5-0.5b",
+    parity_layers=4,
+    parity_batch=2,
+    parity_seq=128,
+    attn_batch=4,
+    attn_seq=512,
+    batches="1,8,32,64",
+    prompt=128,
+    new=64,
+    train_batch=8,
+    train_seq=1024,
+    train_steps=3,
+    remat="none",
+    attention="xla",
+    matmul_n=8192,
+    bandwidth_mb=2048,
+    repeats=2,
+    budget_s=330.0,
+)
 # --quick: the tiny preset and small shapes, so the whole bench runs on a 2-core CPU in well under a minute
-QUICK = dict(FULL, model="tiny", parity_layers=2, parity_seq=32, attn_batch=2, attn_seq=32, batches="1,4",
-             prompt=16, new=8, train_batch=2, train_seq=64, train_steps=2, matmul_n=256, bandwidth_mb=16,
-             repeats=1, budget_s=170.0)
+QUICK = dict(
+    FULL,
+    model="tiny",
+    parity_layers=2,
+    parity_seq=32,
+    attn_batch=2,
+    attn_seq=32,
+    batches="1,4",
+    prompt=16,
+    new=8,
+    train_batch=2,
+    train_seq=64,
+    train_steps=2,
+    matmul_n=256,
+    bandwidth_mb=16,
+    repeats=1,
+    budget_s=170.0,
+)
 SECTIONS = ("device", "parity", "attention", "train", "decode")
 BF16 = jnp.bfloat16
 
@@ -89,9 +121,12 @@ def _forward(graphdef, state, inputs, where) -> np.ndarray:
 
 def _compare(x: np.ndarray, ref: np.ndarray) -> dict:
     d = np.abs(x - ref)
-    return dict(max_abs_diff=float(d.max()), max_abs_ref=float(np.abs(ref).max()),
-                rel_err=float(np.linalg.norm(x - ref) / max(float(np.linalg.norm(ref)), 1e-30)),
-                argmax_agree=float(np.mean(x.argmax(-1) == ref.argmax(-1))))
+    return dict(
+        max_abs_diff=float(d.max()),
+        max_abs_ref=float(np.abs(ref).max()),
+        rel_err=float(np.linalg.norm(x - ref) / max(float(np.linalg.norm(ref)), 1e-30)),
+        argmax_agree=float(np.mean(x.argmax(-1) == ref.argmax(-1))),
+    )
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -100,9 +135,15 @@ def sec_device(args, dev, clock) -> dict:
         mem = {k: int(v) for k, v in (dev.memory_stats() or {}).items() if isinstance(v, (int, float))} or None
     except Exception:  # some backends raise rather than return None
         mem = None
-    return dict(platform=dev.platform, device_kind=dev.device_kind, jax=jax.__version__,
-                jaxlib=importlib.metadata.version("jaxlib"), device_count=jax.device_count(),
-                default_backend=jax.default_backend(), memory_stats=mem)
+    return dict(
+        platform=dev.platform,
+        device_kind=dev.device_kind,
+        jax=jax.__version__,
+        jaxlib=importlib.metadata.version("jaxlib"),
+        device_count=jax.device_count(),
+        default_backend=jax.default_backend(),
+        memory_stats=mem,
+    )
 
 
 def sec_parity(args, dev, clock) -> dict:
@@ -115,11 +156,16 @@ def sec_parity(args, dev, clock) -> dict:
     with jax.default_matmul_precision("highest"):
         want = _forward(f32, state, inputs, cpu)
         highest = _forward(f32, state, inputs, dev)
-    return dict(model=args.model, layers=cfg.num_layers, batch=args.parity_batch, seq=args.parity_seq,
-                reference="fp32 on the cpu backend, matmul precision highest",
-                bf16=_compare(_forward(bf16, state, inputs, dev), want),
-                fp32=_compare(_forward(f32, state, inputs, dev), want),
-                fp32_highest=_compare(highest, want))
+    return dict(
+        model=args.model,
+        layers=cfg.num_layers,
+        batch=args.parity_batch,
+        seq=args.parity_seq,
+        reference="fp32 on the cpu backend, matmul precision highest",
+        bf16=_compare(_forward(bf16, state, inputs, dev), want),
+        fp32=_compare(_forward(f32, state, inputs, dev), want),
+        fp32_highest=_compare(highest, want),
+    )
 
 
 def sec_attention(args, dev, clock) -> dict:
@@ -159,15 +205,24 @@ def sec_attention(args, dev, clock) -> dict:
 def _time_train(cfg, dev, remat: str, args) -> dict:
     """The shipped SFT step (training.step: chunked log-probs, backward, AdamW, finite-update guard)."""
     b, t = args.train_batch, args.train_seq
-    model = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16, remat=remat,
-                 attention_impl=args.attention)
+    model = init(
+        cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16, remat=remat, attention_impl=args.attention
+    )
     opt = OptimConfig(lr=1e-5, weight_decay=0.01)
     step = make_train_step(model, opt, 1000, kind="sft", loss_cfg=LossConfig())
     state = init_state(model, make_optimizer(opt, 1000, model.state)[0])
     tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, t + 1), dtype=np.int32)
-    batch = place_batch(model, dict(tokens=tok[:, :-1], targets=tok[:, 1:], mask=np.ones((b, t), bool),
-                                    positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
-                                    loss_mask=np.ones((b, t), bool)), step.keys)
+    batch = place_batch(
+        model,
+        dict(
+            tokens=tok[:, :-1],
+            targets=tok[:, 1:],
+            mask=np.ones((b, t), bool),
+            positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+            loss_mask=np.ones((b, t), bool),
+        ),
+        step.keys,
+    )
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     first = float(metrics["loss"]), time.perf_counter() - t0
@@ -181,16 +236,31 @@ def _time_train(cfg, dev, remat: str, args) -> dict:
     sec = best_seconds(run, args.repeats) / args.train_steps
     flops = 3.0 * forward_flops(cfg, b, t)
     del state, model
-    return dict(remat=remat, step_s=sec, tokens_per_s=b * t / sec, model_flops_per_step=flops,
-                model_flops_per_s=flops / sec, first_loss=first[0], last_loss=float(metrics["loss"]),
-                first_step_s=first[1], compile_s=max(first[1] - sec, 0.0))
+    return dict(
+        remat=remat,
+        step_s=sec,
+        tokens_per_s=b * t / sec,
+        model_flops_per_step=flops,
+        model_flops_per_s=flops / sec,
+        first_loss=first[0],
+        last_loss=float(metrics["loss"]),
+        first_step_s=first[1],
+        compile_s=max(first[1] - sec, 0.0),
+    )
 
 
 def sec_train(args, dev, clock) -> dict:
     cfg = resolve_config(args.model)
-    out = dict(model=args.model, batch=args.train_batch, seq=args.train_seq, compute_dtype="bfloat16",
-               master_dtype="float32", attention=args.attention, matmul_n=args.matmul_n,
-               flops="3 x forward_flops (bench forward's count; remat recomputation not counted)")
+    out = dict(
+        model=args.model,
+        batch=args.train_batch,
+        seq=args.train_seq,
+        compute_dtype="bfloat16",
+        master_dtype="float32",
+        attention=args.attention,
+        matmul_n=args.matmul_n,
+        flops="3 x forward_flops (bench forward's count; remat recomputation not counted)",
+    )
     out["matmul_peak_flops_per_s"] = peak = matmul_peak(args.matmul_n, BF16)
     for remat in dict.fromkeys((args.remat, "full")):  # an out-of-memory first try falls back to full remat
         try:
@@ -223,19 +293,36 @@ def _decode_row(model, b: int, args, bw: float, wbytes: int) -> dict:
     # the decode attends over every cache slot (masked), so all of them are read each step
     kv = 2 * cfg.num_layers * st.rows * st.cache_slots * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(BF16).itemsize
     bound_s = (wbytes + kv) / bw
-    return dict(ms_per_step=1e3 * step_s, tokens_per_s=b / step_s, decode_steps=st.decode_steps,
-                prefill_s=st.prefill_seconds, rows=st.rows, cache_slots=st.cache_slots, kv_bytes=int(kv),
-                bound_ms_per_step=1e3 * bound_s, fraction_of_bandwidth_bound=bound_s / step_s,
-                first_call_s=first, warm_call_s=wall, compile_s=max(first - wall, 0.0))
+    return dict(
+        ms_per_step=1e3 * step_s,
+        tokens_per_s=b / step_s,
+        decode_steps=st.decode_steps,
+        prefill_s=st.prefill_seconds,
+        rows=st.rows,
+        cache_slots=st.cache_slots,
+        kv_bytes=int(kv),
+        bound_ms_per_step=1e3 * bound_s,
+        fraction_of_bandwidth_bound=bound_s / step_s,
+        first_call_s=first,
+        warm_call_s=wall,
+        compile_s=max(first - wall, 0.0),
+    )
 
 
 def sec_decode(args, dev, clock) -> dict:
     model = init(resolve_config(args.model), seed=0, mesh=_mesh(dev), dtype=BF16)
     wbytes = weight_bytes_per_step(model)
     bw = read_bandwidth(args.bandwidth_mb << 20)
-    out = dict(model=args.model, dtype="bfloat16 weights, compute and KV cache", prompt=args.prompt,
-               new_tokens=args.new, weight_bytes=int(wbytes), read_bandwidth_bytes_per_s=bw,
-               bound="(weight bytes + KV cache bytes) / read bandwidth", batches={})
+    out = dict(
+        model=args.model,
+        dtype="bfloat16 weights, compute and KV cache",
+        prompt=args.prompt,
+        new_tokens=args.new,
+        weight_bytes=int(wbytes),
+        read_bandwidth_bytes_per_s=bw,
+        bound="(weight bytes + KV cache bytes) / read bandwidth",
+        batches={},
+    )
     last = 0.0
     for b in (int(x) for x in args.batches.split(",")):
         # a bigger batch costs at least what the last one did: skip it rather than overrun the budget
@@ -254,9 +341,12 @@ def sec_decode(args, dev, clock) -> dict:
 
 def _compile_summary(res: dict) -> dict:
     att, tr, dec = (res.get(k) or {} for k in ("attention", "train", "decode"))
-    return dict(forward_s=(att.get("xla") or {}).get("compile_s"), forward_shape=[att.get("batch"), att.get("seq")],
-                generate_s={b: r.get("compile_s") for b, r in (dec.get("batches") or {}).items()},
-                train_step_s=tr.get("compile_s"))
+    return dict(
+        forward_s=(att.get("xla") or {}).get("compile_s"),
+        forward_shape=[att.get("batch"), att.get("seq")],
+        generate_s={b: r.get("compile_s") for b, r in (dec.get("batches") or {}).items()},
+        train_step_s=tr.get("compile_s"),
+    )
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -272,10 +362,19 @@ def _fmt(res: dict) -> list[str]:
         lines.append(f"{name:<9}: {text}")
 
     cmp = lambda c: f"rel {c['rel_err']:.1e} max|d| {c['max_abs_diff']:.2e} argmax {c['argmax_agree']:.1%}"
-    line("device", lambda s: f"{s['platform']} {s['device_kind']}, jax {s['jax']} / jaxlib {s['jaxlib']}, "
-                             f"{s['device_count']} device(s)")
-    line("parity", lambda s: f"vs cpu fp32 ({s['layers']} layers): bf16 {cmp(s['bf16'])} | fp32 {cmp(s['fp32'])} | "
-                             f"fp32-highest {cmp(s['fp32_highest'])}")
+    line(
+        "device",
+        lambda s: (
+            f"{s['platform']} {s['device_kind']}, jax {s['jax']} / jaxlib {s['jaxlib']}, {s['device_count']} device(s)"
+        ),
+    )
+    line(
+        "parity",
+        lambda s: (
+            f"vs cpu fp32 ({s['layers']} layers): bf16 {cmp(s['bf16'])} | fp32 {cmp(s['fp32'])} | "
+            f"fp32-highest {cmp(s['fp32_highest'])}"
+        ),
+    )
 
     def att(s):
         if s.get("fused_cudnn") == "not applicable":
@@ -288,20 +387,37 @@ def _fmt(res: dict) -> list[str]:
         return " | ".join(parts)
 
     line("attention", att)
-    line("train", lambda s: f"{s['batch']}x{s['seq']} remat={s['remat']}: {1e3 * s['step_s']:.1f} ms/step, "
-                            f"{s['tokens_per_s']:.0f} tok/s, MFU {s['mfu']:.1%} of a measured "
-                            f"{s['matmul_peak_flops_per_s'] / 1e12:.2f} TFLOP/s bf16 matmul")
+    line(
+        "train",
+        lambda s: (
+            f"{s['batch']}x{s['seq']} remat={s['remat']}: {1e3 * s['step_s']:.1f} ms/step, "
+            f"{s['tokens_per_s']:.0f} tok/s, MFU {s['mfu']:.1%} of a measured "
+            f"{s['matmul_peak_flops_per_s'] / 1e12:.2f} TFLOP/s bf16 matmul"
+        ),
+    )
 
     def dec(s):
-        rows = [f"B={b} " + (f"{r['ms_per_step']:.2f} ms/step {r['tokens_per_s']:.0f} tok/s "
-                             f"{r['fraction_of_bandwidth_bound']:.0%} of bound" if "ms_per_step" in r
-                             else str(r.get("error") or r.get("skipped"))[:60]) for b, r in s["batches"].items()]
+        rows = [
+            f"B={b} "
+            + (
+                f"{r['ms_per_step']:.2f} ms/step {r['tokens_per_s']:.0f} tok/s "
+                f"{r['fraction_of_bandwidth_bound']:.0%} of bound"
+                if "ms_per_step" in r
+                else str(r.get("error") or r.get("skipped"))[:60]
+            )
+            for b, r in s["batches"].items()
+        ]
         return f"bw {s['read_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s | " + " | ".join(rows)
 
     line("decode", dec)
     sec = lambda v: "-" if v is None else f"{v:.1f} s"
-    line("compile", lambda s: f"forward {sec(s['forward_s'])}, train step {sec(s['train_step_s'])}, generate "
-                              + ", ".join(f"B={b} {sec(v)}" for b, v in s["generate_s"].items()))
+    line(
+        "compile",
+        lambda s: (
+            f"forward {sec(s['forward_s'])}, train step {sec(s['train_step_s'])}, generate "
+            + ", ".join(f"B={b} {sec(v)}" for b, v in s["generate_s"].items())
+        ),
+    )
     return lines
 
 
@@ -320,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny preset, small shapes: a CPU smoke run")
     ap.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS[1:])}")
     for k, v in FULL.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
-                        help=f"default {v!r} (--quick: {QUICK[k]!r})")
+        ap.add_argument(
+            "--" + k.replace("_", "-"), type=type(v), default=None, help=f"default {v!r} (--quick: {QUICK[k]!r})"
+        )
     args = ap.parse_args(argv)
     for k, v in (QUICK if args.quick else FULL).items():
         if getattr(args, k) is None:
@@ -331,8 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     clock = lambda: args.budget_s - (time.perf_counter() - start)  # seconds left
     dev = jax.devices()[0]
     res = dict(args=vars(args))
-    print(f"rrm-jax bench device: {args.model} on {dev.platform} ({dev.device_kind}), budget {args.budget_s:.0f} s",
-          flush=True)
+    print(
+        f"rrm-jax bench device: {args.model} on {dev.platform} ({dev.device_kind}), budget {args.budget_s:.0f} s",
+        flush=True,
+    )
     for name in SECTIONS:
         t0 = time.perf_counter()
         if name in skip:

@@ -27,8 +27,15 @@ FLOP_FORMULA = (
 
 
 def forward_flops(cfg, batch: int, seq: int) -> float:
-    d, f, h, k, hd, v, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
-                            cfg.head_dim, cfg.vocab_size, cfg.num_layers)
+    d, f, h, k, hd, v, L = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+        cfg.num_layers,
+    )
     per_token = L * (d * h * hd + 2 * d * k * hd + h * hd * d + 3 * d * f) + d * v
     return 2.0 * batch * seq * per_token + L * 4.0 * batch * h * hd * seq * (seq + 1) / 2
 
@@ -93,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--layers", type=int, default=None, help="override num_layers of --model (shrinks the run)")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (peak, rrm-jax, transformers); best kept")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds (peak, rrm-jax, transformers); best kept"
+    )
     ap.add_argument("--matmul-n", type=int, default=3072, help="side of the square matmul used for the peak")
     ap.add_argument("--compile-layers", default="2,64", help="shallow,deep layer counts for the compile test")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: torch,compile")
@@ -111,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers:
         cfg = cfg.replace(num_layers=args.layers)
     B, T = args.batch, args.seq
-    print(f"rrm-jax bench forward: {cfg.name or args.model} L={cfg.num_layers} D={cfg.hidden_size} "
-          f"F={cfg.intermediate_size} H={cfg.num_heads} K={cfg.num_kv_heads} hd={cfg.head_dim} V={cfg.vocab_size}, "
-          f"batch {B} x {T} tokens, float32")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+    print(
+        f"rrm-jax bench forward: {cfg.name or args.model} L={cfg.num_layers} D={cfg.hidden_size} "
+        f"F={cfg.intermediate_size} H={cfg.num_heads} K={cfg.num_kv_heads} hd={cfg.head_dim} V={cfg.vocab_size}, "
+        f"batch {B} x {T} tokens, float32"
+    )
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+    )
 
     flops = forward_flops(cfg, B, T)
     print(FLOP_FORMULA)
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     fwd_c = fwd.lower(model.state, *args_dev).compile()
     print(f"rrm-jax compile: {time.perf_counter() - t0:.1f} s")
     ours_tail = np.asarray(fwd_c(model.state, *args_dev)[:, -8:, :])
-    run_ours = lambda: fwd_c(model.state, *args_dev).block_until_ready()
+    run_ours = lambda: fwd_c(model.state, *args_dev).block_until_ready()  # noqa: F821 (model is freed after use)
 
     # ---- transformers on the very same weights (exported by save_hf)
     run_torch = None
@@ -150,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 
         theirs_tail = run_torch()[:, -8:, :].numpy()
         err = float(np.max(np.abs(theirs_tail - ours_tail)))
-        print(f"same weights: last-8-position logits max|diff| = {err:.2e} (max|logit| = {np.max(np.abs(ours_tail)):.2f}); "
-              f"transformers attn_implementation={ref.config._attn_implementation}")
+        print(
+            f"same weights: last-8-position logits max|diff| = {err:.2e} (max|logit| = {np.max(np.abs(ours_tail)):.2f}); "
+            f"transformers attn_implementation={ref.config._attn_implementation}"
+        )
     gc.collect()
 
     # ---- interleaved rounds: peak, ours, theirs measured back to back, so load from other jobs hits all alike
@@ -164,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
             row["torch"] = _timed(run_torch, 1)
         peak = max(mm_flops / row["peak_jax"][0], mm_flops / row["peak_torch"][0])
         peak_cpu = max(mm_flops / row["peak_jax"][1], mm_flops / row["peak_torch"][1])
-        line = (f"round {r + 1}: matmul peak {peak / 1e9:6.1f} GFLOP/s (jax {mm_flops / row['peak_jax'][0] / 1e9:.1f}, "
-                f"torch {mm_flops / row['peak_torch'][0] / 1e9:.1f}) | rrm-jax {B * T / row['ours'][0]:6.1f} tok/s "
-                f"{flops / row['ours'][0] / peak:5.1%} of peak")
+        line = (
+            f"round {r + 1}: matmul peak {peak / 1e9:6.1f} GFLOP/s (jax {mm_flops / row['peak_jax'][0] / 1e9:.1f}, "
+            f"torch {mm_flops / row['peak_torch'][0] / 1e9:.1f}) | rrm-jax {B * T / row['ours'][0]:6.1f} tok/s "
+            f"{flops / row['ours'][0] / peak:5.1%} of peak"
+        )
         if run_torch is not None:
-            line += (f" | transformers {B * T / row['torch'][0]:6.1f} tok/s {flops / row['torch'][0] / peak:5.1%} of peak"
-                     f" | speed-up {row['torch'][0] / row['ours'][0]:.2f}x (cpu-time {row['torch'][1] / row['ours'][1]:.2f}x)")
+            line += (
+                f" | transformers {B * T / row['torch'][0]:6.1f} tok/s {flops / row['torch'][0] / peak:5.1%} of peak"
+                f" | speed-up {row['torch'][0] / row['ours'][0]:.2f}x (cpu-time {row['torch'][1] / row['ours'][1]:.2f}x)"
+            )
         print(line, flush=True)
         row["peak"], row["peak_cpu"] = peak, peak_cpu
         rounds.append(row)
@@ -181,16 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     # Wall-time fractions compare against the best peak of any round; on a shared machine a round's load can
     # differ between its peak and its forwards, so the cpu-time view (FLOP per CPU-second of this process)
     # is printed too: it is much less sensitive to other jobs.
-    print(f"best of {args.repeats} rounds (matmul peak {peak / 1e9:.1f} GFLOP/s wall, "
-          f"{peak_cpu / 1e9:.1f} GFLOP per cpu-second):")
-    print(f"  rrm-jax      : {t_ours:7.2f} s/forward  {B * T / t_ours:7.1f} tokens/s  {flops / t_ours / 1e9:6.1f} GFLOP/s "
-          f"= {flops / t_ours / peak:5.1%} of peak (cpu-time view: {flops / c_ours / peak_cpu:5.1%})   [target >= 65%]")
+    print(
+        f"best of {args.repeats} rounds (matmul peak {peak / 1e9:.1f} GFLOP/s wall, "
+        f"{peak_cpu / 1e9:.1f} GFLOP per cpu-second):"
+    )
+    print(
+        f"  rrm-jax      : {t_ours:7.2f} s/forward  {B * T / t_ours:7.1f} tokens/s  {flops / t_ours / 1e9:6.1f} GFLOP/s "
+        f"= {flops / t_ours / peak:5.1%} of peak (cpu-time view: {flops / c_ours / peak_cpu:5.1%})   [target >= 65%]"
+    )
     if run_torch is not None:
         t_ref, c_ref = best("torch"), best("torch", 1)
-        print(f"  transformers : {t_ref:7.2f} s/forward  {B * T / t_ref:7.1f} tokens/s  {flops / t_ref / 1e9:6.1f} GFLOP/s "
-              f"= {flops / t_ref / peak:5.1%} of peak (cpu-time view: {flops / c_ref / peak_cpu:5.1%})")
-        print(f"  speed-up rrm-jax / transformers = {t_ref / t_ours:.2f}x (cpu-time view {c_ref / c_ours:.2f}x)"
-              f"   [target >= 1.5x]")
+        print(
+            f"  transformers : {t_ref:7.2f} s/forward  {B * T / t_ref:7.1f} tokens/s  {flops / t_ref / 1e9:6.1f} GFLOP/s "
+            f"= {flops / t_ref / peak:5.1%} of peak (cpu-time view: {flops / c_ref / peak_cpu:5.1%})"
+        )
+        print(
+            f"  speed-up rrm-jax / transformers = {t_ref / t_ours:.2f}x (cpu-time view {c_ref / c_ours:.2f}x)"
+            f"   [target >= 1.5x]"
+        )
         del ref, run_torch
     del model
     gc.collect()
@@ -203,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         times = {shallow: float("inf"), deep: float("inf")}
         for n in (shallow, deep, deep, shallow):
             times[n] = min(times[n], compile_seconds(small.replace(num_layers=n), B, T))
-        print(f"compile (D={small.hidden_size}, V={small.vocab_size}, batch {B} x {T}): {shallow} layers "
-              f"{times[shallow]:.2f} s, {deep} layers {times[deep]:.2f} s -> ratio {times[deep] / times[shallow]:.2f}x   [target <= 1.5x]")
+        print(
+            f"compile (D={small.hidden_size}, V={small.vocab_size}, batch {B} x {T}): {shallow} layers "
+            f"{times[shallow]:.2f} s, {deep} layers {times[deep]:.2f} s -> ratio {times[deep] / times[shallow]:.2f}x   [target <= 1.5x]"
+        )
     return 0
 
 

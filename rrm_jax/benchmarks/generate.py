@@ -38,7 +38,6 @@ def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
     f = jax.jit(jnp.sum)
     f(x).block_until_ready()
     best = best_seconds(lambda: f(x).block_until_ready(), repeats)
-    del x
     return nbytes / best
 
 
@@ -46,7 +45,7 @@ def weight_bytes_per_step(model) -> int:
     from rrm_jax.core.api import params_dict
 
     total = 0
-    for name, p in params_dict(model).items():
+    for p in params_dict(model).values():
         total += p.size * p.dtype.itemsize
     return total
 
@@ -140,7 +139,9 @@ def long_tail(model, args) -> tuple[float, float, int]:
     longs = rng.choice(n, size=max(1, n // 8), replace=False)
     lengths[longs] = 8 * short  # a few 8x longer
     prompts = _prompts(rng, n, args.tail_prompt, model.config.vocab_size)
-    cfg = SamplingConfig(max_new_tokens=int(lengths.max()), temperature=0.0, add_eos_stop=False, max_slots=args.tail_slots)
+    cfg = SamplingConfig(
+        max_new_tokens=int(lengths.max()), temperature=0.0, add_eos_stop=False, max_slots=args.tail_slots
+    )
     res = {}
     for name, cont in (("continuous", True), ("static", False)):
         generate(model, prompts, cfg, max_new_tokens=lengths, continuous=cont)  # compiles every refill shape
@@ -189,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 api.save_hf(model, d)
                 hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
             print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(f"weights {wbytes / 1e9:.2f} GB streamed per decode step; raw read bandwidth = jitted sum over "
-              f"{args.bandwidth_mb} MiB, measured before and after each timed run")
+        print(
+            f"weights {wbytes / 1e9:.2f} GB streamed per decode step; raw read bandwidth = jitted sum over "
+            f"{args.bandwidth_mb} MiB, measured before and after each timed run"
+        )
         from rrm_jax.benchmarks import tunix_ref
 
         no_tunix = "Tunix skipped (--no-tunix)" if args.no_tunix else tunix_ref.available()
@@ -201,33 +204,52 @@ def main(argv: list[str] | None = None) -> int:
             prompts = _prompts(rng, b, args.prompt, model.config.vocab_size)
             ours = bench_ours(model, prompts, args.new, args.repeats, args.bandwidth_mb << 20)
             c = model.config  # every step also reads the K/V cache (compute dtype) up to the prompt + new tokens
-            kv_bytes = (2 * c.num_layers * b * (args.prompt + args.new) * c.num_kv_heads * c.head_dim
-                        * jnp.dtype(model.param_dtype).itemsize)
+            kv_bytes = (
+                2
+                * c.num_layers
+                * b
+                * (args.prompt + args.new)
+                * c.num_kv_heads
+                * c.head_dim
+                * jnp.dtype(model.param_dtype).itemsize
+            )
             bound_ms = 1e3 * (wbytes + kv_bytes) / ours["bandwidth"]
             floor_ms = matmul_floor_ms(model, b)
-            line = (f"B={b} T={args.prompt} new={args.new} | rrm-jax: prefill {ours['prefill_tok_s']:.0f} tok/s, "
-                    f"decode {ours['decode_tok_s']:.1f} tok/s ({ours['step_ms']:.0f} ms/step; bandwidth "
-                    f"{ours['bandwidth'] / 1e9:.1f} GB/s -> bound {bound_ms:.0f} ms/step: {bound_ms / ours['step_ms']:.0%} "
-                    f"of it; the bare weight matmuls take {floor_ms:.0f} ms here: {floor_ms / ours['step_ms']:.0%} of it), "
-                    f"end-to-end {ours['e2e_tok_s']:.1f} tok/s")
+            line = (
+                f"B={b} T={args.prompt} new={args.new} | rrm-jax: prefill {ours['prefill_tok_s']:.0f} tok/s, "
+                f"decode {ours['decode_tok_s']:.1f} tok/s ({ours['step_ms']:.0f} ms/step; bandwidth "
+                f"{ours['bandwidth'] / 1e9:.1f} GB/s -> bound {bound_ms:.0f} ms/step: {bound_ms / ours['step_ms']:.0%} "
+                f"of it; the bare weight matmuls take {floor_ms:.0f} ms here: {floor_ms / ours['step_ms']:.0%} of it), "
+                f"end-to-end {ours['e2e_tok_s']:.1f} tok/s"
+            )
             print(line, flush=True)
             if hf is not None:
                 ref = bench_transformers(hf, prompts, args.new, args.repeats)
                 agree = np.mean([a == r for a, r in zip(ours["tokens"], ref["tokens"])])
-                print(f"B={b} | transformers: prefill {ref['prefill_tok_s']:.0f} tok/s, decode {ref['decode_tok_s']:.1f} tok/s "
-                      f"({ref['step_ms']:.0f} ms/step), end-to-end {ref['e2e_tok_s']:.1f} tok/s")
-                print(f"B={b} | ratio rrm-jax/transformers: prefill {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x, "
-                      f"decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x (target >= 2x), "
-                      f"end-to-end {ours['e2e_tok_s'] / ref['e2e_tok_s']:.2f}x; identical greedy rows {agree:.0%}", flush=True)
+                print(
+                    f"B={b} | transformers: prefill {ref['prefill_tok_s']:.0f} tok/s, decode {ref['decode_tok_s']:.1f} tok/s "
+                    f"({ref['step_ms']:.0f} ms/step), end-to-end {ref['e2e_tok_s']:.1f} tok/s"
+                )
+                print(
+                    f"B={b} | ratio rrm-jax/transformers: prefill {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x, "
+                    f"decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x (target >= 2x), "
+                    f"end-to-end {ours['e2e_tok_s'] / ref['e2e_tok_s']:.2f}x; identical greedy rows {agree:.0%}",
+                    flush=True,
+                )
             if not no_tunix:
                 tx = tunix_ref.bench_tunix(model, prompts, args.new, args.repeats)
                 agree = np.mean([a == r for a, r in zip(ours["tokens"], tx["tokens"])])
-                print(f"B={b} | tunix: prefill {tx['prefill_tok_s']:.0f} tok/s, decode {tx['decode_tok_s']:.1f} tok/s "
-                      f"({tx['step_ms']:.0f} ms/step), end-to-end {tx['e2e_tok_s']:.1f} tok/s")
-                print(f"B={b} | ratio rrm-jax/tunix: prefill {ours['prefill_tok_s'] / tx['prefill_tok_s']:.2f}x, "
-                      f"decode {ours['decode_tok_s'] / tx['decode_tok_s']:.2f}x, "
-                      f"end-to-end {ours['e2e_tok_s'] / tx['e2e_tok_s']:.2f}x (target >= 1.5x); "
-                      f"identical greedy rows {agree:.0%}", flush=True)
+                print(
+                    f"B={b} | tunix: prefill {tx['prefill_tok_s']:.0f} tok/s, decode {tx['decode_tok_s']:.1f} tok/s "
+                    f"({tx['step_ms']:.0f} ms/step), end-to-end {tx['e2e_tok_s']:.1f} tok/s"
+                )
+                print(
+                    f"B={b} | ratio rrm-jax/tunix: prefill {ours['prefill_tok_s'] / tx['prefill_tok_s']:.2f}x, "
+                    f"decode {ours['decode_tok_s'] / tx['decode_tok_s']:.2f}x, "
+                    f"end-to-end {ours['e2e_tok_s'] / tx['e2e_tok_s']:.2f}x (target >= 1.5x); "
+                    f"identical greedy rows {agree:.0%}",
+                    flush=True,
+                )
                 del tx
                 gc.collect()
         del model, hf
@@ -236,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         tmodel = api.init(args.tail_model, seed=0, mesh=mesh, dtype=jnp.float32)
         res, same, total = long_tail(tmodel, args)
         c, s = res["continuous"], res["static"]
-        print(f"long tail ({args.tail_model}, {args.tail_requests} requests, {total} tokens, {args.tail_slots} slots): "
-              f"continuous {c[0]:.1f} tok/s ({c[1]:.1f} s, {c[2].decode_steps} steps, {c[2].prefill_calls} prefills) vs "
-              f"static {s[0]:.1f} tok/s ({s[1]:.1f} s, {s[2].decode_steps} steps, {s[2].prefill_calls} prefills): "
-              f"{c[0] / s[0]:.2f}x (target >= 1.8x); same tokens: {same}")
+        print(
+            f"long tail ({args.tail_model}, {args.tail_requests} requests, {total} tokens, {args.tail_slots} slots): "
+            f"continuous {c[0]:.1f} tok/s ({c[1]:.1f} s, {c[2].decode_steps} steps, {c[2].prefill_calls} prefills) vs "
+            f"static {s[0]:.1f} tok/s ({s[1]:.1f} s, {s[2].decode_steps} steps, {s[2].prefill_calls} prefills): "
+            f"{c[0] / s[0]:.2f}x (target >= 1.8x); same tokens: {same}"
+        )
     return 0

@@ -11,6 +11,7 @@
 4. workload (not in the default parts): the judge's real workload, RRM prompts of PandaLM pairs, against
    transformers on the same weights (`rrm_jax.benchmarks.judge_workload`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers" / "deepseek-r1-distill-qwen"
-WORDS = ("the model answer reasons about each step carefully and checks the result against the question then "
-         "explains why this is correct with an example of how it works in practice for most cases").split()
+WORDS = (
+    "the model answer reasons about each step carefully and checks the result against the question then "
+    "explains why this is correct with an example of how it works in practice for most cases"
+).split()
 
 
 def synthetic_pairs(n: int, seed: int = 0, max_words: int = 60) -> list[tuple[str, str, str]]:
@@ -32,8 +35,14 @@ def synthetic_pairs(n: int, seed: int = 0, max_words: int = 60) -> list[tuple[st
     def text(k):
         return " ".join(rng.choice(WORDS, size=k)).capitalize() + "."
 
-    return [(f"Question {i}: " + text(int(rng.integers(8, 20))), text(int(rng.integers(5, max_words))),
-             text(int(rng.integers(5, max_words)))) for i in range(n)]
+    return [
+        (
+            f"Question {i}: " + text(int(rng.integers(8, 20))),
+            text(int(rng.integers(5, max_words))),
+            text(int(rng.integers(5, max_words))),
+        )
+        for i in range(n)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- part 1
@@ -57,17 +66,21 @@ def bench_model(args) -> None:
     cfg = dataclasses.replace(cfg, **over)
     mesh = rrm_jax.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     import jax.numpy as jnp
+
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     model = rrm_jax.init(cfg, seed=0, mesh=mesh, tokenizer=tok, dtype=dtype)
-    sampling = SamplingConfig(max_new_tokens=args.new_tokens, max_think_tokens=args.think, temperature=0.6,
-                              max_slots=args.slots)
+    sampling = SamplingConfig(
+        max_new_tokens=args.new_tokens, max_think_tokens=args.think, temperature=0.6, max_slots=args.slots
+    )
     judge = Judge(model, sampling=sampling)
     pairs = synthetic_pairs(args.pairs, seed=1)
     prompt_tokens = [len(tok.encode(judge.render(*p), add_special_tokens=False)) for p in pairs]
-    print(f"[model] {args.model} L={cfg.num_layers} D={cfg.hidden_size} V={cfg.vocab_size} {args.dtype} on "
-          f"{jax.devices()[0].device_kind}; {args.pairs} pairs x {args.votes} votes, prompts {min(prompt_tokens)}-"
-          f"{max(prompt_tokens)} tokens, think budget {args.think}, max_new_tokens {args.new_tokens}, "
-          f"slots {args.slots}")
+    print(
+        f"[model] {args.model} L={cfg.num_layers} D={cfg.hidden_size} V={cfg.vocab_size} {args.dtype} on "
+        f"{jax.devices()[0].device_kind}; {args.pairs} pairs x {args.votes} votes, prompts {min(prompt_tokens)}-"
+        f"{max(prompt_tokens)} tokens, think budget {args.think}, max_new_tokens {args.new_tokens}, "
+        f"slots {args.slots}"
+    )
 
     def run_batched():
         return judge.compare_many(pairs, votes=args.votes, seed=0)
@@ -78,7 +91,7 @@ def bench_model(args) -> None:
     results = {}
     for name, fn in (("compare_many", run_batched), ("one at a time", run_single)):
         t0 = time.perf_counter()
-        fn()   # compile + warm
+        fn()  # compile + warm
         warm = time.perf_counter() - t0
         best = math.inf
         for _ in range(args.repeats):
@@ -88,8 +101,10 @@ def bench_model(args) -> None:
         toks = sum(v.tokens for v in vs)
         assert all(v.forced == v.samples_drawn for v in vs) or args.think is None
         results[name] = (best, toks)
-        print(f"[model] {name:14s}: {len(pairs) / best:7.3f} comparisons/s  {toks / best:8.1f} tokens/s  "
-              f"({best:.2f} s, {toks} generated tokens, first call incl. compile {warm:.1f} s)")
+        print(
+            f"[model] {name:14s}: {len(pairs) / best:7.3f} comparisons/s  {toks / best:8.1f} tokens/s  "
+            f"({best:.2f} s, {toks} generated tokens, first call incl. compile {warm:.1f} s)"
+        )
     (tb, kb), (ts, ks) = results["compare_many"], results["one at a time"]
     print(f"[model] compare_many / one-at-a-time throughput = {(kb / tb) / (ks / ts):.2f}x")
 
@@ -101,6 +116,7 @@ class _SimJudge:
 
     def __call__(self, items):
         from rrm_jax.judge.verdict import Verdict
+
         out = []
         for _, a, b in items:
             pa = 1 / (1 + math.exp(self.q[int(b[1:])] - self.q[int(a[1:])]))
@@ -112,8 +128,10 @@ class _SimJudge:
 def bench_tournament(args) -> None:
     from rrm_jax.judge.tournament import knockout, round_robin
 
-    print(f"[tournament] simulated Bradley-Terry judge, qualities evenly spaced over {args.spread} log-odds; "
-          f"{args.trials} trials each")
+    print(
+        f"[tournament] simulated Bradley-Terry judge, qualities evenly spaced over {args.spread} log-odds; "
+        f"{args.trials} trials each"
+    )
     print("[tournament]  n | knockout comps | P(best) | ELO comps | P(best) | ELO both orders comps | P(best)")
     for n in (8, 16, 32):
         quality = np.linspace(0, args.spread, n)
@@ -126,8 +144,10 @@ def bench_tournament(args) -> None:
                 hits += r.order[0] == n - 1
                 comps.add(r.comparisons)
             row += [comps.pop() if len(comps) == 1 else comps, hits / args.trials]
-        print(f"[tournament] {n:2d} | {row[0]:14d} | {row[1]:7.3f} | {row[2]:9d} | {row[3]:7.3f} | "
-              f"{row[4]:21d} | {row[5]:7.3f}")
+        print(
+            f"[tournament] {n:2d} | {row[0]:14d} | {row[1]:7.3f} | {row[2]:9d} | {row[3]:7.3f} | "
+            f"{row[4]:21d} | {row[5]:7.3f}"
+        )
 
 
 class _CharTok:
@@ -168,14 +188,17 @@ def bench_adaptive(args) -> None:
                     ids = tok.encode("thinking " * 50 + "</think>\n\n\\boxed{Assistant " + digit + "}")
                     out.append(Completion(pi, s, ids, tok.decode(ids), np.zeros(len(ids)), "stop", len(ids)))
             return out
+
         return generate
 
     class M:
         tokenizer = tok
 
     items = [(f"item {i}", "GOLD answer", "other answer") for i in range(args.items)]
-    print(f"[adaptive] simulated sampler, per-sample accuracy p, {args.items} comparisons; saved = 1 - drawn / "
-          f"(votes x comparisons); one generate call per voting round")
+    print(
+        f"[adaptive] simulated sampler, per-sample accuracy p, {args.items} comparisons; saved = 1 - drawn / "
+        f"(votes x comparisons); one generate call per voting round"
+    )
     print("[adaptive]  p   | votes | drawn/comparison | saved | rounds | winners identical to full voting")
     for p in args.accuracies:
         for votes in args.vote_counts:
@@ -189,14 +212,17 @@ def bench_adaptive(args) -> None:
             full, (ad, rounds) = res[False][0], res[True]
             same = np.mean([a.winner == f.winner for a, f in zip(ad, full)])
             drawn = sum(v.samples_drawn for v in ad) / len(ad)
-            print(f"[adaptive] {p:4.2f} | {votes:5d} | {drawn:16.2f} | {1 - drawn / votes:5.1%} | {rounds:6d} | "
-                  f"{same:.0%}")
+            print(
+                f"[adaptive] {p:4.2f} | {votes:5d} | {drawn:16.2f} | {1 - drawn / votes:5.1%} | {rounds:6d} | "
+                f"{same:.0%}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rrm-jax bench judge", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="model,tournament,adaptive",
-                    help="comma list: model,tournament,adaptive,workload")
+    ap.add_argument(
+        "--parts", default="model,tournament,adaptive", help="comma list: model,tournament,adaptive,workload"
+    )
     ap.add_argument("--model", default="qwen2.5-0.5b", help="preset name or TOML (random weights)")
     ap.add_argument("--layers", type=int, default=None, help="override num_layers (shrinks the run)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -214,10 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vote-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 5, 9, 16])
     ap.add_argument("--data", default=None, help="workload: PandaLM testset-v1.json (default: ../shared's)")
     ap.add_argument("--new", type=int, default=48, help="workload: new tokens per prompt")
-    ap.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[128],
-                    help="workload: prefill chunk sizes to time (one padded chunk per prompt is always added)")
-    ap.add_argument("--dense", type=lambda s: tuple(int(x) for x in s.split(",")), default=(4, 512),
-                    help="workload: batch,seq of the dense forward reference")
+    ap.add_argument(
+        "--chunks",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[128],
+        help="workload: prefill chunk sizes to time (one padded chunk per prompt is always added)",
+    )
+    ap.add_argument(
+        "--dense",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=(4, 512),
+        help="workload: batch,seq of the dense forward reference",
+    )
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     bad = [p for p in parts if p not in ("model", "tournament", "adaptive", "workload")]

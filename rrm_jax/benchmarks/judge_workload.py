@@ -62,22 +62,33 @@ def bench_workload(args) -> None:
     ids = workload_ids(tok, args.pairs, Path(args.data))
     lens = [len(x) for x in ids]
     cfg = resolve_config(args.model)
-    cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, len(tok)), eos_token_id=tok.eos_token_id,
-                              **({"num_layers": args.layers} if args.layers else {}))
+    cfg = dataclasses.replace(
+        cfg,
+        vocab_size=max(cfg.vocab_size, len(tok)),
+        eos_token_id=tok.eos_token_id,
+        **({"num_layers": args.layers} if args.layers else {}),
+    )
     mesh = rrm_jax.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = rrm_jax.init(cfg, seed=0, mesh=mesh, tokenizer=tok, dtype=jnp.float32)
     new = args.new
-    print(f"[workload] {args.model} L={cfg.num_layers} D={cfg.hidden_size} V={cfg.vocab_size} float32 on "
-          f"{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"{len(ids)} PandaLM RRM prompts of {min(lens)}-{max(lens)} tokens ({sum(lens)} in all), greedy, "
-          f"{new} new tokens each, one batch")
+    print(
+        f"[workload] {args.model} L={cfg.num_layers} D={cfg.hidden_size} V={cfg.vocab_size} float32 on "
+        f"{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"{len(ids)} PandaLM RRM prompts of {min(lens)}-{max(lens)} tokens ({sum(lens)} in all), greedy, "
+        f"{new} new tokens each, one batch"
+    )
 
     # ---- dense reference: the forward as `bench forward` runs it, on random tokens
     db, dt = args.dense
     rng = np.random.default_rng(0)
-    dense_in = [jax.device_put(a) for a in (rng.integers(0, cfg.vocab_size, (db, dt), dtype=np.int32),
-                                            np.broadcast_to(np.arange(dt, dtype=np.int32), (db, dt)).copy(),
-                                            np.ones((db, dt), bool))]
+    dense_in = [
+        jax.device_put(a)
+        for a in (
+            rng.integers(0, cfg.vocab_size, (db, dt), dtype=np.int32),
+            np.broadcast_to(np.arange(dt, dtype=np.int32), (db, dt)).copy(),
+            np.ones((db, dt), bool),
+        )
+    ]
     from flax import nnx
 
     def trunk(state, tokens, positions, mask):  # the forward without the LM head: what a prefill computes
@@ -87,15 +98,17 @@ def bench_workload(args) -> None:
 
     def dense_tok_s():
         out = []
-        for f in fwds:
+        for f in fwds:  # noqa: F821 (freed once measured)
             run = lambda: f(model.state, *dense_in).block_until_ready()
             run()
             out.append(db * dt / min(_timed(run)[1] for _ in range(args.repeats)))
         return out
 
     dense, trunk_s = (list(x) for x in zip(dense_tok_s()))
-    print(f"[workload] dense forward {db} x {dt}: {dense[0]:.1f} tok/s (as `bench forward`: LM head on every "
-          f"position); without the LM head {trunk_s[0]:.1f} tok/s")
+    print(
+        f"[workload] dense forward {db} x {dt}: {dense[0]:.1f} tok/s (as `bench forward`: LM head on every "
+        f"position); without the LM head {trunk_s[0]:.1f} tok/s"
+    )
 
     # ---- rrm-jax: one warm call (compiles) then the timed ones, per chunk size
     sampling = SamplingConfig(max_new_tokens=new, temperature=0.0, add_eos_stop=False, max_slots=args.slots)
@@ -111,11 +124,14 @@ def bench_workload(args) -> None:
         ours[c] = best
         secs, st, _ = best
         label = "one padded chunk per prompt (the old prefill)" if c == chunks[-1] else f"chunk {c}"
-        print(f"[workload] rrm-jax {label}: end to end {secs:.2f} s | prefill {st.prefill_seconds:.2f} s, "
-              f"{st.prefill_calls} calls, {st.prefill_positions} positions for {st.prefill_tokens} real tokens = "
-              f"{st.prefill_tokens / st.prefill_seconds:.1f} real tok/s "
-              f"({st.prefill_tokens / st.prefill_seconds / dense[0]:.0%} of dense) | decode "
-              f"{1e3 * st.decode_seconds / max(st.decode_steps, 1):.0f} ms/step ({st.decode_steps} steps)", flush=True)
+        print(
+            f"[workload] rrm-jax {label}: end to end {secs:.2f} s | prefill {st.prefill_seconds:.2f} s, "
+            f"{st.prefill_calls} calls, {st.prefill_positions} positions for {st.prefill_tokens} real tokens = "
+            f"{st.prefill_tokens / st.prefill_seconds:.1f} real tok/s "
+            f"({st.prefill_tokens / st.prefill_seconds / dense[0]:.0%} of dense) | decode "
+            f"{1e3 * st.decode_seconds / max(st.decode_steps, 1):.0f} ms/step ({st.decode_steps} steps)",
+            flush=True,
+        )
     again = dense_tok_s()  # again after: the load may have moved
     dense.append(again[0])
     trunk_s.append(again[1])
@@ -131,12 +147,18 @@ def bench_workload(args) -> None:
     tt = torch.zeros((len(ids), t), dtype=torch.long)
     tm = torch.zeros_like(tt)
     for i, x in enumerate(ids):
-        tt[i, t - len(x):], tm[i, t - len(x):] = torch.tensor(x), 1
+        tt[i, t - len(x) :], tm[i, t - len(x) :] = torch.tensor(x), 1
 
     def hf_generate(n_new, rows=slice(None)):
         with torch.inference_mode():
-            return ref.generate(tt[rows], attention_mask=tm[rows], max_new_tokens=n_new, min_new_tokens=n_new,
-                                do_sample=False, pad_token_id=tok.pad_token_id or 0)
+            return ref.generate(
+                tt[rows],
+                attention_mask=tm[rows],
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or 0,
+            )
 
     hf_generate(2, slice(0, 2))  # warm (torch runs eagerly: nothing to compile)
     hf_out, hf_secs = _timed(lambda: hf_generate(new))
@@ -144,12 +166,16 @@ def bench_workload(args) -> None:
 
     secs, st, outs = ours[chunks[0]]
     same = sum(o.token_ids == h for o, h in zip(outs, hf_tokens))
-    print(f"[workload] transformers {transformers.__version__} generate: end to end {hf_secs:.2f} s "
-          f"({ref.config._attn_implementation}); greedy rows identical to rrm-jax: {same}/{len(ids)}")
+    print(
+        f"[workload] transformers {transformers.__version__} generate: end to end {hf_secs:.2f} s "
+        f"({ref.config._attn_implementation}); greedy rows identical to rrm-jax: {same}/{len(ids)}"
+    )
     lo, hi = min(dense), max(dense)
     real = st.prefill_tokens / st.prefill_seconds
-    print(f"[workload] summary (chunk {chunks[0]}): end to end rrm-jax {secs:.2f} s vs transformers {hf_secs:.2f} s = "
-          f"{hf_secs / secs:.2f}x [target >= 1.5x]; ragged prefill {real:.1f} real tok/s vs dense {lo:.1f}-{hi:.1f} "
-          f"tok/s = {real / hi:.0%}-{real / lo:.0%} [target >= 80%] (vs the forward without its LM head: "
-          f"{real / max(trunk_s):.0%}-{real / min(trunk_s):.0%}); padding {st.prefill_positions - st.prefill_tokens} "
-          f"positions ({ours[chunks[-1]][1].prefill_positions - st.prefill_tokens} with one padded chunk per prompt)")
+    print(
+        f"[workload] summary (chunk {chunks[0]}): end to end rrm-jax {secs:.2f} s vs transformers {hf_secs:.2f} s = "
+        f"{hf_secs / secs:.2f}x [target >= 1.5x]; ragged prefill {real:.1f} real tok/s vs dense {lo:.1f}-{hi:.1f} "
+        f"tok/s = {real / hi:.0%}-{real / lo:.0%} [target >= 80%] (vs the forward without its LM head: "
+        f"{real / max(trunk_s):.0%}-{real / min(trunk_s):.0%}); padding {st.prefill_positions - st.prefill_tokens} "
+        f"positions ({ours[chunks[-1]][1].prefill_positions - st.prefill_tokens} with one padded chunk per prompt)"
+    )

@@ -47,8 +47,9 @@ def bench_step(args) -> dict:
         cfg = dataclasses.replace(cfg, num_layers=args.layers)
     mesh = make_mesh()
     cdt = jnp.dtype(args.compute_dtype)
-    model = rrm_jax.init(cfg, seed=0, mesh=mesh, dtype=jnp.float32, compute_dtype=cdt, remat=args.remat,
-                         attention_impl=args.attention)
+    model = rrm_jax.init(
+        cfg, seed=0, mesh=mesh, dtype=jnp.float32, compute_dtype=cdt, remat=args.remat, attention_impl=args.attention
+    )
     opt = OptimConfig(lr=1e-5, micro_batches=args.micro_batches)
     loss = LossConfig(logprob_chunk=args.chunk)
     step = make_train_step(model, opt, 1000, kind="sft", loss_cfg=loss, micro_batches=args.micro_batches)
@@ -57,8 +58,13 @@ def bench_step(args) -> dict:
     b, t = args.batch, args.seq
     rng = np.random.default_rng(0)
     tok = rng.integers(0, cfg.vocab_size, (b, t + 1)).astype(np.int32)
-    batch = dict(tokens=tok[:, :-1], targets=tok[:, 1:], mask=np.ones((b, t), bool),
-                 positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)), loss_mask=np.ones((b, t), bool))
+    batch = dict(
+        tokens=tok[:, :-1],
+        targets=tok[:, 1:],
+        mask=np.ones((b, t), bool),
+        positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+        loss_mask=np.ones((b, t), bool),
+    )
     placed = place_batch(model, batch, step.keys)
     t0 = time.perf_counter()
     state, m = step(state, placed)
@@ -76,10 +82,22 @@ def bench_step(args) -> dict:
     peak = matmul_peak(args.matmul_n, cdt)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(model.state))
     return dict(
-        device=str(jax.devices()[0].device_kind), n_devices=len(jax.devices()), model=args.model, layers=cfg.num_layers,
-        params=int(n_params), batch=b, seq=t, remat=args.remat, compute_dtype=str(cdt), micro_batches=args.micro_batches,
-        compile_s=round(compile_s, 2), step_s=sec, tokens_per_s=b * t / sec, model_flops_per_s=flops / sec,
-        matmul_peak_flops_per_s=peak, fraction_of_matmul_peak=flops / sec / peak,
+        device=str(jax.devices()[0].device_kind),
+        n_devices=len(jax.devices()),
+        model=args.model,
+        layers=cfg.num_layers,
+        params=int(n_params),
+        batch=b,
+        seq=t,
+        remat=args.remat,
+        compute_dtype=str(cdt),
+        micro_batches=args.micro_batches,
+        compile_s=round(compile_s, 2),
+        step_s=sec,
+        tokens_per_s=b * t / sec,
+        model_flops_per_s=flops / sec,
+        matmul_peak_flops_per_s=peak,
+        fraction_of_matmul_peak=flops / sec / peak,
     )
 
 
@@ -93,27 +111,48 @@ def bench_grpo(args) -> dict:
     from rrm_jax.training.trainer import Trainer
 
     def parity(prompts, completions, batch):  # reward with signal on a random model
-        return np.array([1.0 if np.mean(np.asarray(c.token_ids) % 2 == 0) > 0.5 else -1.0 for c in completions], np.float32)
+        return np.array(
+            [1.0 if np.mean(np.asarray(c.token_ids) % 2 == 0) > 0.5 else -1.0 for c in completions], np.float32
+        )
 
-    model = rrm_jax.init(args.grpo_model, seed=0, mesh=make_mesh(), tokenizer=byte_tokenizer(),
-                         compute_dtype=jnp.dtype(args.compute_dtype))
-    g = GRPOConfig(prompts_per_step=args.prompts, group_size=args.group, seq_bucket=256, beta=0.01,
-                   inner_iters=args.inner_iters, logprob_chunk=64)
+    model = rrm_jax.init(
+        args.grpo_model,
+        seed=0,
+        mesh=make_mesh(),
+        tokenizer=byte_tokenizer(),
+        compute_dtype=jnp.dtype(args.compute_dtype),
+    )
+    g = GRPOConfig(
+        prompts_per_step=args.prompts,
+        group_size=args.group,
+        seq_bucket=256,
+        beta=0.01,
+        inner_iters=args.inner_iters,
+        logprob_chunk=64,
+    )
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, max_slots=args.prompts * args.group)
     cfg = TrainConfig(steps=args.grpo_steps + 1, optim=OptimConfig(lr=1e-4), grpo=g, sampling=sampling)
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prompt="short"))
     tr = Trainer(model, cfg, parity)
     pairs = synthetic_pairs(args.prompts * (args.grpo_steps + 1), seed=1)
-    chunks = [pairs[i * args.prompts:(i + 1) * args.prompts] for i in range(args.grpo_steps + 1)]
+    chunks = [pairs[i * args.prompts : (i + 1) * args.prompts] for i in range(args.grpo_steps + 1)]
     tr.grpo_step(chunks[0])  # compiles
     rows = [tr.grpo_step(c) for c in chunks[1:]]
     mean = lambda k: float(np.mean([r[k] for r in rows]))
     total = mean("time_rollout") + mean("time_logprob") + mean("time_update")
-    return dict(model=args.grpo_model, prompts=args.prompts, group=args.group, new_tokens=args.new_tokens,
-                inner_iters=args.inner_iters, rollout_s=mean("time_rollout"), logprob_s=mean("time_logprob"),
-                update_s=mean("time_update"), total_s=total,
-                split={k: round(mean(f"time_{k}") / total, 3) for k in ("rollout", "logprob", "update")})
+    return dict(
+        model=args.grpo_model,
+        prompts=args.prompts,
+        group=args.group,
+        new_tokens=args.new_tokens,
+        inner_iters=args.inner_iters,
+        rollout_s=mean("time_rollout"),
+        logprob_s=mean("time_logprob"),
+        update_s=mean("time_update"),
+        total_s=total,
+        split={k: round(mean(f"time_{k}") / total, 3) for k in ("rollout", "logprob", "update")},
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -142,16 +181,24 @@ def main(argv: list[str]) -> int:
     out = {}
     if args.skip != "step":
         r = out["train_step"] = bench_step(args)
-        print(f"train step  {r['model']} L={r['layers']} B={r['batch']} T={r['seq']} {r['compute_dtype']} remat={r['remat']} "
-              f"on {r['n_devices']}x {r['device']}")
-        print(f"  {r['step_s'] * 1e3:.1f} ms/step  {r['tokens_per_s']:.0f} tokens/s  {r['model_flops_per_s'] / 1e12:.3f} TFLOP/s "
-              f"= {100 * r['fraction_of_matmul_peak']:.1f}% of the measured matmul peak ({r['matmul_peak_flops_per_s'] / 1e12:.3f} TFLOP/s)"
-              f"  [compile {r['compile_s']} s]")
+        print(
+            f"train step  {r['model']} L={r['layers']} B={r['batch']} T={r['seq']} {r['compute_dtype']} remat={r['remat']} "
+            f"on {r['n_devices']}x {r['device']}"
+        )
+        print(
+            f"  {r['step_s'] * 1e3:.1f} ms/step  {r['tokens_per_s']:.0f} tokens/s  {r['model_flops_per_s'] / 1e12:.3f} TFLOP/s "
+            f"= {100 * r['fraction_of_matmul_peak']:.1f}% of the measured matmul peak ({r['matmul_peak_flops_per_s'] / 1e12:.3f} TFLOP/s)"
+            f"  [compile {r['compile_s']} s]"
+        )
     if args.skip != "grpo":
         g = out["grpo_step"] = bench_grpo(args)
-        print(f"GRPO step   {g['model']} {g['prompts']} prompts x G={g['group']}, {g['new_tokens']} new tokens, mu={g['inner_iters']}")
-        print(f"  rollout {g['rollout_s']:.3f} s  log-prob {g['logprob_s']:.3f} s  update {g['update_s']:.3f} s  "
-              f"split {g['split']}")
+        print(
+            f"GRPO step   {g['model']} {g['prompts']} prompts x G={g['group']}, {g['new_tokens']} new tokens, mu={g['inner_iters']}"
+        )
+        print(
+            f"  rollout {g['rollout_s']:.3f} s  log-prob {g['logprob_s']:.3f} s  update {g['update_s']:.3f} s  "
+            f"split {g['split']}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -57,9 +57,18 @@ def tunix_model(model):
     c = model.config
     dtype = model.param_dtype
     tcfg = tq.ModelConfig(
-        num_layers=c.num_layers, vocab_size=c.vocab_size, embed_dim=c.hidden_size, hidden_dim=c.intermediate_size,
-        num_heads=c.num_heads, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads, rope_theta=c.rope_theta,
-        norm_eps=c.rms_norm_eps, use_tied_embedding=c.tie_word_embeddings, dtype=dtype, param_dtype=dtype,
+        num_layers=c.num_layers,
+        vocab_size=c.vocab_size,
+        embed_dim=c.hidden_size,
+        hidden_dim=c.intermediate_size,
+        num_heads=c.num_heads,
+        head_dim=c.head_dim,
+        num_kv_heads=c.num_kv_heads,
+        rope_theta=c.rope_theta,
+        norm_eps=c.rms_norm_eps,
+        use_tied_embedding=c.tie_word_embeddings,
+        dtype=dtype,
+        param_dtype=dtype,
     )
     tm = nnx.eval_shape(lambda: tq.Qwen2(tcfg, rngs=nnx.Rngs(0)))  # no allocation: every value is set below
     p = params_dict(model)
@@ -72,8 +81,11 @@ def tunix_model(model):
         layer.post_attention_layernorm.w.value = p["mlp_norm"][i]
         for name in ("q", "k", "v"):
             getattr(layer.attn, f"{name}_proj").w.value = p[f"{name}_proj"][i]
-            bias = p[f"{name}_bias"][i].reshape(-1) if c.qkv_bias else jnp.zeros(
-                getattr(layer.attn, f"{name}_bias").value.shape, dtype)
+            bias = (
+                p[f"{name}_bias"][i].reshape(-1)
+                if c.qkv_bias
+                else jnp.zeros(getattr(layer.attn, f"{name}_bias").value.shape, dtype)
+            )
             getattr(layer.attn, f"{name}_bias").value = bias
         layer.attn.o_proj.w.value = p["o_proj"][i]
         for name in ("gate_proj", "up_proj", "down_proj"):
@@ -88,8 +100,13 @@ def bench_tunix(model, prompts: list[list[int]], new_tokens: int, repeats: int) 
 
     c = model.config
     t = len(prompts[0])
-    smp = ts.Sampler(tunix_model(model), _IdTokenizer(), ts.CacheConfig(
-        cache_size=t + new_tokens, num_layers=c.num_layers, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim))
+    smp = ts.Sampler(
+        tunix_model(model),
+        _IdTokenizer(),
+        ts.CacheConfig(
+            cache_size=t + new_tokens, num_layers=c.num_layers, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim
+        ),
+    )
     texts = [" ".join(map(str, p)) for p in prompts]
 
     def run(n):

@@ -95,8 +95,10 @@ class Model:
         # Only real tokens count: what a padding slot holds is masked out.
         limit, real = self.config.max_position_embeddings, positions[mask]
         if real.size and (real.max() >= limit or real.min() < 0):
-            raise ValueError(f"token_ids of length {t} reach position {int(real.max())}; positions must lie in "
-                             f"[0, {limit}) (the model's max_position_embeddings={limit})")
+            raise ValueError(
+                f"token_ids of length {t} reach position {int(real.max())}; positions must lie in "
+                f"[0, {limit}) (the model's max_position_embeddings={limit})"
+            )
         bb = -(-b // self.batch_multiple()) * self.batch_multiple()
         tb = bucket(t)
         pad = ((0, bb - b), (0, tb - t))
@@ -104,7 +106,7 @@ class Model:
         placed = [jax.device_put(a, self.batch_sharding(2, a.shape)) for a in arrays]
         return self._logits_fn(self.state, *placed)[:b, :t]
 
-    def with_state(self, state) -> "Model":
+    def with_state(self, state) -> Model:
         """The same model with new parameters (e.g. from the trainer); shares graphdef, mesh and tokenizer."""
         return dataclasses.replace(self, state=state)
 
@@ -115,9 +117,7 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 
 def state_shardings(state, mesh: Mesh, rules: ShardingRules = DEFAULT_RULES):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: rules.sharding(mesh, param_axes(path), x.shape), state
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, x: rules.sharding(mesh, param_axes(path), x.shape), state)
 
 
 def float_dtype(dtype, name: str = "dtype"):
@@ -136,7 +136,12 @@ def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, see
         if value is not None:
             float_dtype(value, name)
     make = lambda: Qwen2(
-        cfg, rngs=nnx.Rngs(seed), param_dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention_impl, remat=remat
+        cfg,
+        rngs=nnx.Rngs(seed),
+        param_dtype=dtype,
+        compute_dtype=compute_dtype,
+        attention_impl=attention_impl,
+        remat=remat,
     )
     return make, nnx.split(nnx.eval_shape(make))
 
@@ -205,14 +210,17 @@ def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw
     if path.is_dir():
         return load(path, tokenizer=tokenizer or "auto", **kw)
     if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"):
-        raise ConfigError(f"{spec}: a file, not a checkpoint directory (pass the directory holding config.json), "
-                          "model TOML or preset")
+        raise ConfigError(
+            f"{spec}: a file, not a checkpoint directory (pass the directory holding config.json), model TOML or preset"
+        )
     if path.suffix in (".toml", ".json") or shipped.find(spec, "models") is not None:
         return init(spec, seed=seed, tokenizer=tokenizer, **kw)
     if hub.is_hub_id(spec):
         return load(spec, tokenizer=tokenizer or "auto", **kw)
-    raise ConfigError(f"{spec}: not a checkpoint directory, hub id (org/name), model TOML or preset "
-                      f"(presets: {', '.join(shipped.names('models'))})")
+    raise ConfigError(
+        f"{spec}: not a checkpoint directory, hub id (org/name), model TOML or preset "
+        f"(presets: {', '.join(shipped.names('models'))})"
+    )
 
 
 def params_dict(model: Model) -> dict[str, jax.Array]:

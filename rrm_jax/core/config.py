@@ -38,8 +38,16 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                  "head_dim", "max_position_embeddings"):
+        for f in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             if not getattr(self, f) > 0:
                 raise ConfigError(f"{f}={getattr(self, f)} must be positive")
         if self.num_heads % self.num_kv_heads:
@@ -64,12 +72,12 @@ class ModelConfig:
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.num_layers * layer + self.vocab_size * d + head + d
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
     # ---------------------------------------------------------------- HF config.json
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object of config fields, got a {type(d).__name__}")
 
@@ -113,7 +121,9 @@ class ModelConfig:
         else:
             field = "rope_parameters"
         if rope_type not in (None, "default"):
-            raise ConfigError(f"{source}: field {field!r} has rope type {rope_type!r}; only default RoPE is implemented")
+            raise ConfigError(
+                f"{source}: field {field!r} has rope type {rope_type!r}; only default RoPE is implemented"
+            )
 
         num_layers = need("num_hidden_layers")
         _check_sliding_window(d, num_layers, source)
@@ -169,7 +179,7 @@ class ModelConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ModelConfig":
+    def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: not found (an HF checkpoint directory needs a config.json)")
@@ -177,7 +187,7 @@ class ModelConfig:
         try:
             d = json.loads(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start : e.start + 1]!r})") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         return cls.from_hf_dict(d, source=str(path))
@@ -214,7 +224,7 @@ class ModelConfig:
 
     # ---------------------------------------------------------------- models/*.toml
     @classmethod
-    def from_toml(cls, path: str | Path) -> "ModelConfig":
+    def from_toml(cls, path: str | Path) -> ModelConfig:
         """A ``models/*.toml`` preset (flat, or under ``[model]``); ``name`` defaults to the file's stem."""
         try:
             source, values, _ = configs.file_layer(path)
@@ -259,7 +269,7 @@ def _check_sliding_window(d: dict, num_layers: int, source: str) -> None:
 MODELS_DIR = shipped.shipped_dir("models")
 
 
-def resolve_config(spec: "str | Path | ModelConfig | dict | Any") -> ModelConfig:
+def resolve_config(spec: str | Path | ModelConfig | dict | Any) -> ModelConfig:
     """Accept a ModelConfig, a TOML path, a preset name from models/, an HF config dict/object, or a config.json."""
     if isinstance(spec, ModelConfig):
         return spec
@@ -277,5 +287,6 @@ def resolve_config(spec: "str | Path | ModelConfig | dict | Any") -> ModelConfig
         return ModelConfig.from_toml(found)
     if p.suffix == ".toml":
         return ModelConfig.from_toml(p)  # names the missing file
-    raise ConfigError(f"{spec}: not a config file, checkpoint directory or preset "
-                      f"(presets: {', '.join(shipped.names('models'))})")
+    raise ConfigError(
+        f"{spec}: not a config file, checkpoint directory or preset (presets: {', '.join(shipped.names('models'))})"
+    )

@@ -34,8 +34,14 @@ Layer = tuple[str, dict, bool]
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = (), *,
-         defaults: T | None = None, flag: str = "") -> T:
+def load(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    *,
+    defaults: T | None = None,
+    flag: str = "",
+) -> T:
     """``cls`` from ``defaults`` (else its own defaults) < the TOML at ``path`` < ``key=value`` overrides.
 
     ``flag`` is the command-line flag the overrides came with (``--set``), so errors name it."""
@@ -114,8 +120,11 @@ def _construct(cls, base, merged: dict):
         kw[key] = value
     if base is not None:
         return dataclasses.replace(base, **kw)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"missing required key(s) {', '.join(missing)}")
     return cls(**kw)
@@ -144,7 +153,9 @@ def convert(tp, value, where: str, *, text: bool = False):
             return value if isinstance(value, str) else raw
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if type(None) in args and (
+            value is None or isinstance(value, str) and value.strip().lower() in ("none", "null")
+        ):
             return None
         for arg in (a for a in args if a is not type(None)):
             try:

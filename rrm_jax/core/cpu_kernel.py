@@ -58,9 +58,11 @@ def _build(cxx: str) -> Path:
     include = jax.ffi.include_dir()
     flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w"]
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\n".join(
-        [SOURCE.read_text(), version, " ".join(flags), jax.__version__, platform.machine(), _cpu_flags()]
-    ).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\n".join(
+            [SOURCE.read_text(), version, " ".join(flags), jax.__version__, platform.machine(), _cpu_flags()]
+        ).encode()
+    ).hexdigest()[:16]
     cache = Path(os.environ.get("RRM_JAX_CACHE", Path.home() / ".cache" / "rrm_jax")) / "kernels"
     lib = cache / f"cpu_matmul-{key}.so"
     if not lib.exists():
@@ -91,8 +93,11 @@ def available() -> bool:
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.RrmCpuMatmul), platform="cpu")
         jax.ffi.register_ffi_target(PACK_TARGET, jax.ffi.pycapsule(lib.RrmCpuPack), platform="cpu")
     except Exception as e:  # a failed build only costs speed: say why once and keep XLA's dot
-        warnings.warn(f"rrm-jax: the CPU matmul kernel did not build ({cxx}: {e}); decode uses XLA's dot",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"rrm-jax: the CPU matmul kernel did not build ({cxx}: {e}); decode uses XLA's dot",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 
@@ -133,11 +138,14 @@ def fuse_layers(cfg: ModelConfig, p: dict[str, jax.Array]) -> dict[str, jax.Arra
     group keeps both cores busy: k and v alone are 8 vectors wide at Qwen2.5-0.5B's shape.
     """
     lead = lambda w: w.reshape(w.shape[:2] + (-1,))  # [L, D, heads, hd] -> [L, D, heads * hd]
-    out = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"],
-           "qkv": pack(lead(p["q_proj"]), lead(p["k_proj"]), lead(p["v_proj"])),
-           "o_proj": pack(p["o_proj"].reshape(cfg.num_layers, -1, cfg.hidden_size)),
-           "gate_up": pack(p["gate_proj"], p["up_proj"]),
-           "down_proj": pack(p["down_proj"])}
+    out = {
+        "attn_norm": p["attn_norm"],
+        "mlp_norm": p["mlp_norm"],
+        "qkv": pack(lead(p["q_proj"]), lead(p["k_proj"]), lead(p["v_proj"])),
+        "o_proj": pack(p["o_proj"].reshape(cfg.num_layers, -1, cfg.hidden_size)),
+        "gate_up": pack(p["gate_proj"], p["up_proj"]),
+        "down_proj": pack(p["down_proj"]),
+    }
     if "q_bias" in p:
         flat = lambda b: b.reshape(b.shape[0], -1)
         out["qkv_bias"] = jnp.concatenate([flat(p["q_bias"]), flat(p["k_bias"]), flat(p["v_bias"])], axis=-1)
@@ -160,8 +168,8 @@ def decoder_layer(cfg: ModelConfig, p: dict, i: int, x, positions, mask, kv, wri
         y = y + p["qkv_bias"][i]
     heads = lambda z, n: z.reshape(z.shape[:2] + (n, cfg.head_dim))
     q = rope(heads(y[..., :nq], cfg.num_heads), positions, cfg.rope_theta)
-    k = rope(heads(y[..., nq:nq + nk], cfg.num_kv_heads), positions, cfg.rope_theta)
-    v = heads(y[..., nq + nk:], cfg.num_kv_heads)
+    k = rope(heads(y[..., nq : nq + nk], cfg.num_kv_heads), positions, cfg.rope_theta)
+    v = heads(y[..., nq + nk :], cfg.num_kv_heads)
     ck, cv = write_kv(*kv, k, v, write, heads_major=True)
     x = x + _fused_dense(attention(q, ck, cv, mask), p["o_proj"], cfg.hidden_size, i)
     h = rms_norm(x, p["mlp_norm"][i], cfg.rms_norm_eps)

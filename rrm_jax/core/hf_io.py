@@ -58,15 +58,17 @@ class SafetensorsFile:
                 raise CheckpointError(f"{path}: truncated safetensors file (no header)")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8:  # checked before reading: random bytes make n up to 2**64
-                raise CheckpointError(f"{path}: not a safetensors file or truncated (header length {n} bytes, "
-                                      f"file {size} bytes)")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file or truncated (header length {n} bytes, file {size} bytes)"
+                )
             try:
                 self.header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
             if not isinstance(self.header, dict):
-                raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object, "
-                                      f"got {type(self.header).__name__}")
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header: expected a JSON object, got {type(self.header).__name__}"
+                )
             self.header.pop("__metadata__", None)
             _check_layout(path, self.header, size - 8 - n)
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -101,16 +103,21 @@ def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
             raise CheckpointError(f"{where} has unsupported dtype {dtype!r} (supported: {', '.join(_ST_DTYPES)})")
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             raise CheckpointError(f"{where}: corrupt header: shape {shape!r} is not a list of sizes")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
-                or offsets[0] > offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
             raise CheckpointError(f"{where}: corrupt header: data_offsets {offsets!r} is not [begin, end]")
         start, end = offsets
         want = math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize
         if end - start != want:
             raise CheckpointError(f"{where} holds {end - start} bytes but {dtype} {shape} needs {want}")
         if end > data_bytes:
-            raise CheckpointError(f"{where} ends at byte {end} of the data but the file has {data_bytes} "
-                                  "(truncated file?)")
+            raise CheckpointError(
+                f"{where} ends at byte {end} of the data but the file has {data_bytes} (truncated file?)"
+            )
         spans.append((start, end, key))
     spans.sort()
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
@@ -163,8 +170,9 @@ class CheckpointReader:
             stored = self._stored(sorted(set(self._where.values())))
             for key, name in self._where.items():
                 if key not in stored:
-                    raise CheckpointError(f"{self.dir / name}: tensor {key!r} is listed in {index.name} "
-                                          "but not stored in the file")
+                    raise CheckpointError(
+                        f"{self.dir / name}: tensor {key!r} is listed in {index.name} but not stored in the file"
+                    )
             return
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
@@ -231,8 +239,10 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
         key = spec.hf_name(layer)
         raw = reader.get(key)
         if raw.dtype not in _FLOAT_DTYPES:  # an integer cast to weights would load as garbage, silently
-            raise CheckpointError(f"{reader.where(key)}: tensor {key!r} has dtype {reader.dtype(key)}; "
-                                  f"weights must be floating point ({', '.join(_FLOAT_NAMES)})")
+            raise CheckpointError(
+                f"{reader.where(key)}: tensor {key!r} has dtype {reader.dtype(key)}; "
+                f"weights must be floating point ({', '.join(_FLOAT_NAMES)})"
+            )
         try:
             out = spec.to_ours(raw, cfg)
         except ValueError:
@@ -295,7 +305,9 @@ def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_sha
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for key, arr in export_tensors(cfg, params):
-        dtype_name = dtype_name or {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(arr.dtype.name, "float32")
+        dtype_name = dtype_name or {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
+            arr.dtype.name, "float32"
+        )
         if size and size + arr.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
@@ -317,8 +329,10 @@ def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_sha
             written.add(out / fname)
             weight_map.update({k: fname for k in shard})
             total += sum(v.nbytes for v in shard.values())
-        _write_text(out / "model.safetensors.index.json",
-                    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        _write_text(
+            out / "model.safetensors.index.json",
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2),
+        )
     for f in stale - written:
         f.unlink(missing_ok=True)
     _write_text(out / "config.json", json.dumps(cfg.to_hf_dict(dtype_name or "float32"), indent=2))

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from rrm_jax.core.hf_io import CheckpointError
 
-ALLOW_PATTERNS = [
-    "*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.txt", "*.jinja",
-]
+ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.txt", "*.jinja"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
 
 
@@ -33,8 +31,10 @@ def split_revision(spec: str, revision: str | None = None) -> tuple[str, str | N
 
 
 def download_hint(repo: str) -> str:
-    return (f"hf download {repo} --include '*.safetensors' '*.json' 'tokenizer*' "
-            "(on a machine with network, then copy the HF cache or pass the directory)")
+    return (
+        f"hf download {repo} --include '*.safetensors' '*.json' 'tokenizer*' "
+        "(on a machine with network, then copy the HF cache or pass the directory)"
+    )
 
 
 def resolve(spec: str | Path, revision: str | None = None) -> Path:
@@ -58,11 +58,15 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
         raise CheckpointError(f"{repo}: no such model repository on the hub (or it is private/gated)") from None
     except LocalEntryNotFoundError:
         at = f" at revision {revision!r}" if revision else ""
-        raise CheckpointError(f"{repo}{at}: not in the Hugging Face cache and the hub cannot be reached "
-                              f"(offline); download it first: {download_hint(repo)}") from None
+        raise CheckpointError(
+            f"{repo}{at}: not in the Hugging Face cache and the hub cannot be reached "
+            f"(offline); download it first: {download_hint(repo)}"
+        ) from None
     if not (root / "config.json").is_file():
         raise CheckpointError(f"{repo}: the repository has no config.json; rrm-jax loads HF transformers checkpoints")
     if not any(root.glob("*.safetensors")):
-        raise CheckpointError(f"{repo}: the repository has no *.safetensors weights; rrm-jax never loads pickle "
-                              "checkpoints (pytorch_model.bin, *.pt): convert them to safetensors first")
+        raise CheckpointError(
+            f"{repo}: the repository has no *.safetensors weights; rrm-jax never loads pickle "
+            "checkpoints (pytorch_model.bin, *.pt): convert them to safetensors first"
+        )
     return root

@@ -23,8 +23,10 @@ from flax import nnx, struct
 
 from rrm_jax.core import cpu_kernel
 from rrm_jax.core.config import ModelConfig
+
 # The maths lived here before ops.py; re-exported so old imports work.
 from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope, write_kv  # noqa: F401
+
 # PARAM_AXES and the path helpers lived here before the parameter table; re-exported so old imports work.
 from rrm_jax.core.params import (  # noqa: F401
     PARAM_AXES,
@@ -61,8 +63,7 @@ class KVCache:
     heads_major: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16,
-              heads_major: bool = False) -> "KVCache":
+    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16, heads_major: bool = False) -> KVCache:
         shape = (cfg.num_layers, batch) + ((cfg.num_kv_heads, slots) if heads_major else (slots, cfg.num_kv_heads))
         shape += (cfg.head_dim,)
         return cls(
@@ -86,11 +87,11 @@ class KVCache:
     def slots(self) -> int:
         return self.valid.shape[1]
 
-    def per_layer(self) -> "KVCache":
+    def per_layer(self) -> KVCache:
         """k/v as tuples of per-layer arrays (the form :meth:`Qwen2.decode_step` takes with unrolled weights)."""
         return self.replace(k=tuple(self.k), v=tuple(self.v))
 
-    def stacked(self) -> "KVCache":
+    def stacked(self) -> KVCache:
         """Back from :meth:`per_layer` to stacked ``[L, ...]`` k/v."""
         return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
 
@@ -242,8 +243,18 @@ class Qwen2(nnx.Module):
             if weights.fused:
                 x, (k, v) = cpu_kernel.decoder_layer(cfg, weights.layers, i, x, positions, attn_mask, (k, v), write)
             else:
-                x, (k, v) = decoder_layer(cfg, weights.layers[i], x, positions, attn_mask, (k, v), write,
-                                          self.attention_impl, self.compute_dtype, cache.heads_major)
+                x, (k, v) = decoder_layer(
+                    cfg,
+                    weights.layers[i],
+                    x,
+                    positions,
+                    attn_mask,
+                    (k, v),
+                    write,
+                    self.attention_impl,
+                    self.compute_dtype,
+                    cache.heads_major,
+                )
             ks.append(k)
             vs.append(v)
         h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
@@ -286,14 +297,16 @@ class Qwen2(nnx.Module):
 
         params = self.layers.stacked()
         heads_major = cache is not None and cache.heads_major
-        layer = lambda x, p, kv: decoder_layer(cfg, p, x, positions, attn_mask, kv, write, self.attention_impl,
-                                               self.compute_dtype, heads_major)
+        layer = lambda x, p, kv: decoder_layer(
+            cfg, p, x, positions, attn_mask, kv, write, self.attention_impl, self.compute_dtype, heads_major
+        )
         if self.remat == "full":
             layer = jax.checkpoint(layer)
         elif self.remat == "dots":
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
         if cache is None:
+
             def body(x, p):
                 x, _ = layer(x, p, None)
                 return x, None
@@ -301,6 +314,7 @@ class Qwen2(nnx.Module):
             x, _ = jax.lax.scan(body, x, params)
             new_cache = None
         else:
+
             def body(carry, p):
                 x, ck, cv, i = carry
                 x, (lk, lv) = layer(x, p, (ck[i], cv[i]))

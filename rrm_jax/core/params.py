@@ -10,7 +10,8 @@ the maths that uses it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,40 +101,106 @@ _MLP = "model.layers.{}.mlp."
 # Table order is the order init draws from the RNG (seeded models stay bit-identical across versions);
 # the stacked entries stay together, since they live in one submodule.
 PARAMS: dict[str, ParamSpec] = {
-    "embed": ParamSpec(lambda c: (c.vocab_size, c.hidden_size), ("vocab", "embed"), normal,
-                       "model.embed_tokens.weight"),
-    "attn_norm": ParamSpec(lambda c: (c.num_layers, c.hidden_size), ("layers", None), ones,
-                           "model.layers.{}.input_layernorm.weight"),
-    "q_proj": ParamSpec(lambda c: (c.num_layers, c.hidden_size, c.num_heads, c.head_dim),
-                        ("layers", "embed", "heads", "head_dim"), normal, _ATTN + "q_proj.weight", **_proj_in(_heads)),
-    "k_proj": ParamSpec(lambda c: (c.num_layers, c.hidden_size, c.num_kv_heads, c.head_dim),
-                        ("layers", "embed", "kv_heads", "head_dim"), normal, _ATTN + "k_proj.weight",
-                        **_proj_in(_kv_heads)),
-    "v_proj": ParamSpec(lambda c: (c.num_layers, c.hidden_size, c.num_kv_heads, c.head_dim),
-                        ("layers", "embed", "kv_heads", "head_dim"), normal, _ATTN + "v_proj.weight",
-                        **_proj_in(_kv_heads)),
-    "q_bias": ParamSpec(lambda c: (c.num_layers, c.num_heads, c.head_dim), ("layers", "heads", "head_dim"), normal,
-                        _ATTN + "q_proj.bias", **_bias(_heads), present=_has_bias),
-    "k_bias": ParamSpec(lambda c: (c.num_layers, c.num_kv_heads, c.head_dim), ("layers", "kv_heads", "head_dim"),
-                        normal, _ATTN + "k_proj.bias", **_bias(_kv_heads), present=_has_bias),
-    "v_bias": ParamSpec(lambda c: (c.num_layers, c.num_kv_heads, c.head_dim), ("layers", "kv_heads", "head_dim"),
-                        normal, _ATTN + "v_proj.bias", **_bias(_kv_heads), present=_has_bias),
-    "o_proj": ParamSpec(lambda c: (c.num_layers, c.num_heads, c.head_dim, c.hidden_size),
-                        ("layers", "heads", "head_dim", "embed"), normal, _ATTN + "o_proj.weight",
-                        # HF [D, H*hd] <-> ours [H, hd, D]
-                        to_ours=lambda w, c: w.reshape(c.hidden_size, c.num_heads, c.head_dim).transpose(1, 2, 0),
-                        to_hf=lambda w, c: w.transpose(2, 0, 1).reshape(c.hidden_size, -1)),
-    "mlp_norm": ParamSpec(lambda c: (c.num_layers, c.hidden_size), ("layers", None), ones,
-                          "model.layers.{}.post_attention_layernorm.weight"),
-    "gate_proj": ParamSpec(lambda c: (c.num_layers, c.hidden_size, c.intermediate_size), ("layers", "embed", "mlp"),
-                           normal, _MLP + "gate_proj.weight", _t, _t),
-    "up_proj": ParamSpec(lambda c: (c.num_layers, c.hidden_size, c.intermediate_size), ("layers", "embed", "mlp"),
-                         normal, _MLP + "up_proj.weight", _t, _t),
-    "down_proj": ParamSpec(lambda c: (c.num_layers, c.intermediate_size, c.hidden_size), ("layers", "mlp", "embed"),
-                           normal, _MLP + "down_proj.weight", _t, _t),
+    "embed": ParamSpec(
+        lambda c: (c.vocab_size, c.hidden_size), ("vocab", "embed"), normal, "model.embed_tokens.weight"
+    ),
+    "attn_norm": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size), ("layers", None), ones, "model.layers.{}.input_layernorm.weight"
+    ),
+    "q_proj": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size, c.num_heads, c.head_dim),
+        ("layers", "embed", "heads", "head_dim"),
+        normal,
+        _ATTN + "q_proj.weight",
+        **_proj_in(_heads),
+    ),
+    "k_proj": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size, c.num_kv_heads, c.head_dim),
+        ("layers", "embed", "kv_heads", "head_dim"),
+        normal,
+        _ATTN + "k_proj.weight",
+        **_proj_in(_kv_heads),
+    ),
+    "v_proj": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size, c.num_kv_heads, c.head_dim),
+        ("layers", "embed", "kv_heads", "head_dim"),
+        normal,
+        _ATTN + "v_proj.weight",
+        **_proj_in(_kv_heads),
+    ),
+    "q_bias": ParamSpec(
+        lambda c: (c.num_layers, c.num_heads, c.head_dim),
+        ("layers", "heads", "head_dim"),
+        normal,
+        _ATTN + "q_proj.bias",
+        **_bias(_heads),
+        present=_has_bias,
+    ),
+    "k_bias": ParamSpec(
+        lambda c: (c.num_layers, c.num_kv_heads, c.head_dim),
+        ("layers", "kv_heads", "head_dim"),
+        normal,
+        _ATTN + "k_proj.bias",
+        **_bias(_kv_heads),
+        present=_has_bias,
+    ),
+    "v_bias": ParamSpec(
+        lambda c: (c.num_layers, c.num_kv_heads, c.head_dim),
+        ("layers", "kv_heads", "head_dim"),
+        normal,
+        _ATTN + "v_proj.bias",
+        **_bias(_kv_heads),
+        present=_has_bias,
+    ),
+    "o_proj": ParamSpec(
+        lambda c: (c.num_layers, c.num_heads, c.head_dim, c.hidden_size),
+        ("layers", "heads", "head_dim", "embed"),
+        normal,
+        _ATTN + "o_proj.weight",
+        # HF [D, H*hd] <-> ours [H, hd, D]
+        to_ours=lambda w, c: w.reshape(c.hidden_size, c.num_heads, c.head_dim).transpose(1, 2, 0),
+        to_hf=lambda w, c: w.transpose(2, 0, 1).reshape(c.hidden_size, -1),
+    ),
+    "mlp_norm": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size),
+        ("layers", None),
+        ones,
+        "model.layers.{}.post_attention_layernorm.weight",
+    ),
+    "gate_proj": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size, c.intermediate_size),
+        ("layers", "embed", "mlp"),
+        normal,
+        _MLP + "gate_proj.weight",
+        _t,
+        _t,
+    ),
+    "up_proj": ParamSpec(
+        lambda c: (c.num_layers, c.hidden_size, c.intermediate_size),
+        ("layers", "embed", "mlp"),
+        normal,
+        _MLP + "up_proj.weight",
+        _t,
+        _t,
+    ),
+    "down_proj": ParamSpec(
+        lambda c: (c.num_layers, c.intermediate_size, c.hidden_size),
+        ("layers", "mlp", "embed"),
+        normal,
+        _MLP + "down_proj.weight",
+        _t,
+        _t,
+    ),
     "final_norm": ParamSpec(lambda c: (c.hidden_size,), (None,), ones, "model.norm.weight"),
-    "lm_head": ParamSpec(lambda c: (c.hidden_size, c.vocab_size), ("embed", "vocab"), normal, "lm_head.weight", _t, _t,
-                         present=lambda c: not c.tie_word_embeddings),
+    "lm_head": ParamSpec(
+        lambda c: (c.hidden_size, c.vocab_size),
+        ("embed", "vocab"),
+        normal,
+        "lm_head.weight",
+        _t,
+        _t,
+        present=lambda c: not c.tie_word_embeddings,
+    ),
 }
 
 # Logical axes of every parameter, by name (what sharding.ShardingRules maps onto mesh axes).

@@ -43,9 +43,20 @@ class Progress:
     nothing on a terminal (for commands that print their own progress there) and keeps the plain lines.
     """
 
-    def __init__(self, description: str, total: int | None, *, completed: int = 0, fmt: str = "",
-                 rate: str = "", enabled: bool = True, stream: IO | None = None, every: float | None = None,
-                 console=None, bar: bool = True):
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        *,
+        completed: int = 0,
+        fmt: str = "",
+        rate: str = "",
+        enabled: bool = True,
+        stream: IO | None = None,
+        every: float | None = None,
+        console=None,
+        bar: bool = True,
+    ):
         self.description, self.total, self.completed, self.fmt, self.rate = description, total, completed, fmt, rate
         # a rich Console already printing to the stream shares the bar, so its prints stay above it
         self.console = console
@@ -57,15 +68,21 @@ class Progress:
         self._start_done = completed
 
     # ------------------------------------------------------------------ context
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.t0 = self._last = time.perf_counter()
         if self.mode == "bar":
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
-            cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[text]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+            cols = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[text]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            ]
             console = self.console or Console(file=self.stream)
             self._rich = RichProgress(*cols, console=console, transient=False)
             self._rich.start()
@@ -102,8 +119,9 @@ class Progress:
     def _text(self) -> str:
         parts = []
         if self.rate:
-            parts.append(f"{(self.completed - self._start_done) / max(time.perf_counter() - self.t0, 1e-9):.2f} "
-                         f"{self.rate}/s")
+            parts.append(
+                f"{(self.completed - self._start_done) / max(time.perf_counter() - self.t0, 1e-9):.2f} {self.rate}/s"
+            )
         if self.fmt and self.fields:
             try:
                 parts.append(self.fmt.format(**self.fields))

@@ -4,6 +4,7 @@ Both are pure functions of their integer arguments, identical across processes, 
 Python's salted ``hash()``), so a resumed or re-chunked run draws exactly what an uninterrupted one would.
 Every part is taken modulo 2**32, so negative or large ids are fine.
 """
+
 from __future__ import annotations
 
 import numpy as np

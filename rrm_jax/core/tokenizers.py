@@ -69,8 +69,9 @@ def char_tokenizer():
 def chat_prompt(tokenizer, query: str) -> list[int]:
     """A policy's prompt: ``query`` as the user turn of the tokenizer's chat template, generation prompt added
     (for R1-style templates, and the generated ones, that ends in ``<think>\n``: the policy reasons first)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": query}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": query}], add_generation_prompt=True, tokenize=False
+    )
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 

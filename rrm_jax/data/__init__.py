@@ -21,9 +21,22 @@ from rrm_jax.data.records import (
 )
 
 __all__ = [
-    "KINDS", "DataError", "PairRecord", "PairSet", "Problem", "download_rewardbench", "pandalm_gold",
-    "pandalm_query", "read_llmbar", "read_pairs", "read_pairs_jsonl", "read_pandalm", "read_rewardbench",
-    "Pairs", "load_pairs", "build",
+    "KINDS",
+    "DataError",
+    "PairRecord",
+    "PairSet",
+    "Problem",
+    "download_rewardbench",
+    "pandalm_gold",
+    "pandalm_query",
+    "read_llmbar",
+    "read_pairs",
+    "read_pairs_jsonl",
+    "read_pandalm",
+    "read_rewardbench",
+    "Pairs",
+    "load_pairs",
+    "build",
 ]
 
 

@@ -14,8 +14,8 @@ Two extractors (``EXTRACTORS``), each ``text -> answer | None``:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 LETTERS = "ABCDEFGHIJ"
 _STATED = re.compile(r"answer\s*(?:is|:)\s*[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE)

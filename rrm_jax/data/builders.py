@@ -26,17 +26,24 @@ from tensorflow_datasets.core import utils as tfds_utils
 from rrm_jax.data.records import KINDS, DataError, PairRecord, PairSet, Problem, download_rewardbench, read_pairs
 from rrm_jax.data.sources import hash_file
 
-TIE = -1   # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
+TIE = -1  # how a None label (tie / unknown) is stored: TFDS scalars cannot be None
 SPLIT = "test"
 FEATURES_VERSION = "1.0.0"
 
 
 def _features() -> tfds.features.FeaturesDict:
     text = tfds.features.Text()
-    return tfds.features.FeaturesDict({
-        "id": text, "query": text, "response_a": text, "response_b": text,
-        "label": np.int32, "subset": text, "source": text,
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "id": text,
+            "query": text,
+            "response_a": text,
+            "response_b": text,
+            "label": np.int32,
+            "subset": text,
+            "source": text,
+        }
+    )
 
 
 class PairsBuilder(tfds.core.GeneratorBasedBuilder):
@@ -57,15 +64,18 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder):
         # `source` is needed only to generate; reading a finished build works with source=None.
         self._source = None if source is None else Path(source)
         self._on_bad = on_bad
-        self._pairs: PairSet | None = None    # read by build() first, so an empty source fails before TFDS
+        self._pairs: PairSet | None = None  # read by build() first, so an empty source fails before TFDS
         self.problems: list[Problem] = []
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=(type(self).__doc__ or "").strip(), features=_features(),
-            disable_shuffling=True, metadata=tfds.core.MetadataDict(),
+            builder=self,
+            description=(type(self).__doc__ or "").strip(),
+            features=_features(),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
@@ -113,7 +123,10 @@ class PairsJsonl(PairsBuilder):
 
 
 BUILDERS: dict[str, type[PairsBuilder]] = {
-    "rewardbench": RewardBench, "pandalm": PandaLM, "llmbar": LLMBar, "jsonl": PairsJsonl,
+    "rewardbench": RewardBench,
+    "pandalm": PandaLM,
+    "llmbar": LLMBar,
+    "jsonl": PairsJsonl,
 }
 assert set(BUILDERS) == set(KINDS)
 
@@ -132,8 +145,9 @@ def fingerprint(source: Path, on_bad: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build(kind: str, source: str | Path | None, *, data_dir: str | Path | None = None,
-          on_bad: str = "raise") -> PairsBuilder:
+def build(
+    kind: str, source: str | Path | None, *, data_dir: str | Path | None = None, on_bad: str = "raise"
+) -> PairsBuilder:
     """Build (or reuse) the ArrayRecord dataset for ``kind`` from ``source`` and return the builder.
 
     ``source=None`` for RewardBench downloads the hub's filtered split (needs internet)."""
@@ -161,8 +175,9 @@ def _nonempty(pairs: PairSet, source: Path) -> PairSet:
     if pairs.records:
         return pairs
     if pairs.problems:
-        raise DataError(f"{source}: no pairs left to judge: all {len(pairs.problems)} items are bad "
-                        f"(first: {pairs.problems[0]})")
+        raise DataError(
+            f"{source}: no pairs left to judge: all {len(pairs.problems)} items are bad (first: {pairs.problems[0]})"
+        )
     raise DataError(f"{source}: no pairs to judge (the file holds no items)")
 
 
@@ -174,12 +189,20 @@ def problems_of(builder: PairsBuilder) -> tuple[list[Problem], list[Problem]]:
 
 def decode(ex: dict) -> PairRecord:
     """A data-source example (bytes text, int label) -> PairRecord."""
+
     def s(v):
         return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
     label = int(ex["label"])
-    return PairRecord(s(ex["id"]), s(ex["query"]), s(ex["response_a"]), s(ex["response_b"]),
-                      None if label == TIE else label, s(ex["subset"]), s(ex["source"]))
+    return PairRecord(
+        s(ex["id"]),
+        s(ex["query"]),
+        s(ex["response_a"]),
+        s(ex["response_b"]),
+        None if label == TIE else label,
+        s(ex["subset"]),
+        s(ex["source"]),
+    )
 
 
 class _quiet_tfds:

@@ -8,8 +8,8 @@ shuffle/batch-able with grain's own transformations) plus the problems/notes rec
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import grain
 
@@ -22,11 +22,11 @@ from rrm_jax.data.records import PairRecord, Problem
 class Pairs:
     kind: str
     source: str
-    dataset: grain.MapDataset            # of PairRecord, in the source's item order
-    problems: list[Problem]              # bad items skipped at build time (on_bad="skip")
-    notes: list[Problem]                 # items kept but worth a mention (empty texts, coerced values)
-    data_dir: str                        # where the ArrayRecord files live
-    fingerprint: str = ""                # content hash of the source (+ policy): identifies the data in run records
+    dataset: grain.MapDataset  # of PairRecord, in the source's item order
+    problems: list[Problem]  # bad items skipped at build time (on_bad="skip")
+    notes: list[Problem]  # items kept but worth a mention (empty texts, coerced values)
+    data_dir: str  # where the ArrayRecord files live
+    fingerprint: str = ""  # content hash of the source (+ policy): identifies the data in run records
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -38,8 +38,14 @@ class Pairs:
         return iter(self.dataset)
 
 
-def load_pairs(kind: str, source: str | Path | None, *, data_dir: str | Path | None = None,
-               on_bad: str = "raise", split: str = SPLIT) -> Pairs:
+def load_pairs(
+    kind: str,
+    source: str | Path | None,
+    *,
+    data_dir: str | Path | None = None,
+    on_bad: str = "raise",
+    split: str = SPLIT,
+) -> Pairs:
     """Build-or-reuse the ArrayRecord dataset and read it through grain.
 
     ``split`` accepts TFDS slicing (``"test[:50]"``, ``"test[10%:]"``) to read part of it.
@@ -53,9 +59,8 @@ def load_pairs(kind: str, source: str | Path | None, *, data_dir: str | Path | N
     src = builder.as_data_source(split=split)
     ds = grain.MapDataset.source(src).map(decode)
     problems, notes = problems_of(builder)
-    fp = Path(builder.data_dir).parents[1].name    # data_dir/<kind>/<fingerprint>/<builder name>/<version>
-    return Pairs(kind, str(builder.info.metadata.get("source", source)), ds, problems, notes, str(builder.data_dir),
-                 fp)
+    fp = Path(builder.data_dir).parents[1].name  # data_dir/<kind>/<fingerprint>/<builder name>/<version>
+    return Pairs(kind, str(builder.info.metadata.get("source", source)), ds, problems, notes, str(builder.data_dir), fp)
 
 
 def batches(records: Sequence[PairRecord] | grain.MapDataset, batch_size: int) -> Iterator[list[PairRecord]]:

@@ -27,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 from rrm_jax.core.errors import DataError
 from rrm_jax.data.sources import BadItem as _Bad
@@ -44,7 +45,7 @@ class Problem:
     """A bad input item that was skipped (``on_bad="skip"``) instead of raising."""
 
     path: str
-    line: int          # 1-based line for JSONL; 1-based item number for JSON arrays / parquet rows
+    line: int  # 1-based line for JSONL; 1-based item number for JSON arrays / parquet rows
     field: str | None
     message: str
 
@@ -59,7 +60,7 @@ class PairRecord:
     query: str
     response_a: str
     response_b: str
-    label: int | None          # 0 -> response_a better, 1 -> response_b better, None -> tie / unknown
+    label: int | None  # 0 -> response_a better, 1 -> response_b better, None -> tie / unknown
     subset: str = ""
     source: str = ""
 
@@ -67,20 +68,20 @@ class PairRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PairRecord":
+    def from_dict(cls, d: dict[str, Any]) -> PairRecord:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclasses.dataclass
 class PairSet:
     records: list[PairRecord]
-    problems: list[Problem]                                           # skipped bad items
-    notes: list[Problem] = dataclasses.field(default_factory=list)   # kept items worth a mention
+    problems: list[Problem]  # skipped bad items
+    notes: list[Problem] = dataclasses.field(default_factory=list)  # kept items worth a mention
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def extend(self, other: "PairSet") -> None:
+    def extend(self, other: PairSet) -> None:
         self.records += other.records
         self.problems += other.problems
         self.notes += other.notes
@@ -110,8 +111,15 @@ class _Ctx:
         return v
 
 
-def _collect(path: Path, items: Iterable[tuple[int, Any]], convert: Callable[[int, dict, _Ctx], PairRecord],
-             on_bad: OnBad, *, strict_text: bool, coerce_scalars: bool = False) -> PairSet:
+def _collect(
+    path: Path,
+    items: Iterable[tuple[int, Any]],
+    convert: Callable[[int, dict, _Ctx], PairRecord],
+    on_bad: OnBad,
+    *,
+    strict_text: bool,
+    coerce_scalars: bool = False,
+) -> PairSet:
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
     records: list[PairRecord] = []
@@ -170,8 +178,9 @@ def read_rewardbench(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
         subset = c.text(item, "subset")
         if not subset.strip():
             raise _Bad("subset", "empty")
-        return PairRecord(str(rid), c.text(item, "prompt"), c.text(item, "chosen"), c.text(item, "rejected"), 0,
-                          subset, "rewardbench")
+        return PairRecord(
+            str(rid), c.text(item, "prompt"), c.text(item, "chosen"), c.text(item, "rejected"), 0, subset, "rewardbench"
+        )
 
     out = PairSet([], [])
     for f in files:
@@ -208,15 +217,20 @@ def read_pandalm(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
         if not isinstance(input_, str):
             raise _Bad("input", f"expected a string, got {type(input_).__name__}")
         rid = item.get("idx", n - 1)
-        return PairRecord(str(rid), pandalm_query(c.text(item, "instruction"), input_), c.text(item, "response1"),
-                          c.text(item, "response2"), pandalm_gold(anns), str(item.get("motivation_app", "")),
-                          "pandalm")
+        return PairRecord(
+            str(rid),
+            pandalm_query(c.text(item, "instruction"), input_),
+            c.text(item, "response1"),
+            c.text(item, "response2"),
+            pandalm_gold(anns),
+            str(item.get("motivation_app", "")),
+            "pandalm",
+        )
 
     return _collect(p, _iter_json_items(p), convert, on_bad, strict_text=False, coerce_scalars=True)
 
 
-LLMBAR_FILES = ("Natural", "Adversarial_Neighbor", "Adversarial_GPTInst", "Adversarial_GPTOut",
-                "Adversarial_Manual")
+LLMBAR_FILES = ("Natural", "Adversarial_Neighbor", "Adversarial_GPTInst", "Adversarial_GPTOut", "Adversarial_Manual")
 
 
 def read_llmbar(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
@@ -238,8 +252,15 @@ def read_llmbar(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
             label = item.get("label", "<missing>")
             if label not in (1, 2) or isinstance(label, bool):
                 raise _Bad("label", "missing field" if label == "<missing>" else f"expected 1 or 2, got {label!r}")
-            return PairRecord(f"{subset}-{n - 1}", c.text(item, "input"), c.text(item, "output_1"),
-                              c.text(item, "output_2"), label - 1, subset, "llmbar")
+            return PairRecord(
+                f"{subset}-{n - 1}",
+                c.text(item, "input"),
+                c.text(item, "output_1"),
+                c.text(item, "output_2"),
+                label - 1,
+                subset,
+                "llmbar",
+            )
 
         out.extend(_collect(f, _iter_json_items(f), convert, on_bad, strict_text=False))
     return out
@@ -266,8 +287,15 @@ def read_pairs_jsonl(path: str | Path, *, on_bad: OnBad = "raise", require_label
         subset = item.get("subset", "")
         if not isinstance(subset, str):
             raise _Bad("subset", f"expected a string, got {type(subset).__name__}")
-        return PairRecord(str(rid), c.text(item, "query"), c.text(item, "response_a"), c.text(item, "response_b"),
-                          _JSONL_LABELS[label], subset, "jsonl")
+        return PairRecord(
+            str(rid),
+            c.text(item, "query"),
+            c.text(item, "response_a"),
+            c.text(item, "response_b"),
+            _JSONL_LABELS[label],
+            subset,
+            "jsonl",
+        )
 
     return _collect(p, _iter_json_items(p), convert, on_bad, strict_text=True)
 
@@ -302,11 +330,17 @@ def download_rewardbench(cache_dir: str | Path | None = None) -> Path:
     except ImportError as e:  # pragma: no cover - transformers always brings it
         raise DataError("downloading RewardBench needs huggingface_hub (pip install huggingface_hub)") from e
     try:
-        root = snapshot_download("allenai/reward-bench", repo_type="dataset", allow_patterns=["data/filtered*"],
-                                 cache_dir=None if cache_dir is None else str(cache_dir))
+        root = snapshot_download(
+            "allenai/reward-bench",
+            repo_type="dataset",
+            allow_patterns=["data/filtered*"],
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
     except Exception as e:
-        raise DataError(f"could not download allenai/reward-bench ({type(e).__name__}: {e}); download the "
-                        "`filtered` split yourself and pass its parquet/JSONL file with --data") from e
+        raise DataError(
+            f"could not download allenai/reward-bench ({type(e).__name__}: {e}); download the "
+            "`filtered` split yourself and pass its parquet/JSONL file with --data"
+        ) from e
     return Path(root) / "data"
 
 

@@ -5,8 +5,9 @@ lists and parquet rows. What an item means is :mod:`rrm_jax.data.records`' busin
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rrm_jax.core.errors import DataError
 
@@ -67,7 +68,7 @@ def iter_json_items(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}: unsupported file type {suffix!r} (expected .jsonl, .json or .parquet)")
 
 
-def text_lines(path: Path) -> Iterator[tuple[int, "str | BadItem"]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str | BadItem]]:
     """(line number, text) of the non-blank lines of a UTF-8 file; a line that is not UTF-8 comes as a `BadItem`
     naming the field that holds the bad byte when the line is otherwise JSON, for the policy to decide."""
     with open(path, "rb") as f:
@@ -76,8 +77,13 @@ def text_lines(path: Path) -> Iterator[tuple[int, "str | BadItem"]]:
                 if raw.strip():
                     yield n, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield n, BadItem(_field_with_replacement(raw.decode("utf-8", errors="replace")),
-                                 f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                yield (
+                    n,
+                    BadItem(
+                        _field_with_replacement(raw.decode("utf-8", errors="replace")),
+                        f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                    ),
+                )
 
 
 def _field_with_replacement(line: str) -> str | None:

@@ -34,13 +34,16 @@ from rrm_jax.training.config import GRPOConfig, JudgeConfig, OptimConfig, TrainC
 from rrm_jax.training.rl.judge_rewards import JudgeReward
 from rrm_jax.training.trainer import Trainer
 
+
 def sample_answers(policy, problems, *, n: int, temperature: float, max_new_tokens: int, seed: int) -> list[list]:
     """``n`` sampled responses per problem, as extracted boxed answers (None when there is none)."""
     tok = policy.tokenizer
-    comps = generate(policy, [chat_prompt(tok, p.query) for p in problems],
-                     SamplingConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                                    max_slots=256))
-    return [[math_answer(c.text) for c in comps[i * n:(i + 1) * n]] for i in range(len(problems))]
+    comps = generate(
+        policy,
+        [chat_prompt(tok, p.query) for p in problems],
+        SamplingConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, max_slots=256),
+    )
+    return [[math_answer(c.text) for c in comps[i * n : (i + 1) * n]] for i in range(len(problems))]
 
 
 def accuracy(answers: list[list], problems) -> float:
@@ -52,9 +55,16 @@ def best_of_n(judge: Judge, answers: list[list], problems, *, n: int, seed: int)
     """Accuracy of the pick among the first ``n`` sampled answers per problem, for each strategy, through
     ``rrm-jax bon``'s own picking (:func:`rrm_jax.evaluation.bon.pick_chunk`). The judge is shown the boxed
     answers (what it was trained to compare); a response without one is shown as "?"."""
-    items = [BonItem(id=p.query, query=p.query, candidates=tuple(a if a is not None else "?" for a in c[:n]),
-                     correct=tuple(a == str(p.answer) for a in c[:n]), answers=tuple(c[:n]))
-             for c, p in zip(answers, problems)]
+    items = [
+        BonItem(
+            id=p.query,
+            query=p.query,
+            candidates=tuple(a if a is not None else "?" for a in c[:n]),
+            correct=tuple(a == str(p.answer) for a in c[:n]),
+            answers=tuple(c[:n]),
+        )
+        for c, p in zip(answers, problems)
+    ]
     records = pick_chunk(judge, list(enumerate(items)), strategies=BON_STRATEGIES, ns=(n,), seed=seed)
     acc = summarize_bon(records, strategies=BON_STRATEGIES, ns=(n,))["accuracy"]
     return {s: acc[s][str(n)] for s in BON_STRATEGIES}
@@ -69,14 +79,23 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
     policy = init(cfg, seed=derive_seed(seed, 0x9011C7), mesh=mesh, tokenizer=tok)
     train_q, held_q = task.split_problems(seed, recipe.policy_heldout)
     rng = np.random.default_rng([seed, 0x9017])
-    say(f"[bold]feedback loop[/bold]: a separate {cfg.num_params / 1e6:.2f}M-param policy, {len(train_q)} "
-        f"unlabelled training questions, {len(held_q)} held-out questions")
+    say(
+        f"[bold]feedback loop[/bold]: a separate {cfg.num_params / 1e6:.2f}M-param policy, {len(train_q)} "
+        f"unlabelled training questions, {len(held_q)} held-out questions"
+    )
 
     # -- warm start: a careless teacher -----------------------------------------------------------------
-    sft = Trainer(policy, TrainConfig(mode="sft", steps=recipe.policy_sft_steps, batch_size=recipe.policy_sft_batch,
-                                      seed=seed, optim=OptimConfig(lr=recipe.policy_sft_lr, b2=0.99, warmup_steps=20,
-                                                                   end_lr_ratio=1.0),
-                                      grpo=GRPOConfig(seq_bucket=80)))
+    sft = Trainer(
+        policy,
+        TrainConfig(
+            mode="sft",
+            steps=recipe.policy_sft_steps,
+            batch_size=recipe.policy_sft_batch,
+            seed=seed,
+            optim=OptimConfig(lr=recipe.policy_sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
+            grpo=GRPOConfig(seq_bucket=80),
+        ),
+    )
     for step in bar(range(recipe.policy_sft_steps), "policy warm start"):
         m = sft.sft_step(*task.policy_batch(train_q, recipe.policy_sft_batch, rng, tok, recipe.careless))
         if step % 50 == 0 or step == recipe.policy_sft_steps - 1:
@@ -90,21 +109,33 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
 
     before, warm_answers = held_out(sft.policy, 0, max(recipe.policy_samples, recipe.bon_n))
     log(phase="policy_eval", cycle=0, accuracy=before, seconds=time.perf_counter() - t_start)
-    say(f"policy after its warm start: held-out accuracy {before:.3f} (the teacher slips on "
-        f"{recipe.careless:.0%} of first steps)")
+    say(
+        f"policy after its warm start: held-out accuracy {before:.3f} (the teacher slips on "
+        f"{recipe.careless:.0%} of first steps)"
+    )
 
     # -- feedback cycles: GRPO on judge rewards only ----------------------------------------------------
-    judge = Judge(judge_model, prompt=task.DEMO_PROMPT,
-                  sampling=SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature,
-                                          max_slots=256))
+    judge = Judge(
+        judge_model,
+        prompt=task.DEMO_PROMPT,
+        sampling=SamplingConfig(
+            max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature, max_slots=256
+        ),
+    )
     kind = f"judge_{recipe.policy_reward}"
     grpo_cfg = TrainConfig(
-        mode="grpo", steps=recipe.cycles * recipe.cycle_steps, seed=seed,
+        mode="grpo",
+        steps=recipe.cycles * recipe.cycle_steps,
+        seed=seed,
         optim=OptimConfig(lr=recipe.policy_lr, b2=0.99, end_lr_ratio=1.0),
-        grpo=GRPOConfig(prompts_per_step=recipe.policy_prompts, group_size=recipe.policy_group, seq_bucket=80,
-                        reward=kind),
-        sampling=SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.policy_temperature,
-                                max_slots=recipe.policy_prompts * recipe.policy_group),
+        grpo=GRPOConfig(
+            prompts_per_step=recipe.policy_prompts, group_size=recipe.policy_group, seq_bucket=80, reward=kind
+        ),
+        sampling=SamplingConfig(
+            max_new_tokens=recipe.max_new_tokens,
+            temperature=recipe.policy_temperature,
+            max_slots=recipe.policy_prompts * recipe.policy_group,
+        ),
         judge=JudgeConfig(model="demo judge (stage 1)", prompt=task.DEMO_PROMPT.key, show="answer", extract="math"),
     )
     reward = JudgeReward(judge, kind, show=grpo_cfg.judge.show, extract=grpo_cfg.judge.extract, seed=seed)
@@ -115,18 +146,35 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
         for step in bar(range(recipe.cycle_steps), f"feedback cycle {c}/{recipe.cycles}"):
             batch = [dict(query=train_q[i].query) for i in rng.integers(0, len(train_q), recipe.policy_prompts)]
             m = grpo.grpo_step(batch)
-            log(phase="policy_grpo", cycle=c, step=(c - 1) * recipe.cycle_steps + step + 1, reward=m["reward_mean"],
-                loss=m["loss"], judge_share=m["judge_share"], judge_tokens=m["judge_tokens"],
-                judge_comparisons=m["judge_comparisons"], seconds=time.perf_counter() - t_start)
+            log(
+                phase="policy_grpo",
+                cycle=c,
+                step=(c - 1) * recipe.cycle_steps + step + 1,
+                reward=m["reward_mean"],
+                loss=m["loss"],
+                judge_share=m["judge_share"],
+                judge_tokens=m["judge_tokens"],
+                judge_comparisons=m["judge_comparisons"],
+                seconds=time.perf_counter() - t_start,
+            )
         acc, _ = held_out(grpo.policy, c, recipe.policy_samples)
         cycles.append(acc)
         log(phase="policy_eval", cycle=c, accuracy=acc, seconds=time.perf_counter() - t_start)
-        say(f"feedback cycle {c}: held-out policy accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s, judge "
-            f"{m['judge_share']:.0%} of the last step)")
+        say(
+            f"feedback cycle {c}: held-out policy accuracy {acc:.3f} ({time.perf_counter() - t0:.0f}s, judge "
+            f"{m['judge_share']:.0%} of the last step)"
+        )
 
     bon = best_of_n(judge, warm_answers, held_q, n=recipe.bon_n, seed=seed)
     log(phase="policy_bon", n=recipe.bon_n, **bon, seconds=time.perf_counter() - t_start)
-    say("best-of-{}: ".format(recipe.bon_n) + ", ".join(f"{s} {v:.3f}" for s, v in bon.items()))
-    return dict(policy_accuracy_before=before, policy_accuracy_cycles=cycles, policy_accuracy_after=cycles[-1],
-                policy_reward=kind, bon_accuracy=bon, bon_n=recipe.bon_n, policy_heldout=len(held_q),
-                policy_seconds=time.perf_counter() - t_start)
+    say(f"best-of-{recipe.bon_n}: " + ", ".join(f"{s} {v:.3f}" for s, v in bon.items()))
+    return dict(
+        policy_accuracy_before=before,
+        policy_accuracy_cycles=cycles,
+        policy_accuracy_after=cycles[-1],
+        policy_reward=kind,
+        bon_accuracy=bon,
+        bon_n=recipe.bon_n,
+        policy_heldout=len(held_q),
+        policy_seconds=time.perf_counter() - t_start,
+    )

@@ -45,14 +45,20 @@ from rrm_jax.training.trainer import Trainer
 
 def _parse(argv):
     ap = argparse.ArgumentParser(prog="rrm-jax demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/demo", help="run directory (recipe.toml, metrics.jsonl, summary.json, demo.png)")
+    ap.add_argument(
+        "--out", default="runs/demo", help="run directory (recipe.toml, metrics.jsonl, summary.json, demo.png)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a shortened run (CI)")
     ap.add_argument("--recipe", default=None, help="a TOML of Recipe fields (train/demo.toml holds the defaults)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Recipe fields")
-    ap.add_argument("--stage", choices=("all", "judge", "policy"), default="all",
-                    help="judge: train and evaluate the judge (saved to OUT/judge); policy: the feedback loop with "
-                         "the judge OUT/judge holds; all: both")
+    ap.add_argument(
+        "--stage",
+        choices=("all", "judge", "policy"),
+        default="all",
+        help="judge: train and evaluate the judge (saved to OUT/judge); policy: the feedback loop with "
+        "the judge OUT/judge holds; all: both",
+    )
     ap.add_argument("--no-plot", action="store_true")
     return ap.parse_args(argv)
 
@@ -112,15 +118,20 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "metrics.jsonl", "a" if stage == "policy" else "w")
     # the seed is a flag, not a recipe field: the header line is the command that reruns this run
-    (out / "recipe.toml").write_text(f"# rrm-jax demo --recipe {out / 'recipe.toml'} --seed {seed}\n{dump_toml(recipe)}")
+    (out / "recipe.toml").write_text(
+        f"# rrm-jax demo --recipe {out / 'recipe.toml'} --seed {seed}\n{dump_toml(recipe)}"
+    )
     if stage == "policy":
         judge, summary = _saved_judge(out, seed)
     else:
         judge, summary = train_judge(recipe, seed, log=log, say=say, console=console, t_start=t_start)
         save_hf(judge, out / "judge")
     if stage != "judge":
-        summary.update(feedback_loop(judge, recipe, seed=seed, log=log, say=say,
-                                     bar=lambda steps, label: _bar(console, steps, label)))
+        summary.update(
+            feedback_loop(
+                judge, recipe, seed=seed, log=log, say=say, bar=lambda steps, label: _bar(console, steps, label)
+            )
+        )
     summary["seconds"] = time.perf_counter() - t_start
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if plot:
@@ -131,8 +142,10 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
 def _saved_judge(out: Path, seed: int):
     """The judge a ``--stage judge`` run left in ``out`` (its weights, and its figures from summary.json)."""
     if not (out / "judge" / "config.json").exists() or not (out / "summary.json").exists():
-        raise ConfigError(f"{out}: no trained judge here (judge/ and summary.json); run `rrm-jax demo --stage judge "
-                          f"--out {out} --seed {seed}` first")
+        raise ConfigError(
+            f"{out}: no trained judge here (judge/ and summary.json); run `rrm-jax demo --stage judge "
+            f"--out {out} --seed {seed}` first"
+        )
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     judge = load(out / "judge", mesh=mesh, dtype=jax.numpy.float32, tokenizer=char_tokenizer())
     summary = json.loads((out / "summary.json").read_text())
@@ -154,8 +167,10 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
         held = held[: recipe.eval_pairs]
     rng = np.random.default_rng([seed, 0xDE70])
     ko_problems = [task.all_problems()[i] for i in rng.permutation(len(task.all_problems()))[: recipe.knockout_queries]]
-    say(f"[bold]rrm-jax demo[/bold]: {cfg.num_params / 1e6:.2f}M-param Qwen2, vocab {len(tok)}, "
-        f"{len(train_pairs)} training pairs, {len(held)} held-out pairs, seed {seed}")
+    say(
+        f"[bold]rrm-jax demo[/bold]: {cfg.num_params / 1e6:.2f}M-param Qwen2, vocab {len(tok)}, "
+        f"{len(train_pairs)} training pairs, {len(held)} held-out pairs, seed {seed}"
+    )
 
     sampling = SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature, max_slots=256)
 
@@ -165,9 +180,14 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
     # -- 1. warm start: SFT on a weak teacher's traces for a minority of the pairs -------------------
     n_sft = max(1, int(len(train_pairs) * recipe.sft_fraction))
     sft_pairs = train_pairs[:n_sft]
-    sft_cfg = TrainConfig(mode="sft", steps=recipe.sft_steps, batch_size=recipe.sft_batch, seed=seed,
-                          optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
-                          grpo=GRPOConfig(seq_bucket=80))
+    sft_cfg = TrainConfig(
+        mode="sft",
+        steps=recipe.sft_steps,
+        batch_size=recipe.sft_batch,
+        seed=seed,
+        optim=OptimConfig(lr=recipe.sft_lr, b2=0.99, warmup_steps=20, end_lr_ratio=1.0),
+        grpo=GRPOConfig(seq_bucket=80),
+    )
     sft = Trainer(model, sft_cfg)
     render = make_render(tok, task.DEMO_PROMPT)
     t0 = time.perf_counter()
@@ -176,24 +196,33 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
         m = sft.sft_step(prompts, comps)
         if step % 50 == 0 or step == recipe.sft_steps - 1:
             log(phase="sft", step=step, loss=m["loss"], seconds=time.perf_counter() - t_start)
-    say(f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.snap_fraction:.0%} snap judgments), "
-        f"loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s")
+    say(
+        f"SFT: {recipe.sft_steps} steps on {n_sft} pairs ({recipe.snap_fraction:.0%} snap judgments), "
+        f"loss {m['loss']:.3f}, {time.perf_counter() - t0:.0f}s"
+    )
     warm = sft.policy
 
     # -- 2. held-out accuracy before GRPO ------------------------------------------------------------
     before = evaluate(judge_of(warm), held, votes=recipe.votes, seed=seed)
     log(phase="eval", step=0, **before, seconds=time.perf_counter() - t_start)
-    say(f"before GRPO: single-vote accuracy {before['single']:.3f}, {recipe.votes}-vote majority {before['voting']:.3f}, "
-        f"thinks on {before['thinking']:.0%} of samples")
+    say(
+        f"before GRPO: single-vote accuracy {before['single']:.3f}, {recipe.votes}-vote majority {before['voting']:.3f}, "
+        f"thinks on {before['thinking']:.0%} of samples"
+    )
     ko_before = knockout_hit_rate(judge_of(warm), ko_problems, n=recipe.knockout_candidates, votes=1, seed=seed)
 
     # -- 3. GRPO with the outcome reward only ---------------------------------------------------------
     grpo_cfg = TrainConfig(
-        mode="grpo", steps=recipe.grpo_steps, seed=seed,
+        mode="grpo",
+        steps=recipe.grpo_steps,
+        seed=seed,
         optim=OptimConfig(lr=recipe.grpo_lr, b2=0.99, end_lr_ratio=1.0),  # constant lr
         grpo=GRPOConfig(prompts_per_step=recipe.prompts_per_step, group_size=recipe.group_size, seq_bucket=80),
-        sampling=SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.temperature,
-                                max_slots=recipe.prompts_per_step * recipe.group_size),
+        sampling=SamplingConfig(
+            max_new_tokens=recipe.max_new_tokens,
+            temperature=recipe.temperature,
+            max_slots=recipe.prompts_per_step * recipe.group_size,
+        ),
     )
     grpo = Trainer(warm, grpo_cfg, render=render)
     curve = [dict(step=0, **before)]
@@ -203,15 +232,25 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
         batch = [train_pairs[i] for i in rng.integers(0, len(train_pairs), recipe.prompts_per_step)]
         m = grpo.grpo_step([dict(query=p.query, chosen=p.chosen, rejected=p.rejected) for p in batch])
         rewards.append(m["reward_mean"])
-        log(phase="grpo", step=step, reward=m["reward_mean"], accuracy=m.get("accuracy"), loss=m["loss"],
-            entropy=m.get("entropy"), response_len=m["response_len"], seconds=time.perf_counter() - t_start)
+        log(
+            phase="grpo",
+            step=step,
+            reward=m["reward_mean"],
+            accuracy=m.get("accuracy"),
+            loss=m["loss"],
+            entropy=m.get("entropy"),
+            response_len=m["response_len"],
+            seconds=time.perf_counter() - t_start,
+        )
         if step % recipe.eval_every == 0 or step == recipe.grpo_steps:
             acc = evaluate(judge_of(grpo.policy), held, votes=recipe.votes, seed=seed)
             curve.append(dict(step=step, **acc))
             log(phase="eval", step=step, **acc, seconds=time.perf_counter() - t_start)
-            say(f"GRPO step {step:4d}: reward {np.mean(rewards[-recipe.eval_every:]):+.3f}, held-out single "
+            say(
+                f"GRPO step {step:4d}: reward {np.mean(rewards[-recipe.eval_every :]):+.3f}, held-out single "
                 f"{acc['single']:.3f}, voting {acc['voting']:.3f}, thinks {acc['thinking']:.0%} "
-                f"({time.perf_counter() - t0:.0f}s)")
+                f"({time.perf_counter() - t0:.0f}s)"
+            )
     after = curve[-1]
     final = grpo.policy
     ko_after = knockout_hit_rate(judge_of(final), ko_problems, n=recipe.knockout_candidates, votes=1, seed=seed)
@@ -271,8 +310,13 @@ def plot_run(summary: dict, rows: list[dict], path: Path) -> Path:
         bon = summary["bon_accuracy"]
         for k, (name, v) in enumerate(bon.items()):
             c.axhline(v, color=f"C{k + 1}", lw=0.9, ls="--", label=f"best-of-{summary['bon_n']} {name} (warm start)")
-        c.set(xlabel="feedback cycle (0 = warm start)", ylabel="held-out accuracy", ylim=(0.0, 1.02),
-              xticks=range(len(accs)), title="the policy, trained on judge verdicts only")
+        c.set(
+            xlabel="feedback cycle (0 = warm start)",
+            ylabel="held-out accuracy",
+            ylim=(0.0, 1.02),
+            xticks=range(len(accs)),
+            title="the policy, trained on judge verdicts only",
+        )
         c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -309,19 +353,39 @@ def main(argv: list[str]) -> int:
     s = run(recipe, Path(args.out), args.seed, plot=not args.no_plot, console=console, stage=args.stage)
     rows = [
         ("held-out accuracy, single vote", f"{s['accuracy_before_grpo']:.3f}", f"{s['accuracy_after_grpo']:.3f}"),
-        (f"held-out accuracy, {s['votes']}-vote majority", f"{s['accuracy_voting_before_grpo']:.3f}", f"{s['accuracy_voting']:.3f}"),
-        ("samples that reason before the verdict", f"{s['thinking_before_grpo']:.3f}", f"{s['thinking_after_grpo']:.3f}"),
-        (f"best-of-{s['knockout_candidates']} knockout hit rate (chance {s['knockout_chance']:.2f})",
-         f"{s['knockout_hit_rate_before_grpo']:.3f}", f"{s['knockout_hit_rate_after_grpo']:.3f}"),
+        (
+            f"held-out accuracy, {s['votes']}-vote majority",
+            f"{s['accuracy_voting_before_grpo']:.3f}",
+            f"{s['accuracy_voting']:.3f}",
+        ),
+        (
+            "samples that reason before the verdict",
+            f"{s['thinking_before_grpo']:.3f}",
+            f"{s['thinking_after_grpo']:.3f}",
+        ),
+        (
+            f"best-of-{s['knockout_candidates']} knockout hit rate (chance {s['knockout_chance']:.2f})",
+            f"{s['knockout_hit_rate_before_grpo']:.3f}",
+            f"{s['knockout_hit_rate_after_grpo']:.3f}",
+        ),
     ]
     if "policy_accuracy_after" in s:
         cycles = " -> ".join(f"{a:.3f}" for a in s["policy_accuracy_cycles"])
-        rows.append((f"policy: held-out accuracy, {len(s['policy_accuracy_cycles'])} feedback cycles "
-                     f"({s['policy_reward']})", f"{s['policy_accuracy_before']:.3f}", cycles))
+        rows.append(
+            (
+                f"policy: held-out accuracy, {len(s['policy_accuracy_cycles'])} feedback cycles ({s['policy_reward']})",
+                f"{s['policy_accuracy_before']:.3f}",
+                cycles,
+            )
+        )
         bon = s["bon_accuracy"]
-        rows.append((f"policy: best-of-{s['bon_n']} pick (warm-start samples): knockout / elo / random / majority / "
-                     "oracle", "", " / ".join(f"{bon[k]:.3f}" for k in ("knockout", "elo", "random", "majority",
-                                                                        "oracle"))))
+        rows.append(
+            (
+                f"policy: best-of-{s['bon_n']} pick (warm-start samples): knockout / elo / random / majority / oracle",
+                "",
+                " / ".join(f"{bon[k]:.3f}" for k in ("knockout", "elo", "random", "majority", "oracle")),
+            )
+        )
     if Table is not None:
         t = Table(title=f"rrm-jax demo ({s['seconds']:.0f}s) -> {args.out}")
         for c in ("", "after the warm start", "after GRPO / the feedback cycles"):

@@ -16,7 +16,7 @@ prompt/parse code paths as a real checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -141,8 +141,7 @@ def policy_answer(problem: ArithmeticProblem, slip: int = 0) -> str:
     return f"{text}\n</think>\n\n\\boxed{{{text.rsplit('=', 1)[1]}}}"
 
 
-def policy_batch(problems: list[ArithmeticProblem], size: int, rng: np.random.Generator, tokenizer,
-                 careless: float):
+def policy_batch(problems: list[ArithmeticProblem], size: int, rng: np.random.Generator, tokenizer, careless: float):
     """(prompt_ids, completion_ids) for the policy's warm start: a teacher that slips on the first step of a
     share ``careless`` of the problems where a slip is possible."""
     from rrm_jax.core.tokenizers import chat_prompt
@@ -186,15 +185,33 @@ def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
 
 # A compact judge prompt (the demo's context is ~40 tokens); verdict format and parsing are the real ones.
 # register_prompt accepts an equal prompt again, so re-importing this module is harmless.
-DEMO_PROMPT = register_prompt(JudgePrompt(name="demo-arith", version=1, system="",
-                                          user_template="{question}\n1:{answer1}\n2:{answer2}", analysis_suffix=""))
+DEMO_PROMPT = register_prompt(
+    JudgePrompt(
+        name="demo-arith",
+        version=1,
+        system="",
+        user_template="{question}\n1:{answer1}\n2:{answer2}",
+        analysis_suffix="",
+    )
+)
 
 
 def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):
     """The demo's tiny Qwen2 (qkv bias, tied embeddings, GQA 4:2)."""
-    return ModelConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
-                       num_heads=4, num_kv_heads=2, head_dim=hidden // 4, rope_theta=10000.0,
-                       tie_word_embeddings=True, qkv_bias=True, max_position_embeddings=256, name="rrm-demo")
+    return ModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_layers=layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=hidden // 4,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        qkv_bias=True,
+        max_position_embeddings=256,
+        name="rrm-demo",
+    )
 
 
 def sft_batch(pairs: list[Pair], size: int, rng: np.random.Generator, tokenizer, render, snap_fraction: float = 0.0):

@@ -23,8 +23,8 @@ import json
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,8 +50,8 @@ class BonItem:
     query: str
     candidates: tuple[str, ...]
     correct: tuple[bool, ...]
-    answers: tuple[str | None, ...] | None = None   # extracted final answers (None: no extractor)
-    answer: str | None = None                       # the reference answer, when the input gave one
+    answers: tuple[str | None, ...] | None = None  # extracted final answers (None: no extractor)
+    answer: str | None = None  # the reference answer, when the input gave one
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -115,14 +115,16 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
     return out
 
 
-def with_candidates(item: BonItem, candidates: Sequence[str], extract: str = "",
-                    correct: Sequence[bool] | None = None) -> BonItem:
+def with_candidates(
+    item: BonItem, candidates: Sequence[str], extract: str = "", correct: Sequence[bool] | None = None
+) -> BonItem:
     """``item`` with these candidates; their correctness from ``correct`` or else from ``item.answer``."""
     answers = tuple(EXTRACTORS[extract](c) for c in candidates) if extract else None
     if correct is None:
         correct = [same_answer(extract, a, item.answer) for a in answers]
-    return dataclasses.replace(item, candidates=tuple(candidates), correct=tuple(bool(c) for c in correct),
-                               answers=answers)
+    return dataclasses.replace(
+        item, candidates=tuple(candidates), correct=tuple(bool(c) for c in correct), answers=answers
+    )
 
 
 # ---------------------------------------------------------------------------------------------- picks
@@ -147,8 +149,16 @@ def pick_majority(answers: Sequence[str | None], n: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- batching
 # ---------------------------------------------------------------------------------------------- one chunk
-def pick_chunk(judge, chunk: Sequence[tuple[int, BonItem]], *, strategies: Sequence[str], ns: Sequence[int],
-               votes: int = 1, swap: str = "random", seed: int = 0) -> list[dict]:
+def pick_chunk(
+    judge,
+    chunk: Sequence[tuple[int, BonItem]],
+    *,
+    strategies: Sequence[str],
+    ns: Sequence[int],
+    votes: int = 1,
+    swap: str = "random",
+    seed: int = 0,
+) -> list[dict]:
     """The records of a chunk of (row, item): every strategy at every n <= the item's candidates."""
     recs = []
     jobs, slots = [], []
@@ -164,14 +174,22 @@ def pick_chunk(judge, chunk: Sequence[tuple[int, BonItem]], *, strategies: Seque
             judged = [s for s in results if s in JUDGE_STRATEGIES]
             error = _misfit(judge, it, n) if judged else None
             for s in judged:
-                if error is not None:   # recorded and skipped, like eval's over-long items
+                if error is not None:  # recorded and skipped, like eval's over-long items
                     results[s][str(n)] = {"pick": None, "correct": None, "error": error}
                     continue
                 tseed = derive_seed(seed, _key(it.id), n, JUDGE_STRATEGIES.index(s))
                 jobs.append(tournament.rounds_of(s, it.query, it.candidates[:n], seed=tseed))
                 slots.append((len(recs), s, n, tseed))
-        recs.append({"id": it.id, "row": row, "n_candidates": len(it.candidates), "correct": list(it.correct),
-                     "answers": None if it.answers is None else list(it.answers), "results": results})
+        recs.append(
+            {
+                "id": it.id,
+                "row": row,
+                "n_candidates": len(it.candidates),
+                "correct": list(it.correct),
+                "answers": None if it.answers is None else list(it.answers),
+                "results": results,
+            }
+        )
     if not jobs:
         return recs
     chunk_seed = derive_seed(seed, chunk[0][0], 0xB0)
@@ -180,16 +198,22 @@ def pick_chunk(judge, chunk: Sequence[tuple[int, BonItem]], *, strategies: Seque
 
     def compare(items, ids):
         keys = [derive_seed(slots[k][3], c, i) for k, c, i in ids]
-        return judge.compare_many(items, votes=votes, swap=swap, seed=derive_seed(chunk_seed, next(calls)),
-                                  item_ids=keys)
+        return judge.compare_many(
+            items, votes=votes, swap=swap, seed=derive_seed(chunk_seed, next(calls)), item_ids=keys
+        )
 
     t0 = time.perf_counter()
     rankings = tournament.run_many(compare, jobs, with_ids=True)
     dt = time.perf_counter() - t0
     for (r, s, n, _), rk in zip(slots, rankings):
         k = int(rk.best)
-        recs[r]["results"][s][str(n)] = {"pick": k, "correct": recs[r]["correct"][k], "comparisons": rk.comparisons,
-                                         "tokens": int(rk.tokens), "samples": int(rk.samples)}
+        recs[r]["results"][s][str(n)] = {
+            "pick": k,
+            "correct": recs[r]["correct"][k],
+            "comparisons": rk.comparisons,
+            "tokens": int(rk.tokens),
+            "samples": int(rk.samples),
+        }
     for rec in recs:
         rec["seconds"] = dt / len(recs)
     return recs
@@ -204,9 +228,21 @@ def _misfit(judge, it: BonItem, n: int) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def run_bon(judge, items: Sequence[BonItem], out: str | Path, *, meta: dict, strategies: Sequence[str] = STRATEGIES,
-            ns: Sequence[int] = (2, 4, 8, 16, 32), votes: int = 1, swap: str = "random", seed: int = 0,
-            batch_size: int = 8, progress: bool = True, restart: bool = False) -> list[dict]:
+def run_bon(
+    judge,
+    items: Sequence[BonItem],
+    out: str | Path,
+    *,
+    meta: dict,
+    strategies: Sequence[str] = STRATEGIES,
+    ns: Sequence[int] = (2, 4, 8, 16, 32),
+    votes: int = 1,
+    swap: str = "random",
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    restart: bool = False,
+) -> list[dict]:
     """Pick for every item not yet in ``out/records.jsonl`` (chunks of ``batch_size`` queries, each appended when
     done) and return the records of ``items`` in order. ``judge`` may be None when no judge strategy runs."""
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -218,18 +254,31 @@ def run_bon(judge, items: Sequence[BonItem], out: str | Path, *, meta: dict, str
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len({it.id for it in items}) != len(items):
         raise DataError("items have duplicate ids")
-    meta = {**meta, "strategy": list(strategies), "n": [int(n) for n in ns], "votes": votes, "swap": swap,
-            "seed": seed, "record_version": RECORD_VERSION}
+    meta = {
+        **meta,
+        "strategy": list(strategies),
+        "n": [int(n) for n in ns],
+        "votes": votes,
+        "swap": swap,
+        "seed": seed,
+        "record_version": RECORD_VERSION,
+    }
     main = is_main()
     with open_records(Path(out) / "records.jsonl", meta, restart=restart) as (rf, done):
         rows = [(row, it) for row, it in enumerate(items)]
         todo = [x for x in rows if x[1].id not in done]
         tokens = 0
-        with Progress("best-of-N", len(items), completed=len(items) - len(todo), rate="queries",
-                      fmt="{tokens} judge tokens", enabled=progress and main) as bar:
+        with Progress(
+            "best-of-N",
+            len(items),
+            completed=len(items) - len(todo),
+            rate="queries",
+            fmt="{tokens} judge tokens",
+            enabled=progress and main,
+        ) as bar:
             # fixed chunks of the whole list, so a resumed run batches (and seeds) the rest as an unbroken one would
             for start in range(0, len(rows), batch_size):
-                chunk = [x for x in rows[start:start + batch_size] if x[1].id not in done]
+                chunk = [x for x in rows[start : start + batch_size] if x[1].id not in done]
                 if not chunk:
                     continue
                 new = pick_chunk(judge, chunk, strategies=strategies, ns=ns, votes=votes, swap=swap, seed=seed)
@@ -241,35 +290,65 @@ def run_bon(judge, items: Sequence[BonItem], out: str | Path, *, meta: dict, str
     return [done[it.id] for it in items]
 
 
-def generate_candidates(model, items: Sequence[BonItem], path: str | Path, *, n: int, extract: str, meta: dict,
-                        temperature: float = 1.0, max_new_tokens: int = 512, seed: int = 0, batch_size: int = 8,
-                        progress: bool = True, restart: bool = False, generate: Callable | None = None,
-                        max_slots: int = 32) -> list[BonItem]:
+def generate_candidates(
+    model,
+    items: Sequence[BonItem],
+    path: str | Path,
+    *,
+    n: int,
+    extract: str,
+    meta: dict,
+    temperature: float = 1.0,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    restart: bool = False,
+    generate: Callable | None = None,
+    max_slots: int = 32,
+) -> list[BonItem]:
     """Sample ``n`` candidates per query from a policy (its chat prompt; sampling seeded per chunk of queries),
     appended to ``path`` as they come ({id, query, answer, candidates}); a rerun reuses what is there.
     ``model`` is only touched when some query still needs candidates."""
     if generate is None:
         from rrm_jax.sampler import generate
-    meta = {**meta, "seed": seed, "record_version": RECORD_VERSION,
-            "policy": {**meta.get("policy", {}), "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens}}
+    meta = {
+        **meta,
+        "seed": seed,
+        "record_version": RECORD_VERSION,
+        "policy": {**meta.get("policy", {}), "n": n, "temperature": temperature, "max_new_tokens": max_new_tokens},
+    }
     main = is_main()
     with open_records(path, meta, restart=restart) as (rf, done):
         rows = list(enumerate(items))
         left = sum(it.id not in done for it in items)
-        with Progress("policy candidates", len(items), completed=len(items) - left, rate="queries",
-                      enabled=progress and main) as bar:
+        with Progress(
+            "policy candidates", len(items), completed=len(items) - left, rate="queries", enabled=progress and main
+        ) as bar:
             for start in range(0, len(rows), batch_size):
-                chunk = [(r, it) for r, it in rows[start:start + batch_size] if it.id not in done]
+                chunk = [(r, it) for r, it in rows[start : start + batch_size] if it.id not in done]
                 if not chunk:
                     continue
-                tok = model.tokenizer   # first touched here: a finished file never needs the model (lazy loading)
+                tok = model.tokenizer  # first touched here: a finished file never needs the model (lazy loading)
                 if tok is None:
                     raise ValueError("the policy model has no tokenizer (pass --tokenizer)")
-                cfg = SamplingConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens, max_slots=max_slots,
-                                     seed=derive_seed(seed, chunk[0][0], 0xC4))
+                cfg = SamplingConfig(
+                    n=n,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    max_slots=max_slots,
+                    seed=derive_seed(seed, chunk[0][0], 0xC4),
+                )
                 comps = generate(model, [chat_prompt(tok, it.query) for _, it in chunk], cfg)
-                new = [{"id": it.id, "query": it.query, "answer": it.answer,
-                        "candidates": [c.text for c in comps[k * n:(k + 1) * n]]} for k, (_, it) in enumerate(chunk)]
+                new = [
+                    {
+                        "id": it.id,
+                        "query": it.query,
+                        "answer": it.answer,
+                        "candidates": [c.text for c in comps[k * n : (k + 1) * n]],
+                    }
+                    for k, (_, it) in enumerate(chunk)
+                ]
                 if main:
                     rf.append(new)
                 done.update((r["id"], r) for r in new)

@@ -14,12 +14,7 @@ from pathlib import Path
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import DataError
-from rrm_jax.evaluation.bon import (
-    JUDGE_STRATEGIES,
-    generate_candidates,
-    read_bon,
-    run_bon,
-)
+from rrm_jax.evaluation.bon import JUDGE_STRATEGIES, generate_candidates, read_bon, run_bon
 from rrm_jax.evaluation.bon_report import summarize_bon, write_bon_summary
 from rrm_jax.evaluation.cli import _join, _real_judge, load_model
 from rrm_jax.evaluation.config import BonConfig, build_config, think_budgets, validate
@@ -28,12 +23,14 @@ from rrm_jax.evaluation.records import EvalError, fingerprint_file
 
 def bon_main(argv: list[str], *, judge=None) -> int:
     """`rrm-jax bon`; ``judge`` replaces loading ``--model`` (tests pass a simulated one)."""
-    cfg = build_config(BonConfig, argv, "rrm-jax bon", "reward-guided best-of-N: pick among candidates with a judge",
-                       positional="data")
+    cfg = build_config(
+        BonConfig, argv, "rrm-jax bon", "reward-guided best-of-N: pick among candidates with a judge", positional="data"
+    )
     validate(cfg)
     if not cfg.data:
-        raise ConfigError("DATA is required: a JSONL of {query, candidates, correct | answer} "
-                          "(or {query, answer} with --policy)")
+        raise ConfigError(
+            "DATA is required: a JSONL of {query, candidates, correct | answer} (or {query, answer} with --policy)"
+        )
     if not Path(cfg.data).is_file():
         raise ConfigError(f"DATA {cfg.data}: no such file")
     uses_judge = any(s in JUDGE_STRATEGIES for s in cfg.strategy)
@@ -52,10 +49,17 @@ def bon_main(argv: list[str], *, judge=None) -> int:
     budget = think_budgets(cfg)[0]
     fingerprint = fingerprint_file(cfg.data)
     policy = {"path": cfg.policy} if cfg.policy else None
-    meta = {"dataset": "bon", "source": cfg.data, "fingerprint": fingerprint, "extract": cfg.extract,
-            "policy": policy, "model": (cfg.model or None) if uses_judge else None,
-            "max_think_tokens": budget if uses_judge else None, "direct": cfg.direct and uses_judge,
-            "prompt": cfg.prompt if uses_judge else None}
+    meta = {
+        "dataset": "bon",
+        "source": cfg.data,
+        "fingerprint": fingerprint,
+        "extract": cfg.extract,
+        "policy": policy,
+        "model": (cfg.model or None) if uses_judge else None,
+        "max_think_tokens": budget if uses_judge else None,
+        "direct": cfg.direct and uses_judge,
+        "prompt": cfg.prompt if uses_judge else None,
+    }
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_toml(cfg, out / "config.toml")
@@ -64,16 +68,31 @@ def bon_main(argv: list[str], *, judge=None) -> int:
             items = _policy_candidates(cfg, items, out, fingerprint)
         if uses_judge and judge is None:
             judge = Lazy(lambda: _real_judge(cfg))
-        records = run_bon(judge if uses_judge else None, items, out, meta=meta, strategies=cfg.strategy, ns=cfg.n,
-                          votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
-                          progress=cfg.progress, restart=cfg.restart)
+        records = run_bon(
+            judge if uses_judge else None,
+            items,
+            out,
+            meta=meta,
+            strategies=cfg.strategy,
+            ns=cfg.n,
+            votes=cfg.votes,
+            swap=cfg.swap,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            restart=cfg.restart,
+        )
     except (EvalError, DataError) as e:
         print(f"rrm-jax bon: {e}", file=sys.stderr)
         return 2
     if not main:
         return 0
-    summary = summarize_bon(records, strategies=cfg.strategy, ns=cfg.n,
-                            meta={**meta, "votes": cfg.votes, "seed": cfg.seed, "limit": cfg.limit})
+    summary = summarize_bon(
+        records,
+        strategies=cfg.strategy,
+        ns=cfg.n,
+        meta={**meta, "votes": cfg.votes, "seed": cfg.seed, "limit": cfg.limit},
+    )
     write_bon_summary(out, summary, plots=cfg.plots)
     print((out / "summary.md").read_text())
     return 0
@@ -95,12 +114,28 @@ def _policy_candidates(cfg: BonConfig, items, out: Path, fingerprint: str):
     """The policy's max(n) samples per query (OUT/candidates.jsonl, resumed); the policy is freed before the judge
     loads."""
     policy = Lazy(lambda: load_model(dataclasses.replace(cfg, model=cfg.policy)))
-    meta = {"dataset": "bon-policy", "source": cfg.data, "fingerprint": fingerprint, "model": cfg.policy,
-            "policy": {"path": cfg.policy}}
-    items = generate_candidates(policy, items, out / "candidates.jsonl", n=max(cfg.n), extract=cfg.extract, meta=meta,
-                                temperature=cfg.policy_temperature, max_new_tokens=cfg.policy_max_new_tokens,
-                                seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
-                                restart=cfg.restart, max_slots=cfg.max_slots)
+    meta = {
+        "dataset": "bon-policy",
+        "source": cfg.data,
+        "fingerprint": fingerprint,
+        "model": cfg.policy,
+        "policy": {"path": cfg.policy},
+    }
+    items = generate_candidates(
+        policy,
+        items,
+        out / "candidates.jsonl",
+        n=max(cfg.n),
+        extract=cfg.extract,
+        meta=meta,
+        temperature=cfg.policy_temperature,
+        max_new_tokens=cfg.policy_max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        restart=cfg.restart,
+        max_slots=cfg.max_slots,
+    )
     del policy
     gc.collect()
     return items

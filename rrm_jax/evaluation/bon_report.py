@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 
-def summarize_bon(records: Sequence[dict], *, strategies: Sequence[str], ns: Sequence[int],
-                  meta: dict | None = None) -> dict:
+def summarize_bon(
+    records: Sequence[dict], *, strategies: Sequence[str], ns: Sequence[int], meta: dict | None = None
+) -> dict:
     """``{"accuracy": {strategy: {n: acc}}, "comparisons_per_query": ..., "tokens_per_query": ..., ...}``."""
     acc: dict[str, dict[str, float]] = {}
     comps: dict[str, dict[str, float]] = {}
@@ -26,7 +27,9 @@ def summarize_bon(records: Sequence[dict], *, strategies: Sequence[str], ns: Seq
     per_n = {str(n): sum(r["n_candidates"] >= n for r in records) for n in ns}
     for n in ns:
         if records and per_n[str(n)] == 0:
-            notes.append(f"n={n} skipped: no query has {n} candidates (most: {max(r['n_candidates'] for r in records)})")
+            notes.append(
+                f"n={n} skipped: no query has {n} candidates (most: {max(r['n_candidates'] for r in records)})"
+            )
         elif per_n[str(n)] < len(records):
             notes.append(f"n={n}: {len(records) - per_n[str(n)]} queries with fewer candidates left out")
     for s in strategies:
@@ -44,9 +47,18 @@ def summarize_bon(records: Sequence[dict], *, strategies: Sequence[str], ns: Seq
             if any("comparisons" in x for x in ok):
                 comps.setdefault(s, {})[str(n)] = float(np.mean([x["comparisons"] for x in ok]))
                 toks.setdefault(s, {})[str(n)] = float(np.mean([x["tokens"] for x in ok]))
-    return {**(meta or {}), "queries": len(records), "strategies": list(strategies), "n": [int(n) for n in ns],
-            "queries_per_n": per_n, "accuracy": acc, "comparisons_per_query": comps, "tokens_per_query": toks,
-            "errors": errors, "notes": notes}
+    return {
+        **(meta or {}),
+        "queries": len(records),
+        "strategies": list(strategies),
+        "n": [int(n) for n in ns],
+        "queries_per_n": per_n,
+        "accuracy": acc,
+        "comparisons_per_query": comps,
+        "tokens_per_query": toks,
+        "errors": errors,
+        "notes": notes,
+    }
 
 
 def _fmt(x, pct=True) -> str:
@@ -60,21 +72,30 @@ def bon_markdown(summary: dict) -> str:
     if not ns or not summary["accuracy"]:
         return "(no results)\n" + "".join(f"\n- {n}" for n in summary["notes"])
     judge = ("direct" if summary.get("direct") else "thinks first") if summary.get("model") else None
-    head = f"Best-of-N accuracy (%) on {summary['queries']} queries" + (f"; judge {summary['model']} ({judge}, "
-                                                                       f"votes={summary.get('votes')})" if judge else "")
+    head = f"Best-of-N accuracy (%) on {summary['queries']} queries" + (
+        f"; judge {summary['model']} ({judge}, votes={summary.get('votes')})" if judge else ""
+    )
     lines = [head, "", "| strategy | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for s, per in summary["accuracy"].items():
         lines.append(f"| {s} | " + " | ".join(_fmt(per.get(n)) for n in ns) + " |")
     if summary["comparisons_per_query"]:
-        lines += ["", "Judge cost per query (comparisons / generated tokens)", "",
-                  "| strategy | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+        lines += [
+            "",
+            "Judge cost per query (comparisons / generated tokens)",
+            "",
+            "| strategy | " + " | ".join(f"n={n}" for n in ns) + " |",
+            "|---|" + "---|" * len(ns),
+        ]
         for s, per in summary["comparisons_per_query"].items():
             tok = summary["tokens_per_query"][s]
-            lines.append(f"| {s} | " + " | ".join(f"{_fmt(per.get(n), False)} / {_fmt(tok.get(n), False)}"
-                                                  for n in ns) + " |")
+            lines.append(
+                f"| {s} | " + " | ".join(f"{_fmt(per.get(n), False)} / {_fmt(tok.get(n), False)}" for n in ns) + " |"
+            )
     extra = [f"- {n}" for n in summary["notes"]]
-    extra += [f"- {s}: {sum(per.values())} picks not made (over-long comparisons; see records)"
-              for s, per in summary["errors"].items()]
+    extra += [
+        f"- {s}: {sum(per.values())} picks not made (over-long comparisons; see records)"
+        for s, per in summary["errors"].items()
+    ]
     return "\n".join(lines + ([""] + extra if extra else [])) + "\n"
 
 

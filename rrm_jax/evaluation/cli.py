@@ -54,7 +54,7 @@ def load_model(opts: JudgeOptions):
         raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
     mesh = None
     if opts.mesh:  # three sizes (validate); empty: load_or_init's all-devices data-parallel mesh
-        mesh = make_mesh(opts.mesh, devices=jax.devices()[:int(np.prod(opts.mesh))])
+        mesh = make_mesh(opts.mesh, devices=jax.devices()[: int(np.prod(opts.mesh))])
     model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
     if model.tokenizer is None and opts.tokenizer:
         model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
@@ -65,8 +65,12 @@ def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
     """A Judge of ``model`` (``opts.max_new_tokens`` as :func:`clamp_generation` left it); a budget of 0 (``--direct``)
     gives the :class:`DirectJudge` baseline."""
     cls = DirectJudge if max_think_tokens == 0 else Judge
-    return cls(model, prompt=opts.prompt, sampling=sampling_config(opts, max_think_tokens),
-               max_prompt_tokens=opts.max_prompt_tokens or None)
+    return cls(
+        model,
+        prompt=opts.prompt,
+        sampling=sampling_config(opts, max_think_tokens),
+        max_prompt_tokens=opts.max_prompt_tokens or None,
+    )
 
 
 def _join(opts: JudgeOptions) -> bool:
@@ -82,8 +86,9 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
 
     ``judge_factory(max_think_tokens) -> judge`` replaces model loading (tests pass a fake judge)."""
     origins: dict[str, str] = {}
-    cfg = build_config(EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL",
-                       origins)
+    cfg = build_config(
+        EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL", origins
+    )
     validate(cfg)
     check_data(cfg, origins)
     if judge_factory is None and not cfg.model:
@@ -91,15 +96,17 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     main = _join(cfg)
     out = Path(cfg.out)
     try:
-        pairs = load_pairs(cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad,
-                           split=cfg.split)
+        pairs = load_pairs(
+            cfg.dataset, cfg.data or None, data_dir=cfg.data_dir or None, on_bad=cfg.on_bad, split=cfg.split
+        )
     except (DataError, ValueError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
     if main:
         write_toml(cfg, out / "config.toml")
-        (out / "problems.json").write_text(json.dumps({"skipped": [str(p) for p in pairs.problems],
-                                                       "notes": [str(p) for p in pairs.notes]}, indent=1))
+        (out / "problems.json").write_text(
+            json.dumps({"skipped": [str(p) for p in pairs.problems], "notes": [str(p) for p in pairs.notes]}, indent=1)
+        )
     if pairs.problems and main:
         print(f"skipped {len(pairs.problems)} bad items (listed in {out / 'problems.json'})", file=sys.stderr)
     if judge_factory is None:
@@ -111,11 +118,24 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         for budget in think_budgets(cfg):
             judge = judge_factory(budget)
             for votes in cfg.votes:
-                summaries.append(evaluate(judge, pairs, out, votes=votes, swap=cfg.swap, seed=cfg.seed,
-                                          max_items=cfg.max_items, batch_size=cfg.batch_size, adaptive=cfg.adaptive,
-                                          kind=cfg.dataset, setting=Setting(votes, budget), progress=cfg.progress,
-                                          extra_meta={"model": cfg.model or None, "split": cfg.split},
-                                          restart=cfg.restart))
+                summaries.append(
+                    evaluate(
+                        judge,
+                        pairs,
+                        out,
+                        votes=votes,
+                        swap=cfg.swap,
+                        seed=cfg.seed,
+                        max_items=cfg.max_items,
+                        batch_size=cfg.batch_size,
+                        adaptive=cfg.adaptive,
+                        kind=cfg.dataset,
+                        setting=Setting(votes, budget),
+                        progress=cfg.progress,
+                        extra_meta={"model": cfg.model or None, "split": cfg.split},
+                        restart=cfg.restart,
+                    )
+                )
     except (EvalError, DataError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
@@ -123,8 +143,11 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         return 0
     for s in summaries:
         if s["errors"]:
-            print(f"{s['setting']}: {s['errors']} items not judged (their records hold the reason under 'error'; "
-                  "a rerun with the same --out retries them)", file=sys.stderr)
+            print(
+                f"{s['setting']}: {s['errors']} items not judged (their records hold the reason under 'error'; "
+                "a rerun with the same --out retries them)",
+                file=sys.stderr,
+            )
     # the records files may also hold items beyond this run's max_items or split (an earlier, larger run):
     # keep this run's items, by id (a row number names another item under another split)
     n = len(pairs) if cfg.max_items <= 0 else min(len(pairs), cfg.max_items)
@@ -152,11 +175,27 @@ def judge_main(argv: list[str], *, judge=None) -> int:
         print(f"skipped: {p}", file=sys.stderr)
     judge = judge or _real_judge(cfg)
     try:
-        recs = run_records(judge, pairs.records, cfg.out, meta={"dataset": "jsonl", "source": cfg.pairs,
-                           "fingerprint": fingerprint_file(cfg.pairs), "model": cfg.model or None,
-                           "max_think_tokens": think_budgets(cfg)[0], "direct": cfg.direct, "prompt": cfg.prompt},
-                           votes=cfg.votes, swap=cfg.swap, seed=cfg.seed, batch_size=cfg.batch_size,
-                           adaptive=cfg.adaptive, progress=cfg.progress, restart=cfg.restart)
+        recs = run_records(
+            judge,
+            pairs.records,
+            cfg.out,
+            meta={
+                "dataset": "jsonl",
+                "source": cfg.pairs,
+                "fingerprint": fingerprint_file(cfg.pairs),
+                "model": cfg.model or None,
+                "max_think_tokens": think_budgets(cfg)[0],
+                "direct": cfg.direct,
+                "prompt": cfg.prompt,
+            },
+            votes=cfg.votes,
+            swap=cfg.swap,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            adaptive=cfg.adaptive,
+            progress=cfg.progress,
+            restart=cfg.restart,
+        )
     except (EvalError, DataError) as e:
         print(f"rrm-jax judge: {e}", file=sys.stderr)
         return 2
@@ -186,10 +225,20 @@ def rank_main(argv: list[str], *, judge=None) -> int:
         print(f"rrm-jax rank: {e}", file=sys.stderr)
         return 2
     judge = judge or _real_judge(cfg)
-    meta = {"dataset": "queries", "source": cfg.queries, "fingerprint": fingerprint_file(cfg.queries),
-            "model": cfg.model or None, "max_think_tokens": think_budgets(cfg)[0], "direct": cfg.direct,
-            "prompt": cfg.prompt, "strategy": cfg.strategy, "votes": cfg.votes, "swap": cfg.swap, "seed": cfg.seed,
-            "record_version": RECORD_VERSION}
+    meta = {
+        "dataset": "queries",
+        "source": cfg.queries,
+        "fingerprint": fingerprint_file(cfg.queries),
+        "model": cfg.model or None,
+        "max_think_tokens": think_budgets(cfg)[0],
+        "direct": cfg.direct,
+        "prompt": cfg.prompt,
+        "strategy": cfg.strategy,
+        "votes": cfg.votes,
+        "swap": cfg.swap,
+        "seed": cfg.seed,
+        "record_version": RECORD_VERSION,
+    }
     try:
         with open_records(cfg.out, meta, restart=cfg.restart) as (rf, done):
             _rank_queries(judge, cfg, queries, rf, done, main)
@@ -203,22 +252,43 @@ def rank_main(argv: list[str], *, judge=None) -> int:
 
 def _rank_queries(judge, cfg: RankConfig, queries: list[dict], rf: RecordsFile, done: dict, main: bool) -> None:
     todo = [q for q in queries if q["id"] not in done or done[q["id"]].get("error")]
-    with Progress(f"ranking ({cfg.strategy})", len(queries), completed=len(queries) - len(todo), rate="queries",
-                  fmt="{tokens} judge tokens", enabled=cfg.progress and main) as bar:
+    with Progress(
+        f"ranking ({cfg.strategy})",
+        len(queries),
+        completed=len(queries) - len(todo),
+        rate="queries",
+        fmt="{tokens} judge tokens",
+        enabled=cfg.progress and main,
+    ) as bar:
         tokens = 0
         for q in todo:
             error = _rank_misfit(judge, q)
             if error is not None:  # one over-long query is recorded and skipped, not the end of the run
-                rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
-                       "best": None, "best_candidate": None, "error": error}
+                rec = {
+                    "id": q["id"],
+                    "query": q["query"],
+                    "strategy": cfg.strategy,
+                    "votes": cfg.votes,
+                    "best": None,
+                    "best_candidate": None,
+                    "error": error,
+                }
                 if main:
                     rf.append([rec])
                 bar.update(advance=1, tokens=tokens)
                 continue
-            r = judge.rank(q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed,
-                           swap=cfg.swap)
-            rec = {"id": q["id"], "query": q["query"], "strategy": cfg.strategy, "votes": cfg.votes,
-                   "best": int(r.order[0]), "best_candidate": q["candidates"][r.order[0]], **r.to_dict()}
+            r = judge.rank(
+                q["query"], q["candidates"], strategy=cfg.strategy, votes=cfg.votes, seed=cfg.seed, swap=cfg.swap
+            )
+            rec = {
+                "id": q["id"],
+                "query": q["query"],
+                "strategy": cfg.strategy,
+                "votes": cfg.votes,
+                "best": int(r.order[0]),
+                "best_candidate": q["candidates"][r.order[0]],
+                **r.to_dict(),
+            }
             if main:  # multi-host: every process plays every match, one writes
                 rf.append([rec])
             tokens += int(r.tokens)

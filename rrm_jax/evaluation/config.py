@@ -30,44 +30,44 @@ from rrm_jax.sampler.config import SamplingConfig
 class JudgeOptions:
     """How to load the model and sample its judgements."""
 
-    model: str = ""                       # checkpoint dir (HF layout) or a preset name (random weights)
-    tokenizer: str = ""                   # tokenizer dir when the model has none (presets)
+    model: str = ""  # checkpoint dir (HF layout) or a preset name (random weights)
+    tokenizer: str = ""  # tokenizer dir when the model has none (presets)
     dtype: str = "bfloat16"
-    mesh: tuple[int, ...] = ()            # (data, fsdp, tensor) sizes, e.g. 1,1,8; empty = all devices data-parallel
-    distributed: bool = False             # one process per host (rrm_jax.core.distributed); only process 0 writes
+    mesh: tuple[int, ...] = ()  # (data, fsdp, tensor) sizes, e.g. 1,1,8; empty = all devices data-parallel
+    distributed: bool = False  # one process per host (rrm_jax.core.distributed); only process 0 writes
     prompt: str = "rrm-v1"
-    max_new_tokens: int = 8192            # the released models' evaluation setting
+    max_new_tokens: int = 8192  # the released models' evaluation setting
     temperature: float = 0.6
     top_p: float = 1.0
     top_k: int = 0
-    max_slots: int = 32                   # continuous-batching rows
-    max_prompt_tokens: int = 0            # 0 = no limit; longer inputs are cut in the middle (reported per item)
+    max_slots: int = 32  # continuous-batching rows
+    max_prompt_tokens: int = 0  # 0 = no limit; longer inputs are cut in the middle (reported per item)
     seed: int = 0
     progress: bool = True
-    direct: bool = False                  # the direct baseline: no thinking, verdict forced at once (budget 0)
+    direct: bool = False  # the direct baseline: no thinking, verdict forced at once (budget 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(JudgeOptions):
-    dataset: str = "pandalm"              # rewardbench | pandalm | llmbar | jsonl
-    data: str = ""                        # source file/dir; empty for rewardbench = download (internet)
-    data_dir: str = ""                    # TFDS ArrayRecord cache (default ~/.cache/rrm_jax/tfds)
-    split: str = "test"                   # TFDS split, slicing allowed: "test[:100]"
+    dataset: str = "pandalm"  # rewardbench | pandalm | llmbar | jsonl
+    data: str = ""  # source file/dir; empty for rewardbench = download (internet)
+    data_dir: str = ""  # TFDS ArrayRecord cache (default ~/.cache/rrm_jax/tfds)
+    split: str = "test"  # TFDS split, slicing allowed: "test[:100]"
     out: str = "runs/eval"
     votes: tuple[int, ...] = (1,)
-    max_think_tokens: tuple[int | None, ...] = (None,)   # one records file per (votes, budget)
+    max_think_tokens: tuple[int | None, ...] = (None,)  # one records file per (votes, budget)
     swap: str = "random"
     adaptive: bool = False
-    max_items: int = 0                    # 0 = all
-    batch_size: int = 64                  # pairs per compare_many call
-    on_bad: str = "raise"                 # raise | skip (skipped items are listed in problems.json)
+    max_items: int = 0  # 0 = all
+    batch_size: int = 64  # pairs per compare_many call
+    on_bad: str = "raise"  # raise | skip (skipped items are listed in problems.json)
     plots: bool = True
-    restart: bool = False                 # move earlier records of --out aside (*.replaced-<n>) instead of resuming
+    restart: bool = False  # move earlier records of --out aside (*.replaced-<n>) instead of resuming
 
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig(JudgeOptions):
-    pairs: str = ""                       # JSONL of {query, response_a, response_b, [label], [id]}
+    pairs: str = ""  # JSONL of {query, response_a, response_b, [label], [id]}
     out: str = "judgements.jsonl"
     votes: int = 1
     max_think_tokens: int | None = None
@@ -80,9 +80,9 @@ class JudgeConfig(JudgeOptions):
 
 @dataclasses.dataclass(frozen=True)
 class RankConfig(JudgeOptions):
-    queries: str = ""                     # JSONL of {query, candidates: [...], [id]}
+    queries: str = ""  # JSONL of {query, candidates: [...], [id]}
     out: str = "rankings.jsonl"
-    strategy: str = "knockout"            # knockout | elo
+    strategy: str = "knockout"  # knockout | elo
     votes: int = 1
     max_think_tokens: int | None = None
     swap: str = "random"
@@ -91,17 +91,17 @@ class RankConfig(JudgeOptions):
 
 @dataclasses.dataclass(frozen=True)
 class BonConfig(JudgeOptions):
-    data: str = ""                        # JSONL of {query, candidates, correct | answer} (or {query, answer} + policy)
+    data: str = ""  # JSONL of {query, candidates, correct | answer} (or {query, answer} + policy)
     out: str = "runs/bon"
     strategy: tuple[str, ...] = ("knockout", "elo", "random", "majority", "oracle")
     n: tuple[int, ...] = (2, 4, 8, 16, 32)
     votes: int = 1
-    extract: str = ""                     # choice | math: answers pulled from the candidates ("" = none)
+    extract: str = ""  # choice | math: answers pulled from the candidates ("" = none)
     max_think_tokens: int | None = None
     swap: str = "random"
-    limit: int = 0                        # 0 = every query
-    batch_size: int = 8                   # queries whose tournaments share compare_many calls (and a records flush)
-    policy: str = ""                      # generate the candidates with this model first (checkpoint/preset)
+    limit: int = 0  # 0 = every query
+    batch_size: int = 8  # queries whose tournaments share compare_many calls (and a records flush)
+    policy: str = ""  # generate the candidates with this model first (checkpoint/preset)
     policy_temperature: float = 1.0
     policy_max_new_tokens: int = 512
     plots: bool = True
@@ -146,6 +146,7 @@ HELP = {
 
 def validate(cfg) -> None:
     """Reject impossible settings before any work starts."""
+
     def bad(msg):
         raise ConfigError(msg)
 
@@ -184,11 +185,13 @@ def validate(cfg) -> None:
     if tok and not (tok in GENERATED or Path(tok).exists() or hub.is_hub_id(tok)):
         bad(f"--tokenizer {cfg.tokenizer}: no such directory (nor a hub id or one of {', '.join(GENERATED)})")
     if cfg.model and not _model_exists(cfg.model):
-        bad(f"--model {cfg.model}: not a checkpoint directory, hub id (org/name), model TOML or preset "
-            f"(presets: {', '.join(shipped.names('models'))})")
+        bad(
+            f"--model {cfg.model}: not a checkpoint directory, hub id (org/name), model TOML or preset "
+            f"(presets: {', '.join(shipped.names('models'))})"
+        )
 
 
-def _validate_bon(cfg: "BonConfig", bad) -> None:
+def _validate_bon(cfg: BonConfig, bad) -> None:
     unknown = [s for s in cfg.strategy if s not in BON_STRATEGIES]
     if not cfg.strategy or unknown:
         bad(f"--strategy must be a comma-separated subset of {','.join(BON_STRATEGIES)}, got {cfg.strategy!r}")
@@ -201,8 +204,10 @@ def _validate_bon(cfg: "BonConfig", bad) -> None:
     if cfg.policy and not _model_exists(cfg.policy):
         bad(f"--policy {cfg.policy}: not a checkpoint directory, hub id (org/name), model TOML or preset")
     if cfg.policy_temperature < 0 or cfg.policy_max_new_tokens < 1:
-        bad("--policy-temperature must be >= 0 and --policy-max-new-tokens >= 1, got "
-            f"{cfg.policy_temperature}, {cfg.policy_max_new_tokens}")
+        bad(
+            "--policy-temperature must be >= 0 and --policy-max-new-tokens >= 1, got "
+            f"{cfg.policy_temperature}, {cfg.policy_max_new_tokens}"
+        )
 
 
 def think_budgets(cfg) -> tuple:
@@ -220,8 +225,15 @@ def _model_exists(spec: str) -> bool:
 
 def sampling_config(opts: JudgeOptions, max_think_tokens: int | None) -> SamplingConfig:
     """The judge's sampling from the flat options (the recipes' and flags' keys), for one thinking budget."""
-    return SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                          top_k=opts.top_k, max_slots=opts.max_slots, seed=opts.seed, max_think_tokens=max_think_tokens)
+    return SamplingConfig(
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        top_k=opts.top_k,
+        max_slots=opts.max_slots,
+        seed=opts.seed,
+        max_think_tokens=max_think_tokens,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -236,8 +248,14 @@ def _metavar(tp: Any) -> str:
 _BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 
-def build_config(cls, argv: list[str], prog: str, description: str, origins: dict[str, str] | None = None,
-                 positional: str | None = None):
+def build_config(
+    cls,
+    argv: list[str],
+    prog: str,
+    description: str,
+    origins: dict[str, str] | None = None,
+    positional: str | None = None,
+):
     """defaults < recipe.toml (a positional *.toml or shipped recipe name) < --flags < key=value.
 
     ``origins``, when given, receives field -> recipe file for the values that came from a recipe; ``positional``
@@ -247,12 +265,20 @@ def build_config(cls, argv: list[str], prog: str, description: str, origins: dic
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("rest", nargs="*", help="an optional recipe .toml, then key=value overrides")
     for name in fields:
-        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=_metavar(hints[name]),
-                        help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip())
+        ap.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=_metavar(hints[name]),
+            help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip(),
+        )
     # a bare boolean flag (--direct) means true; --direct false still works, and a bare one never eats the next word
     bools = {"--" + n.replace("_", "-") for n in fields if hints[n] is bool}
-    argv = [x for i, a in enumerate(argv) for x in ([a, "true"] if a in bools and (
-        i + 1 == len(argv) or argv[i + 1].lower() not in _BOOL_WORDS) else [a])]
+    argv = [
+        x
+        for i, a in enumerate(argv)
+        for x in ([a, "true"] if a in bools and (i + 1 == len(argv) or argv[i + 1].lower() not in _BOOL_WORDS) else [a])
+    ]
     ns = ap.parse_intermixed_args(argv)
     recipes, overrides = [], []
     for item in ns.rest:
@@ -270,7 +296,9 @@ def build_config(cls, argv: list[str], prog: str, description: str, origins: dic
             raise ConfigError(f"recipe {item}: no such file (shipped recipes: {', '.join(shipped.names('eval'))})")
         else:
             raise ConfigError(f"unexpected argument {item!r} (expected a .toml recipe or key=value)")
-    flags = [(f"--{k.replace('_', '-')} {v}", {k: v}, True) for k, v in vars(ns).items() if k in fields and v is not None]
+    flags = [
+        (f"--{k.replace('_', '-')} {v}", {k: v}, True) for k, v in vars(ns).items() if k in fields and v is not None
+    ]
     cfg = configs.build(cls, recipes + flags + overrides)
     if origins is not None:
         later = {k for _, values, _ in flags + overrides for k in values}

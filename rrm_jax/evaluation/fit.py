@@ -36,17 +36,22 @@ def misfit(judge, item_id: str, query: str, a: str, b: str) -> str | None:
     except ValueError as e:  # max_prompt_tokens smaller than the template itself
         return f"item {item_id!r}: {e}; skipped (raise --max-prompt-tokens)"
     tok = judge.tokenizer
-    n = max(len(tok.encode(judge.render(q, x, y), add_special_tokens=False)),
-            len(tok.encode(judge.render(q, y, x), add_special_tokens=False)))
+    n = max(
+        len(tok.encode(judge.render(q, x, y), add_special_tokens=False)),
+        len(tok.encode(judge.render(q, y, x), add_special_tokens=False)),
+    )
     sampling = judge.sampling
     forced = len(getattr(judge, "suffix_ids", ())) if sampling.max_think_tokens is not None else 0
     room = ctx - sampling.max_new_tokens - forced
     if n <= room:
         return None
-    hint = (f"pass --max-prompt-tokens {room} to cut long texts in the middle" if room >= 64
-            else "lower --max-new-tokens")
-    return (f"item {item_id!r}: its prompt has {n} tokens; with max_new_tokens={sampling.max_new_tokens} "
-            f"(+{forced} forced) it exceeds the model's context ({ctx} tokens); skipped: {hint}")
+    hint = (
+        f"pass --max-prompt-tokens {room} to cut long texts in the middle" if room >= 64 else "lower --max-new-tokens"
+    )
+    return (
+        f"item {item_id!r}: its prompt has {n} tokens; with max_new_tokens={sampling.max_new_tokens} "
+        f"(+{forced} forced) it exceeds the model's context ({ctx} tokens); skipped: {hint}"
+    )
 
 
 def clamp_generation(model, opts):
@@ -63,9 +68,14 @@ def clamp_generation(model, opts):
     if opts.max_new_tokens <= limit:
         return opts
     if limit < 1:
-        raise ConfigError(f"max_prompt_tokens={opts.max_prompt_tokens} leaves no room to generate in the model's "
-                          f"context ({ctx} tokens); pass a smaller --max-prompt-tokens")
-    print(f"note: max_new_tokens={opts.max_new_tokens} leaves too little of the model's context ({ctx} tokens) for "
-          f"the prompt ({prompt}); generating at most {limit} new tokens (set --max-new-tokens / "
-          "--max-prompt-tokens to choose the split)", file=sys.stderr)
+        raise ConfigError(
+            f"max_prompt_tokens={opts.max_prompt_tokens} leaves no room to generate in the model's "
+            f"context ({ctx} tokens); pass a smaller --max-prompt-tokens"
+        )
+    print(
+        f"note: max_new_tokens={opts.max_new_tokens} leaves too little of the model's context ({ctx} tokens) for "
+        f"the prompt ({prompt}); generating at most {limit} new tokens (set --max-new-tokens / "
+        "--max-prompt-tokens to choose the split)",
+        file=sys.stderr,
+    )
     return dataclasses.replace(opts, max_new_tokens=limit)

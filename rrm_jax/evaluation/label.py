@@ -21,8 +21,8 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rrm_jax.core.distributed import initialize, is_main
 from rrm_jax.core.errors import ConfigError
@@ -36,9 +36,9 @@ from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, fingerprint_fi
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig(JudgeOptions):
-    queries: str = ""                     # JSONL of {query, candidates: [...], [id]} (the positional DATA)
+    queries: str = ""  # JSONL of {query, candidates: [...], [id]} (the positional DATA)
     out: str = "pairs.jsonl"
-    votes: int = 3                        # samples per shown order (both orders: 2 x votes per pair)
+    votes: int = 3  # samples per shown order (both orders: 2 x votes per pair)
     min_confidence: float = 0.0
     max_think_tokens: int | None = None
     batch_size: int = 64
@@ -60,8 +60,16 @@ def label_comparison(verdict) -> dict:
     winner = verdict.winner
     if winner is None and va + vb and soft != 0.5:  # a tied vote (e.g. one per order): the soft score decides
         winner = 0 if soft > 0.5 else 1
-    return {"winner": winner, "votes_i": va, "votes_j": vb, "soft": float(soft), "confidence": abs(2 * float(soft) - 1),
-            "invalid": int(verdict.invalid), "tokens": int(verdict.tokens), "truncated": bool(verdict.truncated)}
+    return {
+        "winner": winner,
+        "votes_i": va,
+        "votes_j": vb,
+        "soft": float(soft),
+        "confidence": abs(2 * float(soft) - 1),
+        "invalid": int(verdict.invalid),
+        "tokens": int(verdict.tokens),
+        "truncated": bool(verdict.truncated),
+    }
 
 
 def pairs_of(record: dict) -> list[dict]:
@@ -73,9 +81,18 @@ def pairs_of(record: dict) -> list[dict]:
         w, l = (c["i"], c["j"]) if c["winner"] == 0 else (c["j"], c["i"])
         vw, vl = (c["votes_i"], c["votes_j"]) if c["winner"] == 0 else (c["votes_j"], c["votes_i"])
         cands = record["candidates"]
-        out.append({"query": record["query"], "chosen": cands[w], "rejected": cands[l],
-                    "confidence": c["confidence"], "votes_chosen": vw, "votes_rejected": vl,
-                    "id": record["id"], "pair": [w, l]})
+        out.append(
+            {
+                "query": record["query"],
+                "chosen": cands[w],
+                "rejected": cands[l],
+                "confidence": c["confidence"],
+                "votes_chosen": vw,
+                "votes_rejected": vl,
+                "id": record["id"],
+                "pair": [w, l],
+            }
+        )
     return out
 
 
@@ -84,11 +101,15 @@ def tally(records: Sequence[dict], min_confidence: float) -> dict:
     comps = [c for r in records for c in r["comparisons"]]
     decided = [c for c in comps if c.get("winner") is not None]
     kept = sum(c["confidence"] >= min_confidence for c in decided)
-    return {"queries": len(records), "comparisons": len(comps), "kept": kept,
-            "dropped_low_confidence": len(decided) - kept,
-            "undecided": sum(c.get("winner") is None and not c.get("error") for c in comps),
-            "not_judged": sum(bool(c.get("error")) for c in comps),
-            "judge_tokens": sum(c.get("tokens", 0) for c in comps)}
+    return {
+        "queries": len(records),
+        "comparisons": len(comps),
+        "kept": kept,
+        "dropped_low_confidence": len(decided) - kept,
+        "undecided": sum(c.get("winner") is None and not c.get("error") for c in comps),
+        "not_judged": sum(bool(c.get("error")) for c in comps),
+        "judge_tokens": sum(c.get("tokens", 0) for c in comps),
+    }
 
 
 def _kept(records: Sequence[dict], min_confidence: float) -> list[dict]:
@@ -138,8 +159,15 @@ def _judge_chunk(judge, chunk, votes: int, seed: int) -> list[dict]:
                 else:
                     comp["error"] = error
                 comps.append(comp)
-        rec = {"id": q["id"], "row": row, "query": q["query"], "candidates": c, "votes": votes,
-               "chunk_seed": chunk_seed, "comparisons": comps}
+        rec = {
+            "id": q["id"],
+            "row": row,
+            "query": q["query"],
+            "candidates": c,
+            "votes": votes,
+            "chunk_seed": chunk_seed,
+            "comparisons": comps,
+        }
         errors = [x["error"] for x in comps if x.get("error")]
         if errors:  # like eval's too-long items: a rerun (e.g. with --max-prompt-tokens) tries this query again
             rec["error"] = errors[0]
@@ -152,8 +180,19 @@ def _judge_chunk(judge, chunk, votes: int, seed: int) -> list[dict]:
     return records
 
 
-def label(judge, queries: list[dict], out: str | Path, *, meta: dict, votes: int = 3, seed: int = 0,
-          min_confidence: float = 0.0, batch_size: int = 64, progress: bool = True, restart: bool = False) -> dict:
+def label(
+    judge,
+    queries: list[dict],
+    out: str | Path,
+    *,
+    meta: dict,
+    votes: int = 3,
+    seed: int = 0,
+    min_confidence: float = 0.0,
+    batch_size: int = 64,
+    progress: bool = True,
+    restart: bool = False,
+) -> dict:
     """Label ``queries`` (dicts of :func:`~rrm_jax.data.records.read_queries`) into ``out``; returns the tally."""
     out = Path(out)
     meta = {**meta, "dataset": "label", "votes": votes, "swap": "both", "seed": seed, "record_version": RECORD_VERSION}
@@ -165,8 +204,14 @@ def label(judge, queries: list[dict], out: str | Path, *, meta: dict, votes: int
             write_pairs(out, [done[q["id"]] for q in queries if q["id"] in done], min_confidence)
         todo = [(row, q) for row, q in enumerate(queries) if q["id"] not in done or done[q["id"]].get("error")]
         kept = len(_kept([done[q["id"]] for q in queries if q["id"] in done], min_confidence))
-        with Progress("labelling", len(queries), completed=len(queries) - len(todo), rate="queries",
-                      fmt="{kept} pairs kept", enabled=progress and main) as bar:
+        with Progress(
+            "labelling",
+            len(queries),
+            completed=len(queries) - len(todo),
+            rate="queries",
+            fmt="{kept} pairs kept",
+            enabled=progress and main,
+        ) as bar:
             for chunk in _chunks(todo, batch_size):
                 new = _judge_chunk(judge, chunk, votes, seed)
                 if main:
@@ -190,7 +235,7 @@ def _positional_data(argv: list[str]) -> list[str]:
         a = argv[i]
         if a.startswith("-"):
             take = 1 if "=" in a or a in ("-h", "--help") else 2
-            out += argv[i:i + take]
+            out += argv[i : i + take]
             i += take
             continue
         if not found and "=" not in a and not a.endswith(".toml"):
@@ -204,8 +249,12 @@ def _positional_data(argv: list[str]) -> list[str]:
 
 def label_main(argv: list[str], *, judge=None) -> int:
     """`rrm-jax label DATA --model JUDGE --out PAIRS.jsonl [--votes 3] [--min-confidence 0.0] [--seed S]`."""
-    cfg = build_config(LabelConfig, _positional_data(argv), "rrm-jax label",
-                       "judge-labelled preference pairs {query, chosen, rejected} for DPO (mode = \"dpo\")")
+    cfg = build_config(
+        LabelConfig,
+        _positional_data(argv),
+        "rrm-jax label",
+        'judge-labelled preference pairs {query, chosen, rejected} for DPO (mode = "dpo")',
+    )
     validate(cfg)
     if not cfg.queries:
         raise ConfigError("DATA is required: a JSONL of {query, candidates: [>= 2 strings], [id]}")
@@ -225,19 +274,35 @@ def label_main(argv: list[str], *, judge=None) -> int:
             initialize()
         model = load_model(cfg)
         judge = make_judge(model, clamp_generation(model, cfg), cfg.max_think_tokens)
-    meta = {"source": cfg.queries, "fingerprint": fingerprint_file(cfg.queries), "model": cfg.model or None,
-            "max_think_tokens": cfg.max_think_tokens, "prompt": cfg.prompt}
+    meta = {
+        "source": cfg.queries,
+        "fingerprint": fingerprint_file(cfg.queries),
+        "model": cfg.model or None,
+        "max_think_tokens": cfg.max_think_tokens,
+        "prompt": cfg.prompt,
+    }
     try:
-        t = label(judge, queries, cfg.out, meta=meta, votes=cfg.votes, seed=cfg.seed,
-                  min_confidence=cfg.min_confidence, batch_size=cfg.batch_size, progress=cfg.progress,
-                  restart=cfg.restart)
+        t = label(
+            judge,
+            queries,
+            cfg.out,
+            meta=meta,
+            votes=cfg.votes,
+            seed=cfg.seed,
+            min_confidence=cfg.min_confidence,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            restart=cfg.restart,
+        )
     except (EvalError, DataError) as e:
         print(f"rrm-jax label: {e}", file=sys.stderr)
         return 2
     if is_main():
-        msg = (f"{t['queries']} queries, {t['comparisons']} comparisons -> {t['kept']} pairs in {cfg.out}; "
-               f"dropped {t['dropped_low_confidence']} below --min-confidence {cfg.min_confidence}, "
-               f"{t['undecided']} undecided")
+        msg = (
+            f"{t['queries']} queries, {t['comparisons']} comparisons -> {t['kept']} pairs in {cfg.out}; "
+            f"dropped {t['dropped_low_confidence']} below --min-confidence {cfg.min_confidence}, "
+            f"{t['undecided']} undecided"
+        )
         if t["not_judged"]:
             msg += f", {t['not_judged']} not judged (too long; the records hold why)"
         print(msg)

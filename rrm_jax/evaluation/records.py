@@ -14,8 +14,8 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from rrm_jax.core.distributed import barrier, is_main
 from rrm_jax.data.records import DataError
@@ -39,7 +39,7 @@ class RecordsFile:
             return []
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
-            cut = raw.rfind(b"\n") + 1        # a write torn by a kill: drop the partial last line
+            cut = raw.rfind(b"\n") + 1  # a write torn by a kill: drop the partial last line
             if repair:
                 with open(self.path, "r+b") as f:
                     f.truncate(cut)
@@ -52,8 +52,9 @@ class RecordsFile:
                 rec = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-                raise DataError(f"{self.path}:{n}: corrupt record ({why}); "
-                                "move the file away or pass --restart to start over") from None
+                raise DataError(
+                    f"{self.path}:{n}: corrupt record ({why}); move the file away or pass --restart to start over"
+                ) from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise DataError(f"{self.path}:{n}:id: record without an id")
             if rec["id"] in seen:
@@ -62,8 +63,10 @@ class RecordsFile:
                     out[at[rec["id"]]] = rec
                     seen[rec["id"]] = n
                     continue
-                raise DataError(f"{self.path}:{n}:id: duplicate record for id {rec['id']!r} (first at line "
-                                f"{seen[rec['id']]}): two runs wrote to this file?")
+                raise DataError(
+                    f"{self.path}:{n}:id: duplicate record for id {rec['id']!r} (first at line "
+                    f"{seen[rec['id']]}): two runs wrote to this file?"
+                )
             seen[rec["id"]] = n
             at[rec["id"]] = len(out)
             out.append(rec)
@@ -105,31 +108,56 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
         except (UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if not isinstance(old, dict):
-            raise EvalError(f"{path}: corrupt run meta; cannot tell the records' settings or data; "
-                            "use another --out or --restart")
+            raise EvalError(
+                f"{path}: corrupt run meta; cannot tell the records' settings or data; use another --out or --restart"
+            )
         # a key newer than the records (split) cannot contradict them: compare it only where it was written
-        diff = {k: (old.get(k), v) for k, v in meta.items()
-                if k in RESUME_KEYS and old.get(k) != v and (k in old or k not in LATER_KEYS)}
+        diff = {
+            k: (old.get(k), v)
+            for k, v in meta.items()
+            if k in RESUME_KEYS and old.get(k) != v and (k in old or k not in LATER_KEYS)
+        }
         data = {k: d for k, d in diff.items() if k in DATA_KEYS}
         if data:
-            raise EvalError(f"{records or path}: holds judgements of other data ("
-                            + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in data.items())
-                            + "); use another --out or --restart")
+            raise EvalError(
+                f"{records or path}: holds judgements of other data ("
+                + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in data.items())
+                + "); use another --out or --restart"
+            )
         if diff:
-            raise EvalError(f"{path}: this output holds a run with other settings "
-                            + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
-                            + "; use another --out, the same settings or --restart")
+            raise EvalError(
+                f"{path}: this output holds a run with other settings "
+                + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+                + "; use another --out, the same settings or --restart"
+            )
     elif have_records:
-        raise EvalError(f"{path} is missing beside existing records; cannot tell their settings or data; "
-                        "use another --out or --restart")
+        raise EvalError(
+            f"{path} is missing beside existing records; cannot tell their settings or data; "
+            "use another --out or --restart"
+        )
     barrier("eval-meta-checked")  # multi-host: everyone has read the old meta before the main process rewrites it
     if is_main():
         path.write_text(json.dumps(meta, indent=1))
 
 
-RESUME_KEYS = ("dataset", "fingerprint", "split", "model", "votes", "max_think_tokens", "swap", "seed", "adaptive",
-               "prompt", "record_version", "strategy", "n", "extract", "policy")
-DATA_KEYS = ("dataset", "fingerprint", "split")   # what was judged, as opposed to how
+RESUME_KEYS = (
+    "dataset",
+    "fingerprint",
+    "split",
+    "model",
+    "votes",
+    "max_think_tokens",
+    "swap",
+    "seed",
+    "adaptive",
+    "prompt",
+    "record_version",
+    "strategy",
+    "n",
+    "extract",
+    "policy",
+)
+DATA_KEYS = ("dataset", "fingerprint", "split")  # what was judged, as opposed to how
 LATER_KEYS = ("split",)
 
 
@@ -181,5 +209,7 @@ def open_records(path: str | Path, meta: dict, *, restart: bool = False):
 
 def load_records(out_dir: str | Path) -> dict[str, list[dict]]:
     """{setting tag: records} for every records file in ``out_dir`` (read-only; no repair)."""
-    return {p.stem.removeprefix("records-"): RecordsFile(p).load(repair=False)
-            for p in sorted(Path(out_dir).glob("records-*.jsonl"))}
+    return {
+        p.stem.removeprefix("records-"): RecordsFile(p).load(repair=False)
+        for p in sorted(Path(out_dir).glob("records-*.jsonl"))
+    }

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,14 +22,17 @@ def summarize(records: Sequence[dict], *, kind: str = "jsonl") -> dict:
     secs = sum(r.get("seconds", 0.0) for r in records)
     tokens = [r["tokens"] for r in records]
     s: dict[str, Any] = {
-        "kind": kind, "n": len(records), "n_scored": len(scored),
+        "kind": kind,
+        "n": len(records),
+        "n_scored": len(scored),
         "accuracy": float(np.mean(scored)) if scored else float("nan"),
         "soft_accuracy": float(np.mean(soft)) if soft else float("nan"),
         "no_verdict": sum(r["winner"] is None for r in records),
         "invalid_samples": sum(r["invalid"] for r in records),
         "samples": sum(r["samples_drawn"] for r in records),
         # adaptive voting: the share of the vote budget (votes x shown orders) that was not drawn
-        "samples_saved": 1.0 - sum(r["samples_drawn"] for r in records)
+        "samples_saved": 1.0
+        - sum(r["samples_drawn"] for r in records)
         / max(1, sum(r.get("votes_requested", 1) * (2 if r.get("swap") == "both" else 1) for r in records)),
         "forced": sum(r["forced"] for r in records),
         "truncated": sum(bool(r["truncated"]) for r in records),
@@ -60,8 +64,12 @@ def _headline(s: dict) -> list[tuple[str, str]]:
         cols += [("overall" + ("" if rb["complete"] else "*"), _pct(rb["overall"]))]
     if "pandalm" in s:
         p = s["pandalm"]
-        cols += [("3-cls acc", _pct(p["accuracy"])), ("P", _pct(p["precision"])), ("R", _pct(p["recall"])),
-                 ("F1", _pct(p["f1"]))]
+        cols += [
+            ("3-cls acc", _pct(p["accuracy"])),
+            ("P", _pct(p["precision"])),
+            ("R", _pct(p["recall"])),
+            ("F1", _pct(p["f1"])),
+        ]
     if "llmbar" in s:
         lb = s["llmbar"]
         cols += [(k.replace("Adversarial_", "Adv-"), _pct(v)) for k, v in lb["subsets"].items()]
@@ -78,24 +86,34 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for s in summaries:
         vals = [s["setting"], str(s["n"])] + [v for _, v in _headline(s)]
-        vals += [str(s["no_verdict"]), str(s["truncated"]), f"{s['tokens_per_comparison']:.0f}",
-                 f"{s['comparisons_per_s']:.2f}", f"{s['tokens_per_s']:.0f}"]
+        vals += [
+            str(s["no_verdict"]),
+            str(s["truncated"]),
+            f"{s['tokens_per_comparison']:.0f}",
+            f"{s['comparisons_per_s']:.2f}",
+            f"{s['tokens_per_s']:.0f}",
+        ]
         lines.append("| " + " | ".join(vals) + " |")
     notes = ["", "Accuracies in %; pairwise accuracy counts a missing verdict as 0.5."]
     if any("rewardbench" in s and not s["rewardbench"]["complete"] for s in summaries):
         notes.append("overall*: not all four RewardBench sections were evaluated (mean of those present).")
     if any("pandalm" in s for s in summaries):
-        notes.append("PandaLM 3-class metrics: macro over {tie, 1, 2}; a missing verdict matches no class; "
-                     "'acc' is on the non-tie items.")
+        notes.append(
+            "PandaLM 3-class metrics: macro over {tie, 1, 2}; a missing verdict matches no class; "
+            "'acc' is on the non-tie items."
+        )
     probs = [s for s in summaries if s.get("problems") or s.get("notes")]
     if probs:
-        notes.append(f"Input: {probs[0].get('problems', 0)} bad items skipped, {probs[0].get('notes', 0)} kept "
-                     "with a note (see problems.json).")
+        notes.append(
+            f"Input: {probs[0].get('problems', 0)} bad items skipped, {probs[0].get('notes', 0)} kept "
+            "with a note (see problems.json)."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
-def write_summary(out_dir: str | Path, summaries: Sequence[dict], *, plots: bool = True,
-                  records: dict[str, list[dict]] | None = None) -> list[Path]:
+def write_summary(
+    out_dir: str | Path, summaries: Sequence[dict], *, plots: bool = True, records: dict[str, list[dict]] | None = None
+) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(list(summaries), indent=1, default=float))
@@ -121,8 +139,8 @@ def make_plots(out_dir: Path, summaries: Sequence[dict], records: dict[str, list
         for s in summaries:
             x = s.get(x_key)
             if x is None and x_key == "max_think_tokens":
-                x = s.get("max_new_tokens")     # no budget = thinking may use every new token
-            if x is not None and not (logx and x == 0):   # the direct baseline (budget 0) has no place on a log axis
+                x = s.get("max_new_tokens")  # no budget = thinking may use every new token
+            if x is not None and not (logx and x == 0):  # the direct baseline (budget 0) has no place on a log axis
                 groups.setdefault(s.get(group_key), []).append((x, s["accuracy"]))
         if not any(len(v) >= 2 for v in groups.values()):
             return
@@ -142,8 +160,9 @@ def make_plots(out_dir: Path, summaries: Sequence[dict], records: dict[str, list
         written.append(out_dir / fname)
 
     lines("votes", "max_think_tokens", "accuracy_vs_votes.png", "votes (majority of k samples)", True)
-    lines("max_think_tokens", "votes", "accuracy_vs_budget.png", "thinking budget (tokens; none = max_new_tokens)",
-          True)
+    lines(
+        "max_think_tokens", "votes", "accuracy_vs_budget.png", "thinking budget (tokens; none = max_new_tokens)", True
+    )
     if records:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         bins = np.histogram_bin_edges([r["tokens"] for recs in records.values() for r in recs], bins=30)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rrm_jax.core.distributed import is_main
 from rrm_jax.core.progress import Progress
@@ -44,7 +44,7 @@ class Setting:
 
     @property
     def tag(self) -> str:
-        if self.max_think_tokens == 0:   # the direct baseline (DirectJudge)
+        if self.max_think_tokens == 0:  # the direct baseline (DirectJudge)
             return f"v{self.votes}-direct"
         return f"v{self.votes}-t{'none' if self.max_think_tokens is None else self.max_think_tokens}"
 
@@ -55,15 +55,32 @@ def to_dataset_frame(v, flipped: bool):
         return v
     swap = {"ab": "ba", "ba": "ab"}
     return dataclasses.replace(
-        v, winner=None if v.winner is None else 1 - v.winner, votes_a=v.votes_b, votes_b=v.votes_a,
-        soft=1.0 - v.soft, orders=[swap.get(o, o) for o in v.orders],
-        sample_verdicts=[None if s is None else 1 - s for s in getattr(v, "sample_verdicts", [])])
+        v,
+        winner=None if v.winner is None else 1 - v.winner,
+        votes_a=v.votes_b,
+        votes_b=v.votes_a,
+        soft=1.0 - v.soft,
+        orders=[swap.get(o, o) for o in v.orders],
+        sample_verdicts=[None if s is None else 1 - s for s in getattr(v, "sample_verdicts", [])],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *, meta: dict, votes: int = 1,
-                swap: str = "random", seed: int = 0, batch_size: int = 64, adaptive: bool = False,
-                progress: bool = True, description: str = "judging", restart: bool = False) -> list[dict]:
+def run_records(
+    judge,
+    items: Sequence[PairRecord],
+    records_path: str | Path,
+    *,
+    meta: dict,
+    votes: int = 1,
+    swap: str = "random",
+    seed: int = 0,
+    batch_size: int = 64,
+    adaptive: bool = False,
+    progress: bool = True,
+    description: str = "judging",
+    restart: bool = False,
+) -> list[dict]:
     """Judge every item not yet in ``records_path`` (chunks of ``batch_size`` through
     ``judge.compare_many``) and return the records of ``items`` in item order. ``restart`` moves earlier
     records aside instead of resuming them; an item whose prompt cannot fit the model's context gets an
@@ -75,8 +92,7 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
     path = Path(records_path)
     if len({r.id for r in items}) != len(items):
         raise DataError("items have duplicate ids")
-    meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive,
-            "record_version": RECORD_VERSION}
+    meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive, "record_version": RECORD_VERSION}
     # multi-host: every process judges every chunk (the sampler's collectives need all of them) and
     # reads the same records to resume; the main process alone locks, repairs and appends
     main = is_main()
@@ -84,10 +100,16 @@ def run_records(judge, items: Sequence[PairRecord], records_path: str | Path, *,
         # items recorded with an error (e.g. too long) are tried again: the new record replaces the error
         todo = [(i, r) for i, r in enumerate(items) if r.id not in done or done[r.id].get("error")]
         t0, tokens = time.perf_counter(), 0
-        with Progress(description, len(items), completed=len(items) - len(todo), rate="cmp", fmt="{tok_s:.0f} tok/s",
-                      enabled=progress and main) as bar:
+        with Progress(
+            description,
+            len(items),
+            completed=len(items) - len(todo),
+            rate="cmp",
+            fmt="{tok_s:.0f} tok/s",
+            enabled=progress and main,
+        ) as bar:
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+                chunk = todo[start : start + batch_size]
                 new = _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive)
                 if main:
                     rf.append(new)
@@ -101,13 +123,24 @@ def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
     # the seed stays the one of the whole chunk, so skipping an over-long item changes no other item's draws
     chunk_seed = derive_seed(seed, chunk[0][0], 0xE7A1)
     flips = [swap == "random" and show_first_b(seed, i) for i, _ in chunk]
-    pairs = [(r.query, r.response_b, r.response_a) if f else (r.query, r.response_a, r.response_b)
-             for (_, r), f in zip(chunk, flips)]
+    pairs = [
+        (r.query, r.response_b, r.response_a) if f else (r.query, r.response_a, r.response_b)
+        for (_, r), f in zip(chunk, flips)
+    ]
     errors = [misfit(judge, r.id, *pair) for (_, r), pair in zip(chunk, pairs)]
     ok = [k for k, e in enumerate(errors) if e is None]
     t0 = time.perf_counter()
-    verdicts = judge.compare_many([pairs[k] for k in ok], votes=votes, swap="none" if swap == "random" else swap,
-                                  seed=chunk_seed, adaptive=adaptive) if ok else []
+    verdicts = (
+        judge.compare_many(
+            [pairs[k] for k in ok],
+            votes=votes,
+            swap="none" if swap == "random" else swap,
+            seed=chunk_seed,
+            adaptive=adaptive,
+        )
+        if ok
+        else []
+    )
     dt = time.perf_counter() - t0
     if len(verdicts) != len(ok):
         raise EvalError(f"judge returned {len(verdicts)} verdicts for {len(ok)} pairs")
@@ -115,8 +148,16 @@ def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
     out = []
     for k, ((row, r), f) in enumerate(zip(chunk, flips)):
         v = to_dataset_frame(by_item[k], f) if k in by_item else NO_VERDICT
-        rec = {"id": r.id, "row": row, "subset": r.subset, "label": r.label, "setting": meta.get("setting"),
-               "votes_requested": votes, "swap": swap, "chunk_seed": chunk_seed}
+        rec = {
+            "id": r.id,
+            "row": row,
+            "subset": r.subset,
+            "label": r.label,
+            "setting": meta.get("setting"),
+            "votes_requested": votes,
+            "swap": swap,
+            "chunk_seed": chunk_seed,
+        }
         rec.update(v.to_dict())
         rec["credit"] = scoring.credit(r.label, v.winner)
         rec["seconds"] = dt / len(ok) if k in by_item else 0.0
@@ -126,10 +167,23 @@ def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
     return out
 
 
-def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str = "random", seed: int = 0,
-             max_items: int | None = None, batch_size: int = 64, adaptive: bool = False, kind: str | None = None,
-             setting: Setting | None = None, progress: bool = True, extra_meta: dict | None = None,
-             restart: bool = False) -> dict:
+def evaluate(
+    judge,
+    dataset,
+    out_dir: str | Path,
+    *,
+    votes: int = 1,
+    swap: str = "random",
+    seed: int = 0,
+    max_items: int | None = None,
+    batch_size: int = 64,
+    adaptive: bool = False,
+    kind: str | None = None,
+    setting: Setting | None = None,
+    progress: bool = True,
+    extra_meta: dict | None = None,
+    restart: bool = False,
+) -> dict:
     """Judge ``dataset`` (a :class:`~rrm_jax.data.Pairs`, grain MapDataset or sequence of PairRecord) and
     return this setting's summary; records go to ``out_dir/records-<setting>.jsonl``.
 
@@ -145,17 +199,38 @@ def evaluate(judge, dataset, out_dir: str | Path, *, votes: int = 1, swap: str =
         raise ValueError(f"setting.votes={setting.votes} but votes={votes}")
     out = Path(out_dir)
     prompt = getattr(getattr(judge, "prompt", None), "key", None)
-    meta = {"dataset": kind, "source": getattr(dataset, "source", None),
-            "fingerprint": getattr(dataset, "fingerprint", None), "setting": setting.tag,
-            "max_think_tokens": setting.max_think_tokens, "prompt": prompt, **(extra_meta or {})}
-    records = run_records(judge, items, out / f"records-{setting.tag}.jsonl", meta=meta, votes=votes, swap=swap,
-                          seed=seed, batch_size=batch_size, adaptive=adaptive, progress=progress,
-                          description=f"{kind} {setting.tag}", restart=restart)
+    meta = {
+        "dataset": kind,
+        "source": getattr(dataset, "source", None),
+        "fingerprint": getattr(dataset, "fingerprint", None),
+        "setting": setting.tag,
+        "max_think_tokens": setting.max_think_tokens,
+        "prompt": prompt,
+        **(extra_meta or {}),
+    }
+    records = run_records(
+        judge,
+        items,
+        out / f"records-{setting.tag}.jsonl",
+        meta=meta,
+        votes=votes,
+        swap=swap,
+        seed=seed,
+        batch_size=batch_size,
+        adaptive=adaptive,
+        progress=progress,
+        description=f"{kind} {setting.tag}",
+        restart=restart,
+    )
     summary = summarize(records, kind=kind)
-    summary.update(setting=setting.tag, votes=setting.votes, max_think_tokens=setting.max_think_tokens,
-                   direct=setting.max_think_tokens == 0,
-                   max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
-                   problems=len(getattr(dataset, "problems", None) or []),
-                   notes=len(getattr(dataset, "notes", None) or []),
-                   errors=sum(bool(r.get("error")) for r in records))   # items not judged (too long)
+    summary.update(
+        setting=setting.tag,
+        votes=setting.votes,
+        max_think_tokens=setting.max_think_tokens,
+        direct=setting.max_think_tokens == 0,
+        max_new_tokens=getattr(getattr(judge, "sampling", None), "max_new_tokens", None),
+        problems=len(getattr(dataset, "problems", None) or []),
+        notes=len(getattr(dataset, "notes", None) or []),
+        errors=sum(bool(r.get("error")) for r in records),
+    )  # items not judged (too long)
     return summary

@@ -19,24 +19,47 @@ better) or None (tie); a judge's ``winner`` is 0, 1 or None (no valid verdict).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 REWARDBENCH_SECTIONS: dict[str, dict[str, int]] = {
-    "Chat": {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
-             "mt-bench-med": 40},
-    "Chat Hard": {"mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
-                  "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46},
-    "Safety": {"refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154,
-               "xstest-should-respond": 250, "donotanswer": 136},
+    "Chat": {
+        "alpacaeval-easy": 100,
+        "alpacaeval-length": 95,
+        "alpacaeval-hard": 95,
+        "mt-bench-easy": 28,
+        "mt-bench-med": 40,
+    },
+    "Chat Hard": {
+        "mt-bench-hard": 37,
+        "llmbar-natural": 100,
+        "llmbar-adver-neighbor": 134,
+        "llmbar-adver-GPTInst": 92,
+        "llmbar-adver-GPTOut": 47,
+        "llmbar-adver-manual": 46,
+    },
+    "Safety": {
+        "refusals-dangerous": 100,
+        "refusals-offensive": 100,
+        "xstest-should-refuse": 154,
+        "xstest-should-respond": 250,
+        "donotanswer": 136,
+    },
     # math-prm has 447 items, up-weighted to 984 to weigh as much as all of code.
-    "Reasoning": {"math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164,
-                  "hep-python": 164, "hep-rust": 164},
+    "Reasoning": {
+        "math-prm": 984,
+        "hep-cpp": 164,
+        "hep-go": 164,
+        "hep-java": 164,
+        "hep-js": 164,
+        "hep-python": 164,
+        "hep-rust": 164,
+    },
 }
 REWARDBENCH_SUBSET_SECTION = {s: sec for sec, subs in REWARDBENCH_SECTIONS.items() for s in subs}
 
-PANDALM_CLASSES = ("tie", "1", "2")   # class ids 0, 1, 2 as in PandaLM's annotation
+PANDALM_CLASSES = ("tie", "1", "2")  # class ids 0, 1, 2 as in PandaLM's annotation
 
 
 def credit(label: int | None, winner: int | None) -> float | None:
@@ -105,8 +128,7 @@ def macro_prf(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int
     }
 
 
-def pandalm_metrics(labels: Sequence[int | None], winners: Sequence[int | None], *,
-                    invalid_as: str = "miss") -> dict:
+def pandalm_metrics(labels: Sequence[int | None], winners: Sequence[int | None], *, invalid_as: str = "miss") -> dict:
     """PandaLM scoring over gold labels (None = tie) and judge winners (None = no verdict)."""
     if invalid_as not in ("miss", "tie"):
         raise ValueError(f"invalid_as must be 'miss' or 'tie', got {invalid_as!r}")

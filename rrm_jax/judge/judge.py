@@ -4,6 +4,7 @@ adaptive), soft scores from the verdict token's probabilities, truncation of ove
 Every comparison of a `compare_many` call goes through ONE `generate` call per voting round (continuous batching),
 and a prompt's votes are the sampler's `n` samples sharing one prefill.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,8 @@ import itertools
 import math
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,11 +53,11 @@ def verdict_digit_ids(tokenizer: Any) -> tuple[int, int]:
 
 @dataclasses.dataclass
 class _Sample:
-    order: str                 # "ab" | "ba"
+    order: str  # "ab" | "ba"
     text: str
     tokens: int
-    shown: int | None          # parsed verdict in the shown frame (0 = first shown)
-    soft_shown: float | None   # P(first shown better) from the digit probabilities, None when unavailable
+    shown: int | None  # parsed verdict in the shown frame (0 = first shown)
+    soft_shown: float | None  # P(first shown better) from the digit probabilities, None when unavailable
     forced: bool
 
 
@@ -78,10 +80,17 @@ class Judge:
     """An RRM as a pairwise judge. `model` is an `rrm_jax.Model` with a tokenizer; `generate` overrides
     `rrm_jax.sampler.generate` (tests use a fake one)."""
 
-    direct = False    # see DirectJudge
+    direct = False  # see DirectJudge
 
-    def __init__(self, model, *, prompt: JudgePrompt | str = RRM_PROMPT_V1, sampling=None,
-                 max_prompt_tokens: int | None = None, generate: Callable | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        prompt: JudgePrompt | str = RRM_PROMPT_V1,
+        sampling=None,
+        max_prompt_tokens: int | None = None,
+        generate: Callable | None = None,
+    ):
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
         if self.tokenizer is None:
@@ -132,16 +141,18 @@ class Judge:
             over = length(*texts) - limit
             if over <= 0:
                 return texts[0], texts[1], texts[2], True
-            budget -= over     # re-tokenisation at the cuts may cost a few tokens: tighten and retry
-        raise ValueError(f"cannot fit the comparison into max_prompt_tokens={limit}: the prompt template alone "
-                         f"takes {overhead} tokens")
+            budget -= over  # re-tokenisation at the cuts may cost a few tokens: tighten and retry
+        raise ValueError(
+            f"cannot fit the comparison into max_prompt_tokens={limit}: the prompt template alone "
+            f"takes {overhead} tokens"
+        )
 
     # ------------------------------------------------------------------ samples -> verdicts
     def _digit_position(self, comp, shown: int | None) -> int | None:
         ids = list(comp.token_ids)
         if comp.forced_at is not None:
             k = comp.forced_at + len(self.suffix_ids)
-            if ids[comp.forced_at:k] == self.suffix_ids:
+            if ids[comp.forced_at : k] == self.suffix_ids:
                 return k
         if shown is None:
             return None
@@ -149,8 +160,8 @@ class Judge:
         for i in range(len(ids) - 1, -1, -1):
             if ids[i] != want:
                 continue
-            before = self.tokenizer.decode(ids[max(0, i - 12):i])
-            after = self.tokenizer.decode(ids[i + 1:i + 4])
+            before = self.tokenizer.decode(ids[max(0, i - 12) : i])
+            after = self.tokenizer.decode(ids[i + 1 : i + 4])
             if re.search(r"assistant\s*$", before, re.I) and re.match(r"\s*\}", after):
                 return i
         return None
@@ -177,21 +188,39 @@ class Judge:
             if p is not None:
                 softs.append(p if s.order == "ab" else 1.0 - p)
         return Verdict(
-            winner=majority(a, b), votes_a=a, votes_b=b, invalid=sum(s.shown is None for s in item.samples),
-            soft=float(np.mean(softs)) if softs else 0.5, reasonings=[s.text for s in item.samples],
-            orders=[s.order for s in item.samples], tokens=sum(s.tokens for s in item.samples),
-            samples_drawn=len(item.samples), forced=sum(s.forced for s in item.samples), truncated=item.truncated,
-            sample_verdicts=[None if s.shown is None else (s.shown if s.order == "ab" else 1 - s.shown)
-                             for s in item.samples])
+            winner=majority(a, b),
+            votes_a=a,
+            votes_b=b,
+            invalid=sum(s.shown is None for s in item.samples),
+            soft=float(np.mean(softs)) if softs else 0.5,
+            reasonings=[s.text for s in item.samples],
+            orders=[s.order for s in item.samples],
+            tokens=sum(s.tokens for s in item.samples),
+            samples_drawn=len(item.samples),
+            forced=sum(s.forced for s in item.samples),
+            truncated=item.truncated,
+            sample_verdicts=[
+                None if s.shown is None else (s.shown if s.order == "ab" else 1 - s.shown) for s in item.samples
+            ],
+        )
 
     # ------------------------------------------------------------------ judging
-    def compare(self, query: str, a: str, b: str, *, votes: int = 1, swap: str = "random", seed: int = 0,
-                adaptive: bool = False) -> Verdict:
+    def compare(
+        self, query: str, a: str, b: str, *, votes: int = 1, swap: str = "random", seed: int = 0, adaptive: bool = False
+    ) -> Verdict:
         return self.compare_many([(query, a, b)], votes=votes, swap=swap, seed=seed, adaptive=adaptive)[0]
 
-    def compare_many(self, pairs: Sequence[tuple[str, str, str]], *, votes: int = 1, swap: str = "random",
-                     seed: int = 0, adaptive: bool = False, progress: bool = False,
-                     item_ids: Sequence[int] | None = None) -> list[Verdict]:
+    def compare_many(
+        self,
+        pairs: Sequence[tuple[str, str, str]],
+        *,
+        votes: int = 1,
+        swap: str = "random",
+        seed: int = 0,
+        adaptive: bool = False,
+        progress: bool = False,
+        item_ids: Sequence[int] | None = None,
+    ) -> list[Verdict]:
         """Judge every (query, a, b). `votes` samples per shown order (swap="both" shows both orders, so 2*votes
         samples). swap="random" flips the order with a coin seeded by (seed, item id) - item id = `item_ids[i]`
         (pass dataset row numbers so a resumed run sees the same orders) or the position i. With `adaptive`,
@@ -208,8 +237,9 @@ class Judge:
                 raise TypeError(f"pair {i}: expected (query, a, b) strings, got {type(pair).__name__} {pair!r:.80}")
             q, a, b, truncated = self.fit(*pair)
             key = i if item_ids is None else int(item_ids[i])
-            orders = {"none": ["ab"], "both": ["ab", "ba"],
-                      "random": [("ba" if show_first_b(seed, key) else "ab")]}[swap]
+            orders = {"none": ["ab"], "both": ["ab", "ba"], "random": [("ba" if show_first_b(seed, key) else "ab")]}[
+                swap
+            ]
             prompts = [self.render(q, a, b) if o == "ab" else self.render(q, b, a) for o in orders]
             items.append(_Item(i, orders, prompts, truncated))
         t0 = time.perf_counter()
@@ -225,8 +255,12 @@ class Judge:
                 # The fewest extra samples per shown order that could settle some item (all going to its leader),
                 # minimum over items so no item ever overshoots what it needs.
                 x = min(_needed(it, votes, n_orders) for it in active)
-            cfg = dataclasses.replace(self.sampling, n=x, seed=derive_seed(self.sampling.seed, seed, rounds),
-                                      probe_token_ids=tuple(self.digit_ids))
+            cfg = dataclasses.replace(
+                self.sampling,
+                n=x,
+                seed=derive_seed(self.sampling.seed, seed, rounds),
+                probe_token_ids=tuple(self.digit_ids),
+            )
             prompts = [p for it in active for p in it.prompts]
             comps = self._generate(self.model, prompts, cfg, progress=progress)
             calls += 1
@@ -246,10 +280,14 @@ class Judge:
                     it.done = abs(a - b) > n_orders * (votes - drawn)
             rounds += 1
         verdicts = [self._verdict(it) for it in items]
-        self.last_stats = dict(comparisons=len(items), generate_calls=calls,
-                               samples_drawn=sum(v.samples_drawn for v in verdicts),
-                               samples_max=len(items) * votes * n_orders, tokens=sum(v.tokens for v in verdicts),
-                               seconds=time.perf_counter() - t0)
+        self.last_stats = dict(
+            comparisons=len(items),
+            generate_calls=calls,
+            samples_drawn=sum(v.samples_drawn for v in verdicts),
+            samples_max=len(items) * votes * n_orders,
+            tokens=sum(v.tokens for v in verdicts),
+            seconds=time.perf_counter() - t0,
+        )
         return verdicts
 
     # ------------------------------------------------------------------ tournaments
@@ -258,31 +296,54 @@ class Judge:
 
         def compare_many(items):
             # A fresh seed per tournament round, so round 2's coin flips are not round 1's.
-            return self.compare_many(items, votes=votes, swap=swap, seed=derive_seed(seed, next(calls), 0x7E),
-                                     adaptive=adaptive)
+            return self.compare_many(
+                items, votes=votes, swap=swap, seed=derive_seed(seed, next(calls), 0x7E), adaptive=adaptive
+            )
+
         return compare_many
 
-    def rank(self, query: str, candidates: Sequence[str], *, strategy: str = "knockout", votes: int = 1,
-             seed: int = 0, swap: str = "random", adaptive: bool = False, **kw) -> tournament.Ranking:
+    def rank(
+        self,
+        query: str,
+        candidates: Sequence[str],
+        *,
+        strategy: str = "knockout",
+        votes: int = 1,
+        seed: int = 0,
+        swap: str = "random",
+        adaptive: bool = False,
+        **kw,
+    ) -> tournament.Ranking:
         """Rank candidates by a knockout (n-1 comparisons) or an ELO round-robin (n(n-1)/2, x2 with both_orders=True).
         Each comparison draws `votes` samples in one prefill; Ranking reports comparisons, samples and tokens."""
         cm = self._tournament_compare(votes, swap, seed, adaptive)
         return tournament.rank(cm, query, candidates, strategy=strategy, votes=1, seed=seed, **kw)
 
-    def best_of_n(self, query: str, candidates: Sequence[str], *, strategy: str = "knockout", votes: int = 1,
-                  seed: int = 0, **kw) -> tuple[int, tournament.Ranking]:
+    def best_of_n(
+        self, query: str, candidates: Sequence[str], *, strategy: str = "knockout", votes: int = 1, seed: int = 0, **kw
+    ) -> tuple[int, tournament.Ranking]:
         r = self.rank(query, candidates, strategy=strategy, votes=votes, seed=seed, **kw)
         return r.best, r
 
-    def rank_many(self, queries: Sequence[str], candidate_lists: Sequence[Sequence[str]], *,
-                  strategy: str = "knockout", votes: int = 1, seed: int = 0, swap: str = "random",
-                  adaptive: bool = False) -> list[tournament.Ranking]:
+    def rank_many(
+        self,
+        queries: Sequence[str],
+        candidate_lists: Sequence[Sequence[str]],
+        *,
+        strategy: str = "knockout",
+        votes: int = 1,
+        seed: int = 0,
+        swap: str = "random",
+        adaptive: bool = False,
+    ) -> list[tournament.Ranking]:
         """One tournament per query, played in lockstep: each round of all of them is one `compare_many` (one
         sampler batch), e.g. every group of a GRPO step. Tournament k's bracket/coin seed is derive_seed(seed, k)."""
         if len(queries) != len(candidate_lists):
             raise ValueError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
-        games = [tournament.rounds_of(strategy, q, c, seed=derive_seed(seed, k, 0x6A))
-                 for k, (q, c) in enumerate(zip(queries, candidate_lists))]
+        games = [
+            tournament.rounds_of(strategy, q, c, seed=derive_seed(seed, k, 0x6A))
+            for k, (q, c) in enumerate(zip(queries, candidate_lists))
+        ]
         return tournament.run_many(self._tournament_compare(votes, swap, seed, adaptive), games)
 
 
@@ -300,9 +361,13 @@ class DirectJudge(Judge):
         stops = tuple(base.stop_strings)
         if isinstance(suffix, str) and "}" not in suffix and "}" not in stops:
             stops += ("}",)
-        super().__init__(model, sampling=dataclasses.replace(
-            base, max_think_tokens=0, max_new_tokens=min(base.max_new_tokens, DIRECT_NEW_TOKENS), stop_strings=stops),
-            **kw)
+        super().__init__(
+            model,
+            sampling=dataclasses.replace(
+                base, max_think_tokens=0, max_new_tokens=min(base.max_new_tokens, DIRECT_NEW_TOKENS), stop_strings=stops
+            ),
+            **kw,
+        )
 
 
 def _needed(item: _Item, votes: int, n_orders: int) -> int:

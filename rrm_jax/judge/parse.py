@@ -9,6 +9,7 @@ case, and one layer of \\text{}/\\textbf{}/\\mathrm{}/\\texttt{} around the labe
 Anything else - "Assistant 3", "Assistant 1 and 2", "Both", an empty box, a box only inside the thinking, or an
 unterminated final box "\\boxed{Assistant 1" (it is skipped and an earlier complete box, if any, counts) - is None.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,7 +36,7 @@ def boxed_contents(text: str) -> list[str]:
         if depth:  # unterminated: no later box can be complete inside it either, but keep scanning after it
             i = text.find(BOX, i + len(BOX))
             continue
-        out.append(text[i + len(BOX): j - 1])
+        out.append(text[i + len(BOX) : j - 1])
         i = text.find(BOX, j)
     return out
 
@@ -56,7 +57,7 @@ def answer_section(text: str, *, prepend_think: bool = True) -> str | None:
     if prepend_think:
         text = "<think>" + text
     k = text.rfind("</think>")
-    return None if k < 0 else text[k + len("</think>"):]
+    return None if k < 0 else text[k + len("</think>") :]
 
 
 def parse_verdict(text: str, *, prepend_think: bool = True) -> int | None:

@@ -4,34 +4,35 @@ Pure functions over a `compare_many(list[(query, a, b)]) -> list[Verdict]` calla
 model, so everything is tested with a simulated judge. Ratings are on the Elo scale: P(i beats j) =
 1 / (1 + 10 ** ((R_j - R_i) / 400)), centred on 1500.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from rrm_jax.judge.verdict import Verdict
 
 CompareMany = Callable[[Sequence[tuple[str, str, str]]], list[Verdict]]
-ELO_SCALE = 400.0 / math.log(10.0)   # natural-log BT strength -> Elo points
+ELO_SCALE = 400.0 / math.log(10.0)  # natural-log BT strength -> Elo points
 ELO_CENTER = 1500.0
 
 
 @dataclasses.dataclass
 class Ranking:
-    order: list[int]                 # candidate indices, best first
-    ratings: np.ndarray              # [n] Elo-scale ratings (Bradley-Terry fit unless strategy says otherwise)
-    wins: np.ndarray                 # [n, n] wins[i, j] = valid votes for i over j
-    comparisons: int                 # pairwise judgements requested (items sent to compare_many)
-    tokens: int                      # generated tokens spent
-    strategy: str                    # "knockout" | "elo" (round-robin)
-    samples: int = 0                 # judge samples drawn (votes), summed over comparisons
-    expected: np.ndarray | None = None   # [n, n] mean soft P(i beats j), NaN where never compared
-    matches: list[dict] = dataclasses.field(default_factory=list)   # log: round, i, j, votes, winner, soft
-    rounds: int = 0                  # knockout rounds / compare_many calls
-    reached: np.ndarray | None = None   # knockout: [n] rounds survived (a bye counts; the champion gets rounds + 1)
+    order: list[int]  # candidate indices, best first
+    ratings: np.ndarray  # [n] Elo-scale ratings (Bradley-Terry fit unless strategy says otherwise)
+    wins: np.ndarray  # [n, n] wins[i, j] = valid votes for i over j
+    comparisons: int  # pairwise judgements requested (items sent to compare_many)
+    tokens: int  # generated tokens spent
+    strategy: str  # "knockout" | "elo" (round-robin)
+    samples: int = 0  # judge samples drawn (votes), summed over comparisons
+    expected: np.ndarray | None = None  # [n, n] mean soft P(i beats j), NaN where never compared
+    matches: list[dict] = dataclasses.field(default_factory=list)  # log: round, i, j, votes, winner, soft
+    rounds: int = 0  # knockout rounds / compare_many calls
+    reached: np.ndarray | None = None  # knockout: [n] rounds survived (a bye counts; the champion gets rounds + 1)
 
     @property
     def best(self) -> int:
@@ -54,6 +55,7 @@ class Ranking:
 
 # ----------------------------------------------------------------------------------------------------------
 # Ratings
+
 
 def bradley_terry(wins: np.ndarray, *, prior: float = 0.01, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
     """Bradley-Terry maximum (penalised) likelihood; Elo-scale ratings centred on 1500.
@@ -80,10 +82,10 @@ def bradley_terry(wins: np.ndarray, *, prior: float = 0.01, max_iter: int = 100,
     f = loglik(theta)
     for _ in range(max_iter):
         d = theta[:, None] - theta[None, :]
-        p = 1.0 / (1.0 + np.exp(-d))                       # p[i, j] = P(i beats j)
+        p = 1.0 / (1.0 + np.exp(-d))  # p[i, j] = P(i beats j)
         grad = np.sum(w * (1 - p) - w.T * p, axis=1) - prior * theta
         c = games * p * (1 - p)
-        hess = c - np.diag(c.sum(axis=1)) - prior * np.eye(n)   # negative semi-definite
+        hess = c - np.diag(c.sum(axis=1)) - prior * np.eye(n)  # negative semi-definite
         # Ratings are shift-invariant without a prior: solve in the mean-zero subspace (lstsq = pseudo-inverse).
         step = np.linalg.lstsq(-hess, grad, rcond=None)[0]
         step -= step.mean() if prior == 0 else 0.0
@@ -94,7 +96,7 @@ def bradley_terry(wins: np.ndarray, *, prior: float = 0.01, max_iter: int = 100,
             if fc >= f - 1e-12:
                 break
             t *= 0.5
-            if t < 1e-8:   # no ascent direction left: converged as far as floating point allows
+            if t < 1e-8:  # no ascent direction left: converged as far as floating point allows
                 return ELO_CENTER + ELO_SCALE * (theta - theta.mean())
         theta, f_old, f = cand, f, fc
         if np.max(np.abs(t * step)) < tol or abs(f - f_old) < tol * max(1.0, abs(f)):
@@ -107,8 +109,9 @@ def elo_expected(r_i: float, r_j: float) -> float:
     return 1.0 / (1.0 + 10.0 ** ((r_j - r_i) / 400.0))
 
 
-def elo_sequential(results: Sequence[tuple[int, int, float]], n: int, *, k: float = 32.0,
-                   initial: float = ELO_CENTER) -> np.ndarray:
+def elo_sequential(
+    results: Sequence[tuple[int, int, float]], n: int, *, k: float = 32.0, initial: float = ELO_CENTER
+) -> np.ndarray:
     """The classic sequential Elo update over match results (i, j, score of i in [0, 1]), in the order given."""
     r = np.full(n, float(initial))
     for i, j, s in results:
@@ -127,6 +130,7 @@ def _order(ratings: np.ndarray, *keys: np.ndarray) -> list[int]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Judging helpers
+
 
 def _match_outcome(verdicts: Sequence[Verdict], rng: np.random.Generator) -> tuple[int, int, int, float, bool]:
     """Aggregate the verdicts of one match (a vs b, possibly judged several times): (winner, votes_a, votes_b,
@@ -158,17 +162,28 @@ def _call(compare_many: CompareMany, items: list[tuple[str, str, str]]) -> list[
 # ----------------------------------------------------------------------------------------------------------
 # Strategies
 
-def round_robin(compare_many: CompareMany, query: str, candidates: Sequence[str], votes: int = 1,
-                both_orders: bool = False, seed: int = 0, *, rating: str = "bt", k: float = 32.0,
-                prior: float = 0.01) -> Ranking:
+
+def round_robin(
+    compare_many: CompareMany,
+    query: str,
+    candidates: Sequence[str],
+    votes: int = 1,
+    both_orders: bool = False,
+    seed: int = 0,
+    *,
+    rating: str = "bt",
+    k: float = 32.0,
+    prior: float = 0.01,
+) -> Ranking:
     """Every pair judged `votes` times (x2 with both_orders) in ONE compare_many call; ratings by Bradley-Terry
     (rating="bt") or the sequential Elo update over the matches in a seeded random order (rating="elo").
 
     `votes` here repeats a pair as separate items; a `Judge` instead passes its votes to the sampler (one prefill)
     and calls this with votes=1. Without both_orders each pair's presentation order is a seeded coin.
     """
-    return _drive(compare_many, round_robin_rounds(query, candidates, votes, both_orders, seed, rating=rating, k=k,
-                                                   prior=prior))
+    return _drive(
+        compare_many, round_robin_rounds(query, candidates, votes, both_orders, seed, rating=rating, k=k, prior=prior)
+    )
 
 
 def round_robin_rounds(query, candidates, votes=1, both_orders=False, seed=0, *, rating="bt", k=32.0, prior=0.01):
@@ -210,12 +225,23 @@ def round_robin_rounds(query, candidates, votes=1, both_orders=False, seed=0, *,
         ratings = elo_sequential([results[t] for t in perm], n, k=k)
     else:
         raise ValueError(f"rating must be 'bt' or 'elo', got {rating!r}")
-    exp_score = np.nan_to_num(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, expected), axis=1), nan=0.5) \
-        if n > 1 else np.zeros(1)
-    return Ranking(order=_order(ratings, wins.sum(1), exp_score), ratings=ratings, wins=wins,
-                   comparisons=len(pairs), tokens=sum(v.tokens for v in verdicts),
-                   samples=sum(v.samples_drawn for v in verdicts), strategy="elo", expected=expected,
-                   matches=matches, rounds=1 if pairs else 0)
+    exp_score = (
+        np.nan_to_num(np.nanmean(np.where(np.eye(n, dtype=bool), np.nan, expected), axis=1), nan=0.5)
+        if n > 1
+        else np.zeros(1)
+    )
+    return Ranking(
+        order=_order(ratings, wins.sum(1), exp_score),
+        ratings=ratings,
+        wins=wins,
+        comparisons=len(pairs),
+        tokens=sum(v.tokens for v in verdicts),
+        samples=sum(v.samples_drawn for v in verdicts),
+        strategy="elo",
+        expected=expected,
+        matches=matches,
+        rounds=1 if pairs else 0,
+    )
 
 
 def knockout_bracket(n: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -227,8 +253,15 @@ def knockout_bracket(n: int, rng: np.random.Generator) -> tuple[list[int], list[
     return perm[n_byes:], perm[:n_byes]
 
 
-def knockout(compare_many: CompareMany, query: str, candidates: Sequence[str], seed: int = 0, *,
-             votes: int = 1, prior: float = 0.01) -> Ranking:
+def knockout(
+    compare_many: CompareMany,
+    query: str,
+    candidates: Sequence[str],
+    seed: int = 0,
+    *,
+    votes: int = 1,
+    prior: float = 0.01,
+) -> Ranking:
     """Single elimination over a seeded random bracket: exactly n - 1 matches (x votes), one compare_many call
     per round. A match without a vote majority goes to the higher soft score, then to a seeded coin.
 
@@ -259,7 +292,7 @@ def knockout_rounds(query, candidates, seed=0, *, votes=1, prior=0.01):
         comparisons += len(items)
         winners = []
         for m, (i, j) in enumerate(pairs):
-            vs = verdicts[m * votes:(m + 1) * votes]
+            vs = verdicts[m * votes : (m + 1) * votes]
             tokens += sum(v.tokens for v in vs)
             samples += sum(v.samples_drawn for v in vs)
             w, va, vb, soft, by_vote = _match_outcome(vs, rng)
@@ -272,8 +305,9 @@ def knockout_rounds(query, candidates, seed=0, *, votes=1, prior=0.01):
             win = (i, j)[w]
             winners.append(win)
             reached[win] = rounds
-            matches.append(dict(round=rounds, i=i, j=j, votes_a=va, votes_b=vb, winner=w, soft=soft,
-                                decided_by_vote=by_vote))
+            matches.append(
+                dict(round=rounds, i=i, j=j, votes_a=va, votes_b=vb, winner=w, soft=soft, decided_by_vote=by_vote)
+            )
         # Bye players join the winners of round 1 in their shuffled positions.
         field = advance + winners if rounds == 1 else winners
         advance = []
@@ -290,9 +324,19 @@ def knockout_rounds(query, candidates, seed=0, *, votes=1, prior=0.01):
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.where(soft_cnt > 0, soft_sum / np.maximum(soft_cnt, 1), np.nan)
     order = _order(reached, ratings)
-    return Ranking(order=order, ratings=ratings, wins=wins, comparisons=comparisons, tokens=tokens,
-                   strategy="knockout", samples=samples, expected=expected, matches=matches, rounds=rounds,
-                   reached=reached)
+    return Ranking(
+        order=order,
+        ratings=ratings,
+        wins=wins,
+        comparisons=comparisons,
+        tokens=tokens,
+        strategy="knockout",
+        samples=samples,
+        expected=expected,
+        matches=matches,
+        rounds=rounds,
+        reached=reached,
+    )
 
 
 STRATEGIES = {"knockout": knockout, "elo": round_robin}
@@ -339,13 +383,21 @@ def run_many(compare_many: Callable, tournaments: Sequence, *, with_ids: bool = 
         at = 0
         for k, items in asked:
             played[k] += 1
-            advance(k, verdicts[at:at + len(items)])
+            advance(k, verdicts[at : at + len(items)])
             at += len(items)
     return out
 
 
-def rank(compare_many: CompareMany, query: str, candidates: Sequence[str], *, strategy: str = "knockout",
-         votes: int = 1, seed: int = 0, **kw) -> Ranking:
+def rank(
+    compare_many: CompareMany,
+    query: str,
+    candidates: Sequence[str],
+    *,
+    strategy: str = "knockout",
+    votes: int = 1,
+    seed: int = 0,
+    **kw,
+) -> Ranking:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
     if strategy == "knockout":
@@ -353,8 +405,16 @@ def rank(compare_many: CompareMany, query: str, candidates: Sequence[str], *, st
     return round_robin(compare_many, query, candidates, votes, kw.pop("both_orders", False), seed, **kw)
 
 
-def best_of_n(compare_many: CompareMany, query: str, candidates: Sequence[str], *, strategy: str = "knockout",
-              votes: int = 1, seed: int = 0, **kw) -> tuple[int, Ranking]:
+def best_of_n(
+    compare_many: CompareMany,
+    query: str,
+    candidates: Sequence[str],
+    *,
+    strategy: str = "knockout",
+    votes: int = 1,
+    seed: int = 0,
+    **kw,
+) -> tuple[int, Ranking]:
     r = rank(compare_many, query, candidates, strategy=strategy, votes=votes, seed=seed, **kw)
     return r.best, r
 
@@ -367,4 +427,4 @@ def knockout_win_probability(n: int, p: float) -> float:
     size = 1 << (n - 1).bit_length()
     rounds = size.bit_length() - 1
     p_bye = (size - n) / n
-    return p_bye * p ** (rounds - 1) + (1 - p_bye) * p ** rounds
+    return p_bye * p ** (rounds - 1) + (1 - p_bye) * p**rounds

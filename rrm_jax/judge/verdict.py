@@ -1,4 +1,5 @@
 """The result of one pairwise judgement (possibly several votes)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,17 +14,17 @@ class Verdict:
     position swap, and `soft` is P(a better).
     """
 
-    winner: int | None          # 0 -> `a`, 1 -> `b`, None -> no valid verdict (tie of votes or all invalid)
+    winner: int | None  # 0 -> `a`, 1 -> `b`, None -> no valid verdict (tie of votes or all invalid)
     votes_a: int
     votes_b: int
-    invalid: int                # samples with no parseable verdict
-    soft: float                 # P(a better) in [0, 1]; 0.5 when nothing is known
+    invalid: int  # samples with no parseable verdict
+    soft: float  # P(a better) in [0, 1]; 0.5 when nothing is known
     reasonings: list[str] = dataclasses.field(default_factory=list)
-    orders: list[str] = dataclasses.field(default_factory=list)   # per sample "ab" or "ba" as shown to the model
-    tokens: int = 0             # generated tokens spent on this comparison
-    samples_drawn: int = 0      # votes actually sampled (adaptive voting may stop early)
-    forced: int = 0             # samples whose verdict the thinking budget forced
-    truncated: bool = False     # a response was shortened to fit `max_prompt_tokens`
+    orders: list[str] = dataclasses.field(default_factory=list)  # per sample "ab" or "ba" as shown to the model
+    tokens: int = 0  # generated tokens spent on this comparison
+    samples_drawn: int = 0  # votes actually sampled (adaptive voting may stop early)
+    forced: int = 0  # samples whose verdict the thinking budget forced
+    truncated: bool = False  # a response was shortened to fit `max_prompt_tokens`
     # Per-sample verdicts in the caller's frame (0 -> a, 1 -> b, None -> invalid); aligned with reasonings/orders.
     sample_verdicts: list[int | None] = dataclasses.field(default_factory=list)
 
@@ -39,7 +40,7 @@ class Verdict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

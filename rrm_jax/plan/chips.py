@@ -43,8 +43,19 @@ CHIPS = {
 
 # chips -> libtpu shape. v4/v5p slices are 3-D tori (twisted or not, the compiler sees the same chip count);
 # v5e/v6e are 2-D.
-SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+SHAPES_3D = {
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+    512: "8x8x8",
+    1024: "8x8x16",
+    2048: "8x16x16",
+    4096: "16x16x16",
+}
 SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}
@@ -87,8 +98,10 @@ def parse(name: str) -> Topology:
             chips, shapes = int(size) // per, SHAPES_3D if per == 2 else SHAPES_2D
             if int(size) % per == 0 and chips in shapes:
                 return Topology(name, gen, chips, f"{gen}:{shapes[chips]}")
-    raise ConfigError(f"--topology {name!r}: not a TPU slice name this command knows. Known: "
-                      f"{', '.join(known_names())}; or libtpu's own form GEN:AxB[xC] in chips (e.g. v5e:4x4)")
+    raise ConfigError(
+        f"--topology {name!r}: not a TPU slice name this command knows. Known: "
+        f"{', '.join(known_names())}; or libtpu's own form GEN:AxB[xC] in chips (e.g. v5e:4x4)"
+    )
 
 
 def have_libtpu() -> bool:
@@ -106,17 +119,23 @@ def devices(topo: Topology) -> list:
     if topo.generation == "cpu":
         cpus = jax.devices("cpu")
         if len(cpus) < topo.chips:
-            raise ConfigError(f"--topology {topo.name}: this process has {len(cpus)} CPU devices; start it with "
-                              f"XLA_FLAGS=--xla_force_host_platform_device_count={topo.chips}")
+            raise ConfigError(
+                f"--topology {topo.name}: this process has {len(cpus)} CPU devices; start it with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={topo.chips}"
+            )
         return cpus[: topo.chips]
     if not have_libtpu():
-        raise ConfigError(f"--topology {topo.name}: compiling for a TPU needs libtpu, which is not installed; "
-                          f"{INSTALL}")
+        raise ConfigError(
+            f"--topology {topo.name}: compiling for a TPU needs libtpu, which is not installed; {INSTALL}"
+        )
     # libtpu reads these to find a real slice; with no TPU here, set them so it does not warn that it cannot.
     # Compiling touches no TPU, so two plans may run at once (libtpu otherwise takes a machine-wide lock).
-    for key, value in (("TPU_ACCELERATOR_TYPE", f"{topo.generation}-{topo.chips * CORES_PER_CHIP[topo.generation]}"),
-                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_SKIP_MDS_QUERY", "1"),
-                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+    for key, value in (
+        ("TPU_ACCELERATOR_TYPE", f"{topo.generation}-{topo.chips * CORES_PER_CHIP[topo.generation]}"),
+        ("TPU_WORKER_HOSTNAMES", "localhost"),
+        ("TPU_SKIP_MDS_QUERY", "1"),
+        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+    ):
         os.environ.setdefault(key, value)
     from jax.experimental import topologies
 
@@ -125,6 +144,8 @@ def devices(topo: Topology) -> list:
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.libtpu_name, **kw)
     out = list(desc.devices)
     if len(out) != topo.chips:
-        raise ConfigError(f"--topology {topo.name}: libtpu gave {len(out)} devices for {topo.libtpu_name}, "
-                          f"expected {topo.chips} chips")
+        raise ConfigError(
+            f"--topology {topo.name}: libtpu gave {len(out)} devices for {topo.libtpu_name}, "
+            f"expected {topo.chips} chips"
+        )
     return out

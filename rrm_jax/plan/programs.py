@@ -68,14 +68,17 @@ def model_config(spec: str) -> ModelConfig:
     except ConfigError:
         if hub.is_hub_id(spec) and shipped.find(spec.split("/")[-1].lower(), "models") is not None:
             return resolve_config(spec.split("/")[-1].lower())
-        raise ConfigError(f"model={spec!r}: no shape for it here (not a preset, models TOML, checkpoint directory, "
-                          f"or hub id named like a preset: {', '.join(shipped.names('models'))})") from None
+        raise ConfigError(
+            f"model={spec!r}: no shape for it here (not a preset, models TOML, checkpoint directory, "
+            f"or hub id named like a preset: {', '.join(shipped.names('models'))})"
+        ) from None
 
 
 def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str) -> Model:
     """A Model whose state is ShapeDtypeStructs in the recipe's shardings: nothing is allocated."""
-    make = lambda: Qwen2(cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype,
-                         attention_impl=attention, remat=remat)
+    make = lambda: Qwen2(
+        cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention, remat=remat
+    )
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     sh = state_shardings(abstract, mesh)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sh)
@@ -111,14 +114,37 @@ def _measure(name, lowered, args, calls, resident, note="", **kw) -> Program:
         need = _bytes_in(msg)
         # the error's first line names the kind, the second the op that could not be placed
         first = " ".join(line.strip() for line in msg.strip().splitlines()[:2])[:400]
-        return Program(name, calls, device_bytes(args), 0, 0, need, 0, int(resident), 0.0, 0.0,
-                       f"REFUSED by the compiler: {first}", **kw)
+        return Program(
+            name,
+            calls,
+            device_bytes(args),
+            0,
+            0,
+            need,
+            0,
+            int(resident),
+            0.0,
+            0.0,
+            f"REFUSED by the compiler: {first}",
+            **kw,
+        )
     ma = compiled.memory_analysis()
     ca = compiled.cost_analysis()
     ca = (ca[0] if ca else {}) if isinstance(ca, (list, tuple)) else (ca or {})
-    return Program(name, calls, int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
-                   int(ma.alias_size_in_bytes), int(ma.temp_size_in_bytes), int(ma.generated_code_size_in_bytes),
-                   int(resident), float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0)), note, **kw)
+    return Program(
+        name,
+        calls,
+        int(ma.argument_size_in_bytes),
+        int(ma.output_size_in_bytes),
+        int(ma.alias_size_in_bytes),
+        int(ma.temp_size_in_bytes),
+        int(ma.generated_code_size_in_bytes),
+        int(resident),
+        float(ca.get("flops", 0.0)),
+        float(ca.get("bytes accessed", 0.0)),
+        note,
+        **kw,
+    )
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -146,17 +172,36 @@ def train_shapes(cfg: TrainConfig, model: Model) -> tuple[str, int, int]:
 
 
 def _batch(model: Model, keys, rows: int, t: int) -> dict:
-    dtypes = {"tokens": jnp.int32, "targets": jnp.int32, "positions": jnp.int32, "mask": jnp.bool_,
-              "loss_mask": jnp.bool_, "old_logp": jnp.float32, "ref_logp": jnp.float32, "advantages": jnp.float32}
-    return {k: jax.ShapeDtypeStruct((rows,) if k == "advantages" else (rows, t), dtypes[k],
-                                    sharding=model.batch_sharding(1 if k == "advantages" else 2))
-            for k in keys}
+    dtypes = {
+        "tokens": jnp.int32,
+        "targets": jnp.int32,
+        "positions": jnp.int32,
+        "mask": jnp.bool_,
+        "loss_mask": jnp.bool_,
+        "old_logp": jnp.float32,
+        "ref_logp": jnp.float32,
+        "advantages": jnp.float32,
+    }
+    return {
+        k: jax.ShapeDtypeStruct(
+            (rows,) if k == "advantages" else (rows, t),
+            dtypes[k],
+            sharding=model.batch_sharding(1 if k == "advantages" else 2),
+        )
+        for k in keys
+    }
 
 
 def loss_config(cfg: TrainConfig) -> LossConfig:
     g = cfg.grpo  # as Trainer.__init__ builds it
-    return LossConfig(eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
-                      norm_length=g.norm_length or cfg.sampling.max_new_tokens, logprob_chunk=g.logprob_chunk)
+    return LossConfig(
+        eps_low=g.eps_low,
+        eps_high=g.eps_high,
+        beta=g.beta,
+        aggregation=g.aggregation,
+        norm_length=g.norm_length or cfg.sampling.max_new_tokens,
+        logprob_chunk=g.logprob_chunk,
+    )
 
 
 def train_state(cfg: TrainConfig, model: Model, total_updates: int) -> TrainState:
@@ -167,29 +212,71 @@ def train_state(cfg: TrainConfig, model: Model, total_updates: int) -> TrainStat
     return _sds(state, train_state_shardings(model, tx))
 
 
-def update_programs(cfg: TrainConfig, model: Model, state: TrainState, total_updates: int, *, resident: int,
-                    logprob_resident: int) -> list[Program]:
+def update_programs(
+    cfg: TrainConfig, model: Model, state: TrainState, total_updates: int, *, resident: int, logprob_resident: int
+) -> list[Program]:
     """The update step, and the trainer-side log-prob passes (old policy, reference) a step makes."""
     g, lc = cfg.grpo, loss_config(cfg)
     kind, rows, t = train_shapes(cfg, model)
-    fn = make_train_step(model, cfg.optim, total_updates, kind=kind, loss_cfg=lc,
-                         micro_batches=cfg.optim.micro_batches, dpo=cfg.dpo if kind == "dpo" else None)
+    fn = make_train_step(
+        model,
+        cfg.optim,
+        total_updates,
+        kind=kind,
+        loss_cfg=lc,
+        micro_batches=cfg.optim.micro_batches,
+        dpo=cfg.dpo if kind == "dpo" else None,
+    )
     batch = _batch(model, fn.keys, rows, t)
     shapes = dict(rows=rows, row_tokens=t, micro_batches=cfg.optim.micro_batches)
     inner = g.inner_iters if kind == "grpo" else 1
-    progs = [_measure(f"{kind} update", fn.lower(state, batch), (state, batch), inner, resident,
-                      f"{rows} rows x {t} tokens, {cfg.optim.micro_batches} micro-batches, remat={cfg.remat}", shapes=shapes)]
-    passes = int(kind == "grpo" and g.old_logprobs == "recompute") + int((kind == "grpo" and g.beta > 0) or kind == "dpo")
+    progs = [
+        _measure(
+            f"{kind} update",
+            fn.lower(state, batch),
+            (state, batch),
+            inner,
+            resident,
+            f"{rows} rows x {t} tokens, {cfg.optim.micro_batches} micro-batches, remat={cfg.remat}",
+            shapes=shapes,
+        )
+    ]
+    passes = int(kind == "grpo" and g.old_logprobs == "recompute") + int(
+        (kind == "grpo" and g.beta > 0) or kind == "dpo"
+    )
     if passes:
         lp = make_logprob_fn(model, g.logprob_chunk, cfg.optim.micro_batches)  # as Trainer.logprobs
         args = (state.params, *[batch[k] for k in ("tokens", "positions", "mask", "targets")])
-        progs.append(_measure("log-probs", lp.lower(*args), args, passes, logprob_resident,
-                              f"{passes} pass(es): old policy / reference over the update batch", shapes=shapes))
+        progs.append(
+            _measure(
+                "log-probs",
+                lp.lower(*args),
+                args,
+                passes,
+                logprob_resident,
+                f"{passes} pass(es): old policy / reference over the update batch",
+                shapes=shapes,
+            )
+        )
     return progs
 
 
-def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n: int, max_slots: int, prompt_len: int,
-                     max_new: int, budget: bool, resident: int, calls_per_step: float = 1.0, role: str = "policy") -> tuple[list[Program], dict]:
+def rollout_programs(
+    label: str,
+    model: Model,
+    params,
+    cdt,
+    *,
+    requests: int,
+    n: int,
+    max_slots: int,
+    prompt_len: int,
+    max_new: int,
+    budget: bool,
+    resident: int,
+    calls_per_step: float = 1.0,
+    role: str = "policy",
+) -> tuple[list[Program], dict]:
     """The sampler's prefill (every slot refilled at once, one prompt bucket) and one decode step per slot."""
     mult = model.batch_multiple()
     b = min(max_slots, bucket(requests, minimum=1))
@@ -199,20 +286,37 @@ def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n:
     s = tb + m
     shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=0, suffix_cap=SUFFIX_CAP, window=4, n_stops=4, n_probes=0)
     unroll = model.mesh.devices.flat[0].platform == "cpu"  # SamplerLoop.for_model's choice for the mesh
-    loop = SamplerLoop(model.graphdef, model.config, model.mesh, model.rules, shape,
-                       jnp.dtype(cdt), unroll)
+    loop = SamplerLoop(model.graphdef, model.config, model.mesh, model.rules, shape, jnp.dtype(cdt), unroll)
     state = _sds(jax.eval_shape(loop.init_state), loop.state_shardings())
     rep = NamedSharding(model.mesh, P())
     r = lambda shp, dt: jax.ShapeDtypeStruct(shp, dt, sharding=rep)
     pb = bucket(-(-b // n), minimum=1)  # distinct prompts per slot-full (n samples share a prefill)
     chunk, rc = min(PREFILL_CHUNK, tb), min(PREFILL_ROWS, bucket(pb, minimum=1))
     rows_r = lambda: r((rc,), jnp.int32)
-    batch = PrefillChunk(tokens=r((rc, chunk), jnp.int32), lens=rows_r(), start=rows_r(), home=rows_r(), row=rows_r(),
-                         dest=r((b,), jnp.int32), src=r((b,), jnp.int32), prompt=r((b,), jnp.int32),
-                         sample=r((b,), jnp.int32), limit=r((b,), jnp.int32), seed=r((), jnp.int32))
-    sp = SamplingParams(temperature=r((), jnp.float32), top_p=r((), jnp.float32), min_p=r((), jnp.float32),
-                        budget=r((), jnp.int32), suffix=r((SUFFIX_CAP,), jnp.int32), suffix_len=r((), jnp.int32),
-                        think_end=r((4,), jnp.int32), stops=r((4,), jnp.int32), probes=r((0,), jnp.int32))
+    batch = PrefillChunk(
+        tokens=r((rc, chunk), jnp.int32),
+        lens=rows_r(),
+        start=rows_r(),
+        home=rows_r(),
+        row=rows_r(),
+        dest=r((b,), jnp.int32),
+        src=r((b,), jnp.int32),
+        prompt=r((b,), jnp.int32),
+        sample=r((b,), jnp.int32),
+        limit=r((b,), jnp.int32),
+        seed=r((), jnp.int32),
+    )
+    sp = SamplingParams(
+        temperature=r((), jnp.float32),
+        top_p=r((), jnp.float32),
+        min_p=r((), jnp.float32),
+        budget=r((), jnp.int32),
+        suffix=r((SUFFIX_CAP,), jnp.int32),
+        suffix_len=r((), jnp.int32),
+        think_end=r((4,), jnp.int32),
+        stops=r((4,), jnp.int32),
+        probes=r((0,), jnp.int32),
+    )
     waves = -(-requests // b)  # each slot-full of requests: its prompts' chunks and up to max_new decode steps
     chunks = pb * (-(-tb // chunk))  # per slot-full, every prompt at the bucket's length
     chunk_calls = -(-chunks // rc)
@@ -221,22 +325,41 @@ def rollout_programs(label: str, model: Model, params, cdt, *, requests: int, n:
     pre = SamplerLoop.prefill.lower(loop, params, state, batch, sp, window=tb)
     rows = jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=model.rules.sharding(model.mesh, ("batch",), (b,)))
     weights = jax.eval_shape(loop.split_weights, params)  # None off CPU (the decode scans the stacked layers)
-    dec = SamplerLoop.decode.lower(loop, params, weights, state, sp, rows, r((), jnp.int32), r((), jnp.int32),
-                                   window=s)
+    dec = SamplerLoop.decode.lower(loop, params, weights, state, sp, rows, r((), jnp.int32), r((), jnp.int32), window=s)
     shapes = dict(prefill_rows=rc, prefill_chunk=chunk, prompt_bucket=tb, slots=b, cache_len=s)
-    progs = [_measure(f"{label} prefill", pre, (params, state, batch), waves * chunk_calls * calls_per_step, resident,
-                      f"{chunk_calls} chunk calls of {rc} prompts x {chunk} tokens per {b} slots", shapes=shapes,
-                      role=role),
-             _measure(f"{label} decode", dec, (params, state), waves * m * calls_per_step, resident,
-                      f"one step of {b} slots over a {s}-token cache (worst case: every row runs {m} tokens)",
-                      shapes=shapes, role=role)]
-    return progs, dict(slots=b, cache_len=s, prompt_bucket=tb, requests=requests, kv_cache_bytes=device_bytes(state.cache))
+    progs = [
+        _measure(
+            f"{label} prefill",
+            pre,
+            (params, state, batch),
+            waves * chunk_calls * calls_per_step,
+            resident,
+            f"{chunk_calls} chunk calls of {rc} prompts x {chunk} tokens per {b} slots",
+            shapes=shapes,
+            role=role,
+        ),
+        _measure(
+            f"{label} decode",
+            dec,
+            (params, state),
+            waves * m * calls_per_step,
+            resident,
+            f"one step of {b} slots over a {s}-token cache (worst case: every row runs {m} tokens)",
+            shapes=shapes,
+            role=role,
+        ),
+    ]
+    return progs, dict(
+        slots=b, cache_len=s, prompt_bucket=tb, requests=requests, kv_cache_bytes=device_bytes(state.cache)
+    )
 
 
 def judge_requests(cfg: TrainConfig) -> int:
     """Comparisons per rollout batch for a policy recipe's tournament reward, times the votes."""
     g, kind = cfg.grpo, cfg.grpo.reward
-    per_group = {"judge_elo": g.group_size * (g.group_size - 1) // 2, "judge_knockout": g.group_size - 1,
-                 "judge_reference": g.group_size}[kind]
+    per_group = {
+        "judge_elo": g.group_size * (g.group_size - 1) // 2,
+        "judge_knockout": g.group_size - 1,
+        "judge_reference": g.group_size,
+    }[kind]
     return g.prompts_per_step * per_group * cfg.judge.votes
-

@@ -26,8 +26,18 @@ def forward_flops(cfg: ModelConfig, tokens: int, context: float, head_tokens: in
     return tokens * (2 * layers + attn) + 2 * head * (tokens if head_tokens is None else head_tokens)
 
 
-def program_cost(name: str, cfg: ModelConfig, shapes: dict, *, remat: str, param_bytes: int, compute_bytes: int,
-                 state_bytes: int, kv_bytes: int, chips: int) -> tuple[float, float]:
+def program_cost(
+    name: str,
+    cfg: ModelConfig,
+    shapes: dict,
+    *,
+    remat: str,
+    param_bytes: int,
+    compute_bytes: int,
+    state_bytes: int,
+    kv_bytes: int,
+    chips: int,
+) -> tuple[float, float]:
     """(FLOPs, HBM bytes) per chip per call. ``param_bytes``/``compute_bytes``: the whole model in its
     master/compute dtype; ``state_bytes`` the train state, ``kv_bytes`` a KV cache, all per chip."""
     if name.endswith("update"):

@@ -16,8 +16,17 @@ from rrm_jax.core import shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.plan import chips, roofline
-from rrm_jax.plan.programs import (abstract_model, cast, device_bytes, judge_requests, model_config, rollout_programs,
-                                   train_shapes, train_state, update_programs)
+from rrm_jax.plan.programs import (
+    abstract_model,
+    cast,
+    device_bytes,
+    judge_requests,
+    model_config,
+    rollout_programs,
+    train_shapes,
+    train_state,
+    update_programs,
+)
 from rrm_jax.training.config import TrainConfig, load_config
 
 GIB = 1 << 30
@@ -34,7 +43,9 @@ def residents(cfg: TrainConfig, model, state, judge) -> dict[str, int]:
         # Trainer.model keeps the params it was built from; the reference and the rollout copy are those (or
         # the live params) cast to the compute dtype, the same arrays when the dtypes already agree
         "initial_params": device_bytes(model.state),
-        "reference": 0 if same or not (cfg.grpo.beta > 0 or cfg.mode == "dpo") else device_bytes(cast(state.params, cdt)),
+        "reference": 0
+        if same or not (cfg.grpo.beta > 0 or cfg.mode == "dpo")
+        else device_bytes(cast(state.params, cdt)),
         "rollout_copy": 0 if same or cfg.mode != "grpo" else device_bytes(cast(state.params, cdt)),
         "judge": device_bytes(judge.state) if judge is not None else 0,
     }
@@ -53,8 +64,10 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
     topo = chips.parse(topology)
     path = shipped.find(recipe, "train") if recipe is not None else None
     if recipe is not None and path is None:
-        raise ConfigError(f"recipe {recipe}: no such file (shipped recipes: "
-                          f"{', '.join(n for n in shipped.names('train') if n != 'demo')})")
+        raise ConfigError(
+            f"recipe {recipe}: no such file (shipped recipes: "
+            f"{', '.join(n for n in shipped.names('train') if n != 'demo')})"
+        )
     cfg = load_config(path, list(overrides))
     devices = chips.devices(topo)
     try:
@@ -81,34 +94,77 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
         return out
 
     if "update" in only:
-        programs += timed("update", lambda: update_programs(
-            cfg, model, state, max(total, 1), resident=base,
-            logprob_resident=base + res["train_state"] - res["params"]))
+        programs += timed(
+            "update",
+            lambda: update_programs(
+                cfg,
+                model,
+                state,
+                max(total, 1),
+                resident=base,
+                logprob_resident=base + res["train_state"] - res["params"],
+            ),
+        )
     rollout = judge_rollout = None
     if cfg.mode == "grpo" and "rollout" in only:
         g, s = cfg.grpo, cfg.sampling
         params = cast(state.params, cdt)
         live = base + res["train_state"] - (0 if res["rollout_copy"] else res["params"])
-        progs, rollout = timed("rollout", lambda: rollout_programs(
-            "rollout", model, params, cdt, requests=g.prompts_per_step * g.group_size, n=g.group_size,
-            max_slots=s.max_slots, prompt_len=cfg.data.max_prompt_tokens, max_new=s.max_new_tokens,
-            budget=s.max_think_tokens is not None, resident=live))
+        progs, rollout = timed(
+            "rollout",
+            lambda: rollout_programs(
+                "rollout",
+                model,
+                params,
+                cdt,
+                requests=g.prompts_per_step * g.group_size,
+                n=g.group_size,
+                max_slots=s.max_slots,
+                prompt_len=cfg.data.max_prompt_tokens,
+                max_new=s.max_new_tokens,
+                budget=s.max_think_tokens is not None,
+                resident=live,
+            ),
+        )
         programs += progs
     if cfg.mode == "grpo" and judge is not None and "judge" in only:
         s, j = cfg.sampling, cfg.judge
         prompt = j.max_prompt_tokens or cfg.data.max_prompt_tokens + 2 * s.max_new_tokens + 256
         live = res["initial_params"] + res["reference"] + res["train_state"] + res["rollout_copy"]
-        progs, judge_rollout = timed("judge", lambda: rollout_programs(
-            "judge", judge, judge.state, cdt, requests=judge_requests(cfg), n=j.votes,
-            max_slots=j.sampling.max_slots, prompt_len=prompt, max_new=j.sampling.max_new_tokens,
-            budget=j.sampling.max_think_tokens is not None, resident=live, role="judge"))
+        progs, judge_rollout = timed(
+            "judge",
+            lambda: rollout_programs(
+                "judge",
+                judge,
+                judge.state,
+                cdt,
+                requests=judge_requests(cfg),
+                n=j.votes,
+                max_slots=j.sampling.max_slots,
+                prompt_len=prompt,
+                max_new=j.sampling.max_new_tokens,
+                budget=j.sampling.max_think_tokens is not None,
+                resident=live,
+                role="judge",
+            ),
+        )
         programs += progs
-    return report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timings,
-                  judge_cfg=judge.config if judge is not None else None, only=only)
+    return report(
+        cfg,
+        topo,
+        mcfg,
+        model,
+        programs,
+        res,
+        rollout,
+        judge_rollout,
+        timings,
+        judge_cfg=judge.config if judge is not None else None,
+        only=only,
+    )
 
 
-def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timings, judge_cfg=None,
-           only=PARTS) -> dict:
+def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timings, judge_cfg=None, only=PARTS) -> dict:
     applies = {"update"} | ({"rollout"} if cfg.mode == "grpo" else set()) | ({"judge"} if judge_cfg else set())
     partial = bool(applies - set(only))
     chip = topo.chip
@@ -119,17 +175,40 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
         mc, ro = (judge_cfg, judge_rollout) if p.role == "judge" else (mcfg, rollout)
         pdt = cfg.compute_dtype if p.role == "judge" else cfg.dtype
         flops, nbytes = roofline.program_cost(
-            p.name, mc, p.shapes, remat=cfg.remat, param_bytes=mc.num_params * size(pdt),
-            compute_bytes=mc.num_params * size(cfg.compute_dtype), state_bytes=res["train_state"],
-            kv_bytes=(ro or {}).get("kv_cache_bytes", 0), chips=topo.chips)
+            p.name,
+            mc,
+            p.shapes,
+            remat=cfg.remat,
+            param_bytes=mc.num_params * size(pdt),
+            compute_bytes=mc.num_params * size(cfg.compute_dtype),
+            state_bytes=res["train_state"],
+            kv_bytes=(ro or {}).get("kv_cache_bytes", 0),
+            chips=topo.chips,
+        )
         tc, tm = flops / chip.bf16_flops, nbytes / chip.hbm_bytes_per_s
         t = max(tc, tm)
-        rows.append(dict(program=p.name, calls_per_step=p.calls, argument_bytes=p.argument, output_bytes=p.output,
-                         alias_bytes=p.alias, temp_bytes=p.temp, code_bytes=p.code, resident_bytes=p.resident,
-                         peak_bytes=p.peak, xla_flops=p.flops, xla_bytes_accessed=p.bytes_accessed, flops=flops,
-                         bytes=nbytes, seconds_per_call=t, seconds_per_step=t * p.calls,
-                         bound="compute" if tc >= tm else "memory", note=p.note,
-                         refused=p.note.startswith("REFUSED")))
+        rows.append(
+            dict(
+                program=p.name,
+                calls_per_step=p.calls,
+                argument_bytes=p.argument,
+                output_bytes=p.output,
+                alias_bytes=p.alias,
+                temp_bytes=p.temp,
+                code_bytes=p.code,
+                resident_bytes=p.resident,
+                peak_bytes=p.peak,
+                xla_flops=p.flops,
+                xla_bytes_accessed=p.bytes_accessed,
+                flops=flops,
+                bytes=nbytes,
+                seconds_per_call=t,
+                seconds_per_step=t * p.calls,
+                bound="compute" if tc >= tm else "memory",
+                note=p.note,
+                refused=p.note.startswith("REFUSED"),
+            )
+        )
     peak = max(r["peak_bytes"] for r in rows)
     worst = max(rows, key=lambda r: r["peak_bytes"])["program"]
     kind, nrows, t = train_shapes(cfg, model)
@@ -138,33 +217,59 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
     model_flops = 6 * n_params * nrows * t  # the update's useful work (whole batch, all chips)
     step_s = sum(r["seconds_per_step"] for r in rows)
     return dict(
-        topology=topo.name, libtpu_topology=topo.libtpu_name, chip=chip.name, chips=topo.chips,
-        chip_peaks=dict(bf16_flops=chip.bf16_flops, hbm_bytes_per_s=chip.hbm_bytes_per_s, hbm_gib=chip.hbm_gib,
-                        source=chip.source),
-        recipe=dict(model=cfg.model, mode=cfg.mode, mesh=dict(model.mesh.shape), dtype=cfg.dtype,
-                    compute_dtype=cfg.compute_dtype, remat=cfg.remat, params=n_params, judge=cfg.judge.model
-                    if judge_cfg else "", judge_params=judge_cfg.num_params if judge_cfg else 0),
+        topology=topo.name,
+        libtpu_topology=topo.libtpu_name,
+        chip=chip.name,
+        chips=topo.chips,
+        chip_peaks=dict(
+            bf16_flops=chip.bf16_flops, hbm_bytes_per_s=chip.hbm_bytes_per_s, hbm_gib=chip.hbm_gib, source=chip.source
+        ),
+        recipe=dict(
+            model=cfg.model,
+            mode=cfg.mode,
+            mesh=dict(model.mesh.shape),
+            dtype=cfg.dtype,
+            compute_dtype=cfg.compute_dtype,
+            remat=cfg.remat,
+            params=n_params,
+            judge=cfg.judge.model if judge_cfg else "",
+            judge_params=judge_cfg.num_params if judge_cfg else 0,
+        ),
         update_batch=dict(kind=kind, rows=nrows, row_tokens=t, tokens=nrows * t),
-        residents=res, rollout=rollout, judge_rollout=judge_rollout, programs=rows,
-        peak_bytes=peak, peak_program=worst, hbm_bytes=hbm,
+        residents=res,
+        rollout=rollout,
+        judge_rollout=judge_rollout,
+        programs=rows,
+        peak_bytes=peak,
+        peak_program=worst,
+        hbm_bytes=hbm,
         fits=peak <= hbm and not any(r["refused"] for r in rows) and not partial,
-        parts=sorted(applies & set(only), key=PARTS.index), partial=partial, margin_gib=(hbm - peak) / GIB,
+        parts=sorted(applies & set(only), key=PARTS.index),
+        partial=partial,
+        margin_gib=(hbm - peak) / GIB,
         update_seconds=update["seconds_per_call"],
         update_mfu=model_flops / (topo.chips * chip.bf16_flops * update["seconds_per_call"])
-        if update["seconds_per_call"] else 0.0,
-        step_seconds=step_s, compile_seconds=timings,
-        notes=["xla_flops / xla_bytes_accessed: cost_analysis() per chip per call, which counts each loop body "
-               "(layer scan, micro-batch scan, decode loop) once; flops / bytes: closed form (plan.roofline), "
-               "used for the times",
-               "decode and prefill are planned at the worst case: every slot full, every row to its limit"],
+        if update["seconds_per_call"]
+        else 0.0,
+        step_seconds=step_s,
+        compile_seconds=timings,
+        notes=[
+            "xla_flops / xla_bytes_accessed: cost_analysis() per chip per call, which counts each loop body "
+            "(layer scan, micro-batch scan, decode loop) once; flops / bytes: closed form (plan.roofline), "
+            "used for the times",
+            "decode and prefill are planned at the worst case: every slot full, every row to its limit",
+        ],
     )
 
 
 def fits_line(p: dict) -> str:
     gib = p["peak_bytes"] / GIB
-    verdict = (f"fits: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip ({p['margin_gib']:.1f} GiB to spare)"
-               if p["fits"] else f"does not fit by {-p['margin_gib']:.1f} GiB: {gib:.1f} GiB per chip, "
-               f"{p['chip_peaks']['hbm_gib']:.0f} GiB of HBM")
+    verdict = (
+        f"fits: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip ({p['margin_gib']:.1f} GiB to spare)"
+        if p["fits"]
+        else f"does not fit by {-p['margin_gib']:.1f} GiB: {gib:.1f} GiB per chip, "
+        f"{p['chip_peaks']['hbm_gib']:.0f} GiB of HBM"
+    )
     refused = [r for r in p["programs"] if r["refused"]]
     if refused and p["margin_gib"] >= 0:
         # TPU compiles also run out of a fusion's scoped on-chip VMEM, which no HBM margin helps
@@ -174,5 +279,3 @@ def fits_line(p: dict) -> str:
     if part and p["peak_bytes"] <= p["hbm_bytes"] and not any(r["refused"] for r in p["programs"]):
         verdict = f"these programs fit: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip"
     return f"{p['topology']} ({p['chips']} x {p['chip']}): {verdict}; peak in {p['peak_program']}{part}"
-
-

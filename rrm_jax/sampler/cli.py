@@ -15,8 +15,17 @@ from rrm_jax.sampler.scheduler import SamplingConfig, generate
 
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="rrm-jax generate", description="sample completions from a model")
-    ap.add_argument("--model", required=True, help="HF checkpoint directory or hub id (org/name[@rev]), or a models/*.toml preset / path (random init)")
-    ap.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable); token ids 'ids:1,2,3' or, without a tokenizer, '1 2 3'")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="HF checkpoint directory or hub id (org/name[@rev]), or a models/*.toml preset / path (random init)",
+    )
+    ap.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="prompt text (repeatable); token ids 'ids:1,2,3' or, without a tokenizer, '1 2 3'",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
@@ -40,15 +49,25 @@ def cli(argv: list[str]) -> int:
             try:
                 prompts.append([int(x) for x in p.removeprefix("ids:").replace(",", " ").split()])
             except ValueError:
-                print(f"rrm-jax generate: --prompt {p!r}: the model has no tokenizer; pass token ids like '1 2 3'", file=sys.stderr)
+                print(
+                    f"rrm-jax generate: --prompt {p!r}: the model has no tokenizer; pass token ids like '1 2 3'",
+                    file=sys.stderr,
+                )
                 return 2
         else:
             prompts.append(p)
     try:
         cfg = SamplingConfig(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            min_p=args.min_p, n=args.n, seed=args.seed, max_think_tokens=args.max_think_tokens,
-            stop_strings=tuple(args.stop), max_slots=args.max_slots,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            n=args.n,
+            seed=args.seed,
+            max_think_tokens=args.max_think_tokens,
+            stop_strings=tuple(args.stop),
+            max_slots=args.max_slots,
         )
         outs = generate(model, prompts, cfg, progress=True)
     except ValueError as e:

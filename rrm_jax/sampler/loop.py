@@ -108,7 +108,7 @@ class SamplingState:
     out_probe: jax.Array  # [B, M, P]
 
     @classmethod
-    def empty(cls, shape: LoopShape, rows: int, cache: KVCache | None) -> "SamplingState":
+    def empty(cls, shape: LoopShape, rows: int, cache: KVCache | None) -> SamplingState:
         m, p = shape.max_out, shape.n_probes
         return cls(
             cache=cache,
@@ -131,7 +131,9 @@ def _key_data_shape() -> tuple[int, ...]:
     return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
 
 
-def _advance(shape: LoopShape, sp: SamplingParams, st: SamplingState, logits: jax.Array, active: jax.Array) -> SamplingState:
+def _advance(
+    shape: LoopShape, sp: SamplingParams, st: SamplingState, logits: jax.Array, active: jax.Array
+) -> SamplingState:
     """Choose one token per active slot from float32 logits [B, V] and do all the bookkeeping."""
     b, m = st.out_tok.shape
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -187,8 +189,9 @@ def _put_prefix(cache: KVCache, prefix: KVCache) -> KVCache:
     )
 
 
-def _write_rows(cache: KVCache, buf: jax.Array, sub: jax.Array, rows: jax.Array, srcs: jax.Array,
-                window: int) -> jax.Array:
+def _write_rows(
+    cache: KVCache, buf: jax.Array, sub: jax.Array, rows: jax.Array, srcs: jax.Array, window: int
+) -> jax.Array:
     """Slot row ``rows[i]``'s first ``window`` slots of ``buf`` (k or v of ``cache``) = ``sub``'s row ``srcs[i]``
     (rows == B dropped), a layer at a time.
 
@@ -229,19 +232,30 @@ class SamplerLoop:
     cpu_kernel: bool = False
 
     @classmethod
-    def for_model(cls, model, shape: LoopShape, unroll_layers: bool | None = None,
-                  cpu_kernel: bool | None = None) -> "SamplerLoop":
+    def for_model(
+        cls, model, shape: LoopShape, unroll_layers: bool | None = None, cpu_kernel: bool | None = None
+    ) -> SamplerLoop:
         if unroll_layers is None:
             unroll_layers = model.mesh.devices.flat[0].platform == "cpu"
         f32 = jnp.dtype(model.module.compute_dtype) == jnp.float32
         fits = bool(unroll_layers) and f32 and model.mesh.size == 1
         if cpu_kernel and not (fits and kernel.available()):
-            raise ValueError("the CPU matmul kernel needs the unrolled CPU decode, float32 compute, a one-device mesh "
-                             "and a built kernel (rrm_jax.core.cpu_kernel.available())")
+            raise ValueError(
+                "the CPU matmul kernel needs the unrolled CPU decode, float32 compute, a one-device mesh "
+                "and a built kernel (rrm_jax.core.cpu_kernel.available())"
+            )
         if cpu_kernel is None:
             cpu_kernel = fits and kernel.available()
-        return cls(model.graphdef, model.config, model.mesh, model.rules, shape,
-                   jnp.dtype(model.module.compute_dtype), bool(unroll_layers), bool(cpu_kernel))
+        return cls(
+            model.graphdef,
+            model.config,
+            model.mesh,
+            model.rules,
+            shape,
+            jnp.dtype(model.module.compute_dtype),
+            bool(unroll_layers),
+            bool(cpu_kernel),
+        )
 
     def __hash__(self) -> int:
         # jit hashes its static arguments on every call; hashing the graphdef costs ~70 us, so once per loop
@@ -280,8 +294,9 @@ class SamplerLoop:
 
     # -- compiled --------------------------------------------------------------------------------------
     def _zero_cache(self) -> KVCache:
-        return KVCache.zeros(self.config, self.shape.slots, self.shape.cache_len, self.cache_dtype,
-                             heads_major=self.unroll_layers)
+        return KVCache.zeros(
+            self.config, self.shape.slots, self.shape.cache_len, self.cache_dtype, heads_major=self.unroll_layers
+        )
 
     @functools.partial(jax.jit, static_argnums=0)
     def init_state(self) -> SamplingState:
@@ -308,8 +323,12 @@ class SamplerLoop:
         split = lambda x, axes: jax.lax.with_sharding_constraint(x, self.rules.sharding(self.mesh, axes, x.shape))
         rows_of = lambda x: split(x, ("batch",) + (None,) * (x.ndim - 1))
         head = cache.index(take, slice(None, window))
-        sub = cache.replace(k=split(cache.k[head], cache.axes), v=split(cache.v[head], cache.axes),
-                            valid=rows_of(prefix), length=batch.start)
+        sub = cache.replace(
+            k=split(cache.k[head], cache.axes),
+            v=split(cache.v[head], cache.axes),
+            valid=rows_of(prefix),
+            length=batch.start,
+        )
         mask = rows_of(jnp.arange(c)[None] < batch.lens[:, None])
         h, sub = module(rows_of(batch.tokens), None, mask, sub, return_hidden=True)
         logits = module.logits_from_hidden(h[jnp.arange(r), jnp.maximum(batch.lens - 1, 0)])
@@ -329,9 +348,9 @@ class SamplerLoop:
         )
         dest, src = batch.dest, batch.src
         base = jax.random.key(batch.seed)
-        keys = jax.vmap(
-            lambda p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, p), q))
-        )(batch.prompt, batch.sample)
+        keys = jax.vmap(lambda p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, p), q)))(
+            batch.prompt, batch.sample
+        )
         fresh = SamplingState.empty(self.shape, dest.shape[0], None)
         fresh = fresh.replace(done=jnp.zeros_like(fresh.done), key=keys, limit=batch.limit)
         fresh = _advance(self.shape, sp, fresh, logits[src], dest < b)
@@ -365,8 +384,18 @@ class SamplerLoop:
         return split
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
-    def decode(self, params, weights: UnrolledWeights | None, state: SamplingState, sp: SamplingParams, kill, n_steps,
-               threshold, *, window: int):
+    def decode(
+        self,
+        params,
+        weights: UnrolledWeights | None,
+        state: SamplingState,
+        sp: SamplingParams,
+        kill,
+        n_steps,
+        threshold,
+        *,
+        window: int,
+    ):
         """Up to ``n_steps`` tokens for every live slot -> (state, steps run). ``weights``: :meth:`split_weights`.
 
         Slots in ``kill`` end first (the host found a stop string). The loop leaves once ``threshold`` slots

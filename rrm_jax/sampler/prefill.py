@@ -85,8 +85,19 @@ def prefill_call(loop, model, config, sampling, ids, limits, pending, chunk, max
             dest[j], src[j], pidx[j], sidx[j], limit[j] = r, i, t.prompt, q, limits[t.prompt]
             j += 1
     t0 = time.perf_counter()
-    batch = PrefillChunk(tokens=tokens, lens=lens, start=start, home=home, row=row, dest=dest, src=src, prompt=pidx,
-                         sample=sidx, limit=limit, seed=np.int32(config.seed))
+    batch = PrefillChunk(
+        tokens=tokens,
+        lens=lens,
+        start=start,
+        home=home,
+        row=row,
+        dest=dest,
+        src=src,
+        prompt=pidx,
+        sample=sidx,
+        limit=limit,
+        seed=np.int32(config.seed),
+    )
     span = window(int(np.max(start + lens)), chunk, loop.shape.cache_len)
     state = loop.prefill(model.state, state, loop.place(batch), sampling, window=span)
     jax.block_until_ready(state.done)

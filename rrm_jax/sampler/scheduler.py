@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -171,7 +171,9 @@ def generate(
     probes = tuple(int(t) for t in config.probe_token_ids)
     if any(not 0 <= t < model.config.vocab_size for t in probes + tuple(stops)):
         raise ValueError(f"SamplingConfig.probe_token_ids / stop_token_ids must lie in [0, {model.config.vocab_size})")
-    pad = lambda xs, n, fill, left=False: np.asarray(([fill] * (n - len(xs)) + list(xs)) if left else (list(xs) + [fill] * (n - len(xs))), np.int32)
+    pad = lambda xs, n, fill, left=False: np.asarray(
+        ([fill] * (n - len(xs)) + list(xs)) if left else (list(xs) + [fill] * (n - len(xs))), np.int32
+    )
     n_stops = bucket(len(stops), minimum=4)
     sampling = SamplingParams(
         temperature=np.float32(config.temperature),
@@ -190,8 +192,16 @@ def generate(
     mult = model.batch_multiple()
     b = min(config.max_slots, bucket(len(requests), minimum=1))
     b = -(-b // mult) * mult
-    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=int(config.top_k), suffix_cap=scap, window=te_window,
-                      n_stops=n_stops, n_probes=len(probes))
+    shape = LoopShape(
+        slots=b,
+        cache_len=s,
+        max_out=m,
+        top_k=int(config.top_k),
+        suffix_cap=scap,
+        window=te_window,
+        n_stops=n_stops,
+        n_probes=len(probes),
+    )
     loop = SamplerLoop.for_model(model, shape, unroll_layers)
     sampling = loop.place(sampling)
     st = stats if stats is not None else GenerateStats()
@@ -223,8 +233,9 @@ def generate(
                     kill[r] = False
                     counts[r] = 1
             if pending:
-                state = prefill_call(loop, model, config, sampling, ids, limits, pending, chunk, prefill_rows, state,
-                                     st, live)
+                state = prefill_call(
+                    loop, model, config, sampling, ids, limits, pending, chunk, prefill_rows, state, st, live
+                )
             n_live, waiting = sum(live), sum(len(t.slots) for t in pending)
             # Prefill and decode interleave: while prompts wait, running rows decode only after `max_stall`
             # prefill calls in a row. A decode step costs about the same with few rows as with all, so rows
@@ -247,8 +258,9 @@ def generate(
             extent = max(len(ids[occupant[r][0]]) + int(counts[r]) for r in range(b) if live[r]) + n_run
             span = window(extent, chunk, s)
             n_steps, thresh = loop.place((np.int32(n_run), np.int32(threshold)))
-            state, steps = loop.decode(model.state, weights, state, sampling, loop.place_rows(kill), n_steps, thresh,
-                                       window=span)
+            state, steps = loop.decode(
+                model.state, weights, state, sampling, loop.place_rows(kill), n_steps, thresh, window=span
+            )
             host = to_host({"done": state.done, "count": state.count, "steps": steps})
             counts = np.array(host["count"])
             st.decode_seconds += time.perf_counter() - t0

@@ -45,7 +45,9 @@ class Checkpointer:
 
     def restore(self, step: int, template):
         """(state, meta) of ``step``; arrays land in the shardings/dtypes of ``template``'s arrays."""
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template
+        )
         out = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
@@ -66,14 +68,19 @@ class Checkpointer:
                 continue
             if bad:
                 names = ", ".join(str(self.directory / str(s)) for s, _ in bad)
-                print(f"checkpoint: {names} does not restore ({bad[0][1]}); resuming from step {step}, the damaged "
-                      "one kept as <step>.damaged", file=sys.stderr)
+                print(
+                    f"checkpoint: {names} does not restore ({bad[0][1]}); resuming from step {step}, the damaged "
+                    "one kept as <step>.damaged",
+                    file=sys.stderr,
+                )
                 self._set_aside([s for s, _ in bad])
             return step, state, meta
         if bad:
             step, why = bad[0]
-            raise CheckpointError(f"{self.directory}: no checkpoint restores (newest, step {step}: {why}); if the "
-                                  f"recipe changed, train in a new run_dir, else delete {self.directory} to start over")
+            raise CheckpointError(
+                f"{self.directory}: no checkpoint restores (newest, step {step}: {why}); if the "
+                f"recipe changed, train in a new run_dir, else delete {self.directory} to start over"
+            )
         return None
 
     def _set_aside(self, steps: list[int]) -> None:

@@ -14,25 +14,40 @@ from rrm_jax.training.loop import read_metrics, train
 
 def cli(argv: list[str]) -> int:
     """``rrm-jax train RECIPE.toml [key=value ...]``."""
-    ap = argparse.ArgumentParser(prog="rrm-jax train", description="train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe")
+    ap = argparse.ArgumentParser(
+        prog="rrm-jax train", description="train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe"
+    )
     ap.add_argument("recipe", help="a recipe TOML, or the name of a shipped one (tiny, rrm-7b, rrm-32b)")
     ap.add_argument("overrides", nargs="*", help="key=value or section.key=value (e.g. steps=10 optim.lr=1e-6)")
     args = ap.parse_args(argv)
     recipe = shipped.find(args.recipe, "train")
     if recipe is None:
-        print(f"rrm-jax train: recipe {args.recipe}: no such file (shipped recipes: "
-              f"{', '.join(n for n in shipped.names('train') if n != 'demo')})", file=sys.stderr)
+        print(
+            f"rrm-jax train: recipe {args.recipe}: no such file (shipped recipes: "
+            f"{', '.join(n for n in shipped.names('train') if n != 'demo')})",
+            file=sys.stderr,
+        )
         return 2
     cfg = load_config(recipe, args.overrides)  # a ConfigError is printed as one line by rrm_jax.cli
     summary = train(cfg)
     last = summary["last"]
-    print(json.dumps({k: summary[k] for k in ("steps", "resumed_from", "seconds", "skipped_total")}
-                     | {"last": {k: last.get(k) for k in ("reward_mean", "accuracy", "loss", "kl") if k in last}}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("steps", "resumed_from", "seconds", "skipped_total")}
+            | {"last": {k: last.get(k) for k in ("reward_mean", "accuracy", "loss", "kl") if k in last}}
+        )
+    )
     return 0
 
 
-PLOTS = (("reward_mean", "reward"), ("accuracy", "verdict accuracy"), ("kl", "KL to reference"),
-         ("response_len", "response length (tokens)"), ("loss", "loss"), ("entropy", "entropy"))
+PLOTS = (
+    ("reward_mean", "reward"),
+    ("accuracy", "verdict accuracy"),
+    ("kl", "KL to reference"),
+    ("response_len", "response length (tokens)"),
+    ("loss", "loss"),
+    ("entropy", "entropy"),
+)
 
 
 def plot_cli(argv: list[str]) -> int:
@@ -62,7 +77,7 @@ def plot_metrics(rows: list[dict], out: Path) -> Path:
     ncols = min(3, max(len(panels), 1))
     nrows = -(-max(len(panels), 1) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.flat, panels):
         pts = [(r["step"], r[key]) for r in rows if key in r]

@@ -18,9 +18,9 @@ from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.answers import EXTRACTORS
 from rrm_jax.judge.prompt import get_prompt
+from rrm_jax.sampler.config import SamplingConfig
 from rrm_jax.training.rl.dpo import DPOConfig
 from rrm_jax.training.rl.loss import AGGREGATIONS
-from rrm_jax.sampler.config import SamplingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,9 @@ class GRPOConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     path: str = ""  # JSONL of {query, chosen, rejected} (GRPO), {query[, answer, reference]} (policy GRPO) or {prompt, completion} (SFT)
-    synthetic: int = 0  # > 0: write this many synthetic arithmetic pairs (queries for a policy run) to run_dir and use them
+    synthetic: int = (
+        0  # > 0: write this many synthetic arithmetic pairs (queries for a policy run) to run_dir and use them
+    )
     prompt: str = "rrm-v1"  # rrm-v1 (the released RRMs' prompt) | short (for tiny byte-level models)
     max_prompt_tokens: int = 4096  # longer pairs are dropped (counted) when loading
     swap: bool = True  # random per-example position swap (else chosen is always shown first)
@@ -123,7 +125,10 @@ class TrainConfig:
             (self.remat in ("none", "dots", "full"), f"remat must be none|dots|full, got {self.remat!r}"),
             (self.grpo.advantage in ("grpo", "drgrpo", "rloo"), f"unknown grpo.advantage {self.grpo.advantage!r}"),
             (self.grpo.old_logprobs in ("sampler", "recompute"), "grpo.old_logprobs must be sampler|recompute"),
-            (self.optim.micro_batches >= 1 and self.grpo.inner_iters >= 1, "micro_batches and inner_iters must be >= 1"),
+            (
+                self.optim.micro_batches >= 1 and self.grpo.inner_iters >= 1,
+                "micro_batches and inner_iters must be >= 1",
+            ),
             (self.steps >= 0 and self.save_every >= 1, "steps must be >= 0 and save_every >= 1"),
             (self.sampling.n == 1, "sampling.n is set by grpo.group_size (the samples per prompt); leave it at 1"),
             (self.sampling.seed == 0, "sampling.seed is derived from seed and the step; set seed instead"),
@@ -138,10 +143,18 @@ class TrainConfig:
             ("keep", self.keep, self.keep >= 1, "must be >= 1 (the checkpoints a killed run resumes from)"),
             ("batch_size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
             ("dtype", self.dtype, self.dtype in FLOAT_DTYPES, f"must be one of {', '.join(FLOAT_DTYPES)}"),
-            ("compute_dtype", self.compute_dtype, self.compute_dtype in FLOAT_DTYPES,
-             f"must be one of {', '.join(FLOAT_DTYPES)}"),
-            ("mesh", list(self.mesh), _mesh_ok(self.mesh),
-             "must be 3 sizes [data, fsdp, tensor], each >= 1 or one -1 (fills the devices), e.g. [1, -1, 1]"),
+            (
+                "compute_dtype",
+                self.compute_dtype,
+                self.compute_dtype in FLOAT_DTYPES,
+                f"must be one of {', '.join(FLOAT_DTYPES)}",
+            ),
+            (
+                "mesh",
+                list(self.mesh),
+                _mesh_ok(self.mesh),
+                "must be 3 sizes [data, fsdp, tensor], each >= 1 or one -1 (fills the devices), e.g. [1, -1, 1]",
+            ),
             ("optim.lr", o.lr, o.lr > 0, "must be > 0"),
             ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, "must be >= 0"),
             ("optim.decay_steps", o.decay_steps, o.decay_steps >= 0, "must be >= 0 (0 = steps * inner_iters)"),
@@ -157,29 +170,50 @@ class TrainConfig:
             ("grpo.eps_low", g.eps_low, g.eps_low >= 0, "must be >= 0"),
             ("grpo.eps_high", g.eps_high, g.eps_high >= 0, "must be >= 0"),
             ("grpo.beta", g.beta, g.beta >= 0, "must be >= 0 (0 = no KL term)"),
-            ("grpo.aggregation", g.aggregation, g.aggregation in AGGREGATIONS, f"must be one of {', '.join(AGGREGATIONS)}"),
+            (
+                "grpo.aggregation",
+                g.aggregation,
+                g.aggregation in AGGREGATIONS,
+                f"must be one of {', '.join(AGGREGATIONS)}",
+            ),
             ("grpo.norm_length", g.norm_length, g.norm_length >= 0, "must be >= 0 (0 = sampling.max_new_tokens)"),
             ("grpo.logprob_chunk", g.logprob_chunk, g.logprob_chunk >= 1, "must be >= 1"),
             ("grpo.seq_bucket", g.seq_bucket, g.seq_bucket >= 0, "must be >= 0 (0 = next power of two)"),
             ("data.synthetic", d.synthetic, d.synthetic >= 0, "must be >= 0 (0 = read data.path)"),
             ("data.max_prompt_tokens", d.max_prompt_tokens, d.max_prompt_tokens >= 1, "must be >= 1"),
             ("dpo.beta", self.dpo.beta, self.dpo.beta > 0, "must be > 0 (the implicit reward's scale)"),
-            ("dpo.label_smoothing", self.dpo.label_smoothing, 0 <= self.dpo.label_smoothing < 0.5,
-             "must lie in [0, 0.5) (the share of labels assumed flipped)"),
+            (
+                "dpo.label_smoothing",
+                self.dpo.label_smoothing,
+                0 <= self.dpo.label_smoothing < 0.5,
+                "must lie in [0, 0.5) (the share of labels assumed flipped)",
+            ),
         ]
         for name, value, ok, why in fields:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name}={value!r}: {why}")
         j = self.judge
         judge_fields = [
-            ("judge.model", j.model, bool(j.model) or not self.policy,
-             f"is empty: grpo.reward = {g.reward!r} needs the judge checkpoint (or preset)"),
+            (
+                "judge.model",
+                j.model,
+                bool(j.model) or not self.policy,
+                f"is empty: grpo.reward = {g.reward!r} needs the judge checkpoint (or preset)",
+            ),
             ("judge.votes", j.votes, j.votes >= 1, "must be >= 1"),
             ("judge.show", j.show, j.show in JUDGE_SHOW, f"must be one of {', '.join(JUDGE_SHOW)}"),
-            ("judge.extract", j.extract, j.extract in ("", *EXTRACTORS),
-             f"must be one of {', '.join(EXTRACTORS)} or empty"),
-            ("judge.extract", j.extract, j.show != "answer" or j.extract,
-             f"must be one of {', '.join(EXTRACTORS)} when show = 'answer'"),
+            (
+                "judge.extract",
+                j.extract,
+                j.extract in ("", *EXTRACTORS),
+                f"must be one of {', '.join(EXTRACTORS)} or empty",
+            ),
+            (
+                "judge.extract",
+                j.extract,
+                j.show != "answer" or j.extract,
+                f"must be one of {', '.join(EXTRACTORS)} when show = 'answer'",
+            ),
             ("judge.max_prompt_tokens", j.max_prompt_tokens, j.max_prompt_tokens >= 0, "must be >= 0 (0 = no limit)"),
         ]
         for name, value, ok, why in judge_fields:
@@ -202,8 +236,10 @@ class TrainConfig:
         """Old spellings, for :func:`rrm_jax.core.configs.load`: the rollouts' sampling keys moved from
         ``[grpo]`` to ``[sampling]`` (a warning names the new key); a demo recipe is refused by name."""
         if DEMO_KEYS & values.keys():
-            raise ConfigError(f"{source}: this is an `rrm-jax demo` recipe, not a training recipe; run it with "
-                              f"rrm-jax demo --recipe {_demo_name(source)}")
+            raise ConfigError(
+                f"{source}: this is an `rrm-jax demo` recipe, not a training recipe; run it with "
+                f"rrm-jax demo --recipe {_demo_name(source)}"
+            )
         grpo = values.get("grpo")
         old = {k: v for k, v in grpo.items() if k in MOVED_TO_SAMPLING} if isinstance(grpo, dict) else {}
         if not old:
@@ -240,8 +276,9 @@ def preflight(cfg: TrainConfig, devices: int | None) -> None:
     given (the model is built from ``mesh``), a mesh that fits that many devices."""
     d = cfg.data
     if not d.synthetic and not d.path:
-        raise ConfigError("TrainConfig.data.path is empty: set data.path=FILE.jsonl, or data.synthetic=N for N "
-                          "generated pairs")
+        raise ConfigError(
+            "TrainConfig.data.path is empty: set data.path=FILE.jsonl, or data.synthetic=N for N generated pairs"
+        )
     if not d.synthetic and not Path(d.path).is_file():
         raise ConfigError(f"TrainConfig.data.path={d.path!r}: no such file")
     if devices is None:
@@ -250,8 +287,10 @@ def preflight(cfg: TrainConfig, devices: int | None) -> None:
     rest = math.prod(s for s in mesh if s != -1)
     fits = rest == devices if -1 not in mesh else devices % rest == 0
     if not fits:
-        raise ConfigError(f"TrainConfig.mesh={mesh}: needs {'a multiple of ' if -1 in mesh else ''}{rest} devices, "
-                          f"this machine has {devices}; e.g. mesh=[1,-1,1] (FSDP over all {devices})")
+        raise ConfigError(
+            f"TrainConfig.mesh={mesh}: needs {'a multiple of ' if -1 in mesh else ''}{rest} devices, "
+            f"this machine has {devices}; e.g. mesh=[1,-1,1] (FSDP over all {devices})"
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grain
 import numpy as np
@@ -64,8 +64,9 @@ def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
     return path, {}
 
 
-def _read_jsonl(path: Path, check: Callable[[dict, str], str | None],
-                prepare: Callable[[dict], dict] | None = None) -> tuple[list[dict], Counter, list[str]]:
+def _read_jsonl(
+    path: Path, check: Callable[[dict, str], str | None], prepare: Callable[[dict], dict] | None = None
+) -> tuple[list[dict], Counter, list[str]]:
     """The records of ``path`` that ``check`` passes (after ``prepare``, which the kept records keep), the count
     of each reason for a dropped line, and the first few located problems."""
     keep, reasons, problems = [], Counter(), []
@@ -119,7 +120,10 @@ def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_toke
     overhead = len(tokenizer.encode(render("", "", ""), add_special_tokens=False)) + 12
     kept = []
     if pairs:
-        fields = [tokenizer([p[k] for p in pairs], add_special_tokens=False)["input_ids"] for k in ("query", "chosen", "rejected")]
+        fields = [
+            tokenizer([p[k] for p in pairs], add_special_tokens=False)["input_ids"]
+            for k in ("query", "chosen", "rejected")
+        ]
         for i, p in enumerate(pairs):
             n = overhead + sum(len(f[i]) for f in fields)
             if n > max_prompt_tokens:
@@ -128,7 +132,12 @@ def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_toke
             kept.append({k: p[k] for k in ("query", "chosen", "rejected")})
     if not kept:
         raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
-    return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(reasons), "problems": problems}
+    return kept, {
+        "read": len(kept) + sum(reasons.values()),
+        "kept": len(kept),
+        "dropped": dict(reasons),
+        "problems": problems,
+    }
 
 
 class _Pipeline:
@@ -177,6 +186,7 @@ def _check_query(needs_reference: bool):
         if "answer" in rec and not isinstance(rec["answer"], (str, int, float)):
             return f"{where}field 'answer' is not a string or number"
         return None
+
     return check
 
 
@@ -190,16 +200,22 @@ class QueryPipeline(_Pipeline):
         items = []
         for r in recs:
             # tokenised once here: the trainer samples from these prompt_ids
-            item = to_query_prompt({k: (str(r[k]) if k == "answer" else r[k])
-                                    for k in ("query", "answer", "reference") if k in r}, tokenizer)
+            item = to_query_prompt(
+                {k: (str(r[k]) if k == "answer" else r[k]) for k in ("query", "answer", "reference") if k in r},
+                tokenizer,
+            )
             if len(item["prompt_ids"]) > config.data.max_prompt_tokens:
                 reasons[f"prompt longer than max_prompt_tokens={config.data.max_prompt_tokens}"] += 1
                 continue
             items.append(item)
         if not items:
             raise ValueError(f"{path}: no usable queries (dropped: {dict(reasons)}; e.g. {problems[:3]})")
-        self.report = {"read": len(recs) + sum(reasons.values()), "kept": len(items), "dropped": dict(reasons),
-                       "problems": problems}
+        self.report = {
+            "read": len(recs) + sum(reasons.values()),
+            "kept": len(items),
+            "dropped": dict(reasons),
+            "problems": problems,
+        }
         ds = (
             grain.MapDataset.source(items)
             .shuffle(seed=config.data.shuffle_seed)
@@ -238,7 +254,12 @@ class SFTPipeline(_Pipeline):
             items.append((np.asarray(p, np.int32), np.asarray(c, np.int32)))
         if not items:
             raise ValueError(f"{path}: no usable traces (dropped: {dict(reasons)}; e.g. {problems[:3]})")
-        self.report = {"read": len(recs) + sum(reasons.values()), "kept": len(items), "dropped": dict(reasons), "problems": problems}
+        self.report = {
+            "read": len(recs) + sum(reasons.values()),
+            "kept": len(items),
+            "dropped": dict(reasons),
+            "problems": problems,
+        }
         ds = (
             grain.MapDataset.source(items)
             .shuffle(seed=config.data.shuffle_seed)

@@ -9,8 +9,8 @@ dropped when the file is read and counted by reason, as the GRPO pipeline does (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grain
 import numpy as np
@@ -27,8 +27,12 @@ def tokenize_pair(pair: dict, tokenizer) -> dict:
     def completion(text: str) -> np.ndarray:
         return np.asarray(list(tokenizer.encode(text, add_special_tokens=False)) + eos, np.int32)
 
-    return dict(pair, prompt_ids=np.asarray(chat_prompt(tokenizer, pair["query"]), np.int32),
-                chosen_ids=completion(pair["chosen"]), rejected_ids=completion(pair["rejected"]))
+    return dict(
+        pair,
+        prompt_ids=np.asarray(chat_prompt(tokenizer, pair["query"]), np.int32),
+        chosen_ids=completion(pair["chosen"]),
+        rejected_ids=completion(pair["rejected"]),
+    )
 
 
 def pair_length(item: dict) -> int:
@@ -43,8 +47,9 @@ def pack_pairs(items: Sequence[dict], *, slots: int, seq_bucket: int = 0) -> dic
         raise ValueError(f"{len(items)} pairs do not fit {slots} pair slots")
     t = bucket_len(max([pair_length(x) for x in items] + [1]), seq_bucket)
     prompts = [x["prompt_ids"] for x in items]
-    halves = [pack(prompts, [x[side] for x in items], rows=slots, seq_bucket=t)
-              for side in ("chosen_ids", "rejected_ids")]
+    halves = [
+        pack(prompts, [x[side] for x in items], rows=slots, seq_bucket=t) for side in ("chosen_ids", "rejected_ids")
+    ]
     return {k: np.concatenate([halves[0][k], halves[1][k]]) for k in halves[0] if k != "old_logp"}
 
 
@@ -67,8 +72,12 @@ def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dic
         kept.append(item)
     if not kept:
         raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
-    return kept, {"read": len(kept) + sum(reasons.values()), "kept": len(kept), "dropped": dict(reasons),
-                  "problems": problems}
+    return kept, {
+        "read": len(kept) + sum(reasons.values()),
+        "kept": len(kept),
+        "dropped": dict(reasons),
+        "problems": problems,
+    }
 
 
 class DPOPipeline(_Pipeline):

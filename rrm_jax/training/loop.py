@@ -9,8 +9,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,16 @@ def build_model(cfg: TrainConfig):
     mesh = make_mesh(cfg.mesh)
     dt, cdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.compute_dtype)
     tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    model = load_or_init(cfg.model, seed=cfg.seed, mesh=mesh, dtype=dt, compute_dtype=cdt,
-                         tokenizer=tok, remat=cfg.remat, attention_impl=cfg.attention)
+    model = load_or_init(
+        cfg.model,
+        seed=cfg.seed,
+        mesh=mesh,
+        dtype=dt,
+        compute_dtype=cdt,
+        tokenizer=tok,
+        remat=cfg.remat,
+        attention_impl=cfg.attention,
+    )
     if model.tokenizer is None:
         raise ValueError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
     return model
@@ -47,7 +55,7 @@ def read_metrics(path: Path) -> list[dict]:
     evaluation records are; a corrupt line before it is a DataError naming file:line."""
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
-        raw = raw[:raw.rfind(b"\n") + 1]
+        raw = raw[: raw.rfind(b"\n") + 1]
     rows = []
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -71,20 +79,31 @@ def _metrics_file(run_dir: Path, keep_upto: int) -> Path:
         have = {r["step"] for r in rows}
         lost = [s for s in range(1, keep_upto + 1) if s not in have]
         if lost:  # the checkpoint survived a crash that took these lines with it: the curve has a gap there
-            print(f"{path}: no record of step(s) {_spans(lost)} (lost in a crash); training goes on from step "
-                  f"{keep_upto + 1}", file=sys.stderr)
+            print(
+                f"{path}: no record of step(s) {_spans(lost)} (lost in a crash); training goes on from step "
+                f"{keep_upto + 1}",
+                file=sys.stderr,
+            )
     return path
 
 
 def _spans(steps: list[int]) -> str:
-    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}..{steps[-1]}" if steps[-1] - steps[0] + 1 == len(steps) \
+    return (
+        f"{steps[0]}"
+        if len(steps) == 1
+        else f"{steps[0]}..{steps[-1]}"
+        if steps[-1] - steps[0] + 1 == len(steps)
         else ", ".join(map(str, steps))
+    )
 
 
 def _finished(run_dir: Path, config: TrainConfig, done: int) -> dict:
     """A rerun of a run that already reached its steps: say so and leave every file as it is."""
-    print(f"rrm-jax train: {run_dir} is finished (checkpoint step {done}, steps={config.steps}); nothing changed. "
-          f"Pass steps=N with N > {done} to train further", file=sys.stderr)
+    print(
+        f"rrm-jax train: {run_dir} is finished (checkpoint step {done}, steps={config.steps}); nothing changed. "
+        f"Pass steps=N with N > {done} to train further",
+        file=sys.stderr,
+    )
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -102,8 +121,15 @@ def _summary_steps(run_dir: Path) -> int:
         return -1
 
 
-def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, on_step: Callable | None = None,
-          progress: bool = True) -> dict:
+def train(
+    config: TrainConfig,
+    *,
+    model=None,
+    reward_fn=None,
+    generate_fn=None,
+    on_step: Callable | None = None,
+    progress: bool = True,
+) -> dict:
     """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary.
 
     ``on_step(step, record)`` is called after each step's metrics are written (tests use it to kill a run).
@@ -159,8 +185,14 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
             tb.close()
     if not last and main:  # no step left to run: the last record is the one the killed run wrote
         last = (read_metrics(mpath) or [{}])[-1]
-    summary = {"steps": config.steps, "resumed_from": start, "seconds": time.perf_counter() - t_start, "last": last,
-               "skipped_total": int(trainer.state.skipped), "data": report}
+    summary = {
+        "steps": config.steps,
+        "resumed_from": start,
+        "seconds": time.perf_counter() - t_start,
+        "last": last,
+        "skipped_total": int(trainer.state.skipped),
+        "data": report,
+    }
     if config.export_hf and (config.steps > start or not (run_dir / "hf" / "config.json").exists()):
         summary["export"] = str(save_hf(trainer.policy, run_dir / "hf"))
     if main:
@@ -170,8 +202,9 @@ def train(config: TrainConfig, *, model=None, reward_fn=None, generate_fn=None, 
 
 def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None) -> dict:
     last = {}
-    bar = Progress(config.mode, config.steps, completed=start, fmt="reward {reward:+.3f}  loss {loss:.4f}",
-                   enabled=progress)
+    bar = Progress(
+        config.mode, config.steps, completed=start, fmt="reward {reward:+.3f}  loss {loss:.4f}", enabled=progress
+    )
     with mpath.open("a") as mf, bar:
         for step in range(start + 1, config.steps + 1):
             batch = pipe.next()
@@ -189,8 +222,11 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             if tb is not None:
                 tb.scalars(step, metrics)
             last = record
-            bar.update(step, reward=metrics.get("reward_mean", metrics.get("reward_margin", float("nan"))),
-                       loss=metrics["loss"])
+            bar.update(
+                step,
+                reward=metrics.get("reward_mean", metrics.get("reward_margin", float("nan"))),
+                loss=metrics["loss"],
+            )
             if on_step is not None:
                 on_step(step, record)
             if step % config.save_every == 0 or step == config.steps:
@@ -198,7 +234,9 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
                 # checkpoint whose curve has a gap (a plain flush only reaches the OS)
                 if mf.name != os.devnull:  # only process 0 keeps the record (fsync of /dev/null is EINVAL)
                     os.fsync(mf.fileno())
-                ckpt.save(step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step})
+                ckpt.save(
+                    step, trainer.state, {"data_iter": pipe.get_state(), "iteration": trainer.iteration, "step": step}
+                )
     return last
 
 
@@ -213,22 +251,24 @@ class TensorBoard:
         self._event, self._summary = Event, Summary
         self.writer = EventFileWriter(str(log_dir))
         # a (re)start at step `start + 1`: TensorBoard drops what a killed run logged from there on
-        self.writer.add_event(Event(wall_time=time.time(), step=start + 1,
-                                    session_log=SessionLog(status=SessionLog.START)))
+        self.writer.add_event(
+            Event(wall_time=time.time(), step=start + 1, session_log=SessionLog(status=SessionLog.START))
+        )
 
     @classmethod
-    def open(cls, log_dir: Path, start: int) -> "TensorBoard | None":
+    def open(cls, log_dir: Path, start: int) -> TensorBoard | None:
         try:
             return cls(log_dir, start)
         except ImportError:  # optional: pip install tensorboard
             return None
 
     def scalars(self, step: int, values: dict) -> None:
-        vals = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        vals = [
+            self._summary.Value(tag=k, simple_value=float(v))
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         self.writer.add_event(self._event(wall_time=time.time(), step=step, summary=self._summary(value=vals)))
 
     def close(self) -> None:
         self.writer.close()
-
-

@@ -72,8 +72,12 @@ def train_state_shardings(model, tx, abstract_params=None) -> TrainState:
     abstract_params = abstract_params if abstract_params is not None else jax.eval_shape(lambda s: s, model.state)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sh = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, params_sh,
-        transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+        tx,
+        lambda _, s: s,
+        abstract_opt,
+        params_sh,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
     )
     return TrainState(step=rep, params=params_sh, opt_state=opt_sh, rng=rep, skipped=rep)
 
@@ -118,8 +122,17 @@ def cached(kind_name: str, model, key: tuple, build):
     return _CACHE[full]
 
 
-def make_train_step(model, optim: OptimConfig, total_updates: int, *, kind: str, loss_cfg: LossConfig,
-                    micro_batches: int = 1, donate: bool = True, dpo: DPOConfig | None = None):
+def make_train_step(
+    model,
+    optim: OptimConfig,
+    total_updates: int,
+    *,
+    kind: str,
+    loss_cfg: LossConfig,
+    micro_batches: int = 1,
+    donate: bool = True,
+    dpo: DPOConfig | None = None,
+):
     """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``kind`` "grpo", "sft" or "dpo" (``dpo``:
     its beta and label smoothing; a "dpo" batch needs ``micro_batches`` to divide its pair slots, see rl.dpo).
 
@@ -128,7 +141,12 @@ def make_train_step(model, optim: OptimConfig, total_updates: int, *, kind: str,
     """
     dpo = (dpo or DPOConfig()) if kind == "dpo" else None
     key = (optim, total_updates, kind, loss_cfg, micro_batches, donate) + ((dpo,) if dpo else ())
-    return cached("train_step", model, key, lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo))
+    return cached(
+        "train_step",
+        model,
+        key,
+        lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo),
+    )
 
 
 def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo=None):
@@ -146,14 +164,17 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
 
     def loss_fn(params, mb):
         module = nnx.merge(graphdef, params)
-        logp, ent = sequence_logprobs(module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], loss_cfg.logprob_chunk)
+        logp, ent = sequence_logprobs(
+            module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], loss_cfg.logprob_chunk
+        )
         m = mb["loss_mask"]
         if kind == "grpo":
             ref = mb.get("ref_logp", logp)
             loss, metrics = grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], m, mb["w"], mb["mw"], loss_cfg)
         elif kind == "dpo":
-            loss, metrics = dpo_loss(sequence_sums(logp, m), sequence_sums(mb["ref_logp"], m), mb["w"], dpo.beta,
-                                     dpo.label_smoothing)
+            loss, metrics = dpo_loss(
+                sequence_sums(logp, m), sequence_sums(mb["ref_logp"], m), mb["w"], dpo.beta, dpo.label_smoothing
+            )
         else:
             loss, metrics = sft_loss(logp, m, mb["w"], mb["mw"])
         metrics["entropy"] = jnp.sum(mb["mw"] * ent * m)
@@ -201,8 +222,13 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
             rng=state.rng,
             skipped=state.skipped + (~ok).astype(jnp.int32),
         )
-        metrics = dict(metrics, grad_norm=gnorm, lr=jnp.asarray(schedule(applied), jnp.float32),
-                       skipped=(~ok).astype(jnp.int32), tokens=jnp.sum(m.astype(jnp.int32)))
+        metrics = dict(
+            metrics,
+            grad_norm=gnorm,
+            lr=jnp.asarray(schedule(applied), jnp.float32),
+            skipped=(~ok).astype(jnp.int32),
+            tokens=jnp.sum(m.astype(jnp.int32)),
+        )
         return new_state, metrics
 
     rep = NamedSharding(mesh, P())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -66,8 +66,12 @@ class Trainer:
         self.model, self.cfg = model, config
         g = config.grpo
         self.loss_cfg = LossConfig(
-            eps_low=g.eps_low, eps_high=g.eps_high, beta=g.beta, aggregation=g.aggregation,
-            norm_length=g.norm_length or config.sampling.max_new_tokens, logprob_chunk=g.logprob_chunk,
+            eps_low=g.eps_low,
+            eps_high=g.eps_high,
+            beta=g.beta,
+            aggregation=g.aggregation,
+            norm_length=g.norm_length or config.sampling.max_new_tokens,
+            logprob_chunk=g.logprob_chunk,
         )
         per_step = g.inner_iters if config.mode == "grpo" else 1
         self.total_updates = total_updates or config.steps * per_step
@@ -77,12 +81,17 @@ class Trainer:
         # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
         self.ref_params = self.compute_copy(model.state) if g.beta > 0 or config.mode == "dpo" else None
         if reward_fn is None and config.policy:
-            raise ValueError(f"grpo.reward = {g.reward!r} needs the judge: pass reward_fn=JudgeReward(...) "
-                             "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])")
+            raise ValueError(
+                f"grpo.reward = {g.reward!r} needs the judge: pass reward_fn=JudgeReward(...) "
+                "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])"
+            )
         self.reward_fn = rewards_lib.get(reward_fn or g.reward)
         extract = EXTRACTORS.get(config.judge.extract)
-        self.answer_of = (lambda text, answer: same_answer(config.judge.extract, extract(after_think(text)), answer)) \
-            if extract else None
+        self.answer_of = (
+            (lambda text, answer: same_answer(config.judge.extract, extract(after_think(text)), answer))
+            if extract
+            else None
+        )
         self._render = render
         self.generate_fn = generate_fn
         self.iteration = 0  # rollout batches done (seeds the position swaps and the sampler)
@@ -122,8 +131,13 @@ class Trainer:
     def step_fn(self, kind: str):
         if kind not in self._steps:
             self._steps[kind] = make_train_step(
-                self.model, self.cfg.optim, self.total_updates, kind=kind, loss_cfg=self.loss_cfg,
-                micro_batches=self.cfg.optim.micro_batches, dpo=self.cfg.dpo if kind == "dpo" else None,
+                self.model,
+                self.cfg.optim,
+                self.total_updates,
+                kind=kind,
+                loss_cfg=self.loss_cfg,
+                micro_batches=self.cfg.optim.micro_batches,
+                dpo=self.cfg.dpo if kind == "dpo" else None,
             )
         return self._steps[kind]
 
@@ -144,8 +158,15 @@ class Trainer:
         if completion_ids is None:
             batch = prompt_ids_or_batch
         else:
-            batch = pack(prompt_ids_or_batch, completion_ids, rows=max(self.sft_rows, _ceil(len(completion_ids), self.model.batch_multiple() * self.cfg.optim.micro_batches)),
-                         seq_bucket=self.cfg.grpo.seq_bucket)
+            batch = pack(
+                prompt_ids_or_batch,
+                completion_ids,
+                rows=max(
+                    self.sft_rows,
+                    _ceil(len(completion_ids), self.model.batch_multiple() * self.cfg.optim.micro_batches),
+                ),
+                seq_bucket=self.cfg.grpo.seq_bucket,
+            )
         return self.update(batch, "sft")
 
     # -- DPO --------------------------------------------------------------------------------------
@@ -155,7 +176,9 @@ class Trainer:
         if self.ref_params is None:  # a Trainer built for another mode: its initial params are the reference
             self.ref_params = self.compute_copy(self.model.state)
         items = [p if "prompt_ids" in p else tokenize_pair(p, self.model.tokenizer) for p in pairs]
-        slots = pair_slots(max(len(items), self.cfg.batch_size), self.cfg.optim.micro_batches * self.model.batch_multiple())
+        slots = pair_slots(
+            max(len(items), self.cfg.batch_size), self.cfg.optim.micro_batches * self.model.batch_multiple()
+        )
         batch = pack_pairs(items, slots=slots, seq_bucket=self.cfg.grpo.seq_bucket)
         t0 = time.perf_counter()
         batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
@@ -185,7 +208,9 @@ class Trainer:
         if self._forced_len is None:
             sfx = self.sampling().forced_suffix
             tok = self.model.tokenizer
-            self._forced_len = len(sfx) if not isinstance(sfx, str) else (len(tok.encode(sfx, add_special_tokens=False)) if tok else 0)
+            self._forced_len = (
+                len(sfx) if not isinstance(sfx, str) else (len(tok.encode(sfx, add_special_tokens=False)) if tok else 0)
+            )
         return self._forced_len
 
     def grpo_step(self, pairs: Sequence[dict]) -> dict:
@@ -194,10 +219,22 @@ class Trainer:
         examples = self.prepare(pairs)
         t0 = time.perf_counter()
         ro = rollout(
-            self.sampling_policy(), examples, group_size=g.group_size, sampling=self.sampling(), reward_fn=self.reward_fn,
-            advantage=g.advantage, adv_eps=g.adv_eps, rows=max(self.rows, _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches)),
-            seq_bucket=g.seq_bucket, forced_len=self.forced_len(), generate_fn=self.generate_fn,
-            step=self.iteration, answer_of=self.answer_of,
+            self.sampling_policy(),
+            examples,
+            group_size=g.group_size,
+            sampling=self.sampling(),
+            reward_fn=self.reward_fn,
+            advantage=g.advantage,
+            adv_eps=g.adv_eps,
+            rows=max(
+                self.rows,
+                _ceil(len(examples) * g.group_size, self.model.batch_multiple() * self.cfg.optim.micro_batches),
+            ),
+            seq_bucket=g.seq_bucket,
+            forced_len=self.forced_len(),
+            generate_fn=self.generate_fn,
+            step=self.iteration,
+            answer_of=self.answer_of,
         )
         t1 = time.perf_counter()
         batch = ro.batch

@@ -39,8 +39,9 @@ def pair_weights(loss_mask: jax.Array) -> jax.Array:
     return jnp.concatenate([w, w])
 
 
-def dpo_loss(seq_logp: jax.Array, ref_seq_logp: jax.Array, weights: jax.Array, beta: float,
-             label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+def dpo_loss(
+    seq_logp: jax.Array, ref_seq_logp: jax.Array, weights: jax.Array, beta: float, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
     """The sigmoid DPO loss of rows laid out ``[chosen..., rejected...]`` and its metrics, as weighted sums.
 
     ``m = (logp_c - logp_r) - (ref_c - ref_r)``;

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from rrm_jax.training.config import JUDGE_SHOW as SHOW
 def after_think(text: str) -> str:
     """The part of a reasoning model's output after its last ``</think>`` (all of it when there is none)."""
     cut = text.rfind("</think>")
-    return (text[cut + len("</think>"):] if cut >= 0 else text).strip()
+    return (text[cut + len("</think>") :] if cut >= 0 else text).strip()
 
 
 class JudgeReward:
@@ -49,8 +49,16 @@ class JudgeReward:
     completion, ``step`` (seeds this step's tournaments, so a resumed run judges exactly as the uninterrupted one),
     and for ``judge_reference`` the per-completion ``reference``."""
 
-    def __init__(self, judge: Judge, kind: str = "judge_elo", *, votes: int = 1, show: str = "response",
-                 extract: str = "", seed: int = 0):
+    def __init__(
+        self,
+        judge: Judge,
+        kind: str = "judge_elo",
+        *,
+        votes: int = 1,
+        show: str = "response",
+        extract: str = "",
+        seed: int = 0,
+    ):
         if kind not in KINDS:
             raise ValueError(f"judge reward must be one of {', '.join(KINDS)}, got {kind!r}")
         if show not in SHOW:
@@ -65,7 +73,9 @@ class JudgeReward:
 
     def shown(self, text: str) -> str | None:
         """What the judge sees of one response; None when there is nothing to judge."""
-        shown = after_think(text)  # a reasoning policy's answer follows its thinking (a boxed draft inside is no answer)
+        shown = after_think(
+            text
+        )  # a reasoning policy's answer follows its thinking (a boxed draft inside is no answer)
         out = self.extract(shown) if self.show == "answer" else shown
         return out if out else None
 
@@ -97,17 +107,21 @@ class JudgeReward:
                 r[valid] = (v - v.mean()) / v.std() if v.std() > 1e-9 else 0.0
             r[~valid] = (r[valid].min() if valid.any() else 0.0) - 1.0
             rewards[idx] = r
-        self.last_stats = dict(judge_seconds=time.perf_counter() - t0, judge_tokens=float(cost["tokens"]),
-                               judge_comparisons=float(cost["comparisons"]),
-                               judge_distinct=float(np.mean([len(u) for u in uniq])))
+        self.last_stats = dict(
+            judge_seconds=time.perf_counter() - t0,
+            judge_tokens=float(cost["tokens"]),
+            judge_comparisons=float(cost["comparisons"]),
+            judge_distinct=float(np.mean([len(u) for u in uniq])),
+        )
         return rewards
 
     def _tournaments(self, queries, uniq, seed):
         strategy = "elo" if self.kind == "judge_elo" else "knockout"
         # a group with one distinct response plays no match: its members tie
         play = [k for k, u in enumerate(uniq) if len(u) > 1]
-        ranks = self.judge.rank_many([queries[k] for k in play], [uniq[k] for k in play], strategy=strategy,
-                                     votes=self.votes, seed=seed)
+        ranks = self.judge.rank_many(
+            [queries[k] for k in play], [uniq[k] for k in play], strategy=strategy, votes=self.votes, seed=seed
+        )
         scores = [np.zeros(len(u)) for u in uniq]
         for k, r in zip(play, ranks):
             scores[k] = np.asarray(r.ratings if strategy == "elo" else r.reached, np.float64)
@@ -118,11 +132,12 @@ class JudgeReward:
         verdicts = self.judge.compare_many(items, votes=self.votes, seed=seed) if items else []
         scores, at = [], 0
         for u in uniq:
-            vs = verdicts[at:at + len(u)]
+            vs = verdicts[at : at + len(u)]
             at += len(u)
             # winner 0: the response beat the reference; no majority: the soft score decides
-            scores.append(np.array([1.0 if (v.winner == 0 if v.winner is not None else v.soft > 0.5) else -1.0
-                                    for v in vs]))
+            scores.append(
+                np.array([1.0 if (v.winner == 0 if v.winner is not None else v.soft > 0.5) else -1.0 for v in vs])
+            )
         return scores, dict(tokens=sum(v.tokens for v in verdicts), comparisons=len(items))
 
 
@@ -138,8 +153,15 @@ def from_config(cfg, policy) -> JudgeReward:
     j = cfg.judge
     tok = load_tokenizer(j.tokenizer) if j.tokenizer else None
     cdt = jnp.dtype(cfg.compute_dtype)
-    model = load_or_init(j.model, seed=cfg.seed, mesh=policy.mesh, dtype=cdt, compute_dtype=cdt, tokenizer=tok,
-                         attention_impl=cfg.attention)
+    model = load_or_init(
+        j.model,
+        seed=cfg.seed,
+        mesh=policy.mesh,
+        dtype=cdt,
+        compute_dtype=cdt,
+        tokenizer=tok,
+        attention_impl=cfg.attention,
+    )
     if model.tokenizer is None:
         model = dataclasses.replace(model, tokenizer=policy.tokenizer)
     judge = Judge(model, prompt=j.prompt, sampling=j.sampling, max_prompt_tokens=j.max_prompt_tokens or None)

@@ -8,7 +8,8 @@ of them, so a user can train a policy with an RRM judge as the reward just as we
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
