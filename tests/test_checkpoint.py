@@ -10,12 +10,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
-import safetensors.torch  # noqa: E402  (needs torch)
 import transformers
 
 import rrm_jax
 from hf_reference import TINY_CONFIGS, hf_config, hf_logits, random_hf_model, save, torch  # skips without torch
 from rrm_jax import CheckpointError
+
+# isort: split
+import safetensors.torch  # after hf_reference, which skips this module without torch
 
 UNTIED = "qwen2-untied-g2-hd128-1e6"
 TIED = "llama-tied-g7-hd128-1e4"

@@ -126,9 +126,13 @@ def test_dpo_step_matches_numpy_reference(two_checkpoints):
         np.testing.assert_allclose(met["logp_chosen"], np.mean(lp["pc"]), rtol=1e-4)
         assert met["pairs"] == 3 and met["skipped"] == 0 and met["grad_norm"] > 0
         states.append(jax.device_get(tr.state.params))
-    # accumulating two micro-batches gives the one-batch update (Adam ~ lr * sign(g): summation noise, hence atol)
+    # accumulating two micro-batches gives the one-batch update. Adam moves each weight by ~lr * g / |g|, so where
+    # a gradient is near zero the summation order (which XLA's fusions choose) moves the step by a fraction of lr:
+    # nearly every weight agrees to 2e-5, and every one to 5% of lr
+    lr = 1e-3
     for a, b in zip(jax.tree_util.tree_leaves(states[0]), jax.tree_util.tree_leaves(states[1])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
+        diff = np.abs(np.asarray(a) - np.asarray(b))
+        assert diff.max() <= 0.05 * lr and np.mean(diff > 2e-5 + 1e-5 * np.abs(np.asarray(b))) < 0.01, diff.max()
     moved = jax.tree_util.tree_leaves(states[1])[0] - np.asarray(jax.tree_util.tree_leaves(policy.state)[0])
     assert np.abs(moved).max() > 1e-4  # the update moved the weights (the comparison is not vacuous)
 

@@ -167,6 +167,8 @@ def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
                 "judge",
                 "--model",
                 "org/tiny-judge",
+                "--mesh",
+                "1,1,1",  # one device: the hub id is the point here (the sharded judge is tested elsewhere)
                 "--pairs",
                 str(pairs),
                 "--out",

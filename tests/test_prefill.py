@@ -6,8 +6,6 @@ the bound."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -81,41 +79,44 @@ def test_one_prefill_per_prompt_for_all_its_samples(model):
     assert st.prefill_rows == 2 and st.prefill_tokens == len(PROMPTS[3]) + len(PROMPTS[4])
 
 
-def test_long_prompts_interleave_with_decode(ckpt, model, reference):
+LONG = [PROMPTS[0], PROMPTS[4], PROMPTS[4][::-1], PROMPTS[3] + PROMPTS[2]]  # a short prompt, then three long
+LONG_LIMITS = [NEW, 3, 4, 2]
+
+
+@pytest.fixture(scope="module")
+def long_reference(ckpt, reference):
+    return [reference[0][0]] + [numpy_greedy(ckpt[1], p, k)[0] for p, k in zip(LONG[1:], LONG_LIMITS[1:])]
+
+
+def test_long_prompts_interleave_with_decode(model, long_reference):
     """A short prompt decodes while three long ones prefill; it waits for at most ``max_stall`` prefill calls."""
-    prompts = [PROMPTS[0], PROMPTS[4], PROMPTS[4][::-1], PROMPTS[3] + PROMPTS[2]]
-    limits = [NEW, 3, 4, 2]
-    want = [reference[0][0]] + [numpy_greedy(ckpt[1], p, k)[0] for p, k in zip(prompts[1:], limits[1:])]
     waits = {}
     for stall in (2, 99):
         st = GenerateStats()
         outs = generate(
             model,
-            prompts,
+            LONG,
             greedy(max_slots=4),
-            max_new_tokens=limits,
+            max_new_tokens=LONG_LIMITS,
             prefill_chunk=C,
             max_stall=stall,
             prefill_steps=2,
             stats=st,
         )
-        assert [c.token_ids for c in outs] == want, stall
+        assert [c.token_ids for c in outs] == long_reference, stall
         waits[stall] = st.prefill_waits
     # while the three long prompts (6-7 chunks each) outnumber the one running row, it waits at most max_stall
     # calls; unbounded, it would wait until only one long prompt is left prefilling
     assert waits[2] == 2 and waits[99] > 2
-    # more requests than slots: refills prefill in chunks while other rows decode, same tokens
-    small = generate(model, prompts, greedy(max_slots=2), max_new_tokens=limits, prefill_chunk=C, refill_min=1)
-    assert [c.token_ids for c in small] == want
-    static = generate(
-        model,
-        prompts,
-        dataclasses.replace(greedy(max_slots=2)),
-        max_new_tokens=limits,
-        prefill_chunk=C,
-        continuous=False,
-    )
-    assert [c.token_ids for c in static] == want
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_more_long_prompts_than_slots(model, long_reference, continuous):
+    """More requests than slots: refills prefill in chunks while other rows decode (or, static, between
+    batches); the same tokens."""
+    kw = dict(refill_min=1) if continuous else dict(continuous=False)
+    outs = generate(model, LONG, greedy(max_slots=2), max_new_tokens=LONG_LIMITS, prefill_chunk=C, **kw)
+    assert [c.token_ids for c in outs] == long_reference
 
 
 def test_ragged_chunks_match_transformers(ckpt, model):
