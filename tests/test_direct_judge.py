@@ -131,7 +131,7 @@ def test_direct_flag_reaches_the_commands(tmp_path):
         cli.rank_main(["--queries", str(queries), "--out", str(out), "--direct", "--progress", "false"], judge=Stub())
         == 0
     )
-    meta = json.loads((tmp_path / "r.meta.json").read_text())
+    meta = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
     assert meta["direct"] is True and meta["max_think_tokens"] == 0
     assert cli.rank_main(["--queries", str(queries), "--out", str(out), "--progress", "false"], judge=Stub()) == 2
 

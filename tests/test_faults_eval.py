@@ -53,7 +53,7 @@ def test_judge_refuses_records_of_other_data_and_restart_moves_them_aside(tmp_pa
     assert cli.judge_main(["--pairs", str(tmp_path / "d2" / "pairs.jsonl"), *args, "restart=true"], judge=judge) == 0
     assert [q for q, _, _ in judge.seen] == [r.query for r in d2]
     assert RecordsFile(out.with_name("v.jsonl.replaced-1")).load() == first  # the old records kept, renamed
-    assert out.with_name("v.meta.json.replaced-1").exists()
+    assert out.with_name("v.jsonl.meta.json.replaced-1").exists()
     assert all(r["winner"] == 0 for r in RecordsFile(out).load())
     # the same data resumes (nothing re-judged)
     again = OracleJudge(d2)
@@ -283,9 +283,9 @@ def test_corrupt_meta_or_records_bytes_are_one_line(tmp_path, capsys):
     args = ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--progress", "false"]
     assert cli.judge_main(args, judge=OracleJudge(d1)) == 0
     good = out.read_bytes()
-    out.with_name("v.meta.json").write_text('{"dataset": ')
+    out.with_name("v.jsonl.meta.json").write_text('{"dataset": ')
     assert cli.judge_main(args, judge=OracleJudge(d1)) == 2
-    assert "v.meta.json: corrupt run meta" in capsys.readouterr().err
+    assert "v.jsonl.meta.json: corrupt run meta" in capsys.readouterr().err
     assert cli.judge_main(args + ["--restart", "true"], judge=OracleJudge(d1)) == 0
     out.write_bytes(good.replace(b"pairs-2", b"pairs-\xff"))
     assert cli.judge_main(args, judge=OracleJudge(d1)) == 2
@@ -308,3 +308,44 @@ def test_list_ids_and_unreadable_parquet_are_one_line(tmp_path):
 
     with pytest.raises(DataError, match=rf"^{pq}: cannot read parquet"):
         read_rewardbench(pq)
+
+
+def test_outputs_sharing_a_stem_keep_apart_and_old_meta_names_are_adopted(tmp_path, capsys):
+    """Issue 22.7: `--out x.json` and `--out x.jsonl` shared `x.meta.json`, so `--restart` of one moved the other's
+    meta aside and it could no longer resume. An output written under the old name still resumes."""
+    d1 = _pairs(tmp_path / "pairs.jsonl", "one")
+    a, b = tmp_path / "x.jsonl", tmp_path / "x.json"
+    for out in (a, b):
+        assert (
+            cli.judge_main(
+                ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--progress", "false"],
+                judge=OracleJudge(d1),
+            )
+            == 0
+        )
+    restart = ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(b), "--progress", "false", "--restart", "true"]
+    assert cli.judge_main(restart, judge=OracleJudge(d1)) == 0
+    again = OracleJudge(d1)
+    assert (
+        cli.judge_main(["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(a), "--progress", "false"], judge=again)
+        == 0
+    )
+    assert again.seen == []  # a resumed: its meta was not touched by b's restart
+    # an output from before the rename: its meta at <stem>.meta.json is adopted when no other output owns the stem
+    old = tmp_path / "old" / "v.jsonl"
+    old.parent.mkdir()
+    assert (
+        cli.judge_main(
+            ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(old), "--progress", "false"], judge=OracleJudge(d1)
+        )
+        == 0
+    )
+    old.with_name("v.jsonl.meta.json").rename(old.with_name("v.meta.json"))
+    again = OracleJudge(d1)
+    assert (
+        cli.judge_main(
+            ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(old), "--progress", "false"], judge=again
+        )
+        == 0
+    )
+    assert again.seen == [] and old.with_name("v.jsonl.meta.json").exists()

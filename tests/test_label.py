@@ -173,3 +173,35 @@ def test_config_errors():
         label_main(["--out", "x.jsonl"], judge=make_judge()[0])
     with pytest.raises(ConfigError, match=r"--min-confidence must lie in \[0, 1\], got 1.5"):
         label_main(["d.jsonl", "--min-confidence", "1.5"], judge=make_judge()[0])
+
+
+def test_out_that_is_the_input_or_a_foreign_file_is_refused_untouched(data, tmp_path, capsys):
+    """Issue 22.1: `label x.jsonl --out x.jsonl` replaced the input with 0 pairs, and an unrelated existing
+    `--out notes.txt` was emptied; both are refused in one line before anything is judged or written."""
+    judge, gen = make_judge()
+    before = data.read_bytes()
+    assert run(data, data, judge) == 2
+    assert "is the input DATA" in capsys.readouterr().err and data.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert run(data, notes, judge) == 2
+    err = capsys.readouterr().err
+    assert "exists and was not written by rrm-jax label" in err and err.count("\n") == 1
+    assert notes.read_text() == "my notes\n" and gen.calls == []
+    assert run(data, notes, judge, "--restart", "true") == 0  # asked for: the old file is moved aside, not lost
+    assert (tmp_path / "notes.txt.replaced-1").read_text() == "my notes\n"
+    assert run(data, tmp_path, judge) == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_outputs_that_share_a_stem_keep_their_own_records(data, tmp_path):
+    """Issue 22.7: `x.json` and `x.jsonl` shared one sidecar; now each output's is named from its whole name."""
+    from rrm_jax.evaluation.label import records_path
+    from rrm_jax.evaluation.records import meta_path
+
+    a, b = tmp_path / "x.jsonl", tmp_path / "x.json"
+    assert records_path(a) != records_path(b) and meta_path(records_path(a)) != meta_path(records_path(b))
+    assert run(data, a, make_judge()[0]) == 0 and run(data, b, make_judge()[0]) == 0
+    assert run(data, b, make_judge()[0], "--restart", "true") == 0  # moves b's records and meta aside only
+    judge, gen = make_judge()
+    assert run(data, a, judge) == 0 and gen.calls == []  # a resumes: nothing judged again
+    assert read(a) == read(b)

@@ -46,8 +46,24 @@ class LabelConfig(JudgeOptions):
 
 
 def records_path(out: str | Path) -> Path:
+    """Where the judged queries of ``out`` are kept: ``pairs.jsonl`` -> ``pairs.records.jsonl``; another suffix
+    keeps its whole name (``pairs.json.records.jsonl``), so no two outputs share one."""
     out = Path(out)
-    return out.with_name(out.stem + ".records.jsonl")
+    return out.with_name((out.stem if out.suffix == ".jsonl" else out.name) + ".records.jsonl")
+
+
+def check_output(out: Path, source: str | Path | None, *, restart: bool) -> None:
+    """Refuse an ``out`` that is the input, or an existing file that label did not write (its records would be
+    beside it): writing the pairs would replace it. ``restart`` moves an earlier output aside, never deletes."""
+    if source is not None and out.exists() and Path(source).exists() and out.samefile(source):
+        raise EvalError(f"--out {out}: is the input DATA; write the pairs to another file")
+    if out.is_dir():
+        raise EvalError(f"--out {out}: is a directory; name a file for the pairs")
+    if out.exists() and not restart and not records_path(out).exists():
+        raise EvalError(
+            f"--out {out}: exists and was not written by rrm-jax label (no {records_path(out).name} beside it); "
+            "choose another --out, or pass --restart to move it aside"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -195,6 +211,7 @@ def label(
 ) -> dict:
     """Label ``queries`` (dicts of :func:`~rrm_jax.data.records.read_queries`) into ``out``; returns the tally."""
     out = Path(out)
+    check_output(out, meta.get("source"), restart=restart)
     meta = {**meta, "dataset": "label", "votes": votes, "swap": "both", "seed": seed, "record_version": RECORD_VERSION}
     main = is_main()
     with open_records(records_path(out), meta, restart=restart) as (rf, done):
@@ -264,7 +281,8 @@ def label_main(argv: list[str], *, judge=None) -> int:
         raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
     try:
         queries = read_queries(cfg.queries)
-    except DataError as e:
+        check_output(Path(cfg.out), cfg.queries, restart=cfg.restart)  # before the model's slow load
+    except (DataError, EvalError) as e:
         print(f"rrm-jax label: {e}", file=sys.stderr)
         return 2
     if judge is None:

@@ -10,6 +10,7 @@ a lock file stops two processes writing the same records (:func:`open_records` d
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -181,7 +182,19 @@ def move_aside(path: Path) -> Path | None:
 
 
 def meta_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".meta.json")
+    """The run meta beside a records file, named from its whole name: ``v.json`` and ``v.jsonl`` keep apart."""
+    return path.with_name(path.name + ".meta.json")
+
+
+def _adopt_stem_meta(path: Path) -> None:
+    """Outputs written before the meta was named from the whole name kept it at ``<stem>.meta.json``: rename it
+    to :func:`meta_path`, unless another output of that stem (``v.json`` beside ``v.jsonl``) could own it."""
+    old, new = path.with_name(path.stem + ".meta.json"), meta_path(path)
+    if new.exists() or not old.exists() or not path.exists():
+        return
+    owners = [p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p.suffix in (".json", ".jsonl")]
+    if [p for p in owners if p != old] == [path]:
+        old.rename(new)
 
 
 @contextlib.contextmanager
@@ -201,6 +214,8 @@ def open_records(path: str | Path, meta: dict, *, restart: bool = False):
                     if moved is not None:
                         print(f"--restart: moved {p} to {moved}", file=sys.stderr)
             barrier("eval-restart")
+        if main:
+            _adopt_stem_meta(path)
         rf = RecordsFile(path)
         done = {r["id"]: r for r in rf.load(repair=main)}
         check_meta(meta_path(path), meta, bool(done), path)
