@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from rrm_jax.benchmarks import BENCHES
 from rrm_jax.core.errors import CheckpointError, ConfigError, DataError
 
 # command -> "module:function(argv)"; imported lazily so `rrm-jax --help` does not import jax.
@@ -19,7 +21,7 @@ COMMANDS = {
     "train": ("rrm_jax.training.cli:cli", "train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe TOML"),
     "plot": ("rrm_jax.training.cli:plot_cli", "plot a training run's metrics"),
     "plan": ("rrm_jax.plan.cli:main", "compile a recipe for a TPU slice (libtpu): memory per chip, FLOPs, MFU"),
-    "bench": ("rrm_jax.benchmarks:cli", "benchmarks: forward | generate | judge | train"),
+    "bench": ("rrm_jax.benchmarks:cli", "benchmarks: " + " | ".join(BENCHES)),
 }
 
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, help_) in COMMANDS.items():
             print(f"  {name:<10} {help_}")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    # rrm-jax uses transformers for tokenizers and configs only: its "PyTorch was not found" advice is noise here
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     target, _ = COMMANDS[argv[0]]
     mod, fn = target.split(":")
     try:

@@ -356,3 +356,27 @@ def test_cli_prints_core_faults_as_one_line(ckpt, tmp_path, capsys):
         rc = main(["generate", "--model", str(model), "--prompt", "hi"])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and str(model) in err, err
+
+
+def test_help_lists_every_benchmark_and_asking_for_it_is_no_error(capsys):
+    """Issue 22.14: `rrm-jax bench --help` exited 2 and `rrm-jax --help` left `device` out of the bench list."""
+    from rrm_jax.benchmarks import BENCHES
+    from rrm_jax.cli import main
+
+    assert main(["--help"]) == 0
+    bench_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("bench"))
+    assert all(b in bench_line for b in BENCHES) and "device" in BENCHES
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr()
+    assert all(b in out.out for b in BENCHES) and out.err == ""
+    assert main(["bench", "nosuch"]) == 2 and "unknown benchmark 'nosuch'" in capsys.readouterr().err
+
+
+def test_bon_strategy_help_names_all_five(capsys):
+    from rrm_jax.evaluation.bon_cli import bon_main
+    from rrm_jax.evaluation.config import BON_STRATEGIES
+
+    with pytest.raises(SystemExit):
+        bon_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "--strategy" in text and ", ".join(BON_STRATEGIES) in text

@@ -206,6 +206,23 @@ def test_generation_length_is_clamped_to_a_short_context(capsys):
     assert clamp_generation(model, opts) is opts
 
 
+def test_judge_with_default_sampling_fits_a_short_context():
+    """Issue 22.14: `Judge(model)` asked for 8192 new tokens whatever the context, and raised on a small one; with
+    default sampling it now takes what the context holds, as the commands clamp it; an explicit one is kept."""
+    model = types.SimpleNamespace(
+        tokenizer=FakeModel.tokenizer, config=types.SimpleNamespace(max_position_embeddings=2048)
+    )
+    judge = Judge(model)
+    forced = len(FakeModel.tokenizer.encode(SamplingConfig().forced_suffix))
+    assert judge.sampling.max_new_tokens == 2048 - forced - 512 and judge.sampling.temperature == 0.6
+    assert Judge(model, max_prompt_tokens=1000).sampling.max_new_tokens == 2048 - forced - 1000
+    assert clamp_generation(model, cli.JudgeConfig()).max_new_tokens == judge.sampling.max_new_tokens  # one rule
+    mine = SamplingConfig(max_new_tokens=4000)
+    assert Judge(model, sampling=mine).sampling is mine
+    model.config.max_position_embeddings = 131072
+    assert Judge(model).sampling.max_new_tokens == 8192
+
+
 # ---------------------------------------------------------------------------------------------- 10. JSONL input
 def _row(**kw):
     return json.dumps({"query": "q", "response_a": "a", "response_b": "b", "label": 0, **kw})

@@ -10,8 +10,14 @@ BENCHES = ("device", "forward", "generate", "judge", "train")
 
 def cli(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHES:
-        print(f"usage: rrm-jax bench {{{'|'.join(BENCHES)}}} [args]", file=sys.stderr)
-        return 2
+        asked = argv[:1] in (["-h"], ["--help"])  # asking for help is not an error
+        if argv and not asked:
+            print(f"rrm-jax bench: unknown benchmark {argv[0]!r}", file=sys.stderr)
+        print(
+            f"usage: rrm-jax bench {{{'|'.join(BENCHES)}}} [args]  (each takes --help)",
+            file=sys.stdout if asked else sys.stderr,
+        )
+        return 0 if asked else 2
     from rrm_jax.core.progress import Progress
 
     # a bench prints its figures as it goes; off a terminal a heartbeat shows it is alive between them

@@ -132,6 +132,7 @@ HELP = {
     "pairs": "JSONL of {query, response_a, response_b, [label], [id]}",
     "queries": "JSONL of {query, candidates: [...], [id]}",
     "strategy": "knockout | elo",
+    ("BonConfig", "strategy"): "comma-separated subset of " + ", ".join(BON_STRATEGIES),
     "min_confidence": "rrm-jax label: keep only pairs with |2 soft - 1| >= this (0: every decided pair)",
     "direct": "the direct baseline: thinking budget 0, the verdict forced at once (replaces --max-think-tokens)",
     "n": "comma-separated numbers of candidates (the first n of each query); one result per value",
@@ -270,7 +271,7 @@ def build_config(
             dest=name,
             default=None,
             metavar=_metavar(hints[name]),
-            help=f"{HELP.get(name, '')} (default {fields[name].default!r})".strip(),
+            help=f"{HELP.get((cls.__name__, name), HELP.get(name, ''))} (default {fields[name].default!r})".strip(),
         )
     # a bare boolean flag (--direct) means true; --direct false still works, and a bare one never eats the next word
     bools = {"--" + n.replace("_", "-") for n in fields if hints[n] is bool}

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.judge.judge import new_token_limit
 from rrm_jax.judge.verdict import Verdict
 from rrm_jax.sampler.config import SamplingConfig
 
@@ -57,16 +58,14 @@ def misfit(judge, item_id: str, query: str, a: str, b: str) -> str | None:
 def clamp_generation(model, opts):
     """``opts`` with ``max_new_tokens`` shortened when it leaves less than ``max_prompt_tokens`` (or a quarter of
     the context) for the prompt; prints a notice when it does."""
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if ctx is None:
-        return opts
     suffix = SamplingConfig().forced_suffix
     tok = getattr(model, "tokenizer", None)
     forced = len(tok.encode(suffix, add_special_tokens=False)) if tok is not None else len(suffix)
-    prompt = opts.max_prompt_tokens or ctx // 4
-    limit = ctx - forced - prompt
-    if opts.max_new_tokens <= limit:
+    limit = new_token_limit(model, opts.max_prompt_tokens, forced)
+    if limit is None or opts.max_new_tokens <= limit:
         return opts
+    ctx = model.config.max_position_embeddings
+    prompt = opts.max_prompt_tokens or ctx // 4
     if limit < 1:
         raise ConfigError(
             f"max_prompt_tokens={opts.max_prompt_tokens} leaves no room to generate in the model's "

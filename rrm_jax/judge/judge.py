@@ -30,6 +30,17 @@ SWAPS = ("random", "both", "none")
 TRUNCATION_MARKER = "\n[...]\n"
 # Decoding of the released RRM evaluation (rrm_prompt.json: temperature 0.6, top_p 1.0, up to 8192 new tokens).
 DEFAULT_SAMPLING = dict(max_new_tokens=8192, temperature=0.6, top_p=1.0)
+
+
+def new_token_limit(model, max_prompt_tokens: int | None, forced: int) -> int | None:
+    """The most new tokens a sample can take and still leave the prompt ``max_prompt_tokens`` (a quarter of the
+    model's context when None) and the forced suffix ``forced`` tokens; None when the context is unknown."""
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if ctx is None:
+        return None
+    return ctx - forced - (max_prompt_tokens or ctx // 4)
+
+
 # A DirectJudge's tokens after the forced suffix: the digit and "}" (a few spare for tokenizers that split them).
 DIRECT_NEW_TOKENS = 8
 
@@ -96,16 +107,22 @@ class Judge:
         if self.tokenizer is None:
             raise ValueError("Judge needs a model with a tokenizer (rrm_jax.load(path) or init(..., tokenizer=))")
         self.prompt = get_prompt(prompt)
-        if sampling is None:
-            sampling = SamplingConfig(**DEFAULT_SAMPLING)
-        self.sampling = sampling
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
         self.max_prompt_tokens = max_prompt_tokens
         self._generate = generate or sample
         self.digit_ids = verdict_digit_ids(self.tokenizer)
+        defaults = sampling is None
+        if defaults:
+            sampling = SamplingConfig(**DEFAULT_SAMPLING)
         suffix = getattr(sampling, "forced_suffix", "") or ""
         self.suffix_ids = self._encode(suffix) if isinstance(suffix, str) else [int(t) for t in suffix]
+        limit = new_token_limit(model, max_prompt_tokens, len(self.suffix_ids))
+        if defaults and limit is not None and 0 < limit < sampling.max_new_tokens:
+            # the default thinking length is the released 7B/32B judges'; a smaller context gets what it holds,
+            # as the commands clamp it (an explicit `sampling` is the caller's to choose, and is kept)
+            sampling = dataclasses.replace(sampling, max_new_tokens=limit)
+        self.sampling = sampling
         self.last_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ prompts
