@@ -380,3 +380,20 @@ def test_bon_strategy_help_names_all_five(capsys):
         bon_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
     assert "--strategy" in text and ", ".join(BON_STRATEGIES) in text
+
+
+@pytest.mark.parametrize(
+    "key,value", [("model.layers.1.mlp.down_proj.weight", np.nan), ("model.embed_tokens.weight", -np.inf)]
+)
+def test_non_finite_weights_are_refused_at_load(ckpt, mesh1, key, value):
+    """Issue 22.12: a checkpoint with a NaN judged "!!!!!!!!" for every sample and reported 50%, rc 0."""
+    import safetensors.numpy
+
+    path = ckpt / "model.safetensors"
+    tensors = safetensors.numpy.load_file(path)
+    bad = tensors[key].copy()
+    bad.flat[7] = value
+    tensors[key] = bad
+    hf_io.write_safetensors(path, tensors)
+    msg = _load_error(ckpt, mesh1)
+    assert f"{path}: tensor {key!r} holds non-finite values (NaN or inf)" == msg

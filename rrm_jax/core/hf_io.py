@@ -273,11 +273,19 @@ def load_params(path: str | Path, cfg: ModelConfig, abstract_state, shardings, d
         name = param_name(path_keys)
         stacked = PARAMS[name].stacked
 
+        def read(layer, index):
+            # checked as it is read (each device its shard): a NaN or inf weight would otherwise judge garbage
+            # ("!!!!" for every sample) without a word
+            out = np.asarray(fetch(name, layer)[index]).astype(dtype)
+            if not np.isfinite(out).all():
+                key = specs[name].hf_name(layer)
+                raise CheckpointError(f"{reader.where(key)}: tensor {key!r} holds non-finite values (NaN or inf)")
+            return out
+
         def cb(index):
             if stacked:
-                layers = range(cfg.num_layers)[index[0]]
-                return np.stack([fetch(name, l)[index[1:]].astype(dtype) for l in layers])
-            return np.asarray(fetch(name, None)[index]).astype(dtype)
+                return np.stack([read(l, index[1:]) for l in range(cfg.num_layers)[index[0]]])
+            return read(None, index)
 
         return jax.make_array_from_callback(leaf.shape, sharding, cb)
 
