@@ -170,6 +170,43 @@ def _judge_with_context(ctx: int, **kw):
     return Judge(model, sampling=SamplingConfig(max_new_tokens=64, temperature=0.6), generate=gen, **kw), gen
 
 
+def test_summaries_report_no_accuracy_over_items_not_judged(tmp_path, capsys):
+    """Issue 22.11: when every item errored (all over the context) `judge` printed "accuracy 50.0%" and `rank`
+    "2 queries ranked"; now they say how many were judged and why the rest were not."""
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(_row(id=f"p{i}", query="long " * 400) + "\n" for i in range(3)))
+    judge, gen = _judge_with_context(3000)
+    assert (
+        cli.judge_main(["--pairs", str(pairs), "--out", str(tmp_path / "v.jsonl"), "--progress", "false"], judge=judge)
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "3 pairs -> " in out and ": 0 judged" in out and "3 not judged (e.g. item 'p0'" in out
+    assert "accuracy" not in out and gen.calls == []
+    mixed = tmp_path / "m.jsonl"
+    mixed.write_text(_row(id="a", response_a="GOOD") + "\n" + _row(id="b", query="long " * 400) + "\n")
+    assert (
+        cli.judge_main(
+            ["--pairs", str(mixed), "--out", str(tmp_path / "m-v.jsonl"), "--progress", "false"],
+            judge=_judge_with_context(3000)[0],
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert ": 1 judged" in out and "1 not judged" in out and "accuracy 100.0% on 1 labelled pairs judged" in out
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "x", "query": "long " * 400, "candidates": ["a", "b"]}) + "\n")
+    assert (
+        cli.rank_main(
+            ["--queries", str(queries), "--out", str(tmp_path / "r.jsonl"), "--progress", "false"],
+            judge=_judge_with_context(3000)[0],
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "0 of 1 queries ranked" in out and "1 not ranked (e.g. " in out
+
+
 def test_an_over_long_item_gets_an_error_record_and_the_run_goes_on(tmp_path):
     items = [PairRecord(f"p{i}", f"q{i}", "GOOD", "bad", 0) for i in range(4)]
     items[2] = PairRecord("p2", "q2 " + "long " * 400, "GOOD", "bad", 0)

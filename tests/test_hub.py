@@ -183,7 +183,7 @@ def test_judge_command_with_a_hub_id(hub_cache, tmp_path, mesh1, capsys):
         )
         == 0
     )
-    assert "1 comparisons ->" in capsys.readouterr().out
+    assert "1 pairs -> " in capsys.readouterr().out
     (rec,) = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert rec["tokens"] > 0
 

@@ -201,13 +201,14 @@ def judge_main(argv: list[str], *, judge=None) -> int:
         return 2
     if not main:
         return 0
-    s = summarize(recs)
-    msg = f"{len(recs)} comparisons -> {cfg.out}; {s['no_verdict']} without a verdict"
+    # an item that was not judged (over the context, ...) has no verdict to score: it is counted, not credited
     errors = [r["error"] for r in recs if r.get("error")]
+    s = summarize([r for r in recs if not r.get("error")])
+    msg = f"{len(recs)} pairs -> {cfg.out}: {s['n']} judged, {s['no_verdict']} of them without a verdict"
     if errors:
-        msg += f" ({len(errors)} not judged, e.g. {errors[0]})"
+        msg += f"; {len(errors)} not judged (e.g. {errors[0]})"
     if s["n_scored"]:
-        msg += f"; accuracy {100 * s['accuracy']:.1f}% on {s['n_scored']} labelled pairs"
+        msg += f"; accuracy {100 * s['accuracy']:.1f}% on {s['n_scored']} labelled pairs judged"
     print(msg)
     return 0
 
@@ -246,7 +247,9 @@ def rank_main(argv: list[str], *, judge=None) -> int:
         print(f"rrm-jax rank: {e}", file=sys.stderr)
         return 2
     if main:
-        print(f"{len(queries)} queries ranked -> {cfg.out}")
+        errors = [r["error"] for r in RecordsFile(cfg.out).load(repair=False) if r.get("error")]
+        msg = f"{len(queries) - len(errors)} of {len(queries)} queries ranked -> {cfg.out}"
+        print(msg + (f"; {len(errors)} not ranked (e.g. {errors[0]})" if errors else ""))
     return 0
 
 
