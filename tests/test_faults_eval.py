@@ -403,3 +403,19 @@ def test_outputs_sharing_a_stem_keep_apart_and_old_meta_names_are_adopted(tmp_pa
         == 0
     )
     assert again.seen == [] and old.with_name("v.jsonl.meta.json").exists()
+
+
+def test_unknown_prompt_and_impossible_mesh_are_one_line(tmp_path, capsys):
+    """Issue 22.9: `--prompt nosuch` and `--mesh 4,4,4` were tracebacks; both are one line, rc 2 (the prompt
+    before the model loads)."""
+    from rrm_jax.cli import main
+    from rrm_jax.core.sharding import make_mesh
+
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(_row() + "\n")
+    argv = ["judge", "--pairs", str(pairs), "--out", str(tmp_path / "v.jsonl"), "--model", "tiny"]
+    assert main([*argv, "--prompt", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown judge prompt 'nosuch'; registered: [" in err
+    with pytest.raises(ConfigError, match=r"mesh shape \(4, 4, 4\) needs 64 devices, have 8"):
+        make_mesh((4, 4, 4))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from rrm_jax.core.errors import ConfigError
 from rrm_jax.judge.prompt import (
     RRM_PROMPT_V1,
     SHORT_PROMPT,
@@ -86,7 +87,7 @@ def test_registry_and_validation():
         register_prompt(JudgePrompt("plain", 1, "x", "{question}{answer1}{answer2}", ""))
     with pytest.raises(ValueError, match="answer2"):
         JudgePrompt("bad", 1, "", "{question} {answer1}", "")
-    with pytest.raises(KeyError, match="unknown judge prompt"):
+    with pytest.raises(ConfigError, match="unknown judge prompt"):
         get_prompt("nope")
     with pytest.raises(ValueError, match="no chat template"):
         render_prompt(type("T", (), {"chat_template": None})(), "rrm", "q", "a", "b")
@@ -105,7 +106,7 @@ def test_short_prompt_and_make_render():
         )
     )
     assert make_render(tok, RRM_PROMPT_V1)("q", "a", "b") == render_prompt(tok, "rrm-v1", "q", "a", "b")
-    with pytest.raises(KeyError, match="unknown judge prompt"):
+    with pytest.raises(ConfigError, match="unknown judge prompt"):
         make_render(tok, "nope")  # at once, not on the first render
     # an equal prompt registered again (a module imported twice) changes nothing
     again = JudgePrompt("short", 1, SHORT_PROMPT.system, SHORT_PROMPT.user_template, SHORT_PROMPT.analysis_suffix)

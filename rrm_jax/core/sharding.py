@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rrm_jax.core.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -72,12 +74,12 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
         shape = (1, n, 1)
     shape = list(shape)
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one -1")
+        raise ConfigError(f"mesh shape {shape}: at most one -1")
     if -1 in shape:
         rest = math.prod(s for s in shape if s != -1)
         shape[shape.index(-1)] = n // rest
     if math.prod(shape) != n:
-        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {n}")
+        raise ConfigError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {n}")
     return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 

@@ -23,6 +23,7 @@ from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.tokenizers import GENERATED
 from rrm_jax.data.records import KINDS
 from rrm_jax.judge.judge import SWAPS
+from rrm_jax.judge.prompt import get_prompt
 from rrm_jax.sampler.config import SamplingConfig
 
 
@@ -167,6 +168,8 @@ def validate(cfg) -> None:
         bad(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.mesh and len(cfg.mesh) != 3:
         bad(f"mesh expects three sizes data,fsdp,tensor, got {cfg.mesh!r}")
+    if getattr(cfg, "prompt", None) is not None:
+        get_prompt(cfg.prompt)  # an unknown name is refused here, before the model loads
     if isinstance(cfg, BonConfig):
         _validate_bon(cfg, bad)
     elif getattr(cfg, "strategy", "knockout") not in ("knockout", "elo"):

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from rrm_jax.core.errors import ConfigError
+
 THINK_START = "<think>\n"
 
 
@@ -110,7 +112,7 @@ def get_prompt(name: str | JudgePrompt) -> JudgePrompt:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown judge prompt {name!r}; registered: {sorted(_REGISTRY)}") from None
+        raise ConfigError(f"unknown judge prompt {name!r}; registered: {sorted(_REGISTRY)}") from None
 
 
 def list_prompts() -> list[str]:
