@@ -419,3 +419,21 @@ def test_unknown_prompt_and_impossible_mesh_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "unknown judge prompt 'nosuch'; registered: [" in err
     with pytest.raises(ConfigError, match=r"mesh shape \(4, 4, 4\) needs 64 devices, have 8"):
         make_mesh((4, 4, 4))
+
+
+def test_python_api_bad_values_say_what_is_wrong():
+    """Issue 22.9: `judge.rank("q", "abc")` ranked a string as 3 candidates; `votes=2.5` and `init(seed=1.5)`
+    were bare TypeErrors from deep inside."""
+    import rrm_jax
+
+    gen = FakeGenerate(FakeModel.tokenizer, lambda first, second, k: ("1", False, 0.5))
+    judge = Judge(FakeModel(), sampling=SamplingConfig(max_new_tokens=8), generate=gen)
+    with pytest.raises(TypeError, match="candidates must be a sequence of strings, got str 'abc'"):
+        judge.rank("q", "abc")
+    with pytest.raises(TypeError, match="candidates must be a sequence of strings"):
+        judge.rank_many(["q"], [["a", 3]])
+    for votes in (2.5, 0, True):
+        with pytest.raises(ValueError, match=f"votes must be an integer >= 1, got {votes!r}"):
+            judge.compare("q", "a", "b", votes=votes)
+    with pytest.raises(ConfigError, match=r"init\(seed=1.5\): the seed must be an integer"):
+        rrm_jax.init("tiny", seed=1.5)

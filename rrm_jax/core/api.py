@@ -162,6 +162,8 @@ def init(
 
     Parameters are created directly in their sharding inside ``jit`` (no host copy of the full model).
     """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ConfigError(f"init(seed={seed!r}): the seed must be an integer")
     cfg = resolve_config(config_or_toml)
     mesh = as_auto(mesh)
     make, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, seed)

@@ -244,8 +244,8 @@ class Judge:
         votes are drawn in rounds and an item stops once the remaining votes cannot change its majority."""
         if swap not in SWAPS:
             raise ValueError(f"swap must be one of {SWAPS}, got {swap!r}")
-        if votes < 1:
-            raise ValueError(f"votes must be >= 1, got {votes}")
+        if isinstance(votes, bool) or not isinstance(votes, int | np.integer) or votes < 1:
+            raise ValueError(f"votes must be an integer >= 1, got {votes!r}")
         if item_ids is not None and len(item_ids) != len(pairs):
             raise ValueError(f"item_ids has {len(item_ids)} entries for {len(pairs)} pairs")
         items = []
