@@ -167,3 +167,23 @@ def test_corrupt_metrics_line_in_the_middle_is_named(tmp_path, capsys):
         from rrm_jax.training.loop import _metrics_file
 
         _metrics_file(run, 3)
+
+
+def test_a_second_train_on_a_busy_run_dir_stops_at_once(tmp_path, model, capsys):
+    """Issue 22.4: two `train` runs on one run dir both ran (80 metrics lines for 40 steps, two learning-rate
+    curves interleaved). The run dir is locked for the whole run; a second one is one line, rc 2, and writes
+    nothing; the lock goes with the first run."""
+    from rrm_jax.core.locks import exclusive
+
+    cfg = _sft(tmp_path, "r", 2)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    with exclusive(run_dir / "train.lock", RuntimeError("held by the test")):  # as a running `train` holds it
+        with pytest.raises(ConfigError, match="another `rrm-jax train` is running in this run_dir"):
+            train(cfg, model=model(), progress=False)
+        assert rrm_main(["train", str(RECIPE), *[f"run_dir='{run_dir}'", "mode='sft'"]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{run_dir}: another `rrm-jax train` is running" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written by the refused runs, lock released
+    assert train(cfg, model=model(), progress=False)["steps"] == 2  # free again: it runs
+    assert not (run_dir / "train.lock").exists()

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.core.locks import exclusive
 from rrm_jax.data.records import DataError
 from rrm_jax.data.sources import hash_file
 
@@ -81,24 +82,8 @@ class RecordsFile:
             os.fsync(f.fileno())
 
 
-@contextlib.contextmanager
 def lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX: no locking
-        yield
-        return
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise EvalError(f"{path}: another process is writing these records") from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return exclusive(path, EvalError(f"{path}: another process is writing these records"))
 
 
 def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None = None) -> None:

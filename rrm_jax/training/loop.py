@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from rrm_jax.core.api import load_or_init, save_hf
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.distributed import initialize, is_main
-from rrm_jax.core.errors import DataError
+from rrm_jax.core.errors import ConfigError, DataError
+from rrm_jax.core.locks import exclusive
 from rrm_jax.core.progress import Progress
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
@@ -121,7 +122,25 @@ def _summary_steps(run_dir: Path) -> int:
         return -1
 
 
-def train(
+def train(config: TrainConfig, **kw) -> dict:
+    """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary.
+
+    Keywords: ``model``, ``reward_fn``, ``generate_fn``, ``progress`` and ``on_step(step, record)``, called after
+    each step's metrics are written (tests use it to kill a run). The run directory is locked for the whole run:
+    a second ``train`` on it stops at once instead of interleaving its metrics and checkpoints with the first's.
+    """
+    if config.distributed:
+        initialize()
+    run_dir = Path(config.run_dir)
+    if not is_main():
+        return _train(config, **kw)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    busy = ConfigError(f"{run_dir}: another `rrm-jax train` is running in this run_dir; wait for it or use another")
+    with exclusive(run_dir / "train.lock", busy):
+        return _train(config, **kw)
+
+
+def _train(
     config: TrainConfig,
     *,
     model=None,
@@ -130,12 +149,6 @@ def train(
     on_step: Callable | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run a recipe to ``config.steps`` (resuming from run_dir's latest checkpoint); returns a summary.
-
-    ``on_step(step, record)`` is called after each step's metrics are written (tests use it to kill a run).
-    """
-    if config.distributed:
-        initialize()
     preflight(config, None if model is not None else jax.device_count())
     main = is_main()
     run_dir = Path(config.run_dir)
