@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from rrm_jax.benchmarks import BENCHES
@@ -38,11 +39,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     target, _ = COMMANDS[argv[0]]
     mod, fn = target.split(":")
+    # SIGTERM (what schedulers and Kubernetes send) stops a command as Ctrl-C does, through the same unwinding:
+    # records are flushed a chunk at a time and a checkpoint in flight is finished or left as orbax's temporary
+    # (never taken for a checkpoint), so what was written stays whole and the same command resumes
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
     except (ConfigError, CheckpointError, DataError) as e:  # bad input: one line naming it, not a traceback
         print(f"rrm-jax {argv[0]}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        how = e.args[0] if e.args else "SIGINT"
+        print(
+            f"rrm-jax {argv[0]}: stopped by {how}; what it wrote is whole, and the same command resumes",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,51 @@ def test_a_second_train_on_a_busy_run_dir_stops_at_once(tmp_path, model, capsys)
     assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written by the refused runs, lock released
     assert train(cfg, model=model(), progress=False)["steps"] == 2  # free again: it runs
     assert not (run_dir / "train.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_train_in_one_line_and_it_resumes(tmp_path):
+    """Issue 22.10: SIGTERM (what schedulers send) killed `train` at once, mid-checkpoint. It now unwinds as Ctrl-C
+    does: one line, exit 143, the checkpoints whole, and the same command resumes from the last one."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _sft(tmp_path, "r", 400)  # writes the data file; the same overrides go on the command line
+    data = tmp_path / "traces.jsonl"
+    over = [
+        f"run_dir='{tmp_path / 'r'}'",
+        "mode='sft'",
+        "batch_size=2",
+        "save_every=2",
+        "keep=3",
+        "mesh=[1,1,1]",
+        "optim.micro_batches=1",
+        "tensorboard=false",
+        "grpo.seq_bucket=32",
+        "data.synthetic=0",
+        f"data.path='{data}'",
+        "model='tiny'",
+        "tokenizer='bytes'",
+    ]
+    cmd = [sys.executable, "-m", "rrm_jax.cli", "train", str(RECIPE), "steps=400", *over]
+    env = dict(os.environ, XLA_FLAGS=re.sub(r"device_count=\d+", "device_count=1", os.environ["XLA_FLAGS"]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("rrm-jax train: stopped by SIGTERM")
+    done = len(metrics.read_text().splitlines())
+    assert cfg.steps == 400 and done < 400
+    again = subprocess.run([*cmd[:5], f"steps={done + 2}", *over], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stderr
