@@ -397,3 +397,19 @@ def test_non_finite_weights_are_refused_at_load(ckpt, mesh1, key, value):
     hf_io.write_safetensors(path, tensors)
     msg = _load_error(ckpt, mesh1)
     assert f"{path}: tensor {key!r} holds non-finite values (NaN or inf)" == msg
+
+
+def test_bench_forward_without_torch_says_so_or_skips_its_column(monkeypatch, capsys):
+    """Issue 22.14: `bench forward` needed torch in a plain install; now a missing torch is one line, and
+    `--skip torch` runs the rrm-jax column alone, as its help promises."""
+    import sys
+
+    from rrm_jax.benchmarks import forward
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError, as in a plain install
+    small = ["--model", "tiny", "--batch", "1", "--seq", "16", "--repeats", "1", "--matmul-n", "64"]
+    with pytest.raises(ConfigError, match="the transformers column runs in torch, which is not installed"):
+        forward.main(small)
+    assert forward.main([*small, "--skip", "torch,compile"]) == 0
+    out = capsys.readouterr().out
+    assert "no torch" in out and "rrm-jax      :" in out and "transformers :" not in out

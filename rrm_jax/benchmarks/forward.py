@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rrm_jax.core.errors import ConfigError
+
 FLOP_FORMULA = (
     "FLOPs = 2*B*T*[L*(D*H*hd + 2*D*K*hd + H*hd*D + 3*D*F) + D*V] + L*4*B*H*hd*T*(T+1)/2\n"
     "        (q,k,v,o projections + SwiGLU MLP + LM head, and QK^T + PV over the causal query-key pairs\n"
@@ -59,14 +61,15 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
     return best
 
 
-def matmul_fns(n: int):
-    """Zero-argument callables running one large square fp32 matmul in JAX (XLA) and in torch."""
-    import torch
-
+def matmul_fns(n: int, torch=None):
+    """Zero-argument callables running one large square fp32 matmul in JAX (XLA) and in ``torch`` (None: no
+    torch callable)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
+    if torch is None:
+        return (lambda: mm(a, b).block_until_ready()), None
     ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
     torch.matmul(ta, tb)
     return (lambda: mm(a, b).block_until_ready()), (lambda: torch.matmul(ta, tb))
@@ -109,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
-    import torch
+    torch = None
+    if "torch" not in skip:
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError(
+                "bench forward: the transformers column runs in torch, which is not installed "
+                "(pip install torch, the CPU wheel), or pass --skip torch"
+            ) from None
     import transformers
 
     import rrm_jax
@@ -127,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+        + (f"torch {torch.__version__} ({torch.get_num_threads()} threads), " if torch else "no torch, ")
+        + f"transformers {transformers.__version__}"
     )
 
     flops = forward_flops(cfg, B, T)
@@ -170,19 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
 
     # ---- interleaved rounds: peak, ours, theirs measured back to back, so load from other jobs hits all alike
-    mm_jax, mm_torch = matmul_fns(args.matmul_n)
+    mm_jax, mm_torch = matmul_fns(args.matmul_n, torch)
     mm_flops = 2.0 * args.matmul_n**3
     rounds = []
     for r in range(args.repeats):
-        row = {"peak_jax": _timed(mm_jax, 2), "peak_torch": _timed(mm_torch, 2), "ours": _timed(run_ours, 1)}
+        row = {"peak_jax": _timed(mm_jax, 2), "ours": _timed(run_ours, 1)}
+        if mm_torch is not None:
+            row["peak_torch"] = _timed(mm_torch, 2)
         if run_torch is not None:
             row["torch"] = _timed(run_torch, 1)
-        peak = max(mm_flops / row["peak_jax"][0], mm_flops / row["peak_torch"][0])
-        peak_cpu = max(mm_flops / row["peak_jax"][1], mm_flops / row["peak_torch"][1])
+        peaks = [row[k] for k in ("peak_jax", "peak_torch") if k in row]
+        peak, peak_cpu = (max(mm_flops / p[i] for p in peaks) for i in (0, 1))
+        torch_peak = f", torch {mm_flops / row['peak_torch'][0] / 1e9:.1f}" if "peak_torch" in row else ""
         line = (
-            f"round {r + 1}: matmul peak {peak / 1e9:6.1f} GFLOP/s (jax {mm_flops / row['peak_jax'][0] / 1e9:.1f}, "
-            f"torch {mm_flops / row['peak_torch'][0] / 1e9:.1f}) | rrm-jax {B * T / row['ours'][0]:6.1f} tok/s "
-            f"{flops / row['ours'][0] / peak:5.1%} of peak"
+            f"round {r + 1}: matmul peak {peak / 1e9:6.1f} GFLOP/s (jax {mm_flops / row['peak_jax'][0] / 1e9:.1f}"
+            f"{torch_peak}) | rrm-jax {B * T / row['ours'][0]:6.1f} tok/s {flops / row['ours'][0] / peak:5.1%} of peak"
         )
         if run_torch is not None:
             line += (
