@@ -346,17 +346,17 @@ def _drive(compare_many: CompareMany, rounds) -> Ranking:
     return run_many(compare_many, [rounds])[0]
 
 
-def check_candidates(candidates) -> None:
-    """A list of strings: a bare string would otherwise be ranked as its characters."""
+def check_tournament(strategy: str, candidates) -> None:
+    """A known strategy over a sequence of strings (a bare string would be ranked as its characters)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
     if isinstance(candidates, str | bytes) or not all(isinstance(c, str) for c in candidates):
         raise TypeError(f"candidates must be a sequence of strings, got {type(candidates).__name__} {candidates!r:.60}")
 
 
 def rounds_of(strategy: str, query: str, candidates: Sequence[str], seed: int = 0, votes: int = 1):
     """The generator of one tournament (for :func:`run_many`): ``knockout`` or ``elo`` (round-robin)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    check_candidates(candidates)
+    check_tournament(strategy, candidates)
     rounds = knockout_rounds if strategy == "knockout" else round_robin_rounds
     return rounds(query, candidates, seed=seed, votes=votes)
 
@@ -405,9 +405,7 @@ def rank(
     seed: int = 0,
     **kw,
 ) -> Ranking:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    check_candidates(candidates)
+    check_tournament(strategy, candidates)
     if strategy == "knockout":
         return knockout(compare_many, query, candidates, seed, votes=votes, **kw)
     return round_robin(compare_many, query, candidates, votes, kw.pop("both_orders", False), seed, **kw)
