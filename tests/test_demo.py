@@ -89,7 +89,8 @@ def test_quick_demo_writes_results(quick_run):
 @pytest.mark.slow
 def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_run):
     """30 GRPO steps on the outcome reward alone: held-out pairs (never trained on) are judged better, because
-    the policy reasons before its verdict far more often (measured ~0.73 -> 0.92 and 36% -> 94% on seed 0)."""
+    the policy reasons before its verdict far more often (seed 0, the run CI makes, on a 2-core AMD EPYC without
+    AVX-512: 0.562 -> 0.889 and 31% -> 91%)."""
     _, s = quick_run
     assert s["accuracy_after_grpo"] >= s["accuracy_before_grpo"] + 0.10
     assert s["thinking_after_grpo"] >= s["thinking_before_grpo"] + 0.30
@@ -100,7 +101,7 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
 @pytest.mark.slow
 def test_quick_demo_feedback_loop_raises_the_policy_on_judge_verdicts_alone(quick_run):
     """The separate policy, post-trained only on the judge's knockout verdicts, is right more often on held-out
-    questions after each cycle (measured 0.43 -> 0.72 -> 0.72 -> 0.88 under pytest's XLA flags, seed 0), and the
+    questions after each cycle (seed 0, the same run: 0.379 -> 0.662 -> 0.683 -> 0.683), and the
     judge's best-of-8 picks beat a random pick and the majority answer among the warm-started policy's samples."""
     _, s = quick_run
     before, cycles = s["policy_accuracy_before"], s["policy_accuracy_cycles"]
