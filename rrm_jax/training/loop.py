@@ -131,6 +131,8 @@ def train(config: TrainConfig, **kw) -> dict:
     """
     if config.distributed:
         initialize()
+    # every recipe check before the run directory (and its lock) is made
+    preflight(config, None if kw.get("model") is not None else jax.device_count())
     run_dir = Path(config.run_dir)
     if not is_main():
         return _train(config, **kw)
@@ -149,7 +151,6 @@ def _train(
     on_step: Callable | None = None,
     progress: bool = True,
 ) -> dict:
-    preflight(config, None if model is not None else jax.device_count())
     main = is_main()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
