@@ -65,7 +65,7 @@ def clamp_generation(model, opts):
     if limit is None or opts.max_new_tokens <= limit:
         return opts
     ctx = model.config.max_position_embeddings
-    prompt = opts.max_prompt_tokens or ctx // 4
+    prompt = ctx - forced - limit  # what new_token_limit left the prompt
     if limit < 1:
         raise ConfigError(
             f"max_prompt_tokens={opts.max_prompt_tokens} leaves no room to generate in the model's "
