@@ -6,15 +6,20 @@ The public API. The house, bottom up (an import may only go down, see tests/test
 """
 
 from rrm_jax import moved
-from rrm_jax.core.api import Model, init, load, save_hf
-from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.errors import CheckpointError, ConfigError
-from rrm_jax.core.sharding import ShardingRules, make_mesh
 
 moved.install()
 
-# The sampler and judge load lazily so `import rrm_jax` stays light.
+# Everything that needs jax loads lazily, so `import rrm_jax` (and the `rrm-jax` command's start, which may
+# re-execute itself before any work: rrm_jax.core.hugepages) stays light.
 _LAZY = {
+    "Model": "rrm_jax.core.api",
+    "init": "rrm_jax.core.api",
+    "load": "rrm_jax.core.api",
+    "save_hf": "rrm_jax.core.api",
+    "ModelConfig": "rrm_jax.core.config",
+    "ShardingRules": "rrm_jax.core.sharding",
+    "make_mesh": "rrm_jax.core.sharding",
     "generate": "rrm_jax.sampler",
     "SamplingConfig": "rrm_jax.sampler",
     "Completion": "rrm_jax.sampler",
@@ -37,15 +42,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Model",
-    "init",
-    "load",
-    "save_hf",
-    "ModelConfig",
     "ConfigError",
     "CheckpointError",
-    "ShardingRules",
-    "make_mesh",
     *_LAZY,
     *_SUBMODULES,
 ]

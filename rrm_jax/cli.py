@@ -8,6 +8,7 @@ import signal
 import sys
 
 from rrm_jax.benchmarks import BENCHES
+from rrm_jax.core import hugepages
 from rrm_jax.core.errors import CheckpointError, ConfigError, DataError
 
 # command -> "module:function(argv)"; imported lazily so `rrm-jax --help` does not import jax.
@@ -27,6 +28,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the console script or python -m, not a call from code
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, help_) in COMMANDS.items():
             print(f"  {name:<10} {help_}")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    if own_process:
+        hugepages.reexec_if_wanted()
     # rrm-jax uses transformers for tokenizers and configs only: its "PyTorch was not found" advice is noise here
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     target, _ = COMMANDS[argv[0]]

@@ -20,6 +20,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache = tempfile.mkdtemp(prefix="rrm-jax-test-xla-")
     atexit.register(shutil.rmtree, _cache, True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# glibc's huge pages for XLA's buffers, as the rrm-jax command gives itself (rrm_jax.core.hugepages): read at
+# process start, so it reaches the workers and subprocesses, not this process
+from rrm_jax.core import hugepages  # noqa: E402
+
+if hugepages.wanted():
+    os.environ.update(hugepages.environ_with_tunable())
 
 from pathlib import Path  # noqa: E402
 

@@ -10,6 +10,9 @@
    log-prob passes (reference / old policy) and the update(s).
 
 Shrink for CPU: ``rrm-jax bench train --layers 2 --seq 128 --batch 2``.
+
+``--pages both`` times the train step in two fresh processes, with 4 KiB pages and with glibc's huge pages
+(:mod:`rrm_jax.core.hugepages`, what the ``rrm-jax`` command gives itself), and prints the ratio.
 """
 
 from __future__ import annotations
@@ -155,6 +158,32 @@ def bench_grpo(args) -> dict:
     )
 
 
+def pages_side_by_side(argv: list[str]) -> dict:
+    """The train step measured in two child processes, 4 KiB pages then huge pages; the ratio of their times."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from rrm_jax.core import hugepages
+
+    if not hugepages.wanted({}):
+        raise SystemExit("rrm-jax bench train: --pages both needs Linux, glibc >= 2.35 and THP in madvise mode")
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"RRM_JAX_HUGEPAGES": "0"}
+    runs = {}
+    for name, env in (("4k", plain), ("huge", hugepages.environ_with_tunable(plain) | {"RRM_JAX_HUGEPAGES": "1"})):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "r.json")
+            cmd = [sys.executable, "-m", "rrm_jax.cli", "bench", "train", *argv, "--skip", "grpo", "--json", out]
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                runs[name] = json.load(f)["train_step"]
+        print(f"  {name:>4} pages: {runs[name]['step_s'] * 1e3:.1f} ms/step", flush=True)
+    runs["speedup"] = runs["4k"]["step_s"] / runs["huge"]["step_s"]
+    print(f"  huge pages: {runs['speedup']:.2f}x the train step on 4 KiB pages (GLIBC_TUNABLES={hugepages.TUNABLE}=1)")
+    return runs
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="rrm-jax bench train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-0.5b")
@@ -177,8 +206,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--grpo-steps", type=int, default=3)
     ap.add_argument("--skip", choices=("step", "grpo"), default=None)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--pages", choices=("as-is", "both"), default="as-is", help="both: the train step on 4 KiB and on huge pages"
+    )
     args = ap.parse_args(argv)
     out = {}
+    if args.pages == "both":
+        step_args = ("model", "layers", "seq", "batch", "micro_batches", "remat", "attention", "compute_dtype", "chunk")
+        step_args += ("steps", "repeats", "matmul_n")
+        out["pages"] = pages_side_by_side([f"--{k.replace('_', '-')}={getattr(args, k)}" for k in step_args])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
     if args.skip != "step":
         r = out["train_step"] = bench_step(args)
         print(
