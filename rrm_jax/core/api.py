@@ -24,7 +24,7 @@ from rrm_jax.core.errors import CheckpointError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.params import param_axes, param_name
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
-from rrm_jax.core.tokenizers import load_tokenizer
+from rrm_jax.core.tokenizers import check_reload, load_tokenizer
 
 
 @dataclasses.dataclass
@@ -232,6 +232,8 @@ def params_dict(model: Model) -> dict[str, jax.Array]:
 
 def save_hf(model: Model, out_dir: str | Path, *, dtype=None, max_shard_bytes: int = 4 << 30) -> Path:
     """Write ``config.json`` + safetensors (sharded when large) + tokenizer, loadable by transformers."""
+    if model.tokenizer is not None:  # before anything is written: a tokenizer that would not reload as saved
+        check_reload(model.tokenizer, model.config.to_hf_dict())
     params = params_dict(model)
     if dtype is not None:
         params = {k: v.astype(dtype) for k, v in params.items()}

@@ -12,7 +12,8 @@
    knockout best-of-N over several candidate answers (rrm_jax.judge.tournament).
 
 Everything goes to ``--out`` (default ``runs/demo``): ``recipe.toml`` (the resolved recipe), ``metrics.jsonl``
-(written as it runs), ``summary.json`` and ``demo.png``. The recipe itself lives in :mod:`rrm_jax.demo.recipe`.
+(written as it runs), ``summary.json``, ``demo.png``, the trained judge (``judge/``, an HF checkpoint with its
+tokenizer) and the held-out pairs it was evaluated on (``heldout.jsonl``, `rrm-jax judge`'s format). The recipe itself lives in :mod:`rrm_jax.demo.recipe`.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def run(recipe: Recipe, out: Path, seed: int = 0, *, plot: bool = True, console=
     else:
         judge, summary = train_judge(recipe, seed, log=log, say=say, console=console, t_start=t_start)
         save_hf(judge, out / "judge")
+        write_pairs(out / "heldout.jsonl", held_out(recipe, seed))
     if stage != "judge":
         summary.update(
             feedback_loop(
@@ -147,9 +149,25 @@ def _saved_judge(out: Path, seed: int):
             f"--out {out} --seed {seed}` first"
         )
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    judge = load(out / "judge", mesh=mesh, dtype=jax.numpy.float32, tokenizer=char_tokenizer())
+    judge = load(out / "judge", mesh=mesh, dtype=jax.numpy.float32)  # with the tokenizer saved beside it
     summary = json.loads((out / "summary.json").read_text())
     return judge, {k: v for k, v in summary.items() if not k.startswith(("policy_", "bon_"))}
+
+
+def held_out(recipe: Recipe, seed: int) -> list[task.Pair]:
+    """The held-out pairs the judge is evaluated on (never trained on)."""
+    held = task.split_pairs(seed)[1]
+    return held[: recipe.eval_pairs] if recipe.eval_pairs else held
+
+
+def write_pairs(path: Path, pairs: list[task.Pair]) -> None:
+    """``pairs`` as `rrm-jax judge`'s JSONL (the right sum is response_a, label 0), so the saved judge can be
+    checked from any process: ``rrm-jax judge --model OUT/judge --prompt demo --pairs OUT/heldout.jsonl``."""
+    rows = [
+        dict(id=f"heldout-{i}", query=p.query, response_a=p.chosen, response_b=p.rejected, label=0)
+        for i, p in enumerate(pairs)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_log(path: Path) -> list[dict]:
@@ -162,9 +180,7 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
     cfg = task.model_config(hidden=recipe.hidden, layers=recipe.layers)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     model = init(cfg, seed=seed, mesh=mesh, tokenizer=tok)
-    train_pairs, held = task.split_pairs(seed)
-    if recipe.eval_pairs:
-        held = held[: recipe.eval_pairs]
+    train_pairs, held = task.split_pairs(seed)[0], held_out(recipe, seed)
     rng = np.random.default_rng([seed, 0xDE70])
     ko_problems = [task.all_problems()[i] for i in rng.permutation(len(task.all_problems()))[: recipe.knockout_queries]]
     say(

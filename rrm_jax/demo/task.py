@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.judge.prompt import JudgePrompt, register_prompt
+from rrm_jax.judge.prompt import DEMO_PROMPT  # noqa: F401  (the demo's prompt, registered as `demo`)
 
 WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
 
@@ -181,19 +181,6 @@ def iterate(pairs: list[Pair], batch: int, seed: int) -> Iterator[list[Pair]]:
         perm = rng.permutation(len(pairs))
         for i in range(0, len(perm) - batch + 1, batch):
             yield [pairs[j] for j in perm[i : i + batch]]
-
-
-# A compact judge prompt (the demo's context is ~40 tokens); verdict format and parsing are the real ones.
-# register_prompt accepts an equal prompt again, so re-importing this module is harmless.
-DEMO_PROMPT = register_prompt(
-    JudgePrompt(
-        name="demo-arith",
-        version=1,
-        system="",
-        user_template="{question}\n1:{answer1}\n2:{answer2}",
-        analysis_suffix="",
-    )
-)
 
 
 def model_config(hidden: int = 64, layers: int = 2, vocab_size: int = 128):

@@ -88,6 +88,16 @@ SHORT_PROMPT = JudgePrompt(
     analysis_suffix="Answer \\boxed{Assistant 1} or \\boxed{Assistant 2}.",
 )
 
+# The demo's compact judge prompt (its context is ~40 tokens); verdict format and parsing are the real ones.
+# It lives here, not beside the demo, so a saved demo judge is usable by name (`--prompt demo`) from any command.
+DEMO_PROMPT = JudgePrompt(
+    name="demo-arith",
+    version=1,
+    system="",
+    user_template="{question}\n1:{answer1}\n2:{answer2}",
+    analysis_suffix="",
+)
+
 _REGISTRY: dict[str, JudgePrompt] = {}
 
 
@@ -121,6 +131,7 @@ def list_prompts() -> list[str]:
 
 register_prompt(RRM_PROMPT_V1, aliases=("rrm",))
 register_prompt(SHORT_PROMPT, aliases=("short",))
+register_prompt(DEMO_PROMPT, aliases=("demo",))
 
 
 def render_prompt(tokenizer: Any, prompt: JudgePrompt | str, query: str, first: str, second: str) -> str:
