@@ -13,7 +13,7 @@ from rrm_jax.data import DataError, PairRecord
 from rrm_jax.data.records import read_pairs_jsonl, read_queries
 from rrm_jax.evaluation import cli
 from rrm_jax.evaluation.fit import clamp_generation
-from rrm_jax.evaluation.records import RecordsFile, lock
+from rrm_jax.evaluation.records import RecordsFile, fingerprint_file, lock, meta_path
 from rrm_jax.evaluation.run import run_records
 from rrm_jax.judge import tournament
 from rrm_jax.judge.judge import Judge
@@ -102,6 +102,98 @@ def test_eval_another_split_on_the_same_out_is_refused(tmp_path, capsys):
     assert cli.eval_main(args + ["--split", "test[2:]"], judge_factory=lambda b: OracleJudge(d1)) == 2
     assert "holds judgements of other data (split: 'test[:2]' there vs 'test[2:]' now)" in capsys.readouterr().err
     assert cli.eval_main(args + ["--split", "test[:2]"], judge_factory=lambda b: OracleJudge(d1)) == 0
+
+
+# ---------------------------------------------------------------------------------------------- 1b. judge keys
+def _checkpoint(path: Path, weights: bytes) -> Path:
+    """A directory that passes for a checkpoint to the resume keys (the judge itself is faked)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+def test_resume_is_keyed_on_the_sampling_and_the_weights_not_the_path_spelling(tmp_path, monkeypatch, capsys):
+    """Issue 22.2: resuming with another temperature, top-p, generation length or dtype, or with other weights at
+    the same path, appended records of the new settings to the old ones; the same checkpoint spelled another way
+    was refused. Each is refused now (nothing judged, the records untouched), and the spelling resumes."""
+    d = _pairs(tmp_path / "pairs.jsonl", "one")
+    ck = _checkpoint(tmp_path / "ck", b"A" * 4096)
+    out = tmp_path / "v.jsonl"
+    base = ["--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(out), "--progress", "false"]
+    assert cli.judge_main(base + ["--model", str(ck)], judge=OracleJudge(d)) == 0
+    first = RecordsFile(out).load()
+    changes = {"temperature": 1.0, "top_p": 0.9, "top_k": 5, "max_new_tokens": 16, "max_prompt_tokens": 99}
+    for key, value in {**changes, "dtype": "float32"}.items():
+        judge = OracleJudge(d)
+        assert cli.judge_main(base + ["--model", str(ck), f"{key}={value}"], judge=judge) == 2, key
+        err = capsys.readouterr().err
+        assert "this output holds a run with other settings sampling: " in err and f"'{key}': {value!r}" in err, err
+        assert judge.seen == [] and RecordsFile(out).load() == first
+    (ck / "model.safetensors").write_bytes(b"B" * 4096)  # retrained in place
+    judge = OracleJudge(d)
+    assert cli.judge_main(base + ["--model", str(ck)], judge=judge) == 2
+    assert "other settings weights: " in capsys.readouterr().err and judge.seen == []
+    (ck / "model.safetensors").write_bytes(b"A" * 4096)
+    monkeypatch.chdir(tmp_path)
+    judge = OracleJudge(d)
+    assert cli.judge_main(base + ["--model", "./ck/"], judge=judge) == 0  # the same weights, spelled otherwise
+    assert judge.seen == [] and RecordsFile(out).load() == first
+
+
+def test_the_input_is_fingerprinted_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """Issue 22.3: a pairs file edited while the model loaded was judged as read but resumed as edited."""
+    path = tmp_path / "pairs.jsonl"
+    d1 = _pairs(path, "one")
+    (tmp_path / "as-read.jsonl").write_bytes(path.read_bytes())
+
+    def load_while_the_file_is_edited(cfg):
+        _pairs(path, "two")
+        return OracleJudge(d1)
+
+    monkeypatch.setattr(cli, "_real_judge", load_while_the_file_is_edited)
+    out = tmp_path / "v.jsonl"
+    args = ["--pairs", str(path), "--out", str(out), "--progress", "false"]
+    assert cli.judge_main(args) == 0
+    assert json.loads(meta_path(out).read_text())["fingerprint"] == fingerprint_file(tmp_path / "as-read.jsonl")
+    assert [r["id"] for r in RecordsFile(out).load()] == [r.id for r in d1]
+    judge = OracleJudge(d1)
+    monkeypatch.setattr(cli, "_real_judge", lambda cfg: judge)
+    assert cli.judge_main(args) == 2  # the edited content was never judged: not a resume
+    assert "holds judgements of other data (fingerprint: " in capsys.readouterr().err and judge.seen == []
+
+
+def test_a_refused_run_stops_before_the_model_loads_and_changes_no_file(tmp_path, monkeypatch, capsys):
+    """Issue 22.6 and 22.13: a refused eval rewrote config.toml and problems.json (which then described the refused
+    command), and judge, rank, eval and label checked their records only after the model's slow load."""
+    src = tmp_path / "pairs.jsonl"
+    d = _pairs(src, "one")
+    out = tmp_path / "out"
+    args = _eval_args(tmp_path, src, out)
+    assert cli.eval_main(args, judge_factory=lambda b: OracleJudge(d)) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert out / "config.toml" in files and out / "problems.json" in files
+    monkeypatch.setattr(cli, "load_model", lambda opts: pytest.fail("loaded the model"))
+    assert cli.eval_main(args + ["--model", "tiny", "seed=7"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    from rrm_jax.evaluation.label import label_main
+    from test_label import QUERIES, make_judge
+
+    queries, cands = tmp_path / "q.jsonl", tmp_path / "cands.jsonl"
+    _queries(queries, "q")
+    cands.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    for main, inp, judge in (
+        (cli.judge_main, ["--pairs", str(src)], OracleJudge(d)),
+        (cli.rank_main, ["--queries", str(queries)], RankJudge()),
+        (label_main, [str(cands)], make_judge()[0]),
+    ):
+        o = tmp_path / f"{main.__name__}.jsonl"
+        assert main(inp + ["--out", str(o), "--progress", "false"], judge=judge) == 0
+        files = {p: p.read_bytes() for p in tmp_path.glob(f"{main.__name__}*")}
+        assert main(inp + ["--out", str(o), "--progress", "false", "--model", "tiny", "seed=3"]) == 2, main
+        assert "other settings" in capsys.readouterr().err
+        assert {p: p.read_bytes() for p in tmp_path.glob(f"{main.__name__}*")} == files
 
 
 # ---------------------------------------------------------------------------------------------- 2. rank

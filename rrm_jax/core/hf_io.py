@@ -347,6 +347,38 @@ def save_checkpoint(out_dir: str | Path, cfg: ModelConfig, params: dict, max_sha
     return out
 
 
+# the files besides the weights that change what a checkpoint computes or reads
+_IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")
+
+
+def checkpoint_fingerprint(path: str | Path, blocks: int = 16, block_bytes: int = 1 << 16) -> str:
+    """A short content identity of a checkpoint directory, cheap beside loading it: its config and tokenizer files
+    whole, and every safetensors file's name, size, header and ``blocks`` evenly spaced blocks of its data (all
+    of a small file). New weights at the same path give another identity (training moves every tensor, so every
+    block); the same checkpoint under two spellings of its path gives one. Records are resumed only under the
+    identity they were written with (rrm_jax.evaluation.records)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in _IDENTITY_FILES:
+        if (path / name).is_file():
+            h.update(name.encode() + b"\0" + (path / name).read_bytes() + b"\0")
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= blocks * block_bytes:
+                h.update(fh.read())
+                continue
+            header = struct.unpack("<Q", fh.read(8))[0]
+            h.update(fh.read(min(header, size - 8)))  # names, dtypes, shapes, offsets
+            for i in range(blocks):
+                fh.seek(i * (size - block_bytes) // (blocks - 1))
+                h.update(fh.read(block_bytes))
+    return h.hexdigest()[:16]
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text(text)

@@ -18,7 +18,7 @@ from rrm_jax.evaluation.bon import JUDGE_STRATEGIES, generate_candidates, read_b
 from rrm_jax.evaluation.bon_report import summarize_bon, write_bon_summary
 from rrm_jax.evaluation.cli import _join, _real_judge, load_model
 from rrm_jax.evaluation.config import BonConfig, build_config, think_budgets, validate
-from rrm_jax.evaluation.records import EvalError, fingerprint_file
+from rrm_jax.evaluation.records import EvalError, fingerprint_file, judge_identity
 
 
 def bon_main(argv: list[str], *, judge=None) -> int:
@@ -55,7 +55,7 @@ def bon_main(argv: list[str], *, judge=None) -> int:
         "fingerprint": fingerprint,
         "extract": cfg.extract,
         "policy": policy,
-        "model": (cfg.model or None) if uses_judge else None,
+        **(judge_identity(cfg) if uses_judge else {"model": None}),
         "max_think_tokens": budget if uses_judge else None,
         "direct": cfg.direct and uses_judge,
         "prompt": cfg.prompt if uses_judge else None,

@@ -40,12 +40,15 @@ from rrm_jax.evaluation.records import (
     EvalError,
     RecordsFile,
     fingerprint_file,
+    judge_identity,
     load_records,
     open_records,
+    preflight,
 )
 from rrm_jax.evaluation.report import summarize, write_summary
-from rrm_jax.evaluation.run import Setting, evaluate, run_records
+from rrm_jax.evaluation.run import Setting, eval_meta, evaluate, records_path, run_meta, run_records
 from rrm_jax.judge import DirectJudge, Judge
+from rrm_jax.judge.prompt import get_prompt
 
 
 # ---------------------------------------------------------------------------------------------- model + judge
@@ -102,6 +105,16 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     except (DataError, ValueError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
+    # every setting's records checked before anything is written or loaded: a refused run changes no file
+    identity = {**judge_identity(cfg), "split": cfg.split, "prompt": get_prompt(cfg.prompt).key}
+    try:
+        for st in [Setting(votes, budget) for budget in think_budgets(cfg) for votes in cfg.votes]:
+            meta = eval_meta(pairs, cfg.dataset, st, None, identity)
+            meta = run_meta(meta, st.votes, cfg.swap, cfg.seed, cfg.adaptive)
+            preflight(records_path(out, st), meta, restart=cfg.restart)
+    except (EvalError, DataError) as e:
+        print(f"rrm-jax eval: {e}", file=sys.stderr)
+        return 2
     if main:
         write_toml(cfg, out / "config.toml")
         (out / "problems.json").write_text(
@@ -132,7 +145,7 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
                         kind=cfg.dataset,
                         setting=Setting(votes, budget),
                         progress=cfg.progress,
-                        extra_meta={"model": cfg.model or None, "split": cfg.split},
+                        extra_meta=identity,
                         restart=cfg.restart,
                     )
                 )
@@ -166,9 +179,16 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     if not cfg.pairs:
         raise ConfigError("--pairs FILE.jsonl is required")
     main = _join(cfg)
-    try:
+    try:  # everything about the input and the output is settled before the model's slow load
+        meta = {
+            "dataset": "jsonl",
+            "source": cfg.pairs,
+            "fingerprint": fingerprint_file(cfg.pairs),  # of the bytes read next, not of a later edit
+            **_judge_meta(cfg),
+        }
         pairs = read_pairs_jsonl(cfg.pairs, on_bad=cfg.on_bad, require_label=False)
-    except DataError as e:
+        preflight(cfg.out, run_meta(meta, cfg.votes, cfg.swap, cfg.seed, cfg.adaptive), restart=cfg.restart)
+    except (EvalError, DataError) as e:
         print(f"rrm-jax judge: {e}", file=sys.stderr)
         return 2
     for p in pairs.problems if main else ():
@@ -179,15 +199,7 @@ def judge_main(argv: list[str], *, judge=None) -> int:
             judge,
             pairs.records,
             cfg.out,
-            meta={
-                "dataset": "jsonl",
-                "source": cfg.pairs,
-                "fingerprint": fingerprint_file(cfg.pairs),
-                "model": cfg.model or None,
-                "max_think_tokens": think_budgets(cfg)[0],
-                "direct": cfg.direct,
-                "prompt": cfg.prompt,
-            },
+            meta=meta,
             votes=cfg.votes,
             swap=cfg.swap,
             seed=cfg.seed,
@@ -220,26 +232,24 @@ def rank_main(argv: list[str], *, judge=None) -> int:
     if not cfg.queries:
         raise ConfigError("--queries FILE.jsonl is required")
     main = _join(cfg)
-    try:
+    try:  # the input and the output are checked before the model's slow load
+        meta = {
+            "dataset": "queries",
+            "source": cfg.queries,
+            "fingerprint": fingerprint_file(cfg.queries),
+            **_judge_meta(cfg),
+            "strategy": cfg.strategy,
+            "votes": cfg.votes,
+            "swap": cfg.swap,
+            "seed": cfg.seed,
+            "record_version": RECORD_VERSION,
+        }
         queries = read_queries(cfg.queries)
-    except DataError as e:
+        preflight(cfg.out, meta, restart=cfg.restart)
+    except (EvalError, DataError) as e:
         print(f"rrm-jax rank: {e}", file=sys.stderr)
         return 2
     judge = judge or _real_judge(cfg)
-    meta = {
-        "dataset": "queries",
-        "source": cfg.queries,
-        "fingerprint": fingerprint_file(cfg.queries),
-        "model": cfg.model or None,
-        "max_think_tokens": think_budgets(cfg)[0],
-        "direct": cfg.direct,
-        "prompt": cfg.prompt,
-        "strategy": cfg.strategy,
-        "votes": cfg.votes,
-        "swap": cfg.swap,
-        "seed": cfg.seed,
-        "record_version": RECORD_VERSION,
-    }
     try:
         with open_records(cfg.out, meta, restart=cfg.restart) as (rf, done):
             _rank_queries(judge, cfg, queries, rf, done, main)
@@ -302,6 +312,16 @@ def _rank_misfit(judge, q: dict) -> str | None:
     """The longest match of a query (its two longest candidates) decides whether every match fits."""
     a, b = sorted(q["candidates"], key=len)[-2:]
     return misfit(judge, q["id"], q["query"], a, b)
+
+
+def _judge_meta(opts: JudgeOptions) -> dict:
+    """The records' keys of the judge itself: its identity (weights, tokenizer, sampling), prompt and budget."""
+    return {
+        **judge_identity(opts),
+        "max_think_tokens": think_budgets(opts)[0],
+        "direct": opts.direct,
+        "prompt": get_prompt(opts.prompt).key,
+    }
 
 
 def _real_judge(cfg):

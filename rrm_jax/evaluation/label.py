@@ -31,7 +31,16 @@ from rrm_jax.core.seeds import derive_seed
 from rrm_jax.data.records import DataError, read_queries
 from rrm_jax.evaluation.config import JudgeOptions, build_config, validate
 from rrm_jax.evaluation.fit import misfit
-from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, fingerprint_file, move_aside, open_records
+from rrm_jax.evaluation.records import (
+    RECORD_VERSION,
+    EvalError,
+    fingerprint_file,
+    judge_identity,
+    move_aside,
+    open_records,
+    preflight,
+)
+from rrm_jax.judge.prompt import get_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +205,11 @@ def _judge_chunk(judge, chunk, votes: int, seed: int) -> list[dict]:
     return records
 
 
+def label_meta(meta: dict, votes: int, seed: int) -> dict:
+    """The records' meta of a label run: the command's and the run's own keys (both orders always)."""
+    return {**meta, "dataset": "label", "votes": votes, "swap": "both", "seed": seed, "record_version": RECORD_VERSION}
+
+
 def label(
     judge,
     queries: list[dict],
@@ -212,7 +226,7 @@ def label(
     """Label ``queries`` (dicts of :func:`~rrm_jax.data.records.read_queries`) into ``out``; returns the tally."""
     out = Path(out)
     check_output(out, meta.get("source"), restart=restart)
-    meta = {**meta, "dataset": "label", "votes": votes, "swap": "both", "seed": seed, "record_version": RECORD_VERSION}
+    meta = label_meta(meta, votes, seed)
     main = is_main()
     with open_records(records_path(out), meta, restart=restart) as (rf, done):
         if restart and main:
@@ -279,9 +293,17 @@ def label_main(argv: list[str], *, judge=None) -> int:
         raise ConfigError(f"--min-confidence must lie in [0, 1], got {cfg.min_confidence}")
     if judge is None and not cfg.model:
         raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
-    try:
+    try:  # the input, the output and its records are checked before the model's slow load
+        meta = {
+            "source": cfg.queries,
+            "fingerprint": fingerprint_file(cfg.queries),
+            **judge_identity(cfg),
+            "max_think_tokens": cfg.max_think_tokens,
+            "prompt": get_prompt(cfg.prompt).key,
+        }
         queries = read_queries(cfg.queries)
-        check_output(Path(cfg.out), cfg.queries, restart=cfg.restart)  # before the model's slow load
+        check_output(Path(cfg.out), cfg.queries, restart=cfg.restart)
+        preflight(records_path(Path(cfg.out)), label_meta(meta, cfg.votes, cfg.seed), restart=cfg.restart)
     except (DataError, EvalError) as e:
         print(f"rrm-jax label: {e}", file=sys.stderr)
         return 2
@@ -292,13 +314,6 @@ def label_main(argv: list[str], *, judge=None) -> int:
             initialize()
         model = load_model(cfg)
         judge = make_judge(model, clamp_generation(model, cfg), cfg.max_think_tokens)
-    meta = {
-        "source": cfg.queries,
-        "fingerprint": fingerprint_file(cfg.queries),
-        "model": cfg.model or None,
-        "max_think_tokens": cfg.max_think_tokens,
-        "prompt": cfg.prompt,
-    }
     try:
         t = label(
             judge,

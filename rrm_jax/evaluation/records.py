@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.core.hf_io import checkpoint_fingerprint
 from rrm_jax.core.locks import exclusive
 from rrm_jax.data.records import DataError
 from rrm_jax.data.sources import hash_file
@@ -86,8 +87,9 @@ def lock(path: Path):
     return exclusive(path, EvalError(f"{path}: another process is writing these records"))
 
 
-def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None = None) -> None:
-    """Refuse to resume records written for other data (``DATA_KEYS``) or with other settings (``RESUME_KEYS``)."""
+def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None = None, *, write: bool = True) -> None:
+    """Refuse to resume records written for other data (``DATA_KEYS``) or with other settings (``RESUME_KEYS``);
+    then (``write``) record ``meta`` as the output's."""
     if path.exists():
         try:
             old = json.loads(path.read_bytes())
@@ -103,6 +105,8 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
             for k, v in meta.items()
             if k in RESUME_KEYS and old.get(k) != v and (k in old or k not in LATER_KEYS)
         }
+        if "weights" in old and "weights" in meta:  # the weights' content decides, not the path's spelling
+            diff.pop("model", None)
         data = {k: d for k, d in diff.items() if k in DATA_KEYS}
         if data:
             raise EvalError(
@@ -121,9 +125,23 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
             f"{path} is missing beside existing records; cannot tell their settings or data; "
             "use another --out or --restart"
         )
+    if not write:
+        return
     barrier("eval-meta-checked")  # multi-host: everyone has read the old meta before the main process rewrites it
     if is_main():
         path.write_text(json.dumps(meta, indent=1))
+
+
+def preflight(path: str | Path, meta: dict, *, restart: bool = False) -> None:
+    """:func:`open_records`'s checks of an output, read-only, for a command to run before anything slow (the
+    model's load) or written: a resume it would refuse is refused at once, leaving every file as it was."""
+    path = Path(path)
+    if restart:  # the old records will be moved aside, not resumed
+        return
+    mp = meta_path(path)
+    if not mp.exists():
+        mp = _stem_meta(path) or mp
+    check_meta(mp, meta, bool(RecordsFile(path).load(repair=False)), path, write=False)
 
 
 RESUME_KEYS = (
@@ -142,9 +160,35 @@ RESUME_KEYS = (
     "n",
     "extract",
     "policy",
+    "weights",
+    "tokenizer",
+    "sampling",
 )
 DATA_KEYS = ("dataset", "fingerprint", "split")  # what was judged, as opposed to how
-LATER_KEYS = ("split",)
+LATER_KEYS = ("split", "weights", "tokenizer", "sampling")  # absent from older metas
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "max_prompt_tokens", "dtype")
+
+
+def judge_identity(opts) -> dict:
+    """What decides a verdict besides the data and a run's own keys (votes, swap, seed, prompt, budget): the
+    judge's weights and tokenizer by content, and its sampling settings. Every judging command (judge, rank,
+    eval, bon, label) puts it in its records' meta, computed before the model loads, so a resume with another
+    temperature or other weights at the same path is refused, and the same checkpoint spelled two ways is not."""
+    return {
+        "model": opts.model or None,
+        "weights": _identity(opts.model) if opts.model else None,
+        "tokenizer": _identity(opts.tokenizer) if opts.tokenizer else None,
+        "sampling": {k: getattr(opts, k) for k in SAMPLING_KEYS},
+    }
+
+
+def _identity(spec: str) -> str:
+    path = Path(spec)
+    if path.is_dir():
+        return checkpoint_fingerprint(path)
+    if path.is_file():  # a model TOML
+        return "file:" + fingerprint_file(path)
+    return f"name:{spec}"  # a preset or generated tokenizer: its name (and the run's seed) is its content
 
 
 def fingerprint_file(path: str | Path) -> str:
@@ -171,15 +215,21 @@ def meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def _adopt_stem_meta(path: Path) -> None:
-    """Outputs written before the meta was named from the whole name kept it at ``<stem>.meta.json``: rename it
-    to :func:`meta_path`, unless another output of that stem (``v.json`` beside ``v.jsonl``) could own it."""
-    old, new = path.with_name(path.stem + ".meta.json"), meta_path(path)
-    if new.exists() or not old.exists() or not path.exists():
-        return
+def _stem_meta(path: Path) -> Path | None:
+    """Outputs written before the meta was named from the whole name kept it at ``<stem>.meta.json``: that file,
+    when it is this output's (no other output of that stem, ``v.json`` beside ``v.jsonl``, could own it)."""
+    old = path.with_name(path.stem + ".meta.json")
+    if meta_path(path).exists() or not old.exists() or not path.exists():
+        return None
     owners = [p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p.suffix in (".json", ".jsonl")]
-    if [p for p in owners if p != old] == [path]:
-        old.rename(new)
+    return old if [p for p in owners if p != old] == [path] else None
+
+
+def _adopt_stem_meta(path: Path) -> None:
+    """Rename an older output's :func:`_stem_meta` to :func:`meta_path`."""
+    old = _stem_meta(path)
+    if old is not None:
+        old.rename(meta_path(path))
 
 
 @contextlib.contextmanager

@@ -66,6 +66,11 @@ def to_dataset_frame(v, flipped: bool):
 
 
 # ---------------------------------------------------------------------------------------------- the run
+def run_meta(meta: dict, votes: int, swap: str, seed: int, adaptive: bool) -> dict:
+    """A records file's meta: the command's (data, judge identity, prompt, budget) and the run's own keys."""
+    return {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive, "record_version": RECORD_VERSION}
+
+
 def run_records(
     judge,
     items: Sequence[PairRecord],
@@ -92,7 +97,7 @@ def run_records(
     path = Path(records_path)
     if len({r.id for r in items}) != len(items):
         raise DataError("items have duplicate ids")
-    meta = {**meta, "votes": votes, "swap": swap, "seed": seed, "adaptive": adaptive, "record_version": RECORD_VERSION}
+    meta = run_meta(meta, votes, swap, seed, adaptive)
     # multi-host: every process judges every chunk (the sampler's collectives need all of them) and
     # reads the same records to resume; the main process alone locks, repairs and appends
     main = is_main()
@@ -167,6 +172,23 @@ def _judge_chunk(judge, chunk, meta, votes, swap, seed, adaptive) -> list[dict]:
     return out
 
 
+def eval_meta(dataset, kind: str, setting: Setting, prompt: str | None, extra_meta: dict | None = None) -> dict:
+    """The meta of one setting's records in :func:`evaluate` (before :func:`run_meta`'s run keys)."""
+    return {
+        "dataset": kind,
+        "source": getattr(dataset, "source", None),
+        "fingerprint": getattr(dataset, "fingerprint", None),
+        "setting": setting.tag,
+        "max_think_tokens": setting.max_think_tokens,
+        "prompt": prompt,
+        **(extra_meta or {}),
+    }
+
+
+def records_path(out_dir: str | Path, setting: Setting) -> Path:
+    return Path(out_dir) / f"records-{setting.tag}.jsonl"
+
+
 def evaluate(
     judge,
     dataset,
@@ -198,20 +220,11 @@ def evaluate(
     elif setting.votes != votes:
         raise ValueError(f"setting.votes={setting.votes} but votes={votes}")
     out = Path(out_dir)
-    prompt = getattr(getattr(judge, "prompt", None), "key", None)
-    meta = {
-        "dataset": kind,
-        "source": getattr(dataset, "source", None),
-        "fingerprint": getattr(dataset, "fingerprint", None),
-        "setting": setting.tag,
-        "max_think_tokens": setting.max_think_tokens,
-        "prompt": prompt,
-        **(extra_meta or {}),
-    }
+    meta = eval_meta(dataset, kind, setting, getattr(getattr(judge, "prompt", None), "key", None), extra_meta)
     records = run_records(
         judge,
         items,
-        out / f"records-{setting.tag}.jsonl",
+        records_path(out, setting),
         meta=meta,
         votes=votes,
         swap=swap,
