@@ -64,6 +64,12 @@ def pytest_addoption(parser):
     parser.addini("max_test_seconds", "per-test budget of the default tier, in seconds (0: no budget)", default="0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: a slow test may state its usual seconds, ``@pytest.mark.slow(170)``, so pytest-xdist starts
+    the long ones at once on different workers and the short ones fill in behind (others keep their order)."""
+    items.sort(key=lambda item: -max([m.args[0] for m in item.iter_markers("slow") if m.args] or [0]))
+
+
 _spent: dict[str, float] = {}
 _slow: set[str] = set()
 

@@ -114,7 +114,7 @@ def test_quick_demo_feedback_loop_raises_the_policy_on_judge_verdicts_alone(quic
         assert bon[judged] > bon["random"] + 0.15 and bon[judged] > bon["majority"] and bon[judged] <= bon["oracle"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(50)
 def test_the_saved_judge_judges_from_a_fresh_process(quick_run, tmp_path):
     """What the README's first command leaves is a judge every command can use: `rrm-jax judge` in a new process
     on OUT/judge (its saved tokenizer, through AutoTokenizer) and the held-out pairs gets the demo's accuracy

@@ -50,7 +50,7 @@ def _run_pair(cmd, devices_each: int, timeout: int = 600) -> list[str]:
     return outs
 
 
-@pytest.mark.slow
+@pytest.mark.slow(100)
 def test_two_processes_train_like_one(tmp_path):
     from rrm_jax.core.hf_io import SafetensorsFile
 
@@ -83,7 +83,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert json.loads((tmp_path / "multi" / "summary.json").read_text())["steps"] == 2
 
 
-@pytest.mark.slow
+@pytest.mark.slow(170)
 def test_two_processes_evaluate_like_one(tmp_path):
     """`rrm-jax eval --distributed`: the dataset is built once, both processes judge every chunk, one writes."""
     from rrm_jax.core.tokenizers import byte_tokenizer

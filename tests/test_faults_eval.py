@@ -513,6 +513,31 @@ def test_unknown_prompt_and_impossible_mesh_are_one_line(tmp_path, capsys):
         make_mesh((4, 4, 4))
 
 
+def test_tokenizerless_models_surrogates_and_bad_prompt_bytes_are_one_line(tmp_path, capsys):
+    """Issue 22.9: `rank --model tiny` without a tokenizer, a lone surrogate ("\\ud800") in a JSONL, invalid UTF-8
+    in `generate --prompt` and `--prompt 'ids:1,x'` (which said the model had no tokenizer) were tracebacks or
+    wrong; each is one line naming the field, rc 2."""
+    from rrm_jax.cli import main
+
+    queries = tmp_path / "q.jsonl"
+    _queries(queries, "q")
+    assert main(["rank", "--queries", str(queries), "--out", str(tmp_path / "r.jsonl"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model tiny: has no tokenizer; pass --tokenizer DIR" in err, err
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"query": "q\\ud800", "response_a": "a", "response_b": "b", "label": 0}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:1:query: a lone surrogate \('\\ud800'\) at character 1"):
+        read_pairs_jsonl(pairs)
+    queries.write_text('{"query": "q", "candidates": ["x", "\\udc80y"]}\n')
+    with pytest.raises(DataError, match=r"q.jsonl:1:candidates\[1\]: a lone surrogate"):
+        read_queries(queries)
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over argv bytes that are not UTF-8
+    assert main(["generate", "--model", "tiny", "--prompt", bad]) == 2
+    assert "--prompt: not UTF-8 text (byte 0xe9 at character 3)" in capsys.readouterr().err
+    assert main(["generate", "--model", "tiny", "--prompt", "ids:1,x"]) == 2
+    assert "--prompt 'ids:1,x': 'ids:' takes integer token ids separated by commas or spaces" in capsys.readouterr().err
+
+
 def test_python_api_bad_values_say_what_is_wrong():
     """Issue 22.9: `judge.rank("q", "abc")` ranked a string as 3 candidates; `votes=2.5` and `init(seed=1.5)`
     were bare TypeErrors from deep inside."""

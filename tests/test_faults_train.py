@@ -131,6 +131,24 @@ def test_rerunning_a_finished_run_changes_nothing_and_more_steps_continue(tmp_pa
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
+def test_resume_with_another_recipe_or_data_is_refused_and_the_run_keeps_its_config(tmp_path, model):
+    """Issue 22.5: a resume with another learning rate or other data went on ("resumed from step 2") and
+    overwrote config.toml, losing the run's own. Refused now, every file kept; steps and how it runs may change."""
+    train(_sft(tmp_path, "r", 2), model=model(), progress=False)
+    run, data = tmp_path / "r", tmp_path / "traces.jsonl"
+    kept = {f: (run / f).read_bytes() for f in ("config.toml", "metrics.jsonl", "data_report.json")}
+    with pytest.raises(ConfigError, match=r"r holds a run of another recipe or data \(optim.lr=.* there, 0.5 now\)"):
+        train(_sft(tmp_path, "r", 4, **{"optim.lr": 0.5}), model=model(), progress=False)
+    original = data.read_text()
+    data.write_text(original.replace("+1=", "+2="))
+    with pytest.raises(ConfigError, match=r"data .*traces.jsonl has other content \(fingerprint \w+ there, \w+ now\)"):
+        train(_sft(tmp_path, "r", 4), model=model(), progress=False)
+    assert {f: (run / f).read_bytes() for f in kept} == kept
+    data.write_text(original)
+    more = train(_sft(tmp_path, "r", 4, keep=2, save_every=1), model=model(), progress=False)
+    assert more["resumed_from"] == 2 and _steps(run) == [1, 2, 3, 4]
+
+
 def test_a_run_killed_before_its_summary_exports_on_rerun(tmp_path, model, capsys):
     first = train(_sft(tmp_path, "r", 2), model=model(), progress=False)
     run = tmp_path / "r"

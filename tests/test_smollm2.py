@@ -94,7 +94,7 @@ def _greedy_rrm(model, prompt_ids: list[int], steps: int) -> list[int]:
     return ids[len(prompt_ids) :]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(70)
 def test_greedy_continuation_matches_transformers(smollm2_dir, mesh1):
     import transformers
 

@@ -68,3 +68,18 @@ def test_a_tokenizer_auto_tokenizer_would_change_is_refused_before_anything_is_w
     with pytest.raises(CheckpointError, match="AutoTokenizer would reload this tokenizer as Qwen2Tokenizer"):
         _export(old, mesh1, tmp_path / "judge")
     assert not (tmp_path / "judge").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(mesh1, tmp_path, shared_dir, capsys):
+    """Issue 22.9: ids past the embedding were clamped to its last row (silently other text)."""
+    with pytest.raises(rrm_jax.ConfigError, match="has 105 tokens but the model rrm-demo embeds 64: ids past"):
+        rrm_jax.init(task.model_config(vocab_size=64), mesh=mesh1, tokenizer=char_tokenizer())
+    from rrm_jax.cli import main
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "q", "candidates": ["a", "b"]}) + "\n")
+    r1 = str(shared_dir / "tokenizers" / "deepseek-r1-distill-qwen")
+    argv = ["rank", "--queries", str(queries), "--out", str(tmp_path / "r.jsonl"), "--model", "tiny"]
+    assert main(argv + ["--tokenizer", r1]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokens but the model tiny embeds 512" in err, err

@@ -167,7 +167,7 @@ def _cfg(run_dir, steps):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(40)
 def test_kill_and_resume_reproduces_metrics_bit_for_bit(tmp_path, mesh1):
     from rrm_jax.training.cli import plot_cli
     from rrm_jax.training.loop import train

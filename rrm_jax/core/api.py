@@ -36,6 +36,16 @@ class Model:
     rules: ShardingRules = DEFAULT_RULES
     tokenizer: Any = None
 
+    def __post_init__(self):
+        # ids past the embedding would be clamped to its last row by the gather: silently other text
+        n = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else 0
+        if n > self.config.vocab_size:
+            name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
+            raise ConfigError(
+                f"tokenizer {name} has {n} tokens but the model{' ' + self.config.name if self.config.name else ''} "
+                f"embeds {self.config.vocab_size}: ids past that have no embedding; use the model's own tokenizer"
+            )
+
     @property
     def module(self) -> Qwen2:
         return nnx.merge(self.graphdef, self.state)

@@ -104,6 +104,8 @@ class _Ctx:
             v = str(v)
         if not isinstance(v, str):
             raise _Bad(key, f"expected a string, got {type(v).__name__}")
+        if (why := _not_text(v)) is not None:
+            raise _Bad(key, why)
         if not v.strip():
             if self.strict_text:
                 raise _Bad(key, "empty")
@@ -344,6 +346,16 @@ def download_rewardbench(cache_dir: str | Path | None = None) -> Path:
     return Path(root) / "data"
 
 
+def _not_text(v: str) -> str | None:
+    """Why a decoded JSON string is no text: JSON's ``\\ud800`` escapes give lone surrogates, which no tokenizer
+    and no UTF-8 file can take."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate ({v[e.start]!r}) at character {e.start}: not text"
+    return None
+
+
 def read_queries(path: str | Path) -> list[dict]:
     """JSONL of {query, candidates: [>= 2 strings], [id]} with file:line:field errors."""
     out, seen = [], set()
@@ -364,6 +376,9 @@ def read_queries(path: str | Path) -> list[dict]:
         c = item.get("candidates")
         if not isinstance(c, list) or len(c) < 2 or not all(isinstance(x, str) for x in c):
             raise DataError(f"{p}:{n}:candidates: expected a list of >= 2 strings")
+        for field, text in [("query", item["query"])] + [(f"candidates[{i}]", x) for i, x in enumerate(c)]:
+            if (why := _not_text(text)) is not None:
+                raise DataError(f"{p}:{n}:{field}: {why}")
         qid = item.get("id", f"{p.stem}-{n}")
         if isinstance(qid, bool) or not isinstance(qid, (int, str)):
             raise DataError(f"{p}:{n}:id: expected an int or string, got {type(qid).__name__}")

@@ -61,6 +61,11 @@ def load_model(opts: JudgeOptions):
     model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
     if model.tokenizer is None and opts.tokenizer:
         model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
+    if model.tokenizer is None:  # a judge renders its prompt through a chat template
+        raise ConfigError(
+            f"--model {opts.model}: has no tokenizer; pass --tokenizer DIR (a tokenizer directory or hub id, or "
+            "bytes / chars for a generated one)"
+        )
     return model
 
 

@@ -61,8 +61,7 @@ def main(argv: list[str]) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     # exit 1 when it does not fit; a partial plan (--only) exits 0 when the programs it compiled fit
-    compiled_fit = result["margin_gib"] >= 0 and not any(r["refused"] for r in result["programs"])
-    return 0 if result["fits"] or (result["partial"] and compiled_fit) else 1
+    return 0 if result["programs_fit"] else 1
 
 
 def print_table(p: dict, file) -> None:

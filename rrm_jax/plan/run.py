@@ -216,6 +216,8 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
     n_params = mcfg.num_params
     model_flops = 6 * n_params * nrows * t  # the update's useful work (whole batch, all chips)
     step_s = sum(r["seconds_per_step"] for r in rows)
+    # a partial plan (--only) compiled some programs: whether they fit is known, whether the recipe fits is not
+    programs_fit = peak <= hbm and not any(r["refused"] for r in rows)
     return dict(
         topology=topo.name,
         libtpu_topology=topo.libtpu_name,
@@ -243,7 +245,8 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
         peak_bytes=peak,
         peak_program=worst,
         hbm_bytes=hbm,
-        fits=peak <= hbm and not any(r["refused"] for r in rows) and not partial,
+        programs_fit=programs_fit,
+        fits=None if partial else programs_fit,
         parts=sorted(applies & set(only), key=PARTS.index),
         partial=partial,
         margin_gib=(hbm - peak) / GIB,
@@ -276,6 +279,6 @@ def fits_line(p: dict) -> str:
         where = "on-chip VMEM" if any("vmem" in r["note"].lower() for r in refused) else "HBM"
         verdict = f"does not fit: the compiler refused {', '.join(r['program'] for r in refused)} (out of {where})"
     part = f" (partial plan: {', '.join(p['parts'])} only)" if p["partial"] else ""
-    if part and p["peak_bytes"] <= p["hbm_bytes"] and not any(r["refused"] for r in p["programs"]):
+    if part and p["programs_fit"]:
         verdict = f"these programs fit: {gib:.1f} of {p['chip_peaks']['hbm_gib']:.0f} GiB per chip"
     return f"{p['topology']} ({p['chips']} x {p['chip']}): {verdict}; peak in {p['peak_program']}{part}"

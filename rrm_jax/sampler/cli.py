@@ -38,6 +38,14 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--max-slots", type=int, default=32)
     args = ap.parse_args(argv)
+    for p in args.prompt:  # before the model loads
+        try:  # argv bytes that are not UTF-8 arrive as lone surrogates (Python's surrogateescape)
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            byte = ord(p[e.start]) - 0xDC00 if 0xDC80 <= ord(p[e.start]) <= 0xDCFF else None
+            what = f"byte 0x{byte:02x}" if byte is not None else repr(p[e.start])
+            print(f"rrm-jax generate: --prompt: not UTF-8 text ({what} at character {e.start})", file=sys.stderr)
+            return 2
     try:
         model = api.load_or_init(args.model, dtype=jnp.dtype(args.dtype))
     except (ConfigError, CheckpointError) as e:
@@ -49,10 +57,12 @@ def cli(argv: list[str]) -> int:
             try:
                 prompts.append([int(x) for x in p.removeprefix("ids:").replace(",", " ").split()])
             except ValueError:
-                print(
-                    f"rrm-jax generate: --prompt {p!r}: the model has no tokenizer; pass token ids like '1 2 3'",
-                    file=sys.stderr,
+                why = (
+                    "'ids:' takes integer token ids separated by commas or spaces"
+                    if p.startswith("ids:")
+                    else "the model has no tokenizer; pass token ids like '1 2 3'"
                 )
+                print(f"rrm-jax generate: --prompt {p!r}: {why}", file=sys.stderr)
                 return 2
         else:
             prompts.append(p)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rrm_jax.core.api import load_or_init, save_hf
-from rrm_jax.core.configs import write_toml
+from rrm_jax.core.configs import dump_toml, write_toml
 from rrm_jax.core.distributed import initialize, is_main
 from rrm_jax.core.errors import ConfigError, DataError
 from rrm_jax.core.locks import exclusive
@@ -47,7 +47,7 @@ def build_model(cfg: TrainConfig):
         attention_impl=cfg.attention,
     )
     if model.tokenizer is None:
-        raise ValueError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
+        raise ConfigError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
     return model
 
 
@@ -115,6 +115,70 @@ def _finished(run_dir: Path, config: TrainConfig, done: int) -> dict:
     return {**base, **summary, "finished": True}
 
 
+# what may change between a run and its resume: how it runs, not what it trains (steps continues or extends it)
+RESUMABLE_CHANGES = (
+    "steps",
+    "run_dir",
+    "mesh",
+    "distributed",
+    "save_every",
+    "keep",
+    "async_checkpoint",
+    "export_hf",
+    "tensorboard",
+    "remat",
+    "attention",
+)
+
+
+def data_fingerprint(config: TrainConfig) -> str | None:
+    """A content hash of the recipe's data file (None for synthetic data, which the seed defines)."""
+    if not config.data.path or not Path(config.data.path).is_file():
+        return None
+    import hashlib
+
+    from rrm_jax.data.sources import hash_file
+
+    h = hashlib.sha256()
+    hash_file(h, config.data.path)
+    return h.hexdigest()[:16]
+
+
+def check_resume(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse, in one line, to resume ``run_dir`` with a recipe or data other than its own: its config.toml and
+    the data fingerprint in data_report.json against this run's (fields only one side has are not compared:
+    runs written before them). Only :data:`RESUMABLE_CHANGES` may differ."""
+    import tomllib
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    try:
+        old = dict(flat(tomllib.loads((run_dir / "config.toml").read_text())))
+        was = json.loads((run_dir / "data_report.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable record of the run's recipe (an older or hand-made run dir): nothing to compare
+    new = dict(flat(tomllib.loads(dump_toml(config))))
+    changed = [
+        f"{k}={old[k]!r} there, {new[k]!r} now"
+        for k in sorted(old.keys() & new.keys())
+        if old[k] != new[k] and k.split(".")[0] not in RESUMABLE_CHANGES
+    ]
+    now = data_fingerprint(config)
+    if was is not None and now is not None and was != now:
+        changed.append(f"data {config.data.path} has other content (fingerprint {was} there, {now} now)")
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a run of another recipe or data ({'; '.join(changed)}); resuming would mix two runs: "
+            "use another run_dir, or the run's own values (steps may change, and how it runs: mesh, checkpointing, "
+            "remat)"
+        )
+
+
 def _summary_steps(run_dir: Path) -> int:
     try:
         return int(json.loads((run_dir / "summary.json").read_text())["steps"])
@@ -162,6 +226,8 @@ def _train(
         # its summary (the HF export runs in between) is not finished: it resumes with no steps left and exports
         if done is not None and done >= config.steps and _summary_steps(run_dir) >= done:
             return _finished(run_dir, config, done)
+        if done is not None:  # a resume continues this run: the recipe and the data must be the run's
+            check_resume(run_dir, config)
         if main:
             write_toml(config, run_dir / "config.toml")
         model = model or build_model(config)
@@ -177,7 +243,7 @@ def _train(
             pipe = DPOPipeline(data_path, model.tokenizer, config)
         else:
             pipe = SFTPipeline(data_path, model.tokenizer, config)
-        report = dict(data_report, **pipe.report)
+        report = dict(data_report, **pipe.report, fingerprint=data_fingerprint(config))
         if main:
             (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
 
