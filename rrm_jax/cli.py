@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DataError) as e:  # bad input: one line naming it, not a traceback
         print(f"rrm-jax {argv[0]}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only or full disk, a directory where a file goes: one line naming the path
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"rrm-jax {argv[0]}: {where}{e.strerror or e}; records and checkpoints written so far are whole",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt as e:
         how = e.args[0] if e.args else "SIGINT"
         print(

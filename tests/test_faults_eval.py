@@ -538,6 +538,27 @@ def test_tokenizerless_models_surrogates_and_bad_prompt_bytes_are_one_line(tmp_p
     assert "--prompt 'ids:1,x': 'ids:' takes integer token ids separated by commas or spaces" in capsys.readouterr().err
 
 
+def test_outputs_that_cannot_hold_records_are_one_line(tmp_path, capsys):
+    """Issue 22.9: `--out` that is a directory, /dev/null (which also left /dev/null.meta.json) or unwritable
+    (as root only a pseudo file system refuses: /proc), and eval's `--out` an existing file, were tracebacks."""
+    from rrm_jax.cli import main
+
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(_row() + "\n")
+    judge = ["judge", "--pairs", str(pairs), "--model", "tiny", "--tokenizer", "bytes", "--out"]
+    for out, msg in ((str(tmp_path), "not a regular file"), ("/dev/null", "--out /dev/null: not a regular file")):
+        assert main(judge + [out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+    assert not Path("/dev/null.meta.json").exists()
+    assert main(judge + ["/proc/rrm-jax-test/v.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rrm-jax judge: /proc/rrm-jax-test"), err
+    ev = ["eval", "--dataset", "jsonl", "--data", str(pairs), "--model", "tiny", "--out", str(pairs)]
+    assert main(ev) == 2
+    assert "is a file; `rrm-jax eval` writes a directory" in capsys.readouterr().err
+
+
 def test_python_api_bad_values_say_what_is_wrong():
     """Issue 22.9: `judge.rank("q", "abc")` ranked a string as 3 candidates; `votes=2.5` and `init(seed=1.5)`
     were bare TypeErrors from deep inside."""

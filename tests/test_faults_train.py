@@ -149,6 +149,23 @@ def test_resume_with_another_recipe_or_data_is_refused_and_the_run_keeps_its_con
     assert more["resumed_from"] == 2 and _steps(run) == [1, 2, 3, 4]
 
 
+def test_training_data_with_nothing_usable_is_one_line(tmp_path, capsys):
+    """Issue 22.9: an empty data file, or one whose rows are all dropped, was a traceback."""
+    data = tmp_path / "traces.jsonl"
+    for text in ("", json.dumps({"prompt": "1+1=", "nothing": "2"}) + "\n"):
+        data.write_text(text)
+        over = [
+            f"run_dir='{tmp_path / 'run'}'",
+            "mode='sft'",
+            "data.synthetic=0",
+            f"data.path='{data}'",
+            "mesh=[1,-1,1]",
+        ]
+        assert rrm_main(["train", "tiny", *over]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"rrm-jax train: {data}: no usable traces (dropped: " in err, err
+
+
 def test_a_run_killed_before_its_summary_exports_on_rerun(tmp_path, model, capsys):
     first = train(_sft(tmp_path, "r", 2), model=model(), progress=False)
     run = tmp_path / "r"

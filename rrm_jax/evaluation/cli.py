@@ -110,6 +110,8 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     except (DataError, ValueError) as e:
         print(f"rrm-jax eval: {e}", file=sys.stderr)
         return 2
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; `rrm-jax eval` writes a directory (config, records, summary)")
     # every setting's records checked before anything is written or loaded: a refused run changes no file
     identity = {**judge_identity(cfg), "split": cfg.split, "prompt": get_prompt(cfg.prompt).key}
     try:

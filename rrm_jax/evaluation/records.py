@@ -132,10 +132,19 @@ def check_meta(path: Path, meta: dict, have_records: bool, records: Path | None 
         path.write_text(json.dumps(meta, indent=1))
 
 
+def check_writable(path: Path) -> None:
+    """A records file must be a regular file (or none yet) in a directory that can be made: not a directory, not
+    a device such as /dev/null (beside which its meta would be written)."""
+    if path.exists() and not path.is_file():
+        raise EvalError(f"--out {path}: not a regular file; the records need a file of their own")
+    path.parent.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, before any model loads
+
+
 def preflight(path: str | Path, meta: dict, *, restart: bool = False) -> None:
     """:func:`open_records`'s checks of an output, read-only, for a command to run before anything slow (the
     model's load) or written: a resume it would refuse is refused at once, leaving every file as it was."""
     path = Path(path)
+    check_writable(path)
     if restart:  # the old records will be moved aside, not resumed
         return
     mp = meta_path(path)
@@ -239,7 +248,7 @@ def open_records(path: str | Path, meta: dict, *, restart: bool = False):
     Every writer of a records file goes through here, so none of them can skip the lock or the data check.
     Multi-host: only the main process locks, repairs, moves and writes; every process reads."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     main = is_main()
     with lock(path.with_name(path.name + ".lock")) if main else contextlib.nullcontext():
         if restart:

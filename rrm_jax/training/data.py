@@ -23,6 +23,7 @@ import grain
 import numpy as np
 
 from rrm_jax.core.distributed import barrier, is_main
+from rrm_jax.core.errors import ConfigError, DataError
 from rrm_jax.training.rl.rollout import check_pair, to_prompt, to_query_prompt
 
 MAX_REPORTED = 5
@@ -57,10 +58,10 @@ def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
         barrier("synthetic-pairs")
         return path, {"synthetic": d.synthetic}
     if not d.path:
-        raise ValueError("data.path is empty (set it, or data.synthetic = N for generated pairs)")
+        raise ConfigError("data.path is empty (set it, or data.synthetic = N for generated pairs)")
     path = Path(d.path)
     if not path.exists():
-        raise FileNotFoundError(f"data.path {path} does not exist")
+        raise DataError(f"data.path {path} does not exist")
     return path, {}
 
 
@@ -131,7 +132,7 @@ def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_toke
                 continue
             kept.append({k: p[k] for k in ("query", "chosen", "rejected")})
     if not kept:
-        raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+        raise DataError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
     return kept, {
         "read": len(kept) + sum(reasons.values()),
         "kept": len(kept),
@@ -209,7 +210,7 @@ class QueryPipeline(_Pipeline):
                 continue
             items.append(item)
         if not items:
-            raise ValueError(f"{path}: no usable queries (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+            raise DataError(f"{path}: no usable queries (dropped: {dict(reasons)}; e.g. {problems[:3]})")
         self.report = {
             "read": len(recs) + sum(reasons.values()),
             "kept": len(items),
@@ -253,7 +254,7 @@ class SFTPipeline(_Pipeline):
                 continue
             items.append((np.asarray(p, np.int32), np.asarray(c, np.int32)))
         if not items:
-            raise ValueError(f"{path}: no usable traces (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+            raise DataError(f"{path}: no usable traces (dropped: {dict(reasons)}; e.g. {problems[:3]})")
         self.report = {
             "read": len(recs) + sum(reasons.values()),
             "kept": len(items),

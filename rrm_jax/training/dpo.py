@@ -15,6 +15,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from rrm_jax.core.errors import DataError
 from rrm_jax.core.tokenizers import chat_prompt
 from rrm_jax.training.data import _Pipeline, _read_jsonl, normalise_pair, sequence_limit
 from rrm_jax.training.rl.rollout import bucket_len, check_pair, pack
@@ -71,7 +72,7 @@ def read_dpo_pairs(path: Path, tokenizer, max_len: int) -> tuple[list[dict], dic
             continue
         kept.append(item)
     if not kept:
-        raise ValueError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
+        raise DataError(f"{path}: no usable preference pairs (dropped: {dict(reasons)}; e.g. {problems[:3]})")
     return kept, {
         "read": len(kept) + sum(reasons.values()),
         "kept": len(kept),
