@@ -36,16 +36,6 @@ class Model:
     rules: ShardingRules = DEFAULT_RULES
     tokenizer: Any = None
 
-    def __post_init__(self):
-        # ids past the embedding would be clamped to its last row by the gather: silently other text
-        n = len(self.tokenizer) if hasattr(self.tokenizer, "__len__") else 0
-        if n > self.config.vocab_size:
-            name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
-            raise ConfigError(
-                f"tokenizer {name} has {n} tokens but the model{' ' + self.config.name if self.config.name else ''} "
-                f"embeds {self.config.vocab_size}: ids past that have no embedding; use the model's own tokenizer"
-            )
-
     @property
     def module(self) -> Qwen2:
         return nnx.merge(self.graphdef, self.state)
@@ -156,6 +146,20 @@ def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, see
     return make, nnx.split(nnx.eval_shape(make))
 
 
+def check_tokenizer_fits(cfg: ModelConfig, tokenizer) -> None:
+    """Refuse a tokenizer paired by hand with a model whose embedding is smaller than its vocabulary: ids past the
+    embedding would be clamped to its last row by the gather (silently other text). Its base vocabulary counts:
+    added tokens may lie past the embedding, as real ones do (the DeepSeek-R1-Distill-Qwen tokenizer: 151,643
+    base tokens, added ones numbered up to 152,063, beside Qwen2 embeddings of 151,936 rows)."""
+    base = getattr(tokenizer, "vocab_size", None)
+    if isinstance(base, int) and base > cfg.vocab_size:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(
+            f"tokenizer {name} has {base} tokens but the model{' ' + cfg.name if cfg.name else ''} embeds "
+            f"{cfg.vocab_size}: ids past that have no embedding; use the model's own tokenizer"
+        )
+
+
 def init(
     config_or_toml,
     *,
@@ -175,6 +179,8 @@ def init(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ConfigError(f"init(seed={seed!r}): the seed must be an integer")
     cfg = resolve_config(config_or_toml)
+    if tokenizer is not None:
+        check_tokenizer_fits(cfg, tokenizer)
     mesh = as_auto(mesh)
     make, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, seed)
     shardings = state_shardings(abstract, mesh, rules)

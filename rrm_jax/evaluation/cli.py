@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rrm_jax.core.api import load_or_init
+from rrm_jax.core.api import check_tokenizer_fits, load_or_init
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.distributed import initialize, is_main
 from rrm_jax.core.errors import ConfigError
@@ -60,7 +60,9 @@ def load_model(opts: JudgeOptions):
         mesh = make_mesh(opts.mesh, devices=jax.devices()[: int(np.prod(opts.mesh))])
     model = load_or_init(opts.model, seed=opts.seed, mesh=mesh, dtype=jnp.dtype(opts.dtype))
     if model.tokenizer is None and opts.tokenizer:
-        model = dataclasses.replace(model, tokenizer=load_tokenizer(opts.tokenizer))
+        tokenizer = load_tokenizer(opts.tokenizer)
+        check_tokenizer_fits(model.config, tokenizer)
+        model = dataclasses.replace(model, tokenizer=tokenizer)
     if model.tokenizer is None:  # a judge renders its prompt through a chat template
         raise ConfigError(
             f"--model {opts.model}: has no tokenizer; pass --tokenizer DIR (a tokenizer directory or hub id, or "
