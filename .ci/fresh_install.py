@@ -24,4 +24,14 @@ prompt = judge.render("What is 2+2?", "4", "5")
 assert "What is 2+2?" in prompt, prompt[:200]
 v = judge.compare("What is 2+2?", "4", "5")
 print(f"generate: {out[0].num_tokens} tokens; judge verdict {v.winner} from {v.tokens} tokens")
+
+# `rrm-jax serve` without the [serve] extra: one line naming the extra, before any model loads
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+cli = Path(sys.executable).with_name("rrm-jax")
+r = subprocess.run([str(cli), "serve", "--model", "tiny"], capture_output=True, text=True)
+assert r.returncode == 2 and "pip install 'rrm-jax[serve]'" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+print("rrm-jax serve without [serve]: one line naming the extra")
 print("fresh install OK")

@@ -5,10 +5,7 @@ The public API. The house, bottom up (an import may only go down, see tests/test
 (prompt, verdicts, Judge, tournaments) -> ``evaluation`` and ``training`` -> ``demo`` -> ``cli``, ``benchmarks``.
 """
 
-from rrm_jax import moved
 from rrm_jax.core.errors import CheckpointError, ConfigError
-
-moved.install()
 
 # Everything that needs jax loads lazily, so `import rrm_jax` (and the `rrm-jax` command's start, which may
 # re-execute itself before any work: rrm_jax.core.hugepages) stays light.
@@ -26,7 +23,8 @@ _LAZY = {
     "Judge": "rrm_jax.judge",
     "Verdict": "rrm_jax.judge",
 }
-_SUBMODULES = {"scoring": "rrm_jax.evaluation.scoring"}  # the benchmarks' scoring rules, public as rrm_jax.scoring
+# the benchmarks' scoring rules (rrm_jax.scoring) and the judge as other RL stacks' reward function
+_SUBMODULES = {"scoring": "rrm_jax.evaluation.scoring", "rewards": "rrm_jax.rewards"}
 
 
 def __getattr__(name):
@@ -36,8 +34,6 @@ def __getattr__(name):
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _SUBMODULES:
         return importlib.import_module(_SUBMODULES[name])
-    if moved.new_home(f"rrm_jax.{name}") is not None:  # rrm_jax.hf_io.X of the flat layout
-        return importlib.import_module(f"rrm_jax.{name}")
     raise AttributeError(f"module 'rrm_jax' has no attribute {name!r}")
 
 

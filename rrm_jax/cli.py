@@ -20,8 +20,10 @@ COMMANDS = {
     "eval": ("rrm_jax.evaluation.cli:eval_main", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL"),
     "bon": ("rrm_jax.evaluation.bon_cli:bon_main", "reward-guided best-of-N: a judge picks among candidates"),
     "label": ("rrm_jax.evaluation.label:label_main", "judge-labelled preference pairs for DPO from candidates"),
+    "filter": ("rrm_jax.evaluation.filter:filter_main", "drop the training pairs a judge already gets right k of k"),
     "train": ("rrm_jax.training.cli:cli", "train an RRM with GRPO (or SFT, or a policy with DPO) from a recipe TOML"),
     "plot": ("rrm_jax.training.cli:plot_cli", "plot a training run's metrics"),
+    "serve": ("rrm_jax.serve.cli:main", "serve a judge over HTTP: OpenAI-compatible, /v1/judge, /v1/rewards"),
     "plan": ("rrm_jax.plan.cli:main", "compile a recipe for a TPU slice (libtpu): memory per chip, FLOPs, MFU"),
     "bench": ("rrm_jax.benchmarks:cli", "benchmarks: " + " | ".join(BENCHES)),
 }

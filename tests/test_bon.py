@@ -350,3 +350,89 @@ def test_random_pick_is_seeded_per_query_and_n():
     assert zlib.crc32(b"q0") == bon._key("q0")
     with pytest.raises(DataError, match="duplicate ids"):
         run_bon(None, [it, it], "unused", meta={}, strategies=("random",))
+
+
+def test_ppe_best_of_k_rows_run_through_bon_as_their_own_files(tmp_path, capsys):
+    """Issue 25.1: PPE's best-of-K rows {question_id, prompt, response_1..K, scores} (as .jsonl and as its .parquet)
+    read as the same queries, and `rrm-jax bon` runs them: the same summary from either file."""
+    items = one_right_items(16, k=4, seed=5)
+    rows = [
+        {"question_id": it.id, "prompt": it.query, **{f"response_{i + 1}": c for i, c in enumerate(it.candidates)},
+         "scores": [int(ok) for ok in it.correct], "model_name": "m"}
+        for it in items
+    ]  # fmt: skip
+    jsonl = tmp_path / "ppe.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_bon(jsonl) == items
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "ppe.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    assert read_bon(parquet) == items
+    args = [
+        "--n",
+        "2,4",
+        "--strategy",
+        "knockout,elo,oracle",
+        "--progress",
+        "false",
+        "--model",
+        "tiny",
+        "--plots",
+        "false",
+    ]
+    summaries = []
+    for name, data in (("a", jsonl), ("b", parquet)):
+        assert bon_main([str(data), "--out", str(tmp_path / name), *args], judge=SimJudge()) == 0
+        summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
+    assert summaries[0]["accuracy"]["oracle"]["4"] == 1.0  # each query holds its one right answer among 4
+    assert summaries[0]["accuracy"]["knockout"]["4"] > 0.25  # the judge beats a random pick of 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**rows[0], "scores": [1]}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1:correct: 1 entries for 4 candidates"):
+        read_bon(bad)
+
+
+def test_the_rrm_conflict_pair_protocol_scores_each_run_and_the_vote_across_runs(tmp_path, capsys):
+    """Issue 25.1: --protocol rrm-conflict-pairs: per question with a conflict, `rounds` seeded correct-vs-incorrect
+    pairs; one verdict per run and seed, shown in a seeded order; accuracy per run (no verdict 0.5) and of the
+    majority across runs, recomputed here from the records; questions without a conflict are counted out."""
+    from rrm_jax.evaluation.conflict import conflict_pairs
+
+    class RunJudge:  # right with probability 0.7, a fresh draw per run (seed) and pair; says nothing on 1 in 10
+        calls = 0
+
+        def compare_many(self, pairs, *, votes=1, swap="none", seed=0, **kw):
+            self.calls += 1
+            out = []
+            for q, a, b in pairs:
+                u = np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32((q + a + b).encode())]).random(2)
+                w = None if u[1] < 0.1 else int((u[0] < 0.7) != a.startswith("right"))
+                out.append(Verdict(winner=w, votes_a=int(w == 0), votes_b=int(w == 1), invalid=int(w is None),
+                                   soft=0.5, orders=["ab"], sample_verdicts=[w], tokens=5, samples_drawn=1))  # fmt: skip
+            return out
+
+    items = one_right_items(10, k=4, seed=7) + [BonItem("all-wrong", "q", ("wrong a", "wrong b"), (False, False))]
+    data = write_jsonl(tmp_path / "d.jsonl", items)
+    out = tmp_path / "out"
+    args = [str(data), "--out", str(out), "--protocol", "rrm-conflict-pairs", "--rounds", "3", "--runs", "3"]
+    args += ["--progress", "false", "--model", "tiny", "--seed", "4"]
+    assert bon_main(args, judge=RunJudge()) == 0
+    scores = json.loads((out / "summary.json").read_text())["conflict"]
+    runs = [RecordsFile(out / f"conflict-seed{s}.jsonl").load() for s in (4, 5, 6)]
+    credit = lambda w: 0.5 if w is None else float(w == 0)  # noqa: E731
+    assert scores["runs"] == pytest.approx([np.mean([credit(r["winner"]) for r in recs]) for recs in runs])
+    votes = np.array([[r["winner"] for r in recs] for recs in runs], dtype=object).T
+    voted = [0.5 if list(v).count(0) == list(v).count(1) else float(list(v).count(0) > list(v).count(1)) for v in votes]
+    assert scores["voted"] == pytest.approx(np.mean(voted))
+    assert (scores["pairs"], scores["no_conflict"]) == (30, 1)
+    pairs, _ = conflict_pairs(items, 3, 4)
+    assert all(p.response_a.startswith("right") and p.response_b.startswith("wrong") for p in pairs)
+    assert [r["id"] for r in runs[0]] == [p.id for p in pairs] == [r["id"] for r in runs[2]]
+    flips = [r["orders"][0] == "ba" for r in runs[0]]
+    assert 0 < sum(flips) < len(flips)  # a seeded order per pair
+    assert "voted across 3 runs" in capsys.readouterr().out
+    again = RunJudge()
+    assert bon_main(args, judge=again) == 0 and again.calls == 0  # a finished run resumes with nothing to judge

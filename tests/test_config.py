@@ -464,3 +464,42 @@ def test_a_toml_that_is_not_utf8_is_one_line(tmp_path):
     bad.write_bytes(b"steps = 3\n\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"bad.toml: not UTF-8 text \(byte 10\)"):
         configs.load(TrainConfig, bad)
+
+
+def test_evaluation_configs_nest_sampling_and_old_flat_keys_load_with_a_warning(tmp_path, recwarn):
+    """Issue 24.2: `rrm-jax eval | judge | rank | bon | serve` read [sampling] as training's [judge.sampling]
+    does; a recipe's old flat keys still load, each with a DeprecationWarning naming its new key; the common
+    keys keep their flags, and nothing else of [sampling] leaks to the top level."""
+    import warnings
+
+    from rrm_jax.core.configs import dump_toml, load
+    from rrm_jax.evaluation.config import EvalConfig, build_config
+    from rrm_jax.sampler.config import SamplingConfig
+
+    old = tmp_path / "old.toml"
+    old.write_text('dataset = "pandalm"\nmax_new_tokens = 64\ntemperature = 0.3\nmax_slots = 4\n')
+    with pytest.warns(DeprecationWarning) as caught:
+        cfg = load(EvalConfig, old)
+    said = sorted(str(w.message) for w in caught)
+    assert said == [
+        f"{old}: {k} is deprecated; use sampling.{k}" for k in ("max_new_tokens", "max_slots", "temperature")
+    ]
+    s = cfg.sampling
+    assert (s.max_new_tokens, s.temperature, s.max_slots, s.top_p) == (64, 0.3, 4, 1.0)  # the rest: the defaults
+    new = tmp_path / "new.toml"
+    new.write_text('dataset = "pandalm"\n\n[sampling]\nmax_new_tokens = 64\ntemperature = 0.3\nmax_slots = 4\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(EvalConfig, new) == cfg
+        flagged = build_config(EvalConfig, [str(new), "--max-new-tokens", "32", "sampling.min_p=0.1"], "t", "")
+        dumped = tmp_path / "dumped.toml"
+        dumped.write_text(dump_toml(flagged))
+        assert load(EvalConfig, dumped) == flagged  # the resolved config saved beside the outputs reads back
+    assert (flagged.sampling.max_new_tokens, flagged.sampling.min_p, flagged.sampling.temperature) == (32, 0.1, 0.3)
+    assert EvalConfig().sampling == SamplingConfig(max_new_tokens=8192, temperature=0.6, top_p=1.0, max_slots=32)
+    with pytest.raises(SystemExit):
+        build_config(EvalConfig, ["--min-p", "0.1"], "t", "")  # only the common keys have flags
+    with pytest.raises(ConfigError, match="sampling.max_think_tokens.*the command's own max_think_tokens"):
+        from rrm_jax.evaluation.config import validate
+
+        validate(build_config(EvalConfig, ["sampling.max_think_tokens=5"], "t", ""))

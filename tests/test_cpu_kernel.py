@@ -4,6 +4,9 @@ it are checked against transformers in test_sampler (a one-device CPU mesh uses 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +15,8 @@ from flax import nnx
 
 from rrm_jax.core import api, cpu_kernel
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.core.model import KVCache
+from rrm_jax.core.kv_cache import KVCache
+from rrm_jax.sampler import decode
 from tiny_configs import TINY_CONFIGS, hf_config
 
 pytestmark = pytest.mark.skipif(
@@ -68,11 +72,11 @@ def test_kernel_decode_step_equals_xla(name, mesh1):
 
     def run(state, tokens, fused):
         mod = nnx.merge(model.graphdef, state)
-        weights = mod.unrolled_weights(fused=fused)
+        weights = decode.split_weights(mod, fused=fused)
         cache = KVCache.zeros(cfg, b, slots, jnp.float32, heads_major=True).per_layer()
         out = []
         for t in range(tokens.shape[1]):
-            logits, cache = mod.decode_step(tokens[:, t], jnp.array([True, True, t != 1]), cache, weights)
+            logits, cache = decode.step(mod, tokens[:, t], jnp.array([True, True, t != 1]), cache, weights)
             out.append(logits)
         return jnp.stack(out, 1), cache.stacked()
 
@@ -82,3 +86,15 @@ def test_kernel_decode_step_equals_xla(name, mesh1):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_cache.k, want_cache.k, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_cache.v, want_cache.v, rtol=1e-5, atol=1e-6)
+
+
+def test_the_decode_form_is_unrolled_where_it_was_measured_faster():
+    """Issue 26.2: the unrolled layer form is the default on CPU and GPU (measured faster on both: the decode
+    benchmarks, docs/device-h200-decode.json) and the scan on TPU; `rrm-jax plan` asks the same function."""
+    import types
+
+    mesh = lambda platform: types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)]))
+    assert [decode.unrolled_by_default(mesh(p)) for p in ("cpu", "gpu", "tpu")] == [True, True, False]
+    rec = json.loads((Path(__file__).resolve().parents[1] / "docs" / "device-h200-decode.json").read_text())
+    ms = {(r["batch"], r["unroll"]): r["ms_per_step"] for r in rec["default_flags"] if r["temperature"] == 0.0}
+    assert all(ms[(b, True)] < ms[(b, False)] for b in (1, 32))  # the measurement the GPU default rests on

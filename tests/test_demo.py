@@ -13,7 +13,7 @@ import pytest
 from rrm_jax.core.tokenizers import char_tokenizer
 from rrm_jax.demo import task
 from rrm_jax.judge.parse import parse_verdict
-from rrm_jax.judge.prompt import render_prompt
+from rrm_jax.judge.prompt import DEMO_PROMPT, render_prompt
 
 
 def test_tokenizer_and_traces_use_the_real_format():
@@ -21,7 +21,7 @@ def test_tokenizer_and_traces_use_the_real_format():
     text = "\\boxed{Assistant 1}"
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
-    prompt = render_prompt(tok, task.DEMO_PROMPT, "3+4=?", "7", "8")
+    prompt = render_prompt(tok, DEMO_PROMPT, "3+4=?", "7", "8")
     assert prompt.endswith("<think>\n") and len(tok.encode(prompt, add_special_tokens=False)) <= 64
     for p in task.all_pairs():
         assert p.problem.answer == eval(p.query[:-2])  # the label is the true result

@@ -185,3 +185,37 @@ def test_eval_runs_direct_beside_thinking_in_one_table(tmp_path):
         == 0
     )
     assert budgets == [0] and (tmp_path / "o2" / "records-v1-direct.jsonl").exists()
+
+
+def test_direct_score_is_a_pure_function_equal_to_the_direct_judges_soft_score(mesh1):
+    """Issue 23.4: DirectScore(params, ids, mask) under jit, vmap and a data-parallel mesh equals
+    DirectJudge(...).compare(...).soft (the sampler's digit probabilities after the forced suffix)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    import rrm_jax
+    from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.judge import DirectScore
+
+    model = rrm_jax.init("tiny", seed=3, mesh=mesh1, dtype=jnp.float32, tokenizer=byte_tokenizer())
+    judge = DirectJudge(model, prompt="demo", sampling=SamplingConfig(max_new_tokens=8, temperature=0.6))
+    pairs = [("2+2?", "4", "5"), ("name a colour", "a long answer about blue", "red"), ("x", "y", "z")]
+    want = [judge.compare(*p, swap="none").soft for p in pairs]
+    score = DirectScore.from_judge(judge)
+    ids, mask = DirectScore.encode(judge, pairs)
+    got = jax.jit(score)(model.state, ids, mask)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+    one = jax.vmap(score, in_axes=(None, 0, 0))(model.state, ids[:, None], mask[:, None])[:, 0]
+    np.testing.assert_allclose(np.asarray(one), want, atol=2e-5)
+    wide = DirectScore.encode(judge, pairs, length=ids.shape[1] + 5)  # padding changes nothing
+    np.testing.assert_allclose(np.asarray(jax.jit(score)(model.state, *wide)), want, atol=2e-5)
+    from rrm_jax.core.sharding import MESH_AXES, make_mesh
+
+    mesh = make_mesh((2, 1, 1), devices=jax.devices()[:2])
+    sharded = rrm_jax.init("tiny", seed=3, mesh=mesh, dtype=jnp.float32, tokenizer=byte_tokenizer())
+    rows = NamedSharding(mesh, PartitionSpec(MESH_AXES[0]))
+    four = [*pairs, pairs[0]]
+    ids4, mask4 = (jax.device_put(x, rows) for x in DirectScore.encode(judge, four))
+    out = jax.jit(DirectScore.from_judge(judge))(sharded.state, ids4, mask4)
+    np.testing.assert_allclose(np.asarray(out), [*want, want[0]], atol=2e-5)

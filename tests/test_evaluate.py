@@ -13,9 +13,11 @@ import pytest
 
 from rrm_jax.core.configs import load
 from rrm_jax.core.errors import ConfigError
-from rrm_jax.data import DataError, PairRecord
+from rrm_jax.data import KINDS, DataError, PairRecord
 from rrm_jax.evaluation import scoring
-from rrm_jax.evaluation.run import EvalError, RecordsFile, evaluate, summarize
+from rrm_jax.evaluation.records import EvalError, RecordsFile
+from rrm_jax.evaluation.report import summarize
+from rrm_jax.evaluation.run import evaluate
 from rrm_jax.judge.judge import show_first_b
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +243,7 @@ KILL_SCRIPT = (
     + """
 import sys
 from rrm_jax.data import read_pairs_jsonl
-from rrm_jax.eval_cli import eval_main
+from rrm_jax.evaluation.cli import eval_main
 
 data = read_pairs_jsonl(sys.argv[1]).records
 sys.exit(eval_main(sys.argv[2:], judge_factory=lambda budget: OracleJudge(data, mute_every=4, sleep=0.15)))
@@ -384,7 +386,7 @@ def test_recipes_and_overrides(tmp_path):
 
     for toml in sorted((ROOT / "eval").glob("*.toml")):
         cfg = build_config(EvalConfig, [str(toml)], "t", "")
-        assert cfg.dataset in ("rewardbench", "pandalm", "llmbar", "jsonl"), toml
+        assert cfg.dataset in KINDS, toml
     cfg = build_config(
         EvalConfig,
         [str(ROOT / "eval" / "pandalm.toml"), "--votes", "2,4", "seed=5", "max_think_tokens=none,128", "adaptive=true"],

@@ -126,7 +126,12 @@ def test_resume_is_keyed_on_the_sampling_and_the_weights_not_the_path_spelling(t
     changes = {"temperature": 1.0, "top_p": 0.9, "top_k": 5, "max_new_tokens": 16, "max_prompt_tokens": 99}
     for key, value in {**changes, "dtype": "float32"}.items():
         judge = OracleJudge(d)
-        assert cli.judge_main(base + ["--model", str(ck), f"{key}={value}"], judge=judge) == 2, key
+        setting = (
+            f"sampling.{key}={value}"
+            if key in ("temperature", "top_p", "top_k", "max_new_tokens")
+            else f"{key}={value}"
+        )
+        assert cli.judge_main(base + ["--model", str(ck), setting], judge=judge) == 2, key
         err = capsys.readouterr().err
         assert "this output holds a run with other settings sampling: " in err and f"'{key}': {value!r}" in err, err
         assert judge.seen == [] and RecordsFile(out).load() == first
@@ -324,13 +329,14 @@ def test_generation_length_is_clamped_to_a_short_context(capsys):
     model = types.SimpleNamespace(
         tokenizer=FakeModel.tokenizer, config=types.SimpleNamespace(max_position_embeddings=4096)
     )
-    opts = cli.JudgeConfig()
-    assert opts.max_new_tokens == 8192
+    opts = cli.JudgePairsConfig()
+    assert opts.sampling.max_new_tokens == 8192
     clamped = clamp_generation(model, opts)
     forced = len(FakeModel.tokenizer.encode(SamplingConfig().forced_suffix))
-    assert clamped.max_new_tokens == 4096 - forced - 1024
+    assert clamped.sampling.max_new_tokens == 4096 - forced - 1024
     assert "generating at most" in capsys.readouterr().err
-    assert clamp_generation(model, cli.JudgeConfig(max_new_tokens=512)).max_new_tokens == 512
+    short = cli.JudgePairsConfig(sampling=SamplingConfig(max_new_tokens=512))
+    assert clamp_generation(model, short).sampling.max_new_tokens == 512
     model.config.max_position_embeddings = 131072
     assert clamp_generation(model, opts) is opts
 
@@ -345,7 +351,8 @@ def test_judge_with_default_sampling_fits_a_short_context():
     forced = len(FakeModel.tokenizer.encode(SamplingConfig().forced_suffix))
     assert judge.sampling.max_new_tokens == 2048 - forced - 512 and judge.sampling.temperature == 0.6
     assert Judge(model, max_prompt_tokens=1000).sampling.max_new_tokens == 2048 - forced - 1000
-    assert clamp_generation(model, cli.JudgeConfig()).max_new_tokens == judge.sampling.max_new_tokens  # one rule
+    clamped = clamp_generation(model, cli.JudgePairsConfig()).sampling
+    assert clamped.max_new_tokens == judge.sampling.max_new_tokens  # one rule
     mine = SamplingConfig(max_new_tokens=4000)
     assert Judge(model, sampling=mine).sampling is mine
     model.config.max_position_embeddings = 131072
@@ -557,6 +564,17 @@ def test_outputs_that_cannot_hold_records_are_one_line(tmp_path, capsys):
     ev = ["eval", "--dataset", "jsonl", "--data", str(pairs), "--model", "tiny", "--out", str(pairs)]
     assert main(ev) == 2
     assert "is a file; `rrm-jax eval` writes a directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_while_records_are_written_names_the_file(tmp_path):
+    """Issue 22.9: a full disk failed in write/flush with an OSError naming no file, so the one line said only
+    "No space left on device". /dev/full fails every write as a full disk does."""
+    import errno
+
+    with pytest.raises(OSError) as e:
+        RecordsFile("/dev/full").append([{"id": "a", "winner": 1}])
+    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
 
 
 def test_python_api_bad_values_say_what_is_wrong():

@@ -26,7 +26,11 @@ OPTIONAL = {
     "tensorboard": ("rrm_jax/training/loop.py", "scalars when installed"),
     "pyarrow": ("rrm_jax/data/sources.py", "the [parquet] extra"),
     "tunix": ("rrm_jax/benchmarks/tunix_ref.py", "the [bench] extra: bench generate times Tunix beside rrm-jax"),
+    "httpx": ("rrm_jax/benchmarks/serve.py", "the [bench-serve] extra: bench serve's HTTP client"),
     "libtpu": ("rrm_jax/plan/chips.py", "the [tpu] extra: rrm-jax plan compiles for TPU slices with it"),
+    "fastapi": ("rrm_jax/serve/", "the [serve] extra: rrm-jax serve"),
+    "pydantic": ("rrm_jax/serve/", "the [serve] extra (fastapi's own dependency)"),
+    "uvicorn": ("rrm_jax/serve/", "the [serve] extra: rrm-jax serve"),
 }
 # transformers features rrm_jax uses and the package each needs at run time (transformers does not require them)
 FEATURES = {"apply_chat_template": "jinja2", "snapshot_download": "huggingface_hub"}
@@ -108,7 +112,7 @@ def test_shipped_names_resolve_from_any_directory(tmp_path, monkeypatch):
     assert resolve_config("models/qwen2.5-0.5b.toml").hidden_size == 896
     (tmp_path / "tiny.toml").write_text("# mine\n")  # a file where the user is wins over the shipped one
     assert shipped.find("tiny.toml", "train") == Path("tiny.toml")
-    with pytest.raises(ConfigError, match=r"nope: not a config file.*presets: .*qwen2\.5-0\.5b"):
+    with pytest.raises(ConfigError, match=r"nope: not a checkpoint directory.*presets: .*qwen2\.5-0\.5b"):
         resolve_config("nope")
 
 

@@ -1,9 +1,8 @@
 """The house rules: imports only go down the layers, no module-level import cycle, small modules with a docstring,
-and every old import path still answers (with a warning naming the new place)."""
+and no shims of old import paths."""
 
 import ast
 import importlib
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ LAYERS = [
     ("sampler",),
     ("judge",),
     ("evaluation", "training"),
-    ("demo",),
-    ("cli", "benchmarks", "plan", "moved", "__init__"),
+    ("demo", "serve", "rewards"),
+    ("cli", "benchmarks", "plan", "__init__"),
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 MAX_LINES = 500  # as ruff formats them (400 hand-wrapped; its one-argument-per-line wrapping adds 10-30%)
@@ -108,57 +107,13 @@ def test_modules_are_small_and_say_what_they_own():
 
 
 @pytest.mark.parametrize(
-    "old, new, attr",
-    [
-        ("rrm_jax.model", "rrm_jax.core.model", "Qwen2"),
-        ("rrm_jax.train_config", "rrm_jax.training.config", "TrainConfig"),
-        ("rrm_jax.rl.loss", "rrm_jax.training.rl.loss", "grpo_loss"),
-        ("rrm_jax.tournament", "rrm_jax.judge.tournament", "knockout"),
-        ("rrm_jax.data.train_pipeline", "rrm_jax.training.data", "PairPipeline"),
-    ],
+    "old", ["rrm_jax.model", "rrm_jax.train", "rrm_jax.evaluate", "rrm_jax.benchmarks.decode_floor"]
 )
-def test_old_paths_answer_with_the_new_place(old, new, attr):
-    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
-        mod = importlib.import_module(old) if old not in __import__("sys").modules else _reimport(old)
-    assert getattr(mod, attr) is getattr(importlib.import_module(new), attr)
-
-
-def _reimport(name):
-    import sys
-
-    del sys.modules[name]
-    return importlib.import_module(name)
-
-
-def test_split_modules_answer_each_name_from_its_part():
-    import sys
-
-    sys.modules.pop("rrm_jax.train", None)
-    sys.modules.pop("rrm_jax.evaluate", None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from rrm_jax.evaluate import RecordsFile, eval_cli, summarize
-        from rrm_jax.train import Trainer, load_config, train
-    from rrm_jax.evaluation import cli, records, report
-    from rrm_jax.training import config, loop, trainer
-
-    assert (RecordsFile, summarize, eval_cli) == (records.RecordsFile, report.summarize, cli.eval_main)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from rrm_jax.data.train_pipeline import byte_tokenizer, read_pairs
-        from rrm_jax.demo_task import Problem
-        from rrm_jax.train_step import state_shardings
-    from rrm_jax.core import tokenizers
-    from rrm_jax.demo.task import ArithmeticProblem
-    from rrm_jax.training import data, step
-
-    assert (read_pairs, byte_tokenizer) == (data.read_training_pairs, tokenizers.byte_tokenizer)
-    assert (Problem, state_shardings) == (ArithmeticProblem, step.train_state_shardings)
-    assert (Trainer, train, load_config) == (trainer.Trainer, loop.train, config.load_config)
-    with pytest.raises(AttributeError, match="rrm_jax.training.trainer"):
-        import rrm_jax.train as old
-
-        _ = old.no_such_name
+def test_old_paths_and_probes_are_not_in_the_package(old):
+    """0.1.0 keeps no shims of the flat layout, and the one-off probes live in tools/ (not shipped)."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
+    assert not (ROOT / "moved.py").exists()
 
 
 def test_public_api_answers_without_warnings():
@@ -168,11 +123,12 @@ def test_public_api_answers_without_warnings():
     # a fresh interpreter: earlier tests may already have imported the modules this must import itself
     code = """
 import warnings; warnings.simplefilter("error")
-import dataclasses, rrm_jax, rrm_jax.scoring
+import dataclasses, rrm_jax
 from rrm_jax.judge import Judge, Verdict
 from rrm_jax.sampler import Completion
 for name in ("load", "init", "save_hf", "generate", "SamplingConfig", "make_mesh", "Judge", "Verdict", "scoring"):
     getattr(rrm_jax, name)
+assert callable(rrm_jax.rewards.reward_function)
 assert callable(rrm_jax.Model.logits)
 assert all(callable(getattr(Judge, m)) for m in ("compare", "compare_many", "rank", "best_of_n", "render"))
 print(sorted(f.name for f in dataclasses.fields(Verdict)), sorted(f.name for f in dataclasses.fields(Completion)))
@@ -185,3 +141,56 @@ print(sorted(n for n in dir(rrm_jax.scoring) if not n.startswith("_") and callab
     assert {"text", "token_ids", "finish_reason", "prompt_index", "sample_index", "num_tokens"} <= set(completion)
     scoring = eval(out.stdout.splitlines()[1])
     assert {"credit", "subset_accuracy", "rewardbench_scores", "pandalm_metrics", "llmbar_scores"} <= set(scoring)
+
+
+TRAINING_MODES = {"sft", "grpo", "dpo"}
+# the one place a recipe's mode is read (training.modes.mode_of) and the config that validates it
+MODE_READERS = {"rrm_jax.training.modes", "rrm_jax.training.config"}
+
+
+def _mode_branches(source: str, recipes: bool = True) -> list[int]:
+    """Lines that compare a mode/kind with a training mode's name, or (``recipes``: code whose ``cfg`` is a
+    TrainConfig) read a recipe's ``policy`` flag."""
+
+    def names_a_mode(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in TRAINING_MODES
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(names_a_mode(e) for e in node.elts)
+
+    def is_mode(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id in ("mode", "kind")) or (
+            isinstance(node, ast.Attribute) and node.attr in ("mode", "kind")
+        )
+
+    def is_recipe(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id in ("cfg", "config")) or (
+            isinstance(node, ast.Attribute) and node.attr == "cfg"
+        )
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(names_a_mode(s) for s in sides) and any(is_mode(s) for s in sides):
+                lines.append(node.lineno)
+        elif recipes and isinstance(node, ast.Attribute) and node.attr == "policy" and is_recipe(node.value):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_training_modes_are_asked_not_branched_on():
+    """The step, the trainer, the loop and the plan call the recipe's mode object (training.modes); a new
+    `if cfg.mode == "dpo"` anywhere else fails here."""
+    assert _mode_branches('if cfg.mode == "dpo":\n    pass\nx = kind in ("sft", "grpo")\ny = self.cfg.policy\n') == [
+        1,
+        3,
+        4,
+    ]
+    assert _mode_branches('if method == "grpo" or cfg.trainer.policy:\n    pass\n') == []  # an advantage name
+    found = {
+        name: lines
+        for name, path in MODULES.items()
+        if name not in MODE_READERS
+        and (lines := _mode_branches(path.read_text(), name.startswith(("rrm_jax.training", "rrm_jax.plan"))))
+    }
+    assert not found, f"branches on the training mode outside rrm_jax.training.modes: {found}"

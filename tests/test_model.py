@@ -10,7 +10,7 @@ from flax import nnx
 
 import rrm_jax
 from hf_reference import TINY_CONFIGS, hf_config, hf_logits, padded_batch, random_hf_model, save
-from rrm_jax.core.model import KVCache
+from rrm_jax.core.kv_cache import KVCache
 
 FP32_RTOL = 1e-4  # max |Δlogit| <= FP32_RTOL * max |logit|  (the bar)
 # bf16 compute: each matmul input is rounded to 8 mantissa bits, so logits carry ~1% relative error.
@@ -181,7 +181,7 @@ def test_rope_matches_hf_at_absolute_positions(theta, head_dim):
     import torch
     from transformers.models.qwen2 import modeling_qwen2 as hfq
 
-    from rrm_jax.core.model import rope
+    from rrm_jax.core.ops import rope
 
     cfg = hf_config(
         hidden_size=64,
@@ -212,7 +212,7 @@ def test_long_sequence_uses_chunked_causal_attention(ref):
 
 
 def test_chunked_causal_attention_equals_full_attention():
-    from rrm_jax.core.model import attention, causal_attention
+    from rrm_jax.core.ops import attention, causal_attention
 
     rng = np.random.default_rng(0)
     b, t, h, k, hd = 2, 256, 6, 2, 16

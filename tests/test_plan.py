@@ -125,6 +125,11 @@ def test_plan_cli_json_and_errors(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr and "rrm-7b" in r.stderr
     r = run("tiny", "--topology", "cpu-8", "--set", "mesh=[1,3,1]")
     assert r.returncode == 2 and "mesh=[1, 3, 1]" in r.stderr, r.stderr[-500:]
+    r = run("rrm-32b", "--topology", "cpu-4")  # issue 24.5: said "mesh shape (1, 0, 8) needs 0 devices"
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-500:]
+    assert (
+        "rrm-32b does not fit cpu-4: its mesh=[1, -1, 8] needs a multiple of 8 devices, have 4 (tensor=8)" in r.stderr
+    )
 
 
 def test_tpu_plan_without_libtpu_says_how_to_install(monkeypatch):

@@ -318,3 +318,54 @@ def test_large_recipe_loads_marks_every_value_and_fits_its_slice(tmp_path):
     weights = 16 * _params("deepseek-r1-distill-qwen-7b") + 2 * _params("rrm-32b")
     assert 7.0e9 < _params("deepseek-r1-distill-qwen-7b") < 8.0e9 and 32e9 < _params("rrm-32b") < 33.5e9
     assert weights < LARGE_DEVICES * HBM_PER_DEVICE / 3
+
+
+def test_the_rule_reward_and_the_overlong_penalty_add_to_the_judge_reward(mesh1):
+    """Issue 25.2: grpo.rule_weight adds w x (+1 / -1: the response's answer against the data's reference) to the
+    judge's reward, and grpo.overlong_buffer DAPO's linear penalty over the last tokens before the cap; each
+    term's mean is logged. Closed form on scripted rollouts."""
+    from rrm_jax.training.rl.rewards import overlong_penalty
+    from rrm_jax.training.trainer import Trainer
+
+    model = _model(mesh1)
+    tok = model.tokenizer
+    cap = 12
+    extra = ["judge.extract='math'", "grpo.prompts_per_step=2", "grpo.group_size=4", f"sampling.max_new_tokens={cap}"]
+    cfg = _cfg("unused", *extra, "grpo.rule_weight=0.5", "grpo.overlong_buffer=4", "grpo.overlong_factor=2.0")
+    by_prompt, lengths = {}, []
+
+    def generate_fn(policy, prompts, sampling):
+        out = []
+        for p in prompts:
+            for text, _ in TEXTS[by_prompt[tuple(p)]][: sampling.n]:
+                ids = tok.encode(text, add_special_tokens=False)[:cap]
+                lengths.append(len(ids))
+                out.append(FakeCompletion(ids, text, np.full(len(ids), -1.0, np.float32), "stop", len(ids)))
+        return out
+
+    judged = np.linspace(-1, 1, 8).astype(np.float32)
+    tr = Trainer(model, cfg, lambda prompts, comps, batch: judged, generate_fn=generate_fn)
+    data = [{"query": "1+2=?", "reference": "3"}, {"query": "2+2=?", "reference": "4"}]
+    for ex in tr.prepare(data):
+        by_prompt[tuple(ex["prompt_ids"].tolist())] = ex["query"]
+    inner, seen = tr.reward_fn, {}
+
+    class Spy:  # keeps the total the rollout used, and passes the terms' stats on
+        last_stats = property(lambda self: inner.last_stats)
+
+        def __call__(self, *args):
+            seen["r"] = inner(*args)
+            return seen["r"]
+
+    tr.reward_fn = Spy()
+    metrics = tr.grpo_step(data)
+    right = np.array([ok for q in ("1+2=?", "2+2=?") for _, ok in TEXTS[q]], np.float32)
+    rule = np.where(right, 1.0, -1.0)
+    long = np.clip((cap - 4 - np.array(lengths, np.float32)) / 4, -1, 0)
+    np.testing.assert_allclose(seen["r"], judged + 0.5 * rule + 2.0 * long, rtol=1e-6)
+    assert metrics["reward_rule"] == pytest.approx(rule.mean()) and metrics["reward_overlong"] == pytest.approx(
+        long.mean()
+    )
+    np.testing.assert_allclose(overlong_penalty([0, 8, 9, 10, 12, 20], 12, 4), [0, 0, -0.25, -0.5, -1, -1])
+    with pytest.raises(ConfigError, match="grpo.rule_weight=0.5: needs a policy run"):
+        load_config(None, ["grpo.rule_weight=0.5"])

@@ -244,6 +244,25 @@ def test_thinking_budget_forces_suffix_once(model):
     assert outs[i].token_ids[head:] == ref.token_ids
 
 
+def test_a_budget_at_or_past_the_token_limit_still_forces_the_verdict(model):
+    """A judge asked for a budget of max_new_tokens (a server's whole limit) or more used to end on the length one
+    token before its budget forced the suffix: no verdict. The budget is now the limit at most, and the suffix
+    follows the limit's last thinking token."""
+    m = model.with_state(model.state)
+    m.tokenizer = SamplerCharTokenizer()
+    suffix = "\n</think>\n\n\\boxed{Assistant "
+    sfx = m.tokenizer.encode(suffix)
+    base = generate(m, PROMPTS[:3], greedy(add_eos_stop=False))
+    for budget in (NEW, NEW + 5):
+        outs = generate(m, PROMPTS[:3], greedy(max_think_tokens=budget, forced_suffix=suffix, add_eos_stop=False))
+        for b_, o in zip(base, outs):
+            if SamplerCharTokenizer.THINK_END in b_.token_ids:  # closed its reasoning itself: untouched
+                assert o.token_ids == b_.token_ids and o.forced_at is None
+                continue
+            assert (o.finish_reason, o.forced_at, o.num_tokens) == ("budget", NEW, NEW + len(sfx)), budget
+            assert o.token_ids == b_.token_ids + sfx
+
+
 def test_logprobs_and_probes(model):
     probes = (3, 77, 500)
     outs = generate(

@@ -107,3 +107,50 @@ def test_subset_accuracy_and_llmbar():
     assert lb["adversarial_complete"] is False
     assert lb["overall"] == pytest.approx((2.5 + 1 + 0) / 8)
     assert math.isnan(scoring.llmbar_scores({})["overall"])
+
+
+def test_position_bias_equals_a_numpy_derivation_on_random_verdicts():
+    """Issue 25: the position figures of every pairwise summary, re-derived with array maths from their
+    definitions on random runs: one or several votes, one order or both, missing verdicts, ties and
+    unlabelled items."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    orders, verdicts, labels = [], [], []
+    for _ in range(300):
+        k = int(rng.integers(1, 5))
+        orders.append([("ab", "ba")[int(b)] for b in rng.integers(0, 2, k)])
+        verdicts.append([None if rng.random() < 0.15 else int(v) for v in rng.integers(0, 2, k)])
+        labels.append(None if rng.random() < 0.1 else int(rng.integers(0, 2)))
+    got = scoring.position_bias(orders, verdicts, labels)
+
+    o = np.array([x == "ab" for xs in orders for x in xs])  # a shown first
+    v = np.array([-1 if x is None else x for xs in verdicts for x in xs])
+    lab = np.repeat([-1 if x is None else x for x in labels], [len(xs) for xs in orders])
+    valid = v >= 0
+    first = np.where(o, v == 0, v == 1)
+    assert got["first_rate"] == pytest.approx(first[valid].mean())
+    credit = np.where(valid, (v == lab).astype(float), 0.5)
+    gold_first = (lab >= 0) & (o == (lab == 0))
+    gold_second = (lab >= 0) & (o != (lab == 0))
+    assert got["accuracy_gold_first"] == pytest.approx(credit[gold_first].mean())
+    assert got["accuracy_gold_second"] == pytest.approx(credit[gold_second].mean())
+    item = np.repeat(np.arange(len(orders)), [len(xs) for xs in orders])
+    agree = both = 0
+    for i in range(len(orders)):
+        picks = []
+        for shown in (True, False):
+            sel = (item == i) & (o == shown) & valid
+            a, b = np.sum(v[sel] == 0), np.sum(v[sel] == 1)
+            picks.append(None if a == b else int(b > a))
+        if np.any((item == i) & o) and np.any((item == i) & ~o):
+            both += 1
+            agree += picks[0] is not None and picks[0] == picks[1]
+    assert (got["n_both"], got["consistency"]) == (both, pytest.approx(agree / both))
+    assert scoring.position_bias([["ab"]], [[None]], [None]) == {
+        "first_rate": None,
+        "accuracy_gold_first": None,
+        "accuracy_gold_second": None,
+        "consistency": None,
+        "n_both": 0,
+    }

@@ -13,6 +13,7 @@ import rrm_jax
 from rrm_jax.core.configs import dump_toml
 from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig, load_config
+from rrm_jax.training.objectives import GRPO
 from rrm_jax.training.rl.loss import LossConfig
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 from runs import killed_at, records
@@ -42,12 +43,12 @@ def _batch(b=8, t=32, seed=0, vocab=512):
 
 
 def _run(model, batch, micro, steps=1):
-    step = make_train_step(model, OPT, 10, kind="grpo", loss_cfg=LOSS, micro_batches=micro)
-    tx, _ = make_optimizer(OPT, 10, model.state)
+    step = make_train_step(model, OPT, 10, GRPO(LOSS), micro_batches=micro)
+    tx, _ = make_optimizer(OPT, 10)
     state = init_state(model, tx)
     mets = []
     for _ in range(steps):
-        state, m = step(state, place_batch(model, batch, step.keys))
+        state, m = step(state, place_batch(model, batch, GRPO(LOSS).keys))
         mets.append({k: float(v) for k, v in m.items()})
     return state, mets
 
@@ -99,17 +100,17 @@ def test_sharded_step_matches_single_device(tiny):
 
 
 def test_nan_loss_skips_update_and_never_reaches_a_checkpoint(tiny, tmp_path):
-    step = make_train_step(tiny, OPT, 10, kind="grpo", loss_cfg=LOSS, micro_batches=1)
-    tx, _ = make_optimizer(OPT, 10, tiny.state)
+    step = make_train_step(tiny, OPT, 10, GRPO(LOSS))
+    tx, _ = make_optimizer(OPT, 10)
     state = init_state(tiny, tx)
     before = jax.device_get(state.params)
     bad = _batch()
     bad["advantages"][0] = np.nan
-    state, m = step(state, place_batch(tiny, bad, step.keys))
+    state, m = step(state, place_batch(tiny, bad, GRPO(LOSS).keys))
     assert np.isnan(m["loss"]) and int(m["skipped"]) == 1
     assert int(state.step) == 1 and int(state.skipped) == 1
     _assert_close_trees(state.params, before, rtol=0, atol=0)  # bit-identical: nothing applied
-    state, m = step(state, place_batch(tiny, _batch(), step.keys))
+    state, m = step(state, place_batch(tiny, _batch(), GRPO(LOSS).keys))
     assert int(m["skipped"]) == 0 and int(state.skipped) == 1 and np.isfinite(float(m["loss"]))
 
     ck = Checkpointer(tmp_path / "ck", async_=False)
@@ -237,8 +238,8 @@ def test_config_overrides_and_errors(tmp_path):
 
 def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
     from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.judge.prompt import make_render
     from rrm_jax.training.data import PairPipeline, read_training_pairs
-    from rrm_jax.training.rl.rollout import make_render
 
     tok = byte_tokenizer()
     render = make_render(tok, "short")
@@ -291,8 +292,35 @@ def test_bad_pairs_are_dropped_with_counts_and_locations(tmp_path):
 
 def test_schedule_warms_up_from_a_nonzero_first_update_to_the_peak_then_decays():
     cfg = OptimConfig(lr=1e-3, warmup_steps=4, end_lr_ratio=0.1)
-    _, sched = make_optimizer(cfg, total_updates=20, params={"w": np.zeros(2)})
+    _, sched = make_optimizer(cfg, total_updates=20)
     lrs = np.array([float(sched(i)) for i in range(21)])
     assert lrs[0] == pytest.approx(1e-3 / 4)  # the first update already moves the weights
     assert np.all(np.diff(lrs[:5]) > 0) and lrs[4] == pytest.approx(1e-3)
     assert np.all(np.diff(lrs[4:]) <= 0) and lrs[20] == pytest.approx(1e-4)
+
+
+def test_the_rrm_authors_verl_parquet_rows_train_with_their_label(tmp_path):
+    """Issue 25.2: the RRM authors' verl-style rows {question, response1, response2, answer "1" | "2"}, as parquet,
+    are pairs whose chosen is the answer's response; the pipeline then shows them in its seeded random order."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from rrm_jax.core.tokenizers import byte_tokenizer
+    from rrm_jax.judge.prompt import make_render
+    from rrm_jax.training.data import PairPipeline, read_training_pairs
+
+    rows = [
+        {"question": f"{i}+{i}=?", "response1": str(2 * i + (i % 2)), "response2": str(2 * i + 1 - (i % 2)),
+         "answer": "1" if i % 2 == 0 else "2", "data_source": "rrm"}
+        for i in range(6)
+    ]  # fmt: skip
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    tok, render = byte_tokenizer(), make_render(byte_tokenizer(), "short")
+    pairs, rep = read_training_pairs(path, tok, render, max_prompt_tokens=160)
+    assert rep["kept"] == 6 and [p["chosen"] for p in pairs] == [str(2 * i) for i in range(6)]
+    assert [p["rejected"] for p in pairs] == [str(2 * i + 1) for i in range(6)]
+    cfg = load_config(None, ["grpo.prompts_per_step=6", "data.max_prompt_tokens=160"])
+    shown = PairPipeline(path, render, tok, cfg).next()
+    assert {e["label"] for e in shown} == {0, 1}  # both orders occur, each label following its chosen
+    assert all(e[("first", "second")[e["label"]]] == e["chosen"] for e in shown)

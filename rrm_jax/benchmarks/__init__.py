@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("device", "forward", "generate", "judge", "train")
+BENCHES = ("device", "forward", "generate", "judge", "prefix", "serve", "train")
 
 
 def cli(argv: list[str]) -> int:

@@ -45,7 +45,7 @@ from rrm_jax.core.model import Qwen2
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.sampler import SamplingConfig, generate
 from rrm_jax.training.config import OptimConfig
-from rrm_jax.training.rl.loss import LossConfig
+from rrm_jax.training.objectives import SFT
 from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
 FULL = dict(
@@ -209,8 +209,8 @@ def _time_train(cfg, dev, remat: str, args) -> dict:
         cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16, remat=remat, attention_impl=args.attention
     )
     opt = OptimConfig(lr=1e-5, weight_decay=0.01)
-    step = make_train_step(model, opt, 1000, kind="sft", loss_cfg=LossConfig())
-    state = init_state(model, make_optimizer(opt, 1000, model.state)[0])
+    step = make_train_step(model, opt, 1000, SFT())
+    state = init_state(model, make_optimizer(opt, 1000)[0])
     tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, t + 1), dtype=np.int32)
     batch = place_batch(
         model,
@@ -221,7 +221,7 @@ def _time_train(cfg, dev, remat: str, args) -> dict:
             positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
             loss_mask=np.ones((b, t), bool),
         ),
-        step.keys,
+        SFT.keys,
     )
     t0 = time.perf_counter()
     state, metrics = step(state, batch)

@@ -36,6 +36,26 @@ def workload_ids(tok, pairs: int, data: Path) -> list[list[int]]:
     return [list(tok.encode(t, add_special_tokens=False)) for t in texts]
 
 
+def random_model(preset: str, tok, layers: int = 0, dtype=None):
+    """Random weights of a preset's shape on one device, its vocabulary widened to hold ``tok`` (and ``layers``
+    layers instead of the preset's when set): the judge the workload benchmarks run."""
+    import jax
+    import jax.numpy as jnp
+
+    import rrm_jax
+    from rrm_jax.core.config import resolve_config
+
+    cfg = resolve_config(preset)
+    cfg = dataclasses.replace(
+        cfg,
+        vocab_size=max(cfg.vocab_size, len(tok)),
+        eos_token_id=tok.eos_token_id,
+        **({"num_layers": layers} if layers else {}),
+    )
+    mesh = rrm_jax.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return rrm_jax.init(cfg, seed=0, mesh=mesh, tokenizer=tok, dtype=dtype or jnp.float32)
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -51,7 +71,6 @@ def bench_workload(args) -> None:
     import rrm_jax
     from rrm_jax.benchmarks.forward import pure_forward
     from rrm_jax.core.api import bucket
-    from rrm_jax.core.config import resolve_config
     from rrm_jax.core.tokenizers import load_tokenizer
     from rrm_jax.sampler import GenerateStats, SamplingConfig, generate
 
@@ -61,15 +80,8 @@ def bench_workload(args) -> None:
     tok = load_tokenizer(tok_path)
     ids = workload_ids(tok, args.pairs, Path(args.data))
     lens = [len(x) for x in ids]
-    cfg = resolve_config(args.model)
-    cfg = dataclasses.replace(
-        cfg,
-        vocab_size=max(cfg.vocab_size, len(tok)),
-        eos_token_id=tok.eos_token_id,
-        **({"num_layers": args.layers} if args.layers else {}),
-    )
-    mesh = rrm_jax.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = rrm_jax.init(cfg, seed=0, mesh=mesh, tokenizer=tok, dtype=jnp.float32)
+    model = random_model(args.model, tok, args.layers, jnp.float32)
+    cfg = model.config
     new = args.new
     print(
         f"[workload] {args.model} L={cfg.num_layers} D={cfg.hidden_size} V={cfg.vocab_size} float32 on "

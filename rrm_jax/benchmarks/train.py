@@ -42,7 +42,7 @@ def bench_step(args) -> dict:
     from rrm_jax.core.config import resolve_config
     from rrm_jax.core.sharding import make_mesh
     from rrm_jax.training.config import OptimConfig
-    from rrm_jax.training.rl.loss import LossConfig
+    from rrm_jax.training.objectives import SFT
     from rrm_jax.training.step import init_state, make_optimizer, make_train_step, place_batch
 
     cfg = resolve_config(args.model)
@@ -54,9 +54,8 @@ def bench_step(args) -> dict:
         cfg, seed=0, mesh=mesh, dtype=jnp.float32, compute_dtype=cdt, remat=args.remat, attention_impl=args.attention
     )
     opt = OptimConfig(lr=1e-5, micro_batches=args.micro_batches)
-    loss = LossConfig(logprob_chunk=args.chunk)
-    step = make_train_step(model, opt, 1000, kind="sft", loss_cfg=loss, micro_batches=args.micro_batches)
-    tx, _ = make_optimizer(opt, 1000, model.state)
+    step = make_train_step(model, opt, 1000, SFT(args.chunk), micro_batches=args.micro_batches)
+    tx, _ = make_optimizer(opt, 1000)
     state = init_state(model, tx)
     b, t = args.batch, args.seq
     rng = np.random.default_rng(0)
@@ -68,7 +67,7 @@ def bench_step(args) -> dict:
         positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
         loss_mask=np.ones((b, t), bool),
     )
-    placed = place_batch(model, batch, step.keys)
+    placed = place_batch(model, batch, SFT.keys)
     t0 = time.perf_counter()
     state, m = step(state, placed)
     jax.block_until_ready(m)

@@ -18,12 +18,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from rrm_jax.core import hf_io, hub, shipped
+from rrm_jax.core import hf_io, hub
 from rrm_jax.core.config import ConfigError, ModelConfig, resolve_config
 from rrm_jax.core.errors import CheckpointError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.params import param_axes, param_name
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
+from rrm_jax.core.specs import model_spec
 from rrm_jax.core.tokenizers import check_reload, load_tokenizer
 
 
@@ -223,22 +224,10 @@ def load(
 def load_or_init(spec: str | Path, *, seed: int = 0, tokenizer: Any = None, **kw) -> Model:
     """What every command's ``--model`` means: a checkpoint directory or hub id (loaded), or a model TOML /
     preset name (random init, with ``tokenizer`` when given). ``kw`` goes to :func:`load` / :func:`init`."""
-    spec = str(spec)
-    path = Path(spec)
-    if path.is_dir():
-        return load(path, tokenizer=tokenizer or "auto", **kw)
-    if path.is_file() and path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"):
-        raise ConfigError(
-            f"{spec}: a file, not a checkpoint directory (pass the directory holding config.json), model TOML or preset"
-        )
-    if path.suffix in (".toml", ".json") or shipped.find(spec, "models") is not None:
-        return init(spec, seed=seed, tokenizer=tokenizer, **kw)
-    if hub.is_hub_id(spec):
-        return load(spec, tokenizer=tokenizer or "auto", **kw)
-    raise ConfigError(
-        f"{spec}: not a checkpoint directory, hub id (org/name), model TOML or preset "
-        f"(presets: {', '.join(shipped.names('models'))})"
-    )
+    s = model_spec(spec)
+    if s.kind == "config":
+        return init(str(spec), seed=seed, tokenizer=tokenizer, **kw)
+    return load(Path(s.where) if s.kind == "checkpoint" else s.where, tokenizer=tokenizer or "auto", **kw)
 
 
 def params_dict(model: Model) -> dict[str, jax.Array]:

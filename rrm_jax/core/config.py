@@ -14,6 +14,7 @@ from typing import Any
 
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.specs import model_spec
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 
@@ -277,16 +278,9 @@ def resolve_config(spec: str | Path | ModelConfig | dict | Any) -> ModelConfig:
         return ModelConfig.from_hf_dict(spec, source="<dict>")
     if hasattr(spec, "to_dict"):  # transformers PretrainedConfig
         return ModelConfig.from_hf_dict(spec.to_dict(), source=type(spec).__name__)
-    p = Path(spec)
-    if p.is_dir():
-        return ModelConfig.from_json(p / "config.json")
-    if p.suffix == ".json":
-        return ModelConfig.from_json(p)
-    found = shipped.find(spec, "models")  # an existing file, or a preset name / models/NAME.toml
-    if found is not None:
-        return ModelConfig.from_toml(found)
-    if p.suffix == ".toml":
-        return ModelConfig.from_toml(p)  # names the missing file
-    raise ConfigError(
-        f"{spec}: not a config file, checkpoint directory or preset (presets: {', '.join(shipped.names('models'))})"
-    )
+    s = model_spec(spec)
+    if s.kind == "checkpoint":
+        return ModelConfig.from_json(Path(s.where) / "config.json")
+    if s.kind == "config":
+        return ModelConfig.from_json(s.where) if s.where.endswith(".json") else ModelConfig.from_toml(s.where)
+    raise ConfigError(f"{spec}: a hub id; its config comes with the checkpoint (load it, or name a preset)")

@@ -2,7 +2,7 @@
 
 A decode step multiplies B rows (the batch) by every weight once; on XLA:CPU that dot runs at about half the
 read bandwidth, which made the weight matmuls alone slower than the decode targets of issue 12
-(``python -m rrm_jax.benchmarks.decode_floor`` times both side by side). The kernel streams each weight once per
+(``python tools/decode_floor.py`` times both side by side). The kernel streams each weight once per
 8 rows, from column panels laid out contiguously, with the rows' partial sums held in registers.
 
 It is built with the machine's C++ compiler (``$CXX``, else ``g++``/``c++``) against jaxlib's FFI headers,
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.core.ops import attention, rms_norm, rope, write_kv
+from rrm_jax.core.kv_cache import HEADS_MAJOR
+from rrm_jax.core.ops import attention, rms_norm, rope
 
 TARGET, PACK_TARGET = "rrm_cpu_matmul", "rrm_cpu_pack"
 SOURCE = Path(__file__).with_name("cpu_matmul.cc")
@@ -170,7 +171,7 @@ def decoder_layer(cfg: ModelConfig, p: dict, i: int, x, positions, mask, kv, wri
     q = rope(heads(y[..., :nq], cfg.num_heads), positions, cfg.rope_theta)
     k = rope(heads(y[..., nq : nq + nk], cfg.num_kv_heads), positions, cfg.rope_theta)
     v = heads(y[..., nq + nk :], cfg.num_kv_heads)
-    ck, cv = write_kv(*kv, k, v, write, heads_major=True)
+    ck, cv = HEADS_MAJOR.write(*kv, k, v, write)
     x = x + _fused_dense(attention(q, ck, cv, mask), p["o_proj"], cfg.hidden_size, i)
     h = rms_norm(x, p["mlp_norm"][i], cfg.rms_norm_eps)
     y = _fused_dense(h, p["gate_up"], 2 * f, i)

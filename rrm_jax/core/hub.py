@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rrm_jax.core.hf_io import CheckpointError
+from rrm_jax.core.errors import CheckpointError, DataError
 
 ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "merges.txt", "vocab.txt", "*.jinja"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
@@ -35,6 +35,37 @@ def download_hint(repo: str) -> str:
         f"hf download {repo} --include '*.safetensors' '*.json' 'tokenizer*' "
         "(on a machine with network, then copy the HF cache or pass the directory)"
     )
+
+
+DATA_PATTERNS = ["*.json", "*.jsonl", "*.parquet"]  # a benchmark's data files (fnmatch: any folder depth)
+
+
+def resolve_dataset(spec: str, revision: str | None = None) -> Path:
+    """The cached snapshot of hub dataset ``spec`` (``org/name[@revision]``), its data files only, downloaded when
+    online: where a benchmark's own released files are read from when no local path is given."""
+    repo, revision = split_revision(str(spec), revision)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        root = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=DATA_PATTERNS))
+    except RevisionNotFoundError:
+        raise DataError(f"{repo}: revision {revision!r} not found on the hub") from None
+    except RepositoryNotFoundError:
+        raise DataError(f"{repo}: no such dataset repository on the hub (or it is private/gated)") from None
+    except LocalEntryNotFoundError:
+        raise DataError(
+            f"{repo}: not in the Hugging Face cache and the hub cannot be reached (offline); on a machine with network "
+            f"run hf download {repo} --repo-type dataset, then copy the HF cache or pass the files' path"
+        ) from None
+    if not any(root.rglob("*.json*")) and not any(root.rglob("*.parquet")):
+        raise DataError(f"{repo}: the dataset repository holds no .json, .jsonl or .parquet files")
+    return root
+
+
+def data_path(spec: str) -> str:
+    """A data argument as a local path: itself when it exists or is no hub id, else the dataset's snapshot."""
+    return str(resolve_dataset(spec)) if not Path(spec).exists() and is_hub_id(spec) else spec
 
 
 def resolve(spec: str | Path, revision: str | None = None) -> Path:

@@ -9,9 +9,9 @@ prefill/decode steps that read and write a :class:`KVCache` (the sampler drives 
 ``__call__`` and :meth:`Qwen2.decode_step`). One output head, :meth:`Qwen2.logits_from_hidden`, serves
 the forward, the trainer and the sampler.
 
-This module owns the decoder layer, the KV cache and the module that runs them; the maths they compose (RMSNorm,
-RoPE, attention) is :mod:`rrm_jax.core.ops`, and the CPU decode step's matmul kernel and its layer are
-:mod:`rrm_jax.core.cpu_kernel`. What the parameters are (shapes, logical axes, initialisers, HF names) is the table
+This module owns the decoder layer (one form: the cache is read and written through its layout,
+:mod:`rrm_jax.core.kv_cache`) and the module that runs it; the maths they compose (RMSNorm, RoPE, attention) is
+:mod:`rrm_jax.core.ops`, and the sampler's CPU decode backends are :mod:`rrm_jax.sampler.decode`. What the parameters are (shapes, logical axes, initialisers, HF names) is the table
 in :mod:`rrm_jax.core.params`; the module creates its weights from it.
 """
 
@@ -19,95 +19,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import nnx
 
-from rrm_jax.core import cpu_kernel
 from rrm_jax.core.config import ModelConfig
-
-# The maths lived here before ops.py; re-exported so old imports work.
-from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope, write_kv  # noqa: F401
-
-# PARAM_AXES and the path helpers lived here before the parameter table; re-exported so old imports work.
-from rrm_jax.core.params import (  # noqa: F401
-    PARAM_AXES,
-    PARAMS,
-    is_stacked,
-    param_axes,
-    param_name,
-    param_shapes,
-)
-
-# Logical axes of the KV cache's k/v buffers, slot-major (TPU/GPU) or heads-major (CPU; see KVCache).
-CACHE_AXES = ("layers", "batch", "cache_sequence", "kv_heads", "head_dim")
-HEADS_MAJOR_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_sequence", "head_dim")
-
-
-@struct.dataclass
-class KVCache:
-    """Preallocated keys/values for every layer plus per-slot bookkeeping.
-
-    ``valid[b, s]`` marks slots that hold a real token (padding is written but never attended to);
-    ``length[b]`` is the next slot row ``b`` writes to, so rows may sit at different lengths
-    (continuous batching).
-    """
-
-    k: jax.Array  # [L, B, S, K, hd], or [L, B, K, S, hd] when heads_major
-    v: jax.Array
-    valid: jax.Array  # [B, S] bool
-    length: jax.Array  # [B] int32
-    # XLA:CPU's attention dots read a heads-major cache as it lies, where a slot-major one costs a transposed
-    # copy per layer and step (2.5-3.3x the attention time of a B=8 decode step over 1088 slots). On TPU the
-    # heads-major scatter of a step's keys made XLA copy the whole cache per step when a chip holds more than
-    # one KV head (`rrm-jax plan rrm-7b --topology v5p-16`: 12.7 GiB of decode temporaries), so TPU/GPU keep
-    # slot-major, whose layout XLA picks there.
-    heads_major: bool = struct.field(pytree_node=False, default=False)
-
-    @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=jnp.bfloat16, heads_major: bool = False) -> KVCache:
-        shape = (cfg.num_layers, batch) + ((cfg.num_kv_heads, slots) if heads_major else (slots, cfg.num_kv_heads))
-        shape += (cfg.head_dim,)
-        return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            valid=jnp.zeros((batch, slots), bool),
-            length=jnp.zeros((batch,), jnp.int32),
-            heads_major=heads_major,
-        )
-
-    @property
-    def axes(self) -> tuple[str, ...]:
-        """Logical axes of the stacked k/v."""
-        return HEADS_MAJOR_CACHE_AXES if self.heads_major else CACHE_AXES
-
-    def index(self, rows=slice(None), slots=slice(None)) -> tuple:
-        """An index of the stacked k/v taking ``rows`` on the batch axis and ``slots`` on the slot axis."""
-        return (slice(None), rows) + ((slice(None), slots) if self.heads_major else (slots,))
-
-    @property
-    def slots(self) -> int:
-        return self.valid.shape[1]
-
-    def per_layer(self) -> KVCache:
-        """k/v as tuples of per-layer arrays (the form :meth:`Qwen2.decode_step` takes with unrolled weights)."""
-        return self.replace(k=tuple(self.k), v=tuple(self.v))
-
-    def stacked(self) -> KVCache:
-        """Back from :meth:`per_layer` to stacked ``[L, ...]`` k/v."""
-        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
-
-
-@struct.dataclass
-class UnrolledWeights:
-    """Per-layer weights and the ``[D, V]`` output projection, split out of the stacked arrays once.
-
-    ``fused``: ``layers`` is one dict of stacked weights in the CPU matmul kernel's packed float32 form
-    (:func:`rrm_jax.core.cpu_kernel.fuse_layers`), the head is packed too, and the decode step multiplies through
-    :func:`rrm_jax.core.cpu_kernel.matmul` (over a heads-major cache only).
-    """
-
-    layers: tuple[dict[str, jax.Array], ...] | dict[str, jax.Array]
-    head: jax.Array
-    fused: bool = struct.field(pytree_node=False, default=False)
+from rrm_jax.core.kv_cache import SLOT_MAJOR, KVCache
+from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope
+from rrm_jax.core.params import PARAMS
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -123,8 +40,8 @@ class DecoderLayers(nnx.Module):
         return {name: getattr(self, name)[...] for name in PARAMS if isinstance(getattr(self, name, None), nnx.Param)}
 
 
-def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype, heads_major=False):
-    """One decoder layer. ``kv`` is (k_layer, v_layer) of the cache or None; returns (x, new_kv)."""
+def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype, layout=SLOT_MAJOR):
+    """One decoder layer. ``kv`` is (k_layer, v_layer) of a cache in ``layout``, or None; returns (x, new_kv)."""
     cd = compute_dtype
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, p["q_proj"].astype(cd))
@@ -135,11 +52,9 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     q = rope(q, positions, cfg.rope_theta)
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
-        ck, cv = kv = write_kv(*kv, k, v, write, heads_major)
-        if not heads_major:
-            ck, cv = ck.transpose(0, 2, 1, 3), cv.transpose(0, 2, 1, 3)
+        kv = layout.write(*kv, k, v, write)
         # A cached attention runs XLA's dots: cuDNN's fused kernel is for a sequence attending to itself.
-        o = attention(q, ck.astype(cd), cv.astype(cd), mask)
+        o = attention(q, *(layout.per_head(c).astype(cd) for c in kv), mask)
     else:
         o = causal_attention(q, k, v, mask, impl)
     x = x + jnp.einsum("bthk,hkd->btd", o, p["o_proj"].astype(cd))
@@ -186,7 +101,7 @@ class Qwen2(nnx.Module):
     def logits_from_hidden(self, h: jax.Array, head: jax.Array | None = None) -> jax.Array:
         """The output head: final-normed hidden [..., D] -> float32 logits [..., V] (forward, training, decode).
 
-        ``head`` is a [D, V] projection already in the compute dtype (:attr:`UnrolledWeights.head`). Without
+        ``head`` is a [D, V] projection already in the compute dtype (the unrolled decode's, split once). Without
         it, one position per row ([B, D]: prefill's last token, a decode step) contracts a tied embedding in
         place, since a transposed copy per step would cost more than the step's matmul; a sequence goes
         through :meth:`head_weight`, whose one transpose is amortised over all its positions.
@@ -197,69 +112,14 @@ class Qwen2(nnx.Module):
         w = self.head_weight().astype(cd) if head is None else head
         return jnp.einsum("...d,dv->...v", h.astype(cd), w, preferred_element_type=jnp.float32)
 
-    def unrolled_weights(self, fused: bool = False) -> UnrolledWeights:
-        """The weights :meth:`decode_step` runs unrolled over, materialised once outside a decode loop.
-
-        XLA:CPU copies a layer's weights out of the stacked array on every scan iteration (the dot needs its
-        own buffer), tripling weight traffic in a bandwidth-bound step; split once, the copies happen once per
-        loop. A tied embedding is transposed here too: XLA:CPU streams ``h @ W[D, V]`` markedly faster than
-        ``h @ E[V, D].T``. The barrier keeps XLA from sinking the split back into the loop. ``fused`` gives the
-        CPU matmul kernel's packed float32 form (:func:`rrm_jax.core.cpu_kernel.fuse_layers`), the head packed too.
-        """
-        stacked = self.layers.stacked()
-        if fused:  # packed by the kernel's own routine, stacked (the kernel indexes the layer), head included
-            tied = self.cfg.tie_word_embeddings
-            head = cpu_kernel.pack((self.embed if tied else self.lm_head)[...].astype(jnp.float32), transposed=tied)
-            layers = cpu_kernel.fuse_layers(self.cfg, {k: v.astype(jnp.float32) for k, v in stacked.items()})
-            return UnrolledWeights(layers=layers, head=head, fused=True)
-        layers = tuple({k: v[i] for k, v in stacked.items()} for i in range(self.cfg.num_layers))
-        layers, head = jax.lax.optimization_barrier((layers, self.head_weight().astype(self.compute_dtype)))
-        return UnrolledWeights(layers=layers, head=head)
-
-    def unrolled_logits(self, h: jax.Array, weights: UnrolledWeights) -> jax.Array:
-        """The output head over :meth:`unrolled_weights`: final-normed hidden [B, D] -> float32 logits [B, V]."""
-        if weights.fused:
-            return cpu_kernel.matmul(h, weights.head, self.cfg.vocab_size)
-        return self.logits_from_hidden(h, weights.head)
-
-    def decode_step(
-        self, tokens: jax.Array, active: jax.Array, cache: KVCache, weights: UnrolledWeights | None = None
-    ) -> tuple[jax.Array, KVCache]:
+    def decode_step(self, tokens: jax.Array, active: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """One token per row through the decoder and the output head; tokens/active [B] -> (logits [B, V], cache).
 
-        Rows with ``active`` False write a slot that stays invalid (never attended to). Without ``weights`` the
-        layers run under ``__call__``'s scan over the stacked cache; with them (from :meth:`unrolled_weights`)
-        they run unrolled over a :meth:`KVCache.per_layer` cache, with the same maths.
+        Rows with ``active`` False write a slot that stays invalid (never attended to). This is the scanned form;
+        the sampler's other decode backends (:mod:`rrm_jax.sampler.decode`) compute the same maths.
         """
-        if weights is None:
-            h, cache = self(tokens[:, None], None, active[:, None], cache, return_hidden=True)
-            return self.logits_from_hidden(h[:, 0]), cache
-        cfg = self.cfg
-        positions = jnp.sum(cache.valid, axis=1, keepdims=True)  # what __call__ derives for one token
-        valid, attn_mask, write = _cache_mask(cache, active[:, None])
-        x = self.embed_tokens(tokens[:, None])
-        ks, vs = [], []
-        for i, (k, v) in enumerate(zip(cache.k, cache.v)):
-            if weights.fused:
-                x, (k, v) = cpu_kernel.decoder_layer(cfg, weights.layers, i, x, positions, attn_mask, (k, v), write)
-            else:
-                x, (k, v) = decoder_layer(
-                    cfg,
-                    weights.layers[i],
-                    x,
-                    positions,
-                    attn_mask,
-                    (k, v),
-                    write,
-                    self.attention_impl,
-                    self.compute_dtype,
-                    cache.heads_major,
-                )
-            ks.append(k)
-            vs.append(v)
-        h = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)[:, 0]
-        cache = cache.replace(k=tuple(ks), v=tuple(vs), valid=valid, length=cache.length + 1)
-        return self.unrolled_logits(h, weights), cache
+        h, cache = self(tokens[:, None], None, active[:, None], cache, return_hidden=True)
+        return self.logits_from_hidden(h[:, 0]), cache
 
     def __call__(
         self,
@@ -293,12 +153,12 @@ class Qwen2(nnx.Module):
             attn_mask = causal[None] & mask[:, None, :]
             write = None
         else:
-            valid, attn_mask, write = _cache_mask(cache, mask)
+            valid, attn_mask, write = cache.placement(mask)
 
         params = self.layers.stacked()
-        heads_major = cache is not None and cache.heads_major
+        layout = SLOT_MAJOR if cache is None else cache.layout
         layer = lambda x, p, kv: decoder_layer(
-            cfg, p, x, positions, attn_mask, kv, write, self.attention_impl, self.compute_dtype, heads_major
+            cfg, p, x, positions, attn_mask, kv, write, self.attention_impl, self.compute_dtype, layout
         )
         if self.remat == "full":
             layer = jax.checkpoint(layer)
@@ -329,16 +189,3 @@ class Qwen2(nnx.Module):
         if return_hidden:
             return h, new_cache
         return self.logits_from_hidden(h), new_cache
-
-
-def _cache_mask(cache: KVCache, mask: jax.Array):
-    """Where T new tokens [B, T] go in the cache and what they attend to -> (valid, attn mask [B, T, S], write).
-
-    Token t of row b is written at slot ``length[b] + t`` and sees every valid slot up to its own.
-    """
-    b, t = mask.shape
-    slots = cache.length[:, None] + jnp.arange(t)[None]  # [B, T]
-    rows = jnp.arange(b)[:, None]
-    valid = cache.valid.at[rows, slots].set(mask, mode="drop")
-    attn_mask = valid[:, None, :] & (jnp.arange(cache.slots)[None, None, :] <= slots[:, :, None])
-    return valid, attn_mask, (rows, slots)

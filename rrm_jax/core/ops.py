@@ -1,5 +1,5 @@
-"""The decoder's maths as pure functions: RMSNorm, RoPE, grouped-query attention (cached or causal) and the
-write of a step's keys/values into a layer's cache.
+"""The decoder's maths as pure functions: RMSNorm, RoPE, grouped-query attention (cached or causal); how a
+step's keys/values are written into a layer's cache is its layout's (:mod:`rrm_jax.core.kv_cache`).
 
 :mod:`rrm_jax.core.model` composes them into the decoder layer; the CPU decode kernel's layer
 (:mod:`rrm_jax.core.cpu_kernel`) reuses them.
@@ -76,14 +76,3 @@ def _attend(qg, kt, vt, mask):
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
     return jnp.einsum("bkgts,bksd->bkgtd", probs, vt)
-
-
-def write_kv(ck: jax.Array, cv: jax.Array, k: jax.Array, v: jax.Array, write, heads_major: bool):
-    """A layer's cache (ck, cv) with k/v [B, T, K, hd] written at ``write`` = (rows [B, 1], slots [B, T]).
-
-    The same index serves either cache layout: heads-major [B, K, S, hd] puts the heads' slice between rows and
-    slots. Out-of-range slots are dropped.
-    """
-    rows, slots = write
-    at = (rows, slice(None), slots) if heads_major else (rows, slots)
-    return ck.at[at].set(k.astype(ck.dtype), mode="drop"), cv.at[at].set(v.astype(cv.dtype), mode="drop")

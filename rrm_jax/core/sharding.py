@@ -66,6 +66,17 @@ class ShardingRules:
 DEFAULT_RULES = ShardingRules()
 
 
+def mesh_misfit(shape: Sequence[int], n: int, axis_names: Sequence[str] = MESH_AXES) -> str | None:
+    """Why ``shape`` (one -1 may take the devices left) cannot be laid over ``n`` devices; None when it can."""
+    fixed = math.prod(s for s in shape if s != -1)
+    if (n % fixed == 0) if -1 in shape else fixed == n:
+        return None
+    named = ", ".join(f"{a}={s}" for a, s in zip(axis_names, shape) if s not in (-1, 1))
+    return f"needs {'a multiple of ' if -1 in shape else ''}{fixed} devices, have {n}" + (
+        f" ({named})" if named else ""
+    )
+
+
 def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
     """A mesh over all devices. ``shape`` defaults to pure FSDP ``(1, n, 1)``; -1 fills the remaining devices."""
     devices = list(devices if devices is not None else jax.devices())
@@ -75,11 +86,11 @@ def make_mesh(shape: Sequence[int] | None = None, axis_names: Sequence[str] = ME
     shape = list(shape)
     if shape.count(-1) > 1:
         raise ConfigError(f"mesh shape {shape}: at most one -1")
+    why = mesh_misfit(shape, n, axis_names)
+    if why:
+        raise ConfigError(f"mesh shape {tuple(shape)} {why}")
     if -1 in shape:
-        rest = math.prod(s for s in shape if s != -1)
-        shape[shape.index(-1)] = n // rest
-    if math.prod(shape) != n:
-        raise ConfigError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {n}")
+        shape[shape.index(-1)] = n // math.prod(s for s in shape if s != -1)
     return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 

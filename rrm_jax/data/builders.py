@@ -116,6 +116,18 @@ class LLMBar(PairsBuilder):
     KIND = "llmbar"
 
 
+class JudgeBench(PairsBuilder):
+    """JudgeBench pairs (label A>B -> 0); subset = the pair's source."""
+
+    KIND = "judgebench"
+
+
+class RMBench(PairsBuilder):
+    """RM-Bench: each item's 3 x 3 chosen-vs-rejected style pairs (ids <id>/c<i>r<j>); subset = the domain."""
+
+    KIND = "rmbench"
+
+
 class PairsJsonl(PairsBuilder):
     """Generic pairs JSONL {query, response_a, response_b, label}."""
 
@@ -126,6 +138,8 @@ BUILDERS: dict[str, type[PairsBuilder]] = {
     "rewardbench": RewardBench,
     "pandalm": PandaLM,
     "llmbar": LLMBar,
+    "judgebench": JudgeBench,
+    "rmbench": RMBench,
     "jsonl": PairsJsonl,
 }
 assert set(BUILDERS) == set(KINDS)

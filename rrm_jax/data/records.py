@@ -1,7 +1,17 @@
 """The common pairwise record and the readers that turn benchmark files into it.
 
 Every benchmark becomes a list of :class:`PairRecord` ``{id, query, response_a, response_b, label, subset,
-source}`` with ``label`` 0 (``a`` better), 1 (``b`` better) or None (tie / unlabeled).
+source}`` with ``label`` 0 (``a`` better), 1 (``b`` better) or None (tie / unlabeled). Besides RewardBench,
+PandaLM, LLMBar and a generic JSONL:
+
+* **JudgeBench** (``dataset=judgebench``, its ``data/*.jsonl``): rows ``{pair_id, original_id, source, question,
+  response_A, response_B, label}`` with label ``"A>B"`` / ``"B>A"``. A pair's subset is its ``source`` (e.g.
+  ``mmlu-pro-biology``); the score groups them by JudgeBench's four source prefixes.
+* **RM-Bench** (``dataset=rmbench``, its ``total_dataset.json`` or a domain file): items ``{id, prompt, chosen[3],
+  rejected[3], domain}``, the three responses of each side in the styles concise, detailed plain and detailed
+  markdown. Each item becomes its 3 x 3 chosen-vs-rejected pairs, ids ``<id>/c<i>r<j>`` (chosen style ``i``
+  against rejected style ``j``, label 0: chosen is ``a``); the subset is the domain (``chat``, ``math``, ``code``,
+  ``safety-refuse``, ``safety-response``).
 
 Bad-input policy (one rule for every reader):
 
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,11 +44,12 @@ from typing import Any, Literal
 
 from rrm_jax.core.errors import DataError
 from rrm_jax.data.sources import BadItem as _Bad
+from rrm_jax.data.sources import data_files
 from rrm_jax.data.sources import iter_json_items as _iter_json_items
 from rrm_jax.data.sources import text_lines as _text_lines
 
 OnBad = Literal["raise", "skip"]
-KINDS = ("rewardbench", "pandalm", "llmbar", "jsonl")
+KINDS = ("rewardbench", "pandalm", "llmbar", "judgebench", "rmbench", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +128,7 @@ class _Ctx:
 def _collect(
     path: Path,
     items: Iterable[tuple[int, Any]],
-    convert: Callable[[int, dict, _Ctx], PairRecord],
+    convert: Callable[[int, dict, _Ctx], PairRecord | list[PairRecord]],  # a list: the item's several pairs
     on_bad: OnBad,
     *,
     strict_text: bool,
@@ -135,17 +147,19 @@ def _collect(
                 raise item
             if not isinstance(item, dict):
                 raise _Bad(None, f"expected a JSON object, got {type(item).__name__}")
-            rec = convert(n, item, ctx)
-            if rec.id in seen:
-                raise _Bad("id", f"duplicate id {rec.id!r} (first at {seen[rec.id]})")
+            got = convert(n, item, ctx)
+            recs = got if isinstance(got, list) else [got]
+            for rec in recs:
+                if rec.id in seen:
+                    raise _Bad("id", f"duplicate id {rec.id!r} (first at {seen[rec.id]})")
         except _Bad as bad:
             p = Problem(str(path), n, bad.field, bad.message)
             if on_bad == "raise":
                 raise DataError(f"{p} (pass on_bad='skip' / --on-bad skip to skip and record bad items)") from None
             problems.append(p)
             continue
-        seen[rec.id] = n
-        records.append(rec)
+        seen.update((rec.id, n) for rec in recs)
+        records += recs
         notes += [Problem(str(path), n, f, m) for f, m in ctx.notes]
     return PairSet(records, problems, notes)
 
@@ -308,10 +322,87 @@ def _check_unique(records: list[PairRecord], where: Path) -> None:
         raise DataError(f"{where}: duplicate ids across files: {dup[:5]}")
 
 
+# ------------------------------------------------------------------ the judge benchmarks released after RewardBench
+JUDGEBENCH_LABELS = {"A>B": 0, "B>A": 1}
+RMBENCH_STYLES = ("concise", "detailed_plain", "detailed_markdown")
+_RMBENCH_ID = re.compile(r"^(.*)/c([0-2])r([0-2])$")
+
+
+def _id(item: dict, key: str) -> str:
+    if key not in item:
+        raise _Bad(key, "missing field")
+    v = item[key]
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise _Bad(key, f"expected an int or string, got {type(v).__name__}")
+    return str(v)
+
+
+def _each_file(p: Path, convert, on_bad: OnBad) -> PairSet:
+    """``convert`` over one data file, or over every .jsonl / .json / .parquet file below a directory (a hub
+    dataset's snapshot), ids unique across them."""
+    files = data_files(p)
+    if not files:
+        raise DataError(f"{p}: directory holds no .jsonl, .json or .parquet files")
+    out = PairSet([], [])
+    for f in files:
+        out.extend(_collect(f, _iter_json_items(f), convert, on_bad, strict_text=False))
+    _check_unique(out.records, p)
+    return out
+
+
+def read_judgebench(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
+    p = _path(path)
+
+    def convert(n: int, item: dict, c: _Ctx) -> PairRecord:
+        label = item.get("label")
+        if not isinstance(label, str) or label not in JUDGEBENCH_LABELS:
+            raise _Bad("label", f"expected 'A>B' or 'B>A', got {label!r}")
+        source = c.text(item, "source")
+        return PairRecord(
+            _id(item, "pair_id"),
+            c.text(item, "question"),
+            c.text(item, "response_A"),
+            c.text(item, "response_B"),
+            JUDGEBENCH_LABELS[label],
+            source,
+            "judgebench",
+        )
+
+    return _each_file(p, convert, on_bad)
+
+
+def read_rmbench(path: str | Path, *, on_bad: OnBad = "raise") -> PairSet:
+    p = _path(path)
+
+    def convert(n: int, item: dict, c: _Ctx) -> list[PairRecord]:
+        rid, prompt, domain = _id(item, "id"), c.text(item, "prompt"), c.text(item, "domain")
+        sides = {}
+        for key in ("chosen", "rejected"):
+            v = item.get(key)
+            if not isinstance(v, list) or len(v) != len(RMBENCH_STYLES):
+                raise _Bad(key, f"expected a list of {len(RMBENCH_STYLES)} responses ({', '.join(RMBENCH_STYLES)})")
+            sides[key] = [c.text({key: x}, key) for x in v]
+        return [
+            PairRecord(f"{rid}/c{i}r{j}", prompt, chosen, rejected, 0, domain, "rmbench")
+            for i, chosen in enumerate(sides["chosen"])
+            for j, rejected in enumerate(sides["rejected"])
+        ]
+
+    return _each_file(p, convert, on_bad)
+
+
+def rmbench_cell(record_id: str) -> tuple[str, int, int] | None:
+    """``<id>/c<i>r<j>`` -> (item id, chosen style i, rejected style j); None for another id."""
+    m = _RMBENCH_ID.match(record_id)
+    return (m[1], int(m[2]), int(m[3])) if m else None
+
+
 READERS: dict[str, Callable[..., PairSet]] = {
     "rewardbench": read_rewardbench,
     "pandalm": read_pandalm,
     "llmbar": read_llmbar,
+    "judgebench": read_judgebench,
+    "rmbench": read_rmbench,
     "jsonl": read_pairs_jsonl,
 }
 

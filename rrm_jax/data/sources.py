@@ -4,6 +4,7 @@ lists and parquet rows. What an item means is :mod:`rrm_jax.data.records`' busin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +12,30 @@ from typing import Any
 
 from rrm_jax.core.errors import DataError
 
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def data_files(path: Path) -> list[Path]:
+    """``path`` itself, or the data files below a directory (a hub dataset's snapshot), sorted."""
+    return sorted(q for q in path.rglob("*") if q.suffix in DATA_SUFFIXES) if path.is_dir() else [path]
+
 
 def hash_file(h, path: str | Path) -> None:
     """Feed a file's bytes into the hashlib object ``h`` in 1 MiB reads (data sets can be large)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """Short content hash of an input file's bytes (of a directory's files, by their names below it): runs and
+    records are keyed on what was read, not the name."""
+    h, path = hashlib.sha256(), Path(path)
+    for f in sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]:
+        if f != path:
+            h.update(str(f.relative_to(path)).encode())
+        hash_file(h, f)
+    return h.hexdigest()[:16]
 
 
 class BadItem(Exception):

@@ -29,6 +29,7 @@ from rrm_jax.evaluation.bon import STRATEGIES as BON_STRATEGIES
 from rrm_jax.evaluation.bon import BonItem, pick_chunk
 from rrm_jax.evaluation.bon_report import summarize_bon
 from rrm_jax.judge import Judge
+from rrm_jax.judge.prompt import DEMO_PROMPT
 from rrm_jax.sampler import SamplingConfig, generate
 from rrm_jax.training.config import GRPOConfig, JudgeConfig, OptimConfig, TrainConfig
 from rrm_jax.training.rl.judge_rewards import JudgeReward
@@ -117,7 +118,7 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
     # -- feedback cycles: GRPO on judge rewards only ----------------------------------------------------
     judge = Judge(
         judge_model,
-        prompt=task.DEMO_PROMPT,
+        prompt=DEMO_PROMPT,
         sampling=SamplingConfig(
             max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature, max_slots=256
         ),
@@ -136,7 +137,7 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
             temperature=recipe.policy_temperature,
             max_slots=recipe.policy_prompts * recipe.policy_group,
         ),
-        judge=JudgeConfig(model="demo judge (stage 1)", prompt=task.DEMO_PROMPT.key, show="answer", extract="math"),
+        judge=JudgeConfig(model="demo judge (stage 1)", prompt=DEMO_PROMPT.key, show="answer", extract="math"),
     )
     reward = JudgeReward(judge, kind, show=grpo_cfg.judge.show, extract=grpo_cfg.judge.extract, seed=seed)
     grpo = Trainer(sft.policy, grpo_cfg, reward_fn=reward)

@@ -38,7 +38,7 @@ from rrm_jax.demo import task
 from rrm_jax.demo.policy import feedback_loop
 from rrm_jax.demo.recipe import Recipe, load_recipe
 from rrm_jax.judge import Judge
-from rrm_jax.judge.prompt import make_render
+from rrm_jax.judge.prompt import DEMO_PROMPT, make_render
 from rrm_jax.sampler import SamplingConfig
 from rrm_jax.training.config import GRPOConfig, OptimConfig, TrainConfig
 from rrm_jax.training.trainer import Trainer
@@ -191,7 +191,7 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
     sampling = SamplingConfig(max_new_tokens=recipe.max_new_tokens, temperature=recipe.eval_temperature, max_slots=256)
 
     def judge_of(m):
-        return Judge(m, prompt=task.DEMO_PROMPT, sampling=sampling)
+        return Judge(m, prompt=DEMO_PROMPT, sampling=sampling)
 
     # -- 1. warm start: SFT on a weak teacher's traces for a minority of the pairs -------------------
     n_sft = max(1, int(len(train_pairs) * recipe.sft_fraction))
@@ -205,7 +205,7 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
         grpo=GRPOConfig(seq_bucket=80),
     )
     sft = Trainer(model, sft_cfg)
-    render = make_render(tok, task.DEMO_PROMPT)
+    render = make_render(tok, DEMO_PROMPT)
     t0 = time.perf_counter()
     for step in _bar(console, range(recipe.sft_steps), "SFT warm start"):
         prompts, comps = task.sft_batch(sft_pairs, recipe.sft_batch, rng, tok, render, recipe.snap_fraction)

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.judge.prompt import DEMO_PROMPT  # noqa: F401  (the demo's prompt, registered as `demo`)
 
 WRONG_OFFSETS = (-3, -2, -1, 1, 2, 3)
 

@@ -2,7 +2,9 @@
 
 Input (:func:`read_bon`): JSONL of ``{query, candidates: [str, ...], correct: [bool, ...]}`` or ``{query, candidates,
 answer}`` (a candidate is correct when its extracted final answer equals ``answer``: ``rrm_jax.data.answers``), or
-``{query, answer}`` when a policy writes the candidates first (:func:`generate_candidates`). For each n, a query's
+``{query, answer}`` when a policy writes the candidates first (:func:`generate_candidates`); PPE's best-of-K rows
+``{question_id, prompt, response_1..K, scores}`` (MMLU-Pro, MATH, GPQA; .jsonl, .json or .parquet) read as
+``{id, query, candidates, correct}`` (:func:`from_ppe`). For each n, a query's
 FIRST n candidates compete:
 
 - ``knockout`` / ``elo``: the judge's tournament (``rrm_jax.judge.tournament``: n - 1 matches / a Bradley-Terry
@@ -34,7 +36,7 @@ from rrm_jax.core.seeds import derive_seed
 from rrm_jax.core.tokenizers import chat_prompt
 from rrm_jax.data.answers import EXTRACTORS, same_answer
 from rrm_jax.data.records import DataError
-from rrm_jax.data.sources import BadItem, text_lines
+from rrm_jax.data.sources import BadItem, data_files, iter_json_items, text_lines
 from rrm_jax.evaluation.fit import misfit
 from rrm_jax.evaluation.records import RECORD_VERSION, open_records
 from rrm_jax.judge import tournament
@@ -65,21 +67,18 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
         raise DataError(f"unknown extractor {extract!r}; known: {', '.join(EXTRACTORS)}")
     out: list[BonItem] = []
     seen: dict[str, int] = {}
-    for n, line in text_lines(p):
+    for f, n, item in _items(p):
         if limit and len(out) >= limit:
             break
 
-        def bad(field, msg, n=n):
-            return DataError(f"{p}:{n}{':' + field if field else ''}: {msg}")
+        def bad(field, msg, n=n, f=f):
+            return DataError(f"{f}:{n}{':' + field if field else ''}: {msg}")
 
-        if isinstance(line, BadItem):
-            raise bad(line.field, line.message)
-        try:
-            item = json.loads(line)
-        except ValueError as e:
-            raise bad(None, f"malformed JSON ({getattr(e, 'msg', e)})") from None
+        if isinstance(item, BadItem):
+            raise bad(item.field, item.message)
         if not isinstance(item, dict):
             raise bad(None, f"expected a JSON object, got {type(item).__name__}")
+        item = from_ppe(item)
         if not isinstance(item.get("query"), str) or not item["query"].strip():
             raise bad("query", "missing or empty (expected a string)")
         qid = item.get("id", f"{p.stem}-{n}")
@@ -113,6 +112,46 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
             raise bad("correct", "neither 'correct' (one bool per candidate) nor 'answer' given")
         out.append(with_candidates(BonItem(qid, item["query"], (), (), None, answer), cands, extract, correct))
     return out
+
+
+def _items(p: Path):
+    """(file, line or row number, item or BadItem) of a .jsonl, a .json list or a .parquet table (PPE's files), or
+    of each of them below a directory (a hub dataset's snapshot)."""
+    if p.is_dir():
+        for f in data_files(p):
+            yield from _items(f)
+        return
+    if p.suffix.lower() in (".json", ".parquet"):
+        yield from ((p, n, item) for n, item in iter_json_items(p))
+        return
+    for n, line in text_lines(p):
+        if isinstance(line, BadItem):
+            yield p, n, line
+            continue
+        try:
+            yield p, n, json.loads(line)
+        except ValueError as e:
+            yield p, n, BadItem(None, f"malformed JSON ({getattr(e, 'msg', e)})")
+
+
+def from_ppe(item: dict) -> dict:
+    """A PPE best-of-K row ``{question_id, prompt, response_1 .. response_K, scores}`` (a score > 0: a correct
+    response) as ours, ``{id, query, candidates, correct}``; any other row as it is."""
+    if "response_1" not in item or "prompt" not in item or "query" in item:
+        return item
+    k = 1
+    while f"response_{k + 1}" in item:
+        k += 1
+    scores = item.get("scores")
+    correct = (
+        [float(s) > 0 for s in scores]
+        if isinstance(scores, list) and all(isinstance(s, (int, float)) for s in scores)
+        else scores
+    )
+    row = {"query": item["prompt"], "candidates": [item[f"response_{i}"] for i in range(1, k + 1)], "correct": correct}
+    if "question_id" in item:
+        row["id"] = item["question_id"]
+    return row
 
 
 def with_candidates(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import sys
 from pathlib import Path
 
+from rrm_jax.core import hub
 from rrm_jax.core.configs import write_toml
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.data.records import DataError
@@ -31,7 +33,8 @@ def bon_main(argv: list[str], *, judge=None) -> int:
         raise ConfigError(
             "DATA is required: a JSONL of {query, candidates, correct | answer} (or {query, answer} with --policy)"
         )
-    if not Path(cfg.data).is_file():
+    cfg = dataclasses.replace(cfg, data=hub.data_path(cfg.data))  # a hub dataset: its cached snapshot's files
+    if not Path(cfg.data).exists():
         raise ConfigError(f"DATA {cfg.data}: no such file")
     uses_judge = any(s in JUDGE_STRATEGIES for s in cfg.strategy)
     if uses_judge and judge is None and not cfg.model:
@@ -63,6 +66,8 @@ def bon_main(argv: list[str], *, judge=None) -> int:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_toml(cfg, out / "config.toml")
+    if cfg.protocol == "rrm-conflict-pairs":
+        return _conflict(cfg, judge, items, out, meta, main)
     try:
         if cfg.policy:
             items = _policy_candidates(cfg, items, out, fingerprint)
@@ -95,6 +100,37 @@ def bon_main(argv: list[str], *, judge=None) -> int:
     )
     write_bon_summary(out, summary, plots=cfg.plots)
     print((out / "summary.md").read_text())
+    return 0
+
+
+def _conflict(cfg: BonConfig, judge, items, out: Path, meta: dict, main: bool) -> int:
+    """The RRM authors' conflict-pair protocol (rrm_jax.evaluation.conflict) instead of picking one of n."""
+    from rrm_jax.evaluation.conflict import run_conflict
+
+    try:
+        scores = run_conflict(
+            judge if judge is not None else Lazy(lambda: _real_judge(cfg)),
+            items,
+            out,
+            meta={**meta, "prompt": cfg.prompt, "max_think_tokens": think_budgets(cfg)[0]},
+            rounds=cfg.rounds,
+            runs=cfg.runs,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            restart=cfg.restart,
+        )
+    except (EvalError, DataError, ValueError) as e:
+        print(f"rrm-jax bon: {e}", file=sys.stderr)
+        return 2
+    if main:
+        (out / "summary.json").write_text(json.dumps({"conflict": scores}, indent=1))
+        runs = ", ".join(f"{100 * a:.1f}" for a in scores["runs"])
+        print(
+            f"conflict pairs: {scores['pairs']} pairs from {scores['questions'] - scores['no_conflict']} questions "
+            f"({scores['no_conflict']} without a conflict); accuracy per run {runs}; voted across "
+            f"{len(scores['runs'])} runs {100 * scores['voted']:.1f}"
+        )
     return 0
 
 
@@ -134,7 +170,7 @@ def _policy_candidates(cfg: BonConfig, items, out: Path, fingerprint: str):
         batch_size=cfg.batch_size,
         progress=cfg.progress,
         restart=cfg.restart,
-        max_slots=cfg.max_slots,
+        max_slots=cfg.sampling.max_slots,
     )
     del policy
     gc.collect()

@@ -25,8 +25,8 @@ from rrm_jax.data.pipeline import load_pairs
 from rrm_jax.data.records import DataError, read_pairs_jsonl, read_queries
 from rrm_jax.evaluation.config import (
     EvalConfig,
-    JudgeConfig,
     JudgeOptions,
+    JudgePairsConfig,
     RankConfig,
     build_config,
     check_data,
@@ -45,7 +45,7 @@ from rrm_jax.evaluation.records import (
     open_records,
     preflight,
 )
-from rrm_jax.evaluation.report import summarize, write_summary
+from rrm_jax.evaluation.report import position_line, summarize, write_judgebench, write_summary
 from rrm_jax.evaluation.run import Setting, eval_meta, evaluate, records_path, run_meta, run_records
 from rrm_jax.judge import DirectJudge, Judge
 from rrm_jax.judge.prompt import get_prompt
@@ -72,7 +72,7 @@ def load_model(opts: JudgeOptions):
 
 
 def make_judge(model, opts: JudgeOptions, max_think_tokens: int | None):
-    """A Judge of ``model`` (``opts.max_new_tokens`` as :func:`clamp_generation` left it); a budget of 0 (``--direct``)
+    """A Judge of ``model`` (``opts.sampling.max_new_tokens`` as :func:`clamp_generation` left it); a budget of 0 (``--direct``)
     gives the :class:`DirectJudge` baseline."""
     cls = DirectJudge if max_think_tokens == 0 else Judge
     return cls(
@@ -100,7 +100,7 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
         EvalConfig, argv, "rrm-jax eval", "evaluate a judge on RewardBench / PandaLM / LLMBar / JSONL", origins
     )
     validate(cfg)
-    check_data(cfg, origins)
+    cfg = check_data(cfg, origins)
     if judge_factory is None and not cfg.model:
         raise ConfigError("--model is required (a checkpoint directory, a model TOML or a preset name)")
     main = _join(cfg)
@@ -177,13 +177,15 @@ def eval_main(argv: list[str], *, judge_factory=None) -> int:
     tags = {s["setting"] for s in summaries}
     records = {k: [r for r in v if r["id"] in ids] for k, v in load_records(out).items() if k in tags}
     write_summary(out, summaries, plots=cfg.plots, records=records)
+    if cfg.dataset == "judgebench":
+        write_judgebench(out, records)
     print((out / "summary.md").read_text())
     return 0
 
 
 def judge_main(argv: list[str], *, judge=None) -> int:
     """`rrm-jax judge`: records for a JSONL of pairs (resumable); accuracy when the pairs carry labels."""
-    cfg = build_config(JudgeConfig, argv, "rrm-jax judge", "judge a JSONL of pairs")
+    cfg = build_config(JudgePairsConfig, argv, "rrm-jax judge", "judge a JSONL of pairs")
     validate(cfg)
     if not cfg.pairs:
         raise ConfigError("--pairs FILE.jsonl is required")
@@ -231,6 +233,7 @@ def judge_main(argv: list[str], *, judge=None) -> int:
     if s["n_scored"]:
         msg += f"; accuracy {100 * s['accuracy']:.1f}% on {s['n_scored']} labelled pairs judged"
     print(msg)
+    print(position_line(s["position"]))
     return 0
 
 

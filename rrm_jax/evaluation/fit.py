@@ -15,6 +15,7 @@ from rrm_jax.core.errors import ConfigError
 from rrm_jax.judge.judge import new_token_limit
 from rrm_jax.judge.verdict import Verdict
 from rrm_jax.sampler.config import SamplingConfig
+from rrm_jax.sampler.inputs import forced_ids
 
 # the record of an item that was not judged: no verdict, nothing drawn (credit 0.5, like any missing verdict)
 NO_VERDICT = Verdict(winner=None, votes_a=0, votes_b=0, invalid=0, soft=0.5)
@@ -58,11 +59,10 @@ def misfit(judge, item_id: str, query: str, a: str, b: str) -> str | None:
 def clamp_generation(model, opts):
     """``opts`` with ``max_new_tokens`` shortened when it leaves less than ``max_prompt_tokens`` (or a quarter of
     the context) for the prompt; prints a notice when it does."""
-    suffix = SamplingConfig().forced_suffix
     tok = getattr(model, "tokenizer", None)
-    forced = len(tok.encode(suffix, add_special_tokens=False)) if tok is not None else len(suffix)
+    forced = len(forced_ids(tok, SamplingConfig())) if tok is not None else len(SamplingConfig().forced_suffix)
     limit = new_token_limit(model, opts.max_prompt_tokens, forced)
-    if limit is None or opts.max_new_tokens <= limit:
+    if limit is None or opts.sampling.max_new_tokens <= limit:
         return opts
     ctx = model.config.max_position_embeddings
     prompt = ctx - forced - limit  # what new_token_limit left the prompt
@@ -72,9 +72,9 @@ def clamp_generation(model, opts):
             f"context ({ctx} tokens); pass a smaller --max-prompt-tokens"
         )
     print(
-        f"note: max_new_tokens={opts.max_new_tokens} leaves too little of the model's context ({ctx} tokens) for "
+        f"note: max_new_tokens={opts.sampling.max_new_tokens} leaves too little of the model's context ({ctx} tokens) for "
         f"the prompt ({prompt}); generating at most {limit} new tokens (set --max-new-tokens / "
         "--max-prompt-tokens to choose the split)",
         file=sys.stderr,
     )
-    return dataclasses.replace(opts, max_new_tokens=limit)
+    return dataclasses.replace(opts, sampling=dataclasses.replace(opts.sampling, max_new_tokens=limit))

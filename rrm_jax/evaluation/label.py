@@ -61,16 +61,16 @@ def records_path(out: str | Path) -> Path:
     return out.with_name((out.stem if out.suffix == ".jsonl" else out.name) + ".records.jsonl")
 
 
-def check_output(out: Path, source: str | Path | None, *, restart: bool) -> None:
-    """Refuse an ``out`` that is the input, or an existing file that label did not write (its records would be
-    beside it): writing the pairs would replace it. ``restart`` moves an earlier output aside, never deletes."""
+def check_output(out: Path, source: str | Path | None, *, restart: bool, command: str = "rrm-jax label") -> None:
+    """Refuse an ``out`` that is the input, or an existing file that ``command`` did not write (its records would
+    be beside it): writing the pairs would replace it. ``restart`` moves an earlier output aside, never deletes."""
     if source is not None and out.exists() and Path(source).exists() and out.samefile(source):
         raise EvalError(f"--out {out}: is the input DATA; write the pairs to another file")
     if out.is_dir():
         raise EvalError(f"--out {out}: is a directory; name a file for the pairs")
     if out.exists() and not restart and not records_path(out).exists():
         raise EvalError(
-            f"--out {out}: exists and was not written by rrm-jax label (no {records_path(out).name} beside it); "
+            f"--out {out}: exists and was not written by {command} (no {records_path(out).name} beside it); "
             "choose another --out, or pass --restart to move it aside"
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from rrm_jax.core.distributed import barrier, is_main
 from rrm_jax.core.hf_io import checkpoint_fingerprint
 from rrm_jax.core.locks import exclusive
 from rrm_jax.data.records import DataError
-from rrm_jax.data.sources import hash_file
+from rrm_jax.data.sources import fingerprint_file
 
 RECORD_VERSION = 1
 
@@ -76,11 +75,16 @@ class RecordsFile:
         return out
 
     def append(self, records: Iterable[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk fails in write/flush, naming no file (a torn line is cut on resume)
+            if e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
+            raise
 
 
 def lock(path: Path):
@@ -187,7 +191,11 @@ def judge_identity(opts) -> dict:
         "model": opts.model or None,
         "weights": _identity(opts.model) if opts.model else None,
         "tokenizer": _identity(opts.tokenizer) if opts.tokenizer else None,
-        "sampling": {k: getattr(opts, k) for k in SAMPLING_KEYS},
+        # the [sampling] keys beside the command's own two, flat as records of every version store them
+        "sampling": {
+            k: getattr(opts, k) if k in ("max_prompt_tokens", "dtype") else getattr(opts.sampling, k)
+            for k in SAMPLING_KEYS
+        },
     }
 
 
@@ -198,13 +206,6 @@ def _identity(spec: str) -> str:
     if path.is_file():  # a model TOML
         return "file:" + fingerprint_file(path)
     return f"name:{spec}"  # a preset or generated tokenizer: its name (and the run's seed) is its content
-
-
-def fingerprint_file(path: str | Path) -> str:
-    """Short content hash of an input file's bytes: records are keyed on what was judged, not on the file name."""
-    h = hashlib.sha256()
-    hash_file(h, path)
-    return h.hexdigest()[:16]
 
 
 def move_aside(path: Path) -> Path | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rrm_jax.data.records import rmbench_cell
 from rrm_jax.evaluation import scoring
 
 
@@ -41,6 +42,9 @@ def summarize(records: Sequence[dict], *, kind: str = "jsonl") -> dict:
         "comparisons_per_s": len(records) / secs if secs > 0 else float("nan"),
         "tokens_per_s": sum(tokens) / secs if secs > 0 else float("nan"),
     }
+    orders = [r.get("orders", []) for r in records]  # each sample's shown order and pick, in the dataset's frame
+    picks = [r.get("sample_verdicts", []) for r in records]
+    s["position"] = scoring.position_bias(orders, picks, [r["label"] for r in records])
     subsets = scoring.subset_accuracy([r["subset"] for r in records], credits)
     s["subsets"] = subsets
     if kind == "rewardbench":
@@ -49,11 +53,29 @@ def summarize(records: Sequence[dict], *, kind: str = "jsonl") -> dict:
         s["pandalm"] = scoring.pandalm_metrics([r["label"] for r in records], [r["winner"] for r in records])
     elif kind == "llmbar":
         s["llmbar"] = scoring.llmbar_scores(subsets)
+    elif kind == "judgebench":
+        s["judgebench"] = scoring.judgebench_scores(
+            [r["label"] for r in records], orders, picks, [r["subset"] for r in records]
+        )
+    elif kind == "rmbench":
+        s["rmbench"] = scoring.rmbench_scores(
+            [rmbench_cell(r["id"]) for r in records], [r["subset"] for r in records], [r["winner"] for r in records]
+        )
     return s
 
 
 def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def position_line(p: dict) -> str:
+    """The position-bias figures of one summary as a line (see scoring.position_bias)."""
+    line = f"position: {_pct(p['first_rate'])}% of verdicts picked the response shown first"
+    if p["accuracy_gold_first"] is not None or p["accuracy_gold_second"] is not None:
+        line += f"; accuracy {_pct(p['accuracy_gold_first'])}% / {_pct(p['accuracy_gold_second'])}% with the gold first / second"
+    if p["n_both"]:
+        line += f"; {_pct(p['consistency'])}% of {p['n_both']} pairs judged both ways agree"
+    return line
 
 
 def _headline(s: dict) -> list[tuple[str, str]]:
@@ -70,6 +92,13 @@ def _headline(s: dict) -> list[tuple[str, str]]:
             ("R", _pct(p["recall"])),
             ("F1", _pct(p["f1"])),
         ]
+    if "judgebench" in s:
+        jb = s["judgebench"]
+        cols += [("JudgeBench", _pct(jb["overall"]))] + [(g, _pct(v)) for g, v in jb["groups"].items()]
+    if "rmbench" in s:
+        rm = s["rmbench"]
+        cols += [("RM-Bench", _pct(rm["score"]))] + [(d, _pct(v["score"])) for d, v in rm["domains"].items()]
+        cols += [(k, _pct(rm[k])) for k in ("hard", "normal", "easy")]
     if "llmbar" in s:
         lb = s["llmbar"]
         cols += [(k.replace("Adversarial_", "Adv-"), _pct(v)) for k, v in lb["subsets"].items()]
@@ -82,10 +111,17 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
     if not summaries:
         return "(no results)\n"
     head = _headline(summaries[0])
-    names = ["setting", "n"] + [k for k, _ in head] + ["no verdict", "truncated", "tok/cmp", "cmp/s", "tok/s"]
+    bias = ["first picked", "gold 1st / 2nd", "consistent"]
+    names = ["setting", "n"] + [k for k, _ in head] + bias + ["no verdict", "truncated", "tok/cmp", "cmp/s", "tok/s"]
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for s in summaries:
         vals = [s["setting"], str(s["n"])] + [v for _, v in _headline(s)]
+        p = s.get("position") or {}
+        vals += [
+            _pct(p.get("first_rate")),
+            f"{_pct(p.get('accuracy_gold_first'))} / {_pct(p.get('accuracy_gold_second'))}",
+            _pct(p.get("consistency")),
+        ]
         vals += [
             str(s["no_verdict"]),
             str(s["truncated"]),
@@ -94,7 +130,12 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
             f"{s['tokens_per_s']:.0f}",
         ]
         lines.append("| " + " | ".join(vals) + " |")
-    notes = ["", "Accuracies in %; pairwise accuracy counts a missing verdict as 0.5."]
+    notes = [
+        "",
+        "Accuracies in %; pairwise accuracy counts a missing verdict as 0.5. Position: the share of samples that picked "
+        "the response shown first, sample accuracy with the gold shown first / second, and the share of items judged "
+        "in both orders (swap=both) whose two orders agree.",
+    ]
     if any("rewardbench" in s and not s["rewardbench"]["complete"] for s in summaries):
         notes.append("overall*: not all four RewardBench sections were evaluated (mean of those present).")
     if any("pandalm" in s for s in summaries):
@@ -121,6 +162,26 @@ def write_summary(
     written = [out / "summary.json", out / "summary.md"]
     if plots:
         written += make_plots(out, summaries, records or {})
+    return written
+
+
+def write_judgebench(out_dir: str | Path, records: dict[str, list[dict]]) -> list[Path]:
+    """Each setting's pairs as JudgeBench's runner writes them, ``judgebench-<setting>.jsonl`` of ``{pair_id,
+    source, label, judgments}``, so that JudgeBench's own metric code runs on rrm-jax's verdicts unchanged."""
+    written = []
+    for tag, recs in records.items():
+        path = Path(out_dir) / f"judgebench-{tag}.jsonl"
+        rows = (
+            {
+                "pair_id": r["id"],
+                "source": r["subset"],
+                "label": "A>B" if r["label"] == 0 else "B>A",
+                "judgments": scoring.judgebench_judgments(r.get("orders", []), r.get("sample_verdicts", [])),
+            }
+            for r in recs
+        )
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        written.append(path)
     return written
 
 

@@ -31,7 +31,7 @@ from rrm_jax.core.seeds import derive_seed, show_first_b
 from rrm_jax.data.records import DataError, PairRecord
 from rrm_jax.evaluation import scoring
 from rrm_jax.evaluation.fit import NO_VERDICT, misfit
-from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, RecordsFile, open_records  # noqa: F401 (re-exported)
+from rrm_jax.evaluation.records import RECORD_VERSION, EvalError, open_records
 from rrm_jax.evaluation.report import summarize
 from rrm_jax.judge.judge import SWAPS
 

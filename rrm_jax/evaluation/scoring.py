@@ -166,3 +166,131 @@ def llmbar_scores(subset_acc: Mapping[str, dict]) -> dict:
     n = sum(v["n"] for v in subset_acc.values())
     out["overall"] = sum(v["accuracy"] * v["n"] for v in subset_acc.values()) / n if n else float("nan")
     return out
+
+
+def _order_winner(verdicts: list[int]) -> int | None:
+    """The majority of one shown order's valid sample verdicts (None on a tie or none)."""
+    a, b = verdicts.count(0), verdicts.count(1)
+    return None if a == b else int(b > a)
+
+
+def position_bias(
+    orders: Sequence[Sequence[str]], verdicts: Sequence[Sequence[int | None]], labels: Sequence[int | None]
+) -> dict:
+    """How the shown order sways the judge, from each item's samples (``orders[i][k]`` "ab" when ``a`` was shown
+    first, ``verdicts[i][k]`` the sample's pick in the dataset frame, None when it gave none):
+
+    * ``first_rate``: the share of valid samples that pick the response shown first (0.5 is no bias);
+    * ``accuracy_gold_first`` / ``accuracy_gold_second``: sample accuracy (a missing verdict 0.5) on labelled
+      items when the gold response was shown first / second;
+    * ``consistency``: over items judged in both orders, the share whose two orders' majority picks agree (a tie
+      of votes in either order agrees with nothing); ``n_both`` items. None where nothing was measured.
+    """
+    first, credit_by = [], {True: [], False: []}
+    both = agree = 0
+    for order, picks, label in zip(orders, verdicts, labels):
+        by_order: dict[str, list[int]] = {"ab": [], "ba": []}
+        for o, v in zip(order, picks):
+            if label is not None:
+                credit_by[(o == "ab") == (label == 0)].append(0.5 if v is None else float(v == label))
+            if v is not None:
+                first.append(float(v == (0 if o == "ab" else 1)))
+                by_order[o].append(v)
+        if "ab" in order and "ba" in order:
+            both += 1
+            w = _order_winner(by_order["ab"])
+            agree += w is not None and w == _order_winner(by_order["ba"])
+    mean = lambda xs: float(np.mean(xs)) if xs else None
+    return {
+        "first_rate": mean(first),
+        "accuracy_gold_first": mean(credit_by[True]),
+        "accuracy_gold_second": mean(credit_by[False]),
+        "consistency": agree / both if both else None,
+        "n_both": both,
+    }
+
+
+JUDGEBENCH_GROUPS = ("mmlu-pro", "livebench-reasoning", "livebench-math", "livecodebench")
+_JB_DECISION = {0: "A>B", 1: "B>A"}
+
+
+def judgebench_judgments(orders: Sequence[str], verdicts: Sequence[int | None]) -> list[dict | None]:
+    """One pair's two judgments as JudgeBench's runner writes them: the majority pick of the samples shown in the
+    dataset's order, then of those shown swapped, the second in its swapped frame (``B>A`` when the dataset's
+    ``A`` won); None for an order with no majority."""
+    picks = [
+        _order_winner([v for o, v in zip(orders, verdicts) if o == shown and v is not None]) for shown in ("ab", "ba")
+    ]
+    first = None if picks[0] is None else {"decision": _JB_DECISION[picks[0]]}
+    second = None if picks[1] is None else {"decision": _JB_DECISION[1 - picks[1]]}
+    return [first, second]
+
+
+def judgebench_scores(
+    labels: Sequence[int],
+    orders: Sequence[Sequence[str]],
+    verdicts: Sequence[Sequence[int | None]],
+    sources: Sequence[str],
+) -> dict:
+    """JudgeBench's own score: a pair is correct when its two judgments (the second flipped back) net to the label,
+    +1 each for the label and -1 each for the other side; one right and one wrong (or none) is a tie, counting 0.
+    ``overall`` and each of its four source groups (the ``source`` prefixes), fractions of the pairs."""
+    correct, by_group = [], {g: [] for g in JUDGEBENCH_GROUPS}
+    for label, order, picks, source in zip(labels, orders, verdicts, sources):
+        net = 0
+        for j, judgment in enumerate(judgebench_judgments(order, picks)):
+            if judgment is not None:
+                won = 0 if judgment["decision"] == "A>B" else 1
+                net += 1 if (won if j == 0 else 1 - won) == label else -1
+        correct.append(float(net > 0))
+        for g in JUDGEBENCH_GROUPS:
+            if source.startswith(g):
+                by_group[g].append(correct[-1])
+    mean = lambda xs: float(np.mean(xs)) if xs else None
+    return {
+        "overall": mean(correct),
+        "n": len(correct),
+        "groups": {g: mean(v) for g, v in by_group.items() if v},
+        "group_n": {g: len(v) for g, v in by_group.items() if v},
+    }
+
+
+RMBENCH_DOMAINS = ("chat", "math", "code", "safety")
+
+
+def rmbench_scores(
+    cells: Sequence[tuple[str, int, int] | None], domains: Sequence[str], winners: Sequence[int | None]
+) -> dict:
+    """RM-Bench's ``compute_accuracy`` with the judge deciding "chosen style i beats rejected style j" (a missing
+    verdict does not beat, as a tied score does not): per domain (the prefix of its ``domain``: chat, math, code,
+    safety) the 3 x 3 matrix of win rates over its items; hard = mean of the upper-right triangle (chosen less
+    fancy than rejected), normal = the diagonal, easy = the lower-left; a domain's score is their mean, and
+    ``overall`` (and hard / normal / easy overall) the mean over the domains present. A partial run averages each
+    cell over the items judged there."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for cell, domain, winner in zip(cells, domains, winners):
+        if cell is None:
+            continue
+        d = domain.split("-")[0]
+        sums.setdefault(d, np.zeros((3, 3)))
+        counts.setdefault(d, np.zeros((3, 3)))
+        sums[d][cell[1], cell[2]] += winner == 0
+        counts[d][cell[1], cell[2]] += 1
+    out: dict = {"domains": {}}
+    upper, lower = np.triu(np.ones((3, 3), bool), 1), np.tril(np.ones((3, 3), bool), -1)
+    for d in sorted(sums, key=lambda d: (RMBENCH_DOMAINS + (d,)).index(d)):
+        m = np.divide(sums[d], counts[d], out=np.full((3, 3), np.nan), where=counts[d] > 0)
+        hard, normal, easy = (float(np.nanmean(m[sel])) for sel in (upper, np.eye(3, dtype=bool), lower))
+        out["domains"][d] = {
+            "hard": hard,
+            "normal": normal,
+            "easy": easy,
+            "score": (hard + normal + easy) / 3,
+            "matrix": m.tolist(),
+            "items": int(counts[d].max()),
+        }
+    for k in ("score", "hard", "normal", "easy"):
+        vals = [v[k] for v in out["domains"].values()]
+        out[k] = float(np.mean(vals)) if vals else None
+    return out

@@ -16,6 +16,7 @@ __all__ = [
     "render_prompt",
     "Judge",
     "DirectJudge",
+    "DirectScore",
 ]
 
 
@@ -25,4 +26,8 @@ def __getattr__(name):
         from rrm_jax.judge.judge import DirectJudge, Judge
 
         return Judge if name == "Judge" else DirectJudge
+    if name == "DirectScore":
+        from rrm_jax.judge.direct import DirectScore
+
+        return DirectScore
     raise AttributeError(name)

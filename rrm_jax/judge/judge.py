@@ -24,6 +24,7 @@ from rrm_jax.judge.prompt import RRM_PROMPT_V1, JudgePrompt, get_prompt, render_
 from rrm_jax.judge.verdict import Verdict, majority
 from rrm_jax.sampler import SamplingConfig
 from rrm_jax.sampler import generate as sample
+from rrm_jax.sampler.inputs import forced_ids
 
 # The order policies of compare_many; the one definition (evaluation imports it).
 SWAPS = ("random", "both", "none")
@@ -115,8 +116,7 @@ class Judge:
         defaults = sampling is None
         if defaults:
             sampling = SamplingConfig(**DEFAULT_SAMPLING)
-        suffix = getattr(sampling, "forced_suffix", "") or ""
-        self.suffix_ids = self._encode(suffix) if isinstance(suffix, str) else [int(t) for t in suffix]
+        self.suffix_ids = list(forced_ids(self.tokenizer, sampling))
         limit = new_token_limit(model, max_prompt_tokens, len(self.suffix_ids))
         if defaults and limit is not None and 0 < limit < sampling.max_new_tokens:
             # the default thinking length is the released 7B/32B judges'; a smaller context gets what it holds,

@@ -19,21 +19,20 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rrm_jax.core import hub, shipped
+from rrm_jax.core import shipped
 from rrm_jax.core.api import Model, bucket, state_shardings
 from rrm_jax.core.config import ModelConfig, resolve_config
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import Qwen2
-from rrm_jax.sampler.loop import LoopShape, PrefillChunk, SamplerLoop, SamplingParams
-from rrm_jax.sampler.prefill import PREFILL_CHUNK, PREFILL_ROWS
+from rrm_jax.core.specs import model_spec
+from rrm_jax.sampler.decode import unrolled_by_default
+from rrm_jax.sampler.loop import LoopParams, PrefillChunk, SamplerLoop, SlotParams
+from rrm_jax.sampler.planner import plan
 from rrm_jax.training.config import TrainConfig
-from rrm_jax.training.data import sequence_limit
-from rrm_jax.training.dpo import pair_slots
-from rrm_jax.training.rl.loss import LossConfig
-from rrm_jax.training.rl.rollout import bucket_len
+from rrm_jax.training.modes import mode_of
 from rrm_jax.training.step import TrainState, make_logprob_fn, make_optimizer, make_train_step, train_state_shardings
 
-SUFFIX_CAP = 16  # the forced suffix "\n</think>\n\n\\boxed{Assistant " is 9-12 tokens in Qwen2 tokenizers: bucket 16
+SUFFIX_LEN = 12  # the forced suffix "\n</think>\n\n\\boxed{Assistant " is 9-12 tokens in Qwen2 tokenizers
 
 
 @dataclasses.dataclass
@@ -64,14 +63,18 @@ def model_config(spec: str) -> ModelConfig:
     or a hub id whose name is a shipped preset (``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B`` ->
     models/deepseek-r1-distill-qwen-7b.toml), so planning needs no download."""
     try:
-        return resolve_config(spec)
+        kind = model_spec(spec).kind
     except ConfigError:
-        if hub.is_hub_id(spec) and shipped.find(spec.split("/")[-1].lower(), "models") is not None:
-            return resolve_config(spec.split("/")[-1].lower())
-        raise ConfigError(
-            f"model={spec!r}: no shape for it here (not a preset, models TOML, checkpoint directory, "
-            f"or hub id named like a preset: {', '.join(shipped.names('models'))})"
-        ) from None
+        kind = None
+    if kind in ("checkpoint", "config"):
+        return resolve_config(spec)
+    preset = spec.split("@")[0].split("/")[-1].lower()
+    if kind == "hub" and shipped.find(preset, "models") is not None:
+        return resolve_config(preset)
+    raise ConfigError(
+        f"model={spec!r}: no shape for it here (not a preset, models TOML, checkpoint directory, "
+        f"or hub id named like a preset: {', '.join(shipped.names('models'))})"
+    )
 
 
 def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str) -> Model:
@@ -157,18 +160,9 @@ def _bytes_in(msg: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else 0
 
 
-def train_shapes(cfg: TrainConfig, model: Model) -> tuple[str, int, int]:
-    """(step kind, rows, row length) of the recipe's update batch, as the Trainer pads it."""
-    mult = cfg.optim.micro_batches * model.batch_multiple()
-    if cfg.mode == "grpo":
-        g = cfg.grpo
-        extra = SUFFIX_CAP if cfg.sampling.max_think_tokens is not None else 0
-        t = g.seq_bucket or bucket_len(cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens + extra - 1)
-        return "grpo", -(-g.prompts_per_step * g.group_size // mult) * mult, t
-    t = cfg.grpo.seq_bucket or bucket_len(sequence_limit(cfg) - 1)
-    if cfg.mode == "dpo":
-        return "dpo", 2 * pair_slots(cfg.batch_size, mult), t
-    return "sft", -(-cfg.batch_size // mult) * mult, t
+def train_shapes(cfg: TrainConfig, model: Model) -> tuple[int, int]:
+    """(rows, row length) of the recipe's update batch, as the Trainer pads it."""
+    return mode_of(cfg).batch_shape(cfg, cfg.optim.micro_batches * model.batch_multiple(), SUFFIX_LEN)
 
 
 def _batch(model: Model, keys, rows: int, t: int) -> dict:
@@ -192,60 +186,43 @@ def _batch(model: Model, keys, rows: int, t: int) -> dict:
     }
 
 
-def loss_config(cfg: TrainConfig) -> LossConfig:
-    g = cfg.grpo  # as Trainer.__init__ builds it
-    return LossConfig(
-        eps_low=g.eps_low,
-        eps_high=g.eps_high,
-        beta=g.beta,
-        aggregation=g.aggregation,
-        norm_length=g.norm_length or cfg.sampling.max_new_tokens,
-        logprob_chunk=g.logprob_chunk,
-    )
-
-
 def train_state(cfg: TrainConfig, model: Model, total_updates: int) -> TrainState:
     """The TrainState as ShapeDtypeStructs in their shardings (train_state_shardings' layout)."""
-    tx, _ = make_optimizer(cfg.optim, total_updates, model.state)
+    tx, _ = make_optimizer(cfg.optim, total_updates)
     key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
     state = jax.eval_shape(lambda p: TrainState(jnp.int32(0), p, tx.init(p), key, jnp.int32(0)), model.state)
     return _sds(state, train_state_shardings(model, tx))
+
+
+def update_step(cfg: TrainConfig, model: Model, total_updates: int):
+    """The recipe's jitted update step and its abstract batch at the worst-case shape."""
+    objective = mode_of(cfg).objective(cfg)
+    fn = make_train_step(model, cfg.optim, total_updates, objective, micro_batches=cfg.optim.micro_batches)
+    return fn, _batch(model, objective.keys, *train_shapes(cfg, model))
 
 
 def update_programs(
     cfg: TrainConfig, model: Model, state: TrainState, total_updates: int, *, resident: int, logprob_resident: int
 ) -> list[Program]:
     """The update step, and the trainer-side log-prob passes (old policy, reference) a step makes."""
-    g, lc = cfg.grpo, loss_config(cfg)
-    kind, rows, t = train_shapes(cfg, model)
-    fn = make_train_step(
-        model,
-        cfg.optim,
-        total_updates,
-        kind=kind,
-        loss_cfg=lc,
-        micro_batches=cfg.optim.micro_batches,
-        dpo=cfg.dpo if kind == "dpo" else None,
-    )
-    batch = _batch(model, fn.keys, rows, t)
+    mode = mode_of(cfg)
+    rows, t = train_shapes(cfg, model)
+    fn, batch = update_step(cfg, model, total_updates)
     shapes = dict(rows=rows, row_tokens=t, micro_batches=cfg.optim.micro_batches)
-    inner = g.inner_iters if kind == "grpo" else 1
     progs = [
         _measure(
-            f"{kind} update",
+            f"{mode.name} update",
             fn.lower(state, batch),
             (state, batch),
-            inner,
+            mode.updates_per_step(cfg),
             resident,
             f"{rows} rows x {t} tokens, {cfg.optim.micro_batches} micro-batches, remat={cfg.remat}",
             shapes=shapes,
         )
     ]
-    passes = int(kind == "grpo" and g.old_logprobs == "recompute") + int(
-        (kind == "grpo" and g.beta > 0) or kind == "dpo"
-    )
+    passes = mode.logprob_passes(cfg)
     if passes:
-        lp = make_logprob_fn(model, g.logprob_chunk, cfg.optim.micro_batches)  # as Trainer.logprobs
+        lp = make_logprob_fn(model, cfg.grpo.logprob_chunk, cfg.optim.micro_batches)  # as Trainer.logprobs
         args = (state.params, *[batch[k] for k in ("tokens", "positions", "mask", "targets")])
         progs.append(
             _measure(
@@ -277,44 +254,53 @@ def rollout_programs(
     calls_per_step: float = 1.0,
     role: str = "policy",
 ) -> tuple[list[Program], dict]:
-    """The sampler's prefill (every slot refilled at once, one prompt bucket) and one decode step per slot."""
-    mult = model.batch_multiple()
-    b = min(max_slots, bucket(requests, minimum=1))
-    b = -(-b // mult) * mult
-    m = max_new + (SUFFIX_CAP if budget else 0)
-    tb = bucket(prompt_len)
-    s = tb + m
-    shape = LoopShape(slots=b, cache_len=s, max_out=m, top_k=0, suffix_cap=SUFFIX_CAP, window=4, n_stops=4, n_probes=0)
-    unroll = model.mesh.devices.flat[0].platform == "cpu"  # SamplerLoop.for_model's choice for the mesh
+    """The sampler's prefill (every slot refilled at once, one prompt bucket) and one decode step per slot, at the
+    shapes the engine plans for this workload (rrm_jax.sampler.planner.plan)."""
+    pl = plan(
+        requests=requests,
+        max_slots=max_slots,
+        batch_multiple=model.batch_multiple(),
+        prompt_len=prompt_len,
+        max_new=max_new,
+        suffix_len=SUFFIX_LEN if budget else 0,
+        think_end_len=1,
+        n_stops=1,
+    )
+    shape, chunk = pl.shape, pl.prefill_chunk
+    b, s, m, tb = shape.slots, shape.cache_len, shape.max_out, shape.prompt_len
+    unroll = unrolled_by_default(model.mesh)  # SamplerLoop.for_model's choice for the mesh
     loop = SamplerLoop(model.graphdef, model.config, model.mesh, model.rules, shape, jnp.dtype(cdt), unroll)
     state = _sds(jax.eval_shape(loop.init_state), loop.state_shardings())
     rep = NamedSharding(model.mesh, P())
     r = lambda shp, dt: jax.ShapeDtypeStruct(shp, dt, sharding=rep)
     pb = bucket(-(-b // n), minimum=1)  # distinct prompts per slot-full (n samples share a prefill)
-    chunk, rc = min(PREFILL_CHUNK, tb), min(PREFILL_ROWS, bucket(pb, minimum=1))
+    rc = min(pl.prefill_rows, bucket(pb, minimum=1))
     rows_r = lambda: r((rc,), jnp.int32)
+    slots_r = lambda dt=jnp.int32: r((b,), dt)
     batch = PrefillChunk(
         tokens=r((rc, chunk), jnp.int32),
         lens=rows_r(),
         start=rows_r(),
         home=rows_r(),
         row=rows_r(),
-        dest=r((b,), jnp.int32),
-        src=r((b,), jnp.int32),
-        prompt=r((b,), jnp.int32),
-        sample=r((b,), jnp.int32),
-        limit=r((b,), jnp.int32),
-        seed=r((), jnp.int32),
+        dest=slots_r(),
+        src=slots_r(),
+        prompt=slots_r(),
+        sample=slots_r(),
+        params=SlotParams(
+            temperature=slots_r(jnp.float32),
+            top_p=slots_r(jnp.float32),
+            min_p=slots_r(jnp.float32),
+            budget=slots_r(),
+            limit=slots_r(),
+            seed=slots_r(),
+            stops=r((b, shape.n_stops), jnp.int32),
+        ),
     )
-    sp = SamplingParams(
-        temperature=r((), jnp.float32),
-        top_p=r((), jnp.float32),
-        min_p=r((), jnp.float32),
-        budget=r((), jnp.int32),
-        suffix=r((SUFFIX_CAP,), jnp.int32),
+    sp = LoopParams(
+        suffix=r((shape.suffix_cap,), jnp.int32),
         suffix_len=r((), jnp.int32),
-        think_end=r((4,), jnp.int32),
-        stops=r((4,), jnp.int32),
+        think_end=r((shape.window,), jnp.int32),
         probes=r((0,), jnp.int32),
     )
     waves = -(-requests // b)  # each slot-full of requests: its prompts' chunks and up to max_new decode steps

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from rrm_jax.core import shipped
 from rrm_jax.core.errors import ConfigError
-from rrm_jax.core.sharding import make_mesh
+from rrm_jax.core.sharding import make_mesh, mesh_misfit
 from rrm_jax.plan import chips, roofline
 from rrm_jax.plan.programs import (
     abstract_model,
@@ -28,13 +28,14 @@ from rrm_jax.plan.programs import (
     update_programs,
 )
 from rrm_jax.training.config import TrainConfig, load_config
+from rrm_jax.training.modes import mode_of
 
 GIB = 1 << 30
 
 
 def residents(cfg: TrainConfig, model, state, judge) -> dict[str, int]:
     """Per-device bytes of every long-lived buffer of a run (0 where the recipe has none)."""
-    cdt = jnp.dtype(cfg.compute_dtype)
+    cdt, mode = jnp.dtype(cfg.compute_dtype), mode_of(cfg)
     same = jnp.dtype(cfg.dtype) == cdt
     params = device_bytes(state.params)
     return {
@@ -43,10 +44,8 @@ def residents(cfg: TrainConfig, model, state, judge) -> dict[str, int]:
         # Trainer.model keeps the params it was built from; the reference and the rollout copy are those (or
         # the live params) cast to the compute dtype, the same arrays when the dtypes already agree
         "initial_params": device_bytes(model.state),
-        "reference": 0
-        if same or not (cfg.grpo.beta > 0 or cfg.mode == "dpo")
-        else device_bytes(cast(state.params, cdt)),
-        "rollout_copy": 0 if same or cfg.mode != "grpo" else device_bytes(cast(state.params, cdt)),
+        "reference": 0 if same or not mode.reference(cfg) else device_bytes(cast(state.params, cdt)),
+        "rollout_copy": 0 if same or not mode.samples else device_bytes(cast(state.params, cdt)),
         "judge": device_bytes(judge.state) if judge is not None else 0,
     }
 
@@ -70,17 +69,18 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
         )
     cfg = load_config(path, list(overrides))
     devices = chips.devices(topo)
-    try:
-        mesh = make_mesh(cfg.mesh, devices=devices)
-    except ValueError as e:
-        raise ConfigError(f"mesh={list(cfg.mesh)} on {topo.name} ({topo.chips} chips): {e}") from None
+    why = mesh_misfit(cfg.mesh, len(devices))
+    if why:
+        name = path.stem if path is not None else "the default recipe"
+        raise ConfigError(f"{name} does not fit {topo.name}: its mesh={list(cfg.mesh)} {why}")
+    mesh = make_mesh(cfg.mesh, devices=devices)
     dt, cdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.compute_dtype)
     mcfg = model_config(cfg.model)
     model = abstract_model(mcfg, mesh, dt, cdt, cfg.remat, cfg.attention)
-    judge = None
-    if cfg.policy:  # the judge only decodes: loaded in the compute dtype on the policy's mesh (judge_rewards)
+    judge, mode = None, mode_of(cfg)
+    if mode.judged:  # the judge only decodes: loaded in the compute dtype on the policy's mesh (judge_rewards)
         judge = abstract_model(model_config(cfg.judge.model), mesh, cdt, cdt, "none", cfg.attention)
-    total = cfg.steps * (cfg.grpo.inner_iters if cfg.mode == "grpo" else 1)
+    total = cfg.steps * mode.updates_per_step(cfg)
     state = train_state(cfg, model, max(total, 1))
     res = residents(cfg, model, state, judge)
     base = res["initial_params"] + res["reference"] + res["judge"]
@@ -106,7 +106,7 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
             ),
         )
     rollout = judge_rollout = None
-    if cfg.mode == "grpo" and "rollout" in only:
+    if mode.samples and "rollout" in only:
         g, s = cfg.grpo, cfg.sampling
         params = cast(state.params, cdt)
         live = base + res["train_state"] - (0 if res["rollout_copy"] else res["params"])
@@ -127,7 +127,7 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
             ),
         )
         programs += progs
-    if cfg.mode == "grpo" and judge is not None and "judge" in only:
+    if judge is not None and "judge" in only:
         s, j = cfg.sampling, cfg.judge
         prompt = j.max_prompt_tokens or cfg.data.max_prompt_tokens + 2 * s.max_new_tokens + 256
         live = res["initial_params"] + res["reference"] + res["train_state"] + res["rollout_copy"]
@@ -165,7 +165,7 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
 
 
 def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timings, judge_cfg=None, only=PARTS) -> dict:
-    applies = {"update"} | ({"rollout"} if cfg.mode == "grpo" else set()) | ({"judge"} if judge_cfg else set())
+    applies = {"update"} | ({"rollout"} if mode_of(cfg).samples else set()) | ({"judge"} if judge_cfg else set())
     partial = bool(applies - set(only))
     chip = topo.chip
     hbm = chip.hbm_gib * GIB
@@ -211,7 +211,7 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
         )
     peak = max(r["peak_bytes"] for r in rows)
     worst = max(rows, key=lambda r: r["peak_bytes"])["program"]
-    kind, nrows, t = train_shapes(cfg, model)
+    nrows, t = train_shapes(cfg, model)
     update = next((r for r in rows if r["program"].endswith("update")), {"seconds_per_call": 0.0})
     n_params = mcfg.num_params
     model_flops = 6 * n_params * nrows * t  # the update's useful work (whole batch, all chips)
@@ -237,7 +237,7 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
             judge=cfg.judge.model if judge_cfg else "",
             judge_params=judge_cfg.num_params if judge_cfg else 0,
         ),
-        update_batch=dict(kind=kind, rows=nrows, row_tokens=t, tokens=nrows * t),
+        update_batch=dict(kind=mode_of(cfg).name, rows=nrows, row_tokens=t, tokens=nrows * t),
         residents=res,
         rollout=rollout,
         judge_rollout=judge_rollout,

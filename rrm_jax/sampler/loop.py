@@ -6,9 +6,11 @@ single-token steps for every slot, leaving early when enough slots finished for 
 ``jax.jit``-ted with the loop object as a static argument, so jax's own compile cache keys on it; the loop
 holds the model's graph, mesh and shapes, never parameters. The state is donated to both.
 
-Traced per-call values (changing them never recompiles) travel as :class:`SamplingParams`; everything that
-sets a shape is in :class:`LoopShape`. Host-side scheduling (which request goes to which slot, stop strings,
-building completions) is ``rrm_jax.sampler``'s.
+Traced values never recompile: each request's own sampling knobs (temperature, top-p, min-p, thinking budget,
+stop ids, seed, token limit) are per-slot arrays, :class:`SlotParams`, set when its prompt's last chunk fills its
+slots, so requests with different settings share one batch; what every slot shares (the forced suffix, think_end,
+probe ids) is :class:`LoopParams`. Everything that sets a shape is in :class:`LoopShape`. Host-side scheduling
+(which request goes to which slot, stop strings, building completions) is :mod:`rrm_jax.sampler.engine`'s.
 """
 
 from __future__ import annotations
@@ -20,51 +22,51 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rrm_jax.core import cpu_kernel as kernel
 from rrm_jax.core.config import ModelConfig
-from rrm_jax.core.model import KVCache, UnrolledWeights
+from rrm_jax.core.kv_cache import KVCache
 from rrm_jax.core.sharding import ShardingRules
+from rrm_jax.sampler import decode as backends
+from rrm_jax.sampler.decode import UnrolledWeights
+from rrm_jax.sampler.planner import LoopShape
 from rrm_jax.sampler.sampling import sample
 
 STOP, LENGTH, BUDGET = 1, 2, 3  # finish reasons
 WILD, NEVER = -2, -3  # think_end padding that matches anything / a stop id that matches nothing
 
 
-@dataclasses.dataclass(frozen=True)
-class LoopShape:
-    """Everything about a generate call that sets a compiled shape (few distinct values per workload)."""
+@struct.dataclass
+class LoopParams:
+    """What every slot shares, traced (changing it never recompiles)."""
 
-    slots: int  # B: rows decoding at once
-    cache_len: int  # S: prompt bucket + max_out
-    max_out: int  # M: per-slot output buffer (max_new_tokens + forced-suffix room)
-    top_k: int  # 0 = off (a shape: lax.top_k)
-    suffix_cap: int  # forced-suffix buffer length
-    window: int  # think_end matching window
-    n_stops: int
-    n_probes: int
-
-    @property
-    def prompt_len(self) -> int:
-        """Cache slots kept for the prompt (the longest prompt, bucketed)."""
-        return self.cache_len - self.max_out
+    suffix: jax.Array  # [suffix_cap] forced once a slot's thinking budget runs out
+    suffix_len: jax.Array
+    think_end: jax.Array  # [window], left-padded with WILD; all NEVER when unused
+    probes: jax.Array  # [n_probes]
 
 
 @struct.dataclass
-class SamplingParams:
-    """Per-call sampling values, traced (changing them never recompiles)."""
+class SlotParams:
+    """Each slot's request settings (leading axis = slot), traced: requests with their own settings share a batch."""
 
-    temperature: jax.Array
-    top_p: jax.Array
-    min_p: jax.Array
-    budget: jax.Array  # -1 = no thinking budget
-    suffix: jax.Array  # [suffix_cap]
-    suffix_len: jax.Array
-    think_end: jax.Array  # [window], left-padded with WILD; all NEVER when unused
-    stops: jax.Array  # [n_stops], padded with NEVER
-    probes: jax.Array  # [n_probes]
+    temperature: jax.Array  # [B] 0 = greedy
+    top_p: jax.Array  # [B]
+    min_p: jax.Array  # [B]
+    budget: jax.Array  # [B] thinking budget; -1 = none
+    limit: jax.Array  # [B] max_new_tokens
+    seed: jax.Array  # [B] the request's seed (its samples' keys fold in prompt and sample index)
+    stops: jax.Array  # [B, n_stops] stop token ids, padded with NEVER
+
+    @classmethod
+    def empty(cls, rows: int, n_stops: int) -> SlotParams:
+        """Settings of empty slots, as host arrays: the device state starts from them and each prefill call's
+        table of dest slots is filled in over a copy."""
+        f32 = lambda v: np.full((rows,), v, np.float32)
+        i32 = lambda v: np.full((rows,), v, np.int32)
+        return cls(f32(1.0), f32(1.0), f32(0.0), i32(-1), i32(0), i32(0), np.full((rows, n_stops), NEVER, np.int32))
 
 
 @struct.dataclass
@@ -85,8 +87,7 @@ class PrefillChunk:
     src: jax.Array  # [B] the chunk row (0..R-1) whose prompt it receives
     prompt: jax.Array  # [B] prompt index (folded into the row's key)
     sample: jax.Array  # [B] sample index (folded into the row's key)
-    limit: jax.Array  # [B] max_new_tokens of the request
-    seed: jax.Array  # scalar
+    params: SlotParams  # [B] the settings of the request each dest slot receives
 
 
 @struct.dataclass
@@ -96,7 +97,7 @@ class SamplingState:
     cache: KVCache | None
     tok: jax.Array  # [B] last chosen token (fed at the next step)
     count: jax.Array  # [B] tokens chosen so far
-    limit: jax.Array  # [B] max_new_tokens of the request in the slot
+    params: SlotParams  # the request's settings, per slot
     done: jax.Array  # [B] bool (empty slots are done)
     reason: jax.Array  # [B] STOP / LENGTH / BUDGET
     forced_at: jax.Array  # [B] -1, or the count at which the forced suffix started
@@ -114,7 +115,7 @@ class SamplingState:
             cache=cache,
             tok=jnp.zeros((rows,), jnp.int32),
             count=jnp.zeros((rows,), jnp.int32),
-            limit=jnp.zeros((rows,), jnp.int32),
+            params=SlotParams.empty(rows, shape.n_stops),
             done=jnp.ones((rows,), bool),
             reason=jnp.zeros((rows,), jnp.int32),
             forced_at=jnp.full((rows,), -1, jnp.int32),
@@ -132,14 +133,15 @@ def _key_data_shape() -> tuple[int, ...]:
 
 
 def _advance(
-    shape: LoopShape, sp: SamplingParams, st: SamplingState, logits: jax.Array, active: jax.Array
+    shape: LoopShape, sp: LoopParams, st: SamplingState, logits: jax.Array, active: jax.Array
 ) -> SamplingState:
     """Choose one token per active slot from float32 logits [B, V] and do all the bookkeeping."""
     b, m = st.out_tok.shape
+    p = st.params
     lse = jax.nn.logsumexp(logits, axis=-1)
     keys = jax.vmap(lambda kd, c: jax.random.fold_in(jax.random.wrap_key_data(kd), c))(st.key, st.count)
-    sampled = sample(logits, keys, temperature=sp.temperature, top_k=shape.top_k, top_p=sp.top_p, min_p=sp.min_p)
-    start = active & (sp.budget >= 0) & (st.forced_at < 0) & ~st.closed & (st.count == sp.budget)
+    sampled = sample(logits, keys, temperature=p.temperature, top_k=shape.top_k, top_p=p.top_p, min_p=p.min_p)
+    start = active & (p.budget >= 0) & (st.forced_at < 0) & ~st.closed & (st.count == p.budget)
     forced_at = jnp.where(start, st.count, st.forced_at)
     fpos = st.count - forced_at
     in_force = (forced_at >= 0) & (fpos < sp.suffix_len)
@@ -156,9 +158,11 @@ def _advance(
     te = sp.think_end[None]
     closed = st.closed | (active & jnp.all((window == te) | (te == WILD), axis=-1))
     count = st.count + active.astype(jnp.int32)
-    stop_hit = active & ~in_force & jnp.any(tok[:, None] == sp.stops[None], axis=-1)
-    limit = st.limit + jnp.where(forced_at >= 0, sp.suffix_len, 0)
-    fin = active & (stop_hit | (count >= limit))
+    stop_hit = active & ~in_force & jnp.any(tok[:, None] == p.stops, axis=-1)
+    limit = p.limit + jnp.where(forced_at >= 0, sp.suffix_len, 0)
+    # a budget equal to the limit forces its suffix at the next step instead of the length ending the sample
+    forcing = (p.budget >= 0) & (forced_at < 0) & ~closed & (count == p.budget)
+    fin = active & (stop_hit | ((count >= limit) & ~forcing))
     reason = jnp.where(fin, jnp.where(forced_at >= 0, BUDGET, jnp.where(stop_hit, STOP, LENGTH)), st.reason)
     return st.replace(
         tok=jnp.where(active, tok, st.tok),
@@ -216,8 +220,8 @@ class SamplerLoop:
 
     Hashable and static: build one per generate call (cheap); equal loops share jax's compiled functions,
     so models from ``with_state(...)`` reuse them. ``unroll_layers`` runs decode over per-layer weights
-    (see ``Qwen2.unrolled_weights``); :meth:`for_model` turns it on for CPU meshes, where it is faster, and
-    leaves GPUs/TPUs on the model's scan.
+    (the decode backends of :mod:`rrm_jax.sampler.decode`, which :meth:`for_model` chooses: unrolled on CPU and
+    GPU meshes, where it was measured faster, the model's scan on TPUs).
     """
 
     graphdef: Any
@@ -235,17 +239,7 @@ class SamplerLoop:
     def for_model(
         cls, model, shape: LoopShape, unroll_layers: bool | None = None, cpu_kernel: bool | None = None
     ) -> SamplerLoop:
-        if unroll_layers is None:
-            unroll_layers = model.mesh.devices.flat[0].platform == "cpu"
-        f32 = jnp.dtype(model.module.compute_dtype) == jnp.float32
-        fits = bool(unroll_layers) and f32 and model.mesh.size == 1
-        if cpu_kernel and not (fits and kernel.available()):
-            raise ValueError(
-                "the CPU matmul kernel needs the unrolled CPU decode, float32 compute, a one-device mesh "
-                "and a built kernel (rrm_jax.core.cpu_kernel.available())"
-            )
-        if cpu_kernel is None:
-            cpu_kernel = fits and kernel.available()
+        unroll_layers, cpu_kernel = backends.choose(model, unroll_layers, cpu_kernel)
         return cls(
             model.graphdef,
             model.config,
@@ -253,8 +247,8 @@ class SamplerLoop:
             model.rules,
             shape,
             jnp.dtype(model.module.compute_dtype),
-            bool(unroll_layers),
-            bool(cpu_kernel),
+            unroll_layers,
+            cpu_kernel,
         )
 
     def __hash__(self) -> int:
@@ -303,7 +297,7 @@ class SamplerLoop:
         return self._constrain(SamplingState.empty(self.shape, self.shape.slots, self._zero_cache()))
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames="window", donate_argnames="state")
-    def prefill(self, params, state: SamplingState, batch: PrefillChunk, sp: SamplingParams, *, window: int):
+    def prefill(self, params, state: SamplingState, batch: PrefillChunk, sp: LoopParams, *, window: int):
         """Feed every used row of ``batch`` its next chunk; finished prompts fill their samples' slots.
 
         Each row's cache prefix (the first ``window`` slots, which hold all its prompt so far plus this chunk)
@@ -347,15 +341,34 @@ class SamplerLoop:
             length=jnp.where(written, filled, cache.length),
         )
         dest, src = batch.dest, batch.src
-        base = jax.random.key(batch.seed)
-        keys = jax.vmap(lambda p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, p), q)))(
-            batch.prompt, batch.sample
-        )
+        fold = lambda s, p, q: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.key(s), p), q))
+        keys = jax.vmap(fold)(batch.params.seed, batch.prompt, batch.sample)
         fresh = SamplingState.empty(self.shape, dest.shape[0], None)
-        fresh = fresh.replace(done=jnp.zeros_like(fresh.done), key=keys, limit=batch.limit)
+        fresh = fresh.replace(done=jnp.zeros_like(fresh.done), key=keys, params=batch.params)
         fresh = _advance(self.shape, sp, fresh, logits[src], dest < b)
         out = jax.tree.map(lambda a, f: a.at[dest].set(f, mode="drop"), state.replace(cache=None), fresh)
         return self._constrain(out.replace(cache=cache))
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnames="state")
+    def share_prefix(self, state: SamplingState, src, dst, length) -> SamplingState:
+        """Row ``dst[i]``'s first ``length[i]`` cache slots = row ``src[i]``'s (``dst == B``: unused entry).
+
+        A prompt that starts with tokens another row already prefilled (a tournament's shared system prompt,
+        query and first response) takes their keys and values instead of computing them: causal attention makes
+        a position's KV depend on the tokens up to it only. A layer at a time, as :func:`_write_rows`.
+        """
+        cache = state.cache
+        b, s = self.shape.slots, self.shape.cache_len
+        keep = jnp.arange(s)[None] < length[:, None]  # [n, S]
+        keep = keep[:, None, :, None] if cache.heads_major else keep[:, :, None, None]
+        take, own = jnp.clip(src, 0, b - 1), jnp.clip(dst, 0, b - 1)
+
+        def layer(i, buf):
+            new = jnp.where(keep, buf[i, take], buf[i, own])
+            return buf.at[i, dst].set(new, mode="drop")
+
+        copy = lambda buf: jax.lax.fori_loop(0, buf.shape[0], layer, buf)
+        return self._constrain(state.replace(cache=cache.replace(k=copy(cache.k), v=copy(cache.v))))
 
     @functools.partial(jax.jit, static_argnums=0)
     def split_weights(self, params) -> UnrolledWeights | None:
@@ -366,7 +379,7 @@ class SamplerLoop:
         """
         if not self.unroll_layers:
             return None
-        return nnx.merge(self.graphdef, params).unrolled_weights(fused=self.cpu_kernel)
+        return backends.split_weights(nnx.merge(self.graphdef, params), fused=self.cpu_kernel)
 
     def weights(self, params) -> UnrolledWeights | None:
         """:meth:`split_weights`, reused while the same parameter arrays come back (an evaluation's many generate
@@ -389,7 +402,7 @@ class SamplerLoop:
         params,
         weights: UnrolledWeights | None,
         state: SamplingState,
-        sp: SamplingParams,
+        sp: LoopParams,
         kill,
         n_steps,
         threshold,
@@ -419,7 +432,7 @@ class SamplerLoop:
         def body(c):
             i, st = c
             active = ~st.done
-            logits, cache = module.decode_step(st.tok, active, st.cache, weights)
+            logits, cache = backends.step(module, st.tok, active, st.cache, weights)
             return i + 1, _advance(self.shape, sp, st.replace(cache=cache), logits, active)
 
         i, st = jax.lax.while_loop(cond, body, (jnp.int32(0), st))

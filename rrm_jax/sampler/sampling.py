@@ -38,27 +38,37 @@ def _nucleus_threshold(probs: jax.Array, top_p: float) -> jax.Array:
     return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
+def _per_row(x, rows: int) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(x, jnp.float32), (rows,))
+
+
 def filtered_probs(logits: jax.Array, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0):
     """(probabilities over candidates [R, C], candidate token ids [R, C] or None for the full vocabulary).
 
     Zero outside the kept set, summing to 1 over it. ``top_k`` is static (it sets a shape); temperature,
-    top_p and min_p may be traced scalars, so one compiled sampler serves every setting.
+    top_p and min_p may be traced, scalars or one value per row, so one compiled sampler serves every setting
+    and rows of one batch may each have their own.
     """
-    logits = logits.astype(jnp.float32) / jnp.maximum(jnp.float32(temperature), jnp.float32(1e-6))
+    rows = logits.shape[0]
+    temperature, top_p, min_p = (_per_row(x, rows)[:, None] for x in (temperature, top_p, min_p))
+    logits = logits.astype(jnp.float32) / jnp.maximum(temperature, jnp.float32(1e-6))
     ids = None
     if 0 < top_k < logits.shape[-1]:
         logits, ids = jax.lax.top_k(logits, top_k)
     probs = jax.nn.softmax(logits, axis=-1)
-    top_p = jnp.float32(top_p)
     if ids is not None:  # candidates sorted descending: keep while the mass before a token is < top_p
         before = jnp.cumsum(probs, axis=-1) - probs
         keep = (before < top_p) | (top_p >= 1.0)
     else:
+        nucleus = top_p[:, 0] < 1.0
         tau = jax.lax.cond(
-            top_p < 1.0, lambda p: _nucleus_threshold(p, top_p), lambda p: jnp.zeros(p.shape[:1], p.dtype), probs
+            jnp.any(nucleus),
+            lambda p: jnp.where(nucleus, _nucleus_threshold(p, top_p[:, 0]), 0.0),
+            lambda p: jnp.zeros(p.shape[:1], p.dtype),
+            probs,
         )
         keep = probs >= tau[:, None]
-    keep &= probs >= jnp.float32(min_p) * jnp.max(probs, axis=-1, keepdims=True)
+    keep &= probs >= min_p * jnp.max(probs, axis=-1, keepdims=True)
     probs = jnp.where(keep, probs, 0.0)
     return probs / jnp.sum(probs, axis=-1, keepdims=True), ids
 
@@ -89,8 +99,8 @@ def argmax(logits: jax.Array) -> jax.Array:
 def sample(logits: jax.Array, keys: jax.Array, *, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0) -> jax.Array:
     """logits [R, V] float32, keys [R] typed keys -> chosen token ids [R] int32. temperature 0 = greedy.
 
-    Only ``top_k`` must be a Python int; the other knobs may be traced (greedy is a ``lax.cond`` branch, so
-    a greedy run pays for no filtering).
+    Only ``top_k`` must be a Python int; the other knobs may be traced, scalars or one per row. An all-greedy
+    batch is a ``lax.cond`` branch that pays for no filtering; in a mixed one the greedy rows take the argmax.
     """
     greedy = argmax
     if top_k == 1:
@@ -105,4 +115,6 @@ def sample(logits: jax.Array, keys: jax.Array, *, temperature=1.0, top_k: int = 
 
     if isinstance(temperature, (int, float)):
         return greedy(logits) if temperature == 0 else sampled(logits)
-    return jax.lax.cond(jnp.float32(temperature) == 0.0, greedy, sampled, logits)
+    cold = _per_row(temperature, logits.shape[0]) == 0.0
+    mixed = lambda lg: jnp.where(cold, greedy(lg), sampled(lg))
+    return jax.lax.cond(jnp.all(cold), greedy, mixed, logits)

@@ -24,7 +24,8 @@ import numpy as np
 
 from rrm_jax.core.distributed import barrier, is_main
 from rrm_jax.core.errors import ConfigError, DataError
-from rrm_jax.training.rl.rollout import check_pair, to_prompt, to_query_prompt
+from rrm_jax.data.preference import check_pair, normalise_pair, rows
+from rrm_jax.training.rl.rollout import to_prompt, to_query_prompt
 
 MAX_REPORTED = 5
 
@@ -47,14 +48,14 @@ def synthetic_queries(n: int, seed: int = 0) -> list[dict]:
     return [{"query": p["query"], "answer": p["chosen"], "reference": p["chosen"]} for p in synthetic_pairs(n, seed)]
 
 
-def prepare_data(config, run_dir: Path) -> tuple[Path, dict]:
-    """The data file a recipe names, writing the synthetic one first when ``data.synthetic > 0``."""
+def prepare_data(config, run_dir: Path, mode) -> tuple[Path, dict]:
+    """The data file a recipe names, writing the mode's synthetic one first when ``data.synthetic > 0``."""
     d = config.data
     if d.synthetic:
-        path = run_dir / ("queries.jsonl" if config.policy else "pairs.jsonl")
-        make = synthetic_queries if config.policy else synthetic_pairs
+        name, records = mode.synthetic(d.synthetic, d.shuffle_seed)
+        path = run_dir / name
         if is_main():
-            path.write_text("".join(json.dumps(p) + "\n" for p in make(d.synthetic, d.shuffle_seed)))
+            path.write_text("".join(json.dumps(p) + "\n" for p in records))
         barrier("synthetic-pairs")
         return path, {"synthetic": d.synthetic}
     if not d.path:
@@ -71,46 +72,21 @@ def _read_jsonl(
     """The records of ``path`` that ``check`` passes (after ``prepare``, which the kept records keep), the count
     of each reason for a dropped line, and the first few located problems."""
     keep, reasons, problems = [], Counter(), []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}: "
-            try:
-                rec = json.loads(line)
-                if isinstance(rec, dict) and prepare is not None:
-                    rec = prepare(rec)
-                why = check(rec, where) if isinstance(rec, dict) else f"{where}not a JSON object"
-            except json.JSONDecodeError as e:
-                why = f"{where}invalid JSON ({e.msg})"
-            if why is None:
-                keep.append(rec)
-                continue
-            reasons[why.split(": ", 1)[1].split(" (")[0]] += 1
-            if len(problems) < MAX_REPORTED:
-                problems.append(why)
+    for n, rec in rows(path):
+        where = f"{path}:{n}: "
+        if isinstance(rec, str):
+            why = where + rec
+        else:
+            if isinstance(rec, dict) and prepare is not None:
+                rec = prepare(rec)
+            why = check(rec, where) if isinstance(rec, dict) else f"{where}not a JSON object"
+        if why is None:
+            keep.append(rec)
+            continue
+        reasons[why.split(": ", 1)[1].split(" (")[0]] += 1
+        if len(problems) < MAX_REPORTED:
+            problems.append(why)
     return keep, reasons, problems
-
-
-def _conversation(msgs: list) -> str:
-    if len(msgs) == 1:
-        return str(msgs[0].get("content", ""))
-    return "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m.get('content', '')}" for m in msgs)
-
-
-def normalise_pair(rec: dict) -> dict:
-    """{query, chosen, rejected} strings from our format, ``prompt`` for ``query``, or Skywork-Reward-Preference
-    records whose chosen/rejected are chat message lists (the conversation before the last reply is the query)."""
-    rec = dict(rec)
-    if "query" not in rec and isinstance(rec.get("prompt"), str):
-        rec["query"] = rec["prompt"]
-    for side in ("chosen", "rejected"):
-        msgs = rec.get(side)
-        if isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
-            rec[side] = str(msgs[-1].get("content", ""))
-            if "query" not in rec:
-                rec["query"] = _conversation(msgs[:-1])
-    return rec
 
 
 def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_tokens: int) -> tuple[list[dict], dict]:
@@ -197,7 +173,9 @@ class QueryPipeline(_Pipeline):
     Prompts longer than data.max_prompt_tokens are dropped and counted."""
 
     def __init__(self, path: Path, tokenizer, config):
-        recs, reasons, problems = _read_jsonl(Path(path), _check_query(config.grpo.reward == "judge_reference"))
+        recs, reasons, problems = _read_jsonl(
+            Path(path), _check_query(config.grpo.reward == "judge_reference" or config.grpo.rule_weight > 0)
+        )
         items = []
         for r in recs:
             # tokenised once here: the trainer samples from these prompt_ids

@@ -17,8 +17,9 @@ import numpy as np
 
 from rrm_jax.core.errors import DataError
 from rrm_jax.core.tokenizers import chat_prompt
-from rrm_jax.training.data import _Pipeline, _read_jsonl, normalise_pair, sequence_limit
-from rrm_jax.training.rl.rollout import bucket_len, check_pair, pack
+from rrm_jax.data.preference import check_pair, normalise_pair
+from rrm_jax.training.data import _Pipeline, _read_jsonl, sequence_limit
+from rrm_jax.training.rl.rollout import bucket_len, pack
 
 
 def tokenize_pair(pair: dict, tokenizer) -> dict:

@@ -25,8 +25,8 @@ from rrm_jax.core.sharding import make_mesh
 from rrm_jax.core.tokenizers import load_tokenizer
 from rrm_jax.training.checkpoint import Checkpointer
 from rrm_jax.training.config import TrainConfig, preflight
-from rrm_jax.training.data import PairPipeline, QueryPipeline, SFTPipeline, prepare_data
-from rrm_jax.training.dpo import DPOPipeline
+from rrm_jax.training.data import prepare_data
+from rrm_jax.training.modes import mode_of
 from rrm_jax.training.rl import judge_rewards
 from rrm_jax.training.trainer import Trainer
 
@@ -135,13 +135,9 @@ def data_fingerprint(config: TrainConfig) -> str | None:
     """A content hash of the recipe's data file (None for synthetic data, which the seed defines)."""
     if not config.data.path or not Path(config.data.path).is_file():
         return None
-    import hashlib
+    from rrm_jax.data.sources import fingerprint_file
 
-    from rrm_jax.data.sources import hash_file
-
-    h = hashlib.sha256()
-    hash_file(h, config.data.path)
-    return h.hexdigest()[:16]
+    return fingerprint_file(config.data.path)
 
 
 def check_resume(run_dir: Path, config: TrainConfig) -> None:
@@ -231,18 +227,12 @@ def _train(
         if main:
             write_toml(config, run_dir / "config.toml")
         model = model or build_model(config)
-        if config.policy and reward_fn is None:
+        mode = mode_of(config)
+        if mode.judged and reward_fn is None:
             reward_fn = judge_rewards.from_config(config, model)
         trainer = Trainer(model, config, reward_fn, generate_fn=generate_fn)
-        data_path, data_report = prepare_data(config, run_dir)
-        if config.policy:
-            pipe = QueryPipeline(data_path, model.tokenizer, config)
-        elif config.mode == "grpo":
-            pipe = PairPipeline(data_path, trainer.render, model.tokenizer, config)
-        elif config.mode == "dpo":
-            pipe = DPOPipeline(data_path, model.tokenizer, config)
-        else:
-            pipe = SFTPipeline(data_path, model.tokenizer, config)
+        data_path, data_report = prepare_data(config, run_dir, mode)
+        pipe = mode.pipeline(data_path, trainer, config)
         report = dict(data_report, **pipe.report, fingerprint=data_fingerprint(config))
         if main:
             (run_dir / "data_report.json").write_text(json.dumps(report, indent=1))
@@ -282,20 +272,11 @@ def _train(
 
 def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None) -> dict:
     last = {}
-    bar = Progress(
-        config.mode, config.steps, completed=start, fmt="reward {reward:+.3f}  loss {loss:.4f}", enabled=progress
-    )
+    mode = trainer.mode
+    bar = Progress(mode.name, config.steps, completed=start, fmt=mode.bar, enabled=progress)
     with mpath.open("a") as mf, bar:
         for step in range(start + 1, config.steps + 1):
-            batch = pipe.next()
-            if config.mode == "grpo":
-                metrics = trainer.grpo_step(batch)
-            elif config.mode == "dpo":
-                metrics = trainer.dpo_step(batch)
-                trainer.iteration += 1
-            else:
-                metrics = trainer.sft_step(*batch)
-                trainer.iteration += 1
+            metrics = mode.step(trainer, pipe.next())
             record = {"step": step, **metrics}
             mf.write(json.dumps(record) + "\n")
             mf.flush()
@@ -304,6 +285,7 @@ def _loop(config, trainer, pipe, ckpt, mpath, start, on_step, progress, tb=None)
             last = record
             bar.update(
                 step,
+                # DPO's bar shows its reward margin under the same name
                 reward=metrics.get("reward_mean", metrics.get("reward_margin", float("nan"))),
                 loss=metrics["loss"],
             )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -24,13 +25,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rrm_jax.training.config import OptimConfig
-from rrm_jax.training.rl.dpo import DPOConfig, dpo_loss, pair_weights, sequence_sums
-from rrm_jax.training.rl.loss import LossConfig, grpo_loss, mean_weights, sequence_logprobs, sft_loss, token_weights
-
-GRPO_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask", "old_logp", "advantages")
-SFT_KEYS = ("tokens", "positions", "mask", "targets", "loss_mask")
-# rows [0, P) chosen, [P, 2P) rejected (rl.dpo); ref_logp: the frozen reference's per-token log-probs
-DPO_KEYS = SFT_KEYS + ("ref_logp",)
+from rrm_jax.training.objectives import Objective
+from rrm_jax.training.rl.loss import mean_weights, sequence_logprobs
 
 
 @struct.dataclass
@@ -47,8 +43,10 @@ def _no_decay(path) -> bool:
     return any(str(n).endswith(("norm", "bias")) for n in names)
 
 
-def make_optimizer(cfg: OptimConfig, total_updates: int, params) -> tuple[optax.GradientTransformation, Any]:
-    """AdamW with linear warm-up + cosine decay and global-norm clipping; returns (tx, schedule)."""
+@functools.cache
+def make_optimizer(cfg: OptimConfig, total_updates: int) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with linear warm-up + cosine decay and global-norm clipping; returns (tx, schedule). One object per
+    (config, updates): the trainer's state and every step built for it share it."""
     decay = cfg.decay_steps or max(total_updates, 1)
     schedule = optax.warmup_cosine_decay_schedule(
         # lr/W, not 0: optax evaluates the schedule at the update count, so a 0 start wastes the first update
@@ -58,7 +56,7 @@ def make_optimizer(cfg: OptimConfig, total_updates: int, params) -> tuple[optax.
         decay_steps=max(decay, cfg.warmup_steps + 1),
         end_value=cfg.lr * cfg.end_lr_ratio,
     )
-    mask = jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
+    mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: not _no_decay(p), params)
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask))
     return optax.chain(*parts), schedule
@@ -123,61 +121,35 @@ def cached(kind_name: str, model, key: tuple, build):
 
 
 def make_train_step(
-    model,
-    optim: OptimConfig,
-    total_updates: int,
-    *,
-    kind: str,
-    loss_cfg: LossConfig,
-    micro_batches: int = 1,
-    donate: bool = True,
-    dpo: DPOConfig | None = None,
+    model, optim: OptimConfig, total_updates: int, objective: Objective, *, micro_batches: int = 1, donate: bool = True
 ):
-    """A jitted ``train_step(state, batch) -> (state, metrics)`` for ``kind`` "grpo", "sft" or "dpo" (``dpo``:
-    its beta and label smoothing; a "dpo" batch needs ``micro_batches`` to divide its pair slots, see rl.dpo).
+    """A jitted ``train_step(state, batch) -> (state, metrics)`` minimising ``objective`` (training.objectives;
+    the batch holds its ``keys``; a DPO batch needs ``micro_batches`` to divide its pair slots, see rl.dpo).
 
-    The optimizer is ``make_optimizer(optim, total_updates, ...)``; states from :func:`init_state` with the
-    same arguments fit it.
+    The optimizer is ``make_optimizer(optim, total_updates)``; states from :func:`init_state` with it fit.
     """
-    dpo = (dpo or DPOConfig()) if kind == "dpo" else None
-    key = (optim, total_updates, kind, loss_cfg, micro_batches, donate) + ((dpo,) if dpo else ())
+    key = (optim, total_updates, objective, micro_batches, donate)
     return cached(
         "train_step",
         model,
         key,
-        lambda: _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo),
+        lambda: _make_train_step(model, optim, total_updates, objective, micro_batches, donate),
     )
 
 
-def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches, donate, dpo=None):
-    tx, schedule = make_optimizer(optim, total_updates, model.state)
+def _make_train_step(model, optim, total_updates, objective, micro_batches, donate):
+    tx, schedule = make_optimizer(optim, total_updates)
     graphdef = model.graphdef
     mesh, rules = model.mesh, model.rules
-    keys = GRPO_KEYS + (("ref_logp",) if loss_cfg.beta > 0 else ()) if kind == "grpo" else SFT_KEYS
-    if kind == "dpo":
-        keys = DPO_KEYS
-    if kind not in ("grpo", "sft", "dpo"):
-        raise ValueError(f"kind must be grpo, sft or dpo, got {kind!r}")
 
     def micro_spec(ndim):
         return rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
 
     def loss_fn(params, mb):
         module = nnx.merge(graphdef, params)
-        logp, ent = sequence_logprobs(
-            module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], loss_cfg.logprob_chunk
-        )
-        m = mb["loss_mask"]
-        if kind == "grpo":
-            ref = mb.get("ref_logp", logp)
-            loss, metrics = grpo_loss(logp, mb["old_logp"], ref, mb["advantages"], m, mb["w"], mb["mw"], loss_cfg)
-        elif kind == "dpo":
-            loss, metrics = dpo_loss(
-                sequence_sums(logp, m), sequence_sums(mb["ref_logp"], m), mb["w"], dpo.beta, dpo.label_smoothing
-            )
-        else:
-            loss, metrics = sft_loss(logp, m, mb["w"], mb["mw"])
-        metrics["entropy"] = jnp.sum(mb["mw"] * ent * m)
+        logp, ent = sequence_logprobs(module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], objective.chunk)
+        loss, metrics = objective.loss(logp, mb)
+        metrics["entropy"] = jnp.sum(mb["mw"] * ent * mb["loss_mask"])
         metrics["loss"] = loss
         return loss, metrics
 
@@ -186,13 +158,7 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
     def step(state: TrainState, batch: dict):
         batch = dict(batch)
         m = batch["loss_mask"]
-        if kind == "grpo":
-            norm = loss_cfg.norm_length
-            batch["w"] = token_weights(m, loss_cfg.aggregation, norm)
-        elif kind == "dpo":
-            batch["w"] = pair_weights(m)
-        else:
-            batch["w"] = token_weights(m, "token-mean")
+        batch["w"] = objective.weights(m)
         batch["mw"] = mean_weights(m)
         if micro_batches == 1:
             (_, metrics), grads = grad_fn(state.params, batch)
@@ -235,11 +201,10 @@ def _make_train_step(model, optim, total_updates, kind, loss_cfg, micro_batches,
     st_sh = train_state_shardings(model, tx)
     fn = jax.jit(
         step,
-        in_shardings=(st_sh, batch_shardings(model, keys)),
+        in_shardings=(st_sh, batch_shardings(model, objective.keys)),
         out_shardings=(st_sh, rep),
         donate_argnums=(0,) if donate else (),
     )
-    fn.keys = keys
     return fn
 
 

@@ -33,12 +33,14 @@ import numpy as np
 from rrm_jax.core.distributed import to_host
 from rrm_jax.data.answers import EXTRACTORS, same_answer
 from rrm_jax.judge.prompt import make_render
+from rrm_jax.sampler.inputs import forced_ids
 from rrm_jax.training.config import TrainConfig
 from rrm_jax.training.dpo import pack_pairs, pair_slots, tokenize_pair
+from rrm_jax.training.modes import loss_config, mode_of
+from rrm_jax.training.objectives import DPO, GRPO, SFT, Objective
 from rrm_jax.training.rl import rewards as rewards_lib
 from rrm_jax.training.rl.judge_rewards import after_think
-from rrm_jax.training.rl.loss import LossConfig
-from rrm_jax.training.rl.rollout import assign_sides, pack, rollout, to_prompt, to_query_prompt
+from rrm_jax.training.rl.rollout import pack, rollout
 from rrm_jax.training.step import (
     TrainState,
     cached,
@@ -63,35 +65,44 @@ class Trainer:
         generate_fn: Callable | None = None,
         total_updates: int | None = None,
     ):
-        self.model, self.cfg = model, config
+        self.model, self.cfg, self.mode = model, config, mode_of(config)
         g = config.grpo
-        self.loss_cfg = LossConfig(
-            eps_low=g.eps_low,
-            eps_high=g.eps_high,
-            beta=g.beta,
-            aggregation=g.aggregation,
-            norm_length=g.norm_length or config.sampling.max_new_tokens,
-            logprob_chunk=g.logprob_chunk,
-        )
-        per_step = g.inner_iters if config.mode == "grpo" else 1
-        self.total_updates = total_updates or config.steps * per_step
-        self.tx, self.schedule = make_optimizer(config.optim, self.total_updates, model.state)
+        self.loss_cfg = loss_config(config)
+        self.total_updates = total_updates or config.steps * self.mode.updates_per_step(config)
+        self.tx, self.schedule = make_optimizer(config.optim, self.total_updates)
         self.state: TrainState = init_state(model, self.tx, config.seed)
         # The frozen reference is the model's own (undonated) params, stored in the compute dtype (the forward
         # casts to it anyway, so log-probs are unchanged and a bf16 run keeps half the bytes); beta = 0: none.
-        self.ref_params = self.compute_copy(model.state) if g.beta > 0 or config.mode == "dpo" else None
-        if reward_fn is None and config.policy:
+        self.ref_params = self.compute_copy(model.state) if self.mode.reference(config) else None
+        if reward_fn is None and self.mode.judged:
             raise ValueError(
                 f"grpo.reward = {g.reward!r} needs the judge: pass reward_fn=JudgeReward(...) "
                 "(rrm_jax.training.rl.judge_rewards; `rrm-jax train` builds it from [judge])"
             )
-        self.reward_fn = rewards_lib.get(reward_fn or g.reward)
         extract = EXTRACTORS.get(config.judge.extract)
         self.answer_of = (
             (lambda text, answer: same_answer(config.judge.extract, extract(after_think(text)), answer))
             if extract
             else None
         )
+        self.reward_fn = rewards_lib.get(reward_fn or g.reward)
+        terms = []
+        if g.overlong_buffer:
+            cap, buffer = config.sampling.max_new_tokens, g.overlong_buffer
+
+            def overlong(prompts, comps, batch):
+                return rewards_lib.overlong_penalty([c.num_tokens for c in comps], cap, buffer)
+
+            terms.append((g.overlong_factor, overlong))
+        if g.rule_weight:
+
+            def rule(prompts, comps, batch):
+                right = [self.answer_of(c.text, ref) for c, ref in zip(comps, batch["reference"])]
+                return np.where(right, 1.0, -1.0)
+
+            terms.append((g.rule_weight, rule))
+        if terms:
+            self.reward_fn = rewards_lib.with_terms(self.reward_fn, terms)
         self._render = render
         self.generate_fn = generate_fn
         self.iteration = 0  # rollout batches done (seeds the position swaps and the sampler)
@@ -128,28 +139,22 @@ class Trainer:
             self._render = make_render(self.model.tokenizer, self.cfg.data.prompt)
         return self._render
 
-    def step_fn(self, kind: str):
-        if kind not in self._steps:
-            self._steps[kind] = make_train_step(
-                self.model,
-                self.cfg.optim,
-                self.total_updates,
-                kind=kind,
-                loss_cfg=self.loss_cfg,
-                micro_batches=self.cfg.optim.micro_batches,
-                dpo=self.cfg.dpo if kind == "dpo" else None,
+    def step_fn(self, objective: Objective):
+        if objective not in self._steps:
+            self._steps[objective] = make_train_step(
+                self.model, self.cfg.optim, self.total_updates, objective, micro_batches=self.cfg.optim.micro_batches
             )
-        return self._steps[kind]
+        return self._steps[objective]
 
     def sampling(self):
         """The recipe's [sampling] for this rollout batch: G samples per prompt, a seed per batch."""
         seed = (self.cfg.seed * 1_000_003 + self.iteration) % (2**31)
         return dataclasses.replace(self.cfg.sampling, n=self.cfg.grpo.group_size, seed=seed)
 
-    def update(self, batch: dict[str, np.ndarray], kind: str) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], objective: Objective) -> dict[str, float]:
         """One optimizer step on a packed host batch; returns host metrics."""
-        fn = self.step_fn(kind)
-        self.state, metrics = fn(self.state, place_batch(self.model, batch, fn.keys))
+        fn = self.step_fn(objective)
+        self.state, metrics = fn(self.state, place_batch(self.model, batch, objective.keys))
         return {k: float(v) for k, v in to_host(metrics).items()}
 
     # -- SFT --------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ class Trainer:
                 ),
                 seq_bucket=self.cfg.grpo.seq_bucket,
             )
-        return self.update(batch, "sft")
+        return self.update(batch, SFT(self.loss_cfg.logprob_chunk))
 
     # -- DPO --------------------------------------------------------------------------------------
     def dpo_step(self, pairs: Sequence[dict]) -> dict:
@@ -183,20 +188,17 @@ class Trainer:
         t0 = time.perf_counter()
         batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
         t1 = time.perf_counter()
-        metrics = self.update(batch, "dpo")
+        metrics = self.update(batch, DPO(self.cfg.dpo, self.loss_cfg.logprob_chunk))
         metrics.update(pairs=float(len(items)), time_logprob=t1 - t0, time_update=time.perf_counter() - t1)
         return metrics
 
     # -- GRPO -------------------------------------------------------------------------------------
     def prepare(self, pairs: Sequence[dict]) -> list[dict]:
-        """Raw pairs -> judge prompts in a seeded random order; a policy run's ``{query}`` examples -> chat
-        prompts. Examples that already carry prompt_ids pass."""
+        """Raw examples -> prompts as the mode reads them (training.modes): judge prompts of pairs in a seeded
+        random order, or a policy run's chat prompts of queries. Examples that already carry prompt_ids pass."""
         if all("prompt_ids" in p for p in pairs):
             return list(pairs)
-        if self.cfg.policy:
-            return [to_query_prompt(p, self.model.tokenizer) for p in pairs]
-        flips = assign_sides(pairs, seed=self.cfg.seed, step=self.iteration, swap=self.cfg.data.swap)
-        return [to_prompt(p, bool(f), self.render, self.model.tokenizer) for p, f in zip(pairs, flips)]
+        return self.mode.prepare(self, pairs)
 
     def logprobs(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
         if self._logprob is None:
@@ -206,10 +208,9 @@ class Trainer:
 
     def forced_len(self) -> int:
         if self._forced_len is None:
-            sfx = self.sampling().forced_suffix
-            tok = self.model.tokenizer
+            tok, sampling = self.model.tokenizer, self.sampling()
             self._forced_len = (
-                len(sfx) if not isinstance(sfx, str) else (len(tok.encode(sfx, add_special_tokens=False)) if tok else 0)
+                len(forced_ids(tok, sampling)) if tok or not isinstance(sampling.forced_suffix, str) else 0
             )
         return self._forced_len
 
@@ -243,7 +244,7 @@ class Trainer:
         if g.beta > 0:
             batch["ref_logp"] = to_host(self.logprobs(self.ref_params, batch))
         t2 = time.perf_counter()
-        per_iter = [self.update(batch, "grpo") for _ in range(g.inner_iters)]
+        per_iter = [self.update(batch, GRPO(self.loss_cfg)) for _ in range(g.inner_iters)]
         t3 = time.perf_counter()
         self.iteration += 1
         metrics = dict(per_iter[-1])

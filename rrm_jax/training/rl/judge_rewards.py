@@ -115,6 +115,19 @@ class JudgeReward:
         )
         return rewards
 
+    def of_groups(self, groups: Sequence[tuple[str, Sequence[str], str | None]], step: int = 0) -> list[list[float]]:
+        """Rewards of plain texts grouped as ``(query, responses, reference or None)``: what a caller outside a
+        rollout (a reward server, another RL stack) passes; ``step`` seeds the tournaments as a training step."""
+        texts, batch = [], {"query": [], "group": [], "reference": [], "step": step}
+        for g, (query, responses, reference) in enumerate(groups):
+            texts += [_Text(t) for t in responses]
+            batch["query"] += [query] * len(responses)
+            batch["group"] += [g] * len(responses)
+            batch["reference"] += [reference] * len(responses)
+        flat = self(None, texts, batch)
+        bounds = np.cumsum([0] + [len(r) for _, r, _ in groups])
+        return [[float(x) for x in flat[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
+
     def _tournaments(self, queries, uniq, seed):
         strategy = "elo" if self.kind == "judge_elo" else "knockout"
         # a group with one distinct response plays no match: its members tie
@@ -139,6 +152,13 @@ class JudgeReward:
                 np.array([1.0 if (v.winner == 0 if v.winner is not None else v.soft > 0.5) else -1.0 for v in vs])
             )
         return scores, dict(tokens=sum(v.tokens for v in verdicts), comparisons=len(items))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Text:
+    """What :class:`JudgeReward` reads of a completion: its text."""
+
+    text: str
 
 
 def from_config(cfg, policy) -> JudgeReward:

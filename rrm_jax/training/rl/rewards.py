@@ -60,3 +60,28 @@ def get(name_or_fn) -> Callable:
         mod, fn = name_or_fn.split(":", 1)
         return getattr(importlib.import_module(mod), fn)
     raise ValueError(f"unknown reward {name_or_fn!r}: use one of {sorted(REWARDS)} or 'module:function'")
+
+
+def overlong_penalty(lengths, max_len: int, buffer: int) -> np.ndarray:
+    """DAPO's soft overlong punishment: 0 up to ``max_len - buffer`` tokens, then falling linearly to -1 at
+    ``max_len`` (and -1 beyond), so a response is told it runs long before the cap cuts it off."""
+    n = np.asarray(lengths, np.float32)
+    return np.clip((max_len - buffer - n) / buffer, -1.0, 0.0).astype(np.float32)
+
+
+def with_terms(reward_fn: Callable, terms: Sequence[tuple[float, Callable]]) -> Callable:
+    """``reward_fn`` plus ``weight * term(prompts, completions, batch)`` for each term (a rule reward beside a
+    judge's, a length penalty), each term's mean reported as ``reward_<name>``; the stats of ``reward_fn`` pass."""
+
+    def total(prompts, completions, batch):
+        out = np.asarray(reward_fn(prompts, completions, batch), np.float32)
+        stats = dict(getattr(reward_fn, "last_stats", {}))
+        for weight, term in terms:
+            part = np.asarray(term(prompts, completions, batch), np.float32)
+            stats[f"reward_{term.__name__}"] = float(part.mean())
+            out = out + weight * part
+        total.last_stats = stats
+        return out
+
+    total.last_stats = {}
+    return total

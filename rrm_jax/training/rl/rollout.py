@@ -15,25 +15,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# make_render lives with the prompt registry; this name is kept for callers of the old place.
 from rrm_jax.core.tokenizers import chat_prompt
-from rrm_jax.judge.prompt import make_render  # noqa: F401
 from rrm_jax.sampler import generate
 from rrm_jax.training.rl import advantages as adv_lib
 from rrm_jax.training.rl.rewards import verdicts
-
-
-def check_pair(pair: dict, where: str = "") -> str | None:
-    """Why a preference pair is unusable (None when fine)."""
-    for k in ("query", "chosen", "rejected"):
-        v = pair.get(k)
-        if not isinstance(v, str):
-            return f"{where}field {k!r} is missing or not a string"
-        if not v.strip():
-            return f"{where}field {k!r} is empty"
-    if pair["chosen"].strip() == pair["rejected"].strip():
-        return f"{where}chosen == rejected"
-    return None
 
 
 def to_prompt(pair: dict, flip: bool, render: Callable, tokenizer) -> dict:

@@ -1,6 +1,6 @@
 """Which weight layout makes a decode step's small-row matmuls fastest on this backend (issue 12, part 1).
 
-``python -m rrm_jax.benchmarks.decode_layout [--batch 8 32] [--shapes qwen|head|square] [--rounds 5]``
+``python tools/decode_layout.py [--batch 8 32] [--shapes qwen|head|square] [--rounds 5]``
 
 Every matrix one decode step reads (Qwen2.5-0.5B: 24 layers of q/k/v/o/gate/up/down, or its [D, V] head, or
 the issue's 30 matrices of 4096 x 4096) as separate arrays, multiplied by B rows in one jit, three ways:
@@ -81,7 +81,7 @@ def variants(batch: int, kind: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rrm_jax.benchmarks.decode_layout", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/decode_layout.py", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--shapes", choices=("qwen", "head", "square"), default="qwen")
     ap.add_argument("--rounds", type=int, default=5)

@@ -1,6 +1,6 @@
 """What bounds a CPU decode step from below, measured side by side (issue 12, part 1).
 
-``python -m rrm_jax.benchmarks.decode_floor [--batch 8 32] [--rounds 5] [--flags] [--slots 160 1088]``
+``python tools/decode_floor.py [--batch 8 32] [--rounds 5] [--flags] [--slots 160 1088]``
 
 - matmuls: every weight matrix of one Qwen2.5-0.5B decode step (24 layers of q/k/v/o/gate/up/down and the
   [D, V] head; fp32, fresh arrays), chained as a step chains them, at B rows: XLA (one jit), the sampler's CPU
@@ -95,7 +95,7 @@ def attention_variants(slots: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from rrm_jax.core.model import attention
+    from rrm_jax.core.ops import attention
 
     b = 8
     rng = np.random.default_rng(1)
@@ -136,7 +136,7 @@ def _report(title: str, engines: dict, rounds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rrm_jax.benchmarks.decode_floor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/decode_floor.py", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--slots", type=int, nargs="*", default=[160, 1088])
     ap.add_argument("--rounds", type=int, default=5)
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
                 cmd = [
                     sys.executable,
-                    "-m",
-                    "rrm_jax.benchmarks.decode_floor",
+                    __file__,
                     "--xla-only",
                     "--batch",
                     str(b),

@@ -1,11 +1,11 @@
 """Where a decode step's time goes: the sampler's step beside decode loops with pieces removed (issue 12, part 1).
 
-``python -m rrm_jax.benchmarks.decode_ablate [--batch 8] [--rounds 3]``
+``python tools/decode_ablate.py [--batch 8] [--rounds 3]``
 
 Random Qwen2.5-0.5B shape, fp32, a cache of 160 slots with 128 filled. In interleaved rounds it times, per step:
 
 - the sampler itself (``generate``, greedy, 32 new tokens, from its own decode timer);
-- a 16-step ``fori_loop`` of ``Qwen2.decode_step`` + argmax over weights split once beforehand, in the sampler's
+- a 16-step ``fori_loop`` of the unrolled decode step (``rrm_jax.sampler.decode.step``) + argmax over weights split once beforehand, in the sampler's
   CPU form (heads-major cache; fused weights through the CPU matmul kernel when it is available);
 - the same with attention replaced by its query (no scores, softmax or cache read);
 - the output head + argmax alone;
@@ -26,6 +26,8 @@ from flax import nnx
 
 from rrm_jax.core import cpu_kernel
 from rrm_jax.core import model as model_lib
+from rrm_jax.core.kv_cache import KVCache
+from rrm_jax.sampler import decode
 
 STEPS, SLOTS, FILLED = 16, 160, 128
 
@@ -38,9 +40,9 @@ def _loop(model, batch: int, kind: str):
         def body(_, c):
             tok, cache = c
             if kind == "head":
-                logits = mod.unrolled_logits(mod.embed_tokens(tok), weights)
+                logits = decode.logits(mod, mod.embed_tokens(tok), weights)
             else:
-                logits, cache = mod.decode_step(tok, jnp.ones((batch,), bool), cache, weights)
+                logits, cache = decode.step(mod, tok, jnp.ones((batch,), bool), cache, weights)
             return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
         tok, cache = jax.lax.fori_loop(0, STEPS, body, (tok, cache))
@@ -50,7 +52,7 @@ def _loop(model, batch: int, kind: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rrm_jax.benchmarks.decode_ablate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/decode_ablate.py", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
@@ -63,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     model = api.init("qwen2.5-0.5b", seed=0, mesh=mesh, dtype=jnp.float32)
     cfg = model.config
     fused = cpu_kernel.available()
-    weights = jax.jit(lambda st: nnx.merge(model.graphdef, st).unrolled_weights(fused))(model.state)
+    weights = jax.jit(lambda st: decode.split_weights(nnx.merge(model.graphdef, st), fused))(model.state)
     rng = np.random.default_rng(0)
-    cache0 = model_lib.KVCache.zeros(cfg, b, SLOTS, jnp.float32, heads_major=True)
+    cache0 = KVCache.zeros(cfg, b, SLOTS, jnp.float32, heads_major=True)
     cache0 = cache0.replace(
         valid=cache0.valid.at[:, :FILLED].set(True),
         length=jnp.full((b,), FILLED, jnp.int32),
