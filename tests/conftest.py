@@ -59,7 +59,7 @@ def shared_dir():
 # ------------------------------------------------------------------ the default tier's time budget
 # Each default-tier test (its setup, call and teardown: a module fixture is billed to the first test that uses it)
 # must finish within `max_test_seconds` (pyproject), so a new feature cannot quietly double the suite: a test that
-# needs longer is marked `slow` (CI runs that tier once, on Python 3.11). 0 turns the check off.
+# needs longer is marked `slow` (CI runs only that tier's demo tests). 0 turns the check off.
 def pytest_addoption(parser):
     parser.addini("max_test_seconds", "per-test budget of the default tier, in seconds (0: no budget)", default="0")
 
