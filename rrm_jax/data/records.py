@@ -297,14 +297,12 @@ def read_pairs_jsonl(path: str | Path, *, on_bad: OnBad = "raise", require_label
         # a list or object label is unhashable: test its type before looking it up
         if isinstance(label, bool) or not isinstance(label, (int, str, type(None))) or label not in _JSONL_LABELS:
             raise _Bad("label", f"expected 0, 1, null, 'a', 'b' or 'tie', got {label!r}")
-        rid = item.get("id", f"{p.stem}-{n}")
-        if isinstance(rid, bool) or not isinstance(rid, (int, str)):
-            raise _Bad("id", f"expected an int or string, got {type(rid).__name__}")
+        rid = _id(item, "id", default=f"{p.stem}-{n}")
         subset = item.get("subset", "")
         if not isinstance(subset, str):
             raise _Bad("subset", f"expected a string, got {type(subset).__name__}")
         return PairRecord(
-            str(rid),
+            rid,
             c.text(item, "query"),
             c.text(item, "response_a"),
             c.text(item, "response_b"),
@@ -328,8 +326,11 @@ RMBENCH_STYLES = ("concise", "detailed_plain", "detailed_markdown")
 _RMBENCH_ID = re.compile(r"^(.*)/c([0-2])r([0-2])$")
 
 
-def _id(item: dict, key: str) -> str:
+def _id(item: dict, key: str, *, default: str | None = None) -> str:
+    """An item's id: an int or a string (``default`` where it may be absent)."""
     if key not in item:
+        if default is not None:
+            return default
         raise _Bad(key, "missing field")
     v = item[key]
     if isinstance(v, bool) or not isinstance(v, (int, str)):
