@@ -256,3 +256,157 @@ def test_a_hub_dataset_id_reads_the_benchmark_from_the_cache(tmp_path, monkeypat
     assert json.loads((tmp_path / "bon" / "summary.json").read_text())["accuracy"]["oracle"]["2"] == 1.0
     with pytest.raises(Missing, match="org/absent: not in the Hugging Face cache and the hub cannot be reached"):
         eval_main(["judgebench", "data=org/absent", f"out={tmp_path / 'x'}"], judge_factory=lambda b: LeaningJudge())
+
+
+# ---------------------------------------------------------------------------------------------- RewardBench 2
+def _rb2_by_definition(rows):
+    """RewardBench 2's score re-derived from its written definition with plain loops (no code shared with the
+    package): best-of-4 credit, the Ties formula, the unweighted mean of the subsets."""
+    import math
+
+    subsets, ties = {}, {"ref": {}, "tied": {}}
+    for r in rows:
+        s = r["scores"]
+        if r["subset"] == "Ties":
+            kind, k = r["id"].split(":")
+            good, bad = s[: r["num_correct"]], s[r["num_correct"] :]
+            ties[kind][int(k)] = (
+                min(good) > max(bad),
+                (max(good) - min(good)) if len(good) > 1 else None,
+                min(good) - max(bad),
+            )
+        else:
+            best = max(s)
+            winners = [i for i, x in enumerate(s) if x == best]
+            subsets.setdefault(r["subset"], []).append(1 / len(winners) if 0 in winners else 0.0)
+    out = {k: sum(v) / len(v) for k, v in subsets.items()}
+    if any(ties.values()):
+        acc = {k: (sum(a for a, _, _ in v.values()) / len(v)) if v else 0.0 for k, v in ties.items()}
+        shared = [k for k in ties["ref"] if k in ties["tied"]]
+        pref = pref_hard = margin = 0.0
+        for k in shared:
+            spread, gap_t, gap_r = ties["tied"][k][1], ties["tied"][k][2], ties["ref"][k][2]
+            hard = min(gap_r, gap_t)
+            pref += (spread is not None and gap_t > spread) / len(shared)
+            pref_hard += (spread is not None and hard > spread) / len(shared)
+            if spread == 0:
+                m = 0.0 if hard == 0 else math.tanh(math.copysign(math.inf, hard))
+            else:
+                m = math.tanh(hard / spread - 1)
+            margin += m / len(shared)
+        if not shared:
+            pref = pref_hard = margin = float("nan")
+        out["Ties"] = 0.3 * acc["tied"] + 0.3 * acc["ref"] + 0.2 * pref + 0.2 * pref_hard + 0.01 * margin
+    return out, sum(out.values()) / len(out)
+
+
+def _rb2_random_rows(rng, prompts=12):
+    rows = []
+    for sub in ("Factuality", "Precise IF", "Math", "Safety", "Focus"):
+        for k in range(prompts):
+            rows.append({"subset": sub, "id": str(k), "num_correct": 1, "scores": rng.integers(0, 4, 4).tolist()})
+    for k in range(prompts):
+        kinds = ("ref", "tied") if k % 4 else ("ref",)  # some prompts have no tied row (accuracy only)
+        for kind in kinds:
+            good = 1 if kind == "ref" else int(rng.integers(2, 5))
+            n = good + int(rng.integers(1, 6))
+            rows.append({"subset": "Ties", "id": f"{kind}:{k}", "num_correct": good,
+                         "scores": rng.integers(0, 5, n).astype(float).tolist()})  # fmt: skip
+    return rows
+
+
+def test_rewardbench2_scores_equal_its_definition_on_random_scores():
+    """Issue 25.1: RewardBench 2's official rules (allenai/reward-bench: reroll_and_score_dataset's tie-shared
+    best-of-4 credit, process_single_model's Ties formula, the mean of six subsets) against a loop re-derivation,
+    on integer scores that tie often (spreads of 0 reach the margin term's 0/0 and x/0)."""
+    assert scoring.rewardbench2_credit([3, 3, 1, 0]) == 0.5
+    assert scoring.rewardbench2_credit([2, 3, 1, 0]) == 0.0
+    assert scoring.rewardbench2_credit([3, 1, 1, 0]) == 1.0
+    # Ties by hand: prompt 0 ref gap 1, tied spread 1 gap 2 -> preferred, hard = min(1, 2) = 1 not > 1.
+    hand = scoring.rewardbench2_ties([("ref:0", [3, 2], 1), ("tied:0", [5, 4, 2], 2)])
+    assert hand["ref_accuracy"] == hand["tied_accuracy"] == 1.0
+    assert (hand["correctness_preferred"], hand["correctness_preferred_hard"]) == (1.0, 0.0)
+    assert hand["score"] == pytest.approx(0.8 + 0.01 * np.tanh(0.0))
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        rows = _rb2_random_rows(rng, prompts=int(rng.integers(3, 12)))
+        if trial % 5 == 4:  # a partial run: some subsets and Ties rows not scored yet
+            rows = [{**r, "scores": None} if i % 3 == 0 else r for i, r in enumerate(rows)]
+        got = scoring.rewardbench2_scores(rows)
+        want, mean = _rb2_by_definition([r for r in rows if r["scores"] is not None])
+        assert got["subsets"].keys() == want.keys()
+        for k, v in want.items():
+            assert got["subsets"][k] == pytest.approx(v, nan_ok=True), (trial, k)
+        assert got["score"] == pytest.approx(mean, nan_ok=True)
+        assert got["complete"] == (len(want) == 6)
+
+
+def _rb2_file(path, prompts=6, seed=0):
+    """RewardBench 2 rows in its released schema: 'right ...' texts are the correct ones (SimJudge reads them);
+    ids repeat across subsets, as the real set's do."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sub in ("Factuality", "Precise IF", "Math", "Safety", "Focus"):
+        for k in range(prompts):
+            rows.append({"id": str(k), "prompt": f"{sub} question {k}", "chosen": [f"right {sub}{k}"],
+                         "rejected": [f"wrong {sub}{k}-{j}" for j in range(3)], "num_correct": 1,
+                         "num_rejected": 3, "total_completions": 4, "models": [], "subset": sub})  # fmt: skip
+    for k in range(prompts):
+        for kind, good in (("ref", 1), ("tied", int(rng.integers(2, 4)))):
+            rows.append({"id": f"{kind}:{k}", "prompt": f"ties question {k}",
+                         "chosen": [f"right t{k}-{j}" for j in range(good)],
+                         "rejected": [f"wrong t{k}-{j}" for j in range(3)], "num_correct": good, "subset": "Ties"})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_rewardbench2_rows_run_through_bon_and_print_its_official_scores(tmp_path, capsys):
+    """Issue 25.1: `rrm-jax bon` reads RewardBench 2's rows, ranks all of each row's candidates with the judge's
+    tournaments, stores each candidate's tournament score, and its summary is the official score of those
+    scores (re-derived here); a judge that always prefers the right answer scores 100 on the best-of-4 subsets
+    and on Ties' reference accuracy; bad rows name their field."""
+    from rrm_jax.evaluation.bon import read_bon
+    from rrm_jax.evaluation.bon_cli import bon_main
+    from test_bon import SimJudge
+
+    data = tmp_path / "rb2.jsonl"
+    rows = _rb2_file(data)
+    items = read_bon(data)
+    assert len(items) == len(rows) and len({it.id for it in items}) == len(rows)  # the subset qualifies the id
+    tied = next(it for it in items if it.rb2 == ("Ties", "tied:0"))
+    assert tied.correct == tuple(i < len(tied.candidates) - 3 for i in range(len(tied.candidates)))
+    args = ["--model", "tiny", "--progress", "false", "--strategy", "knockout,elo,random,oracle"]
+    for name, p in (("sim", 0.8), ("perfect", 1.0)):
+        out = tmp_path / name
+        assert bon_main([str(data), "--out", str(out), *args], judge=SimJudge(p=p)) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+        assert len(recs) == len(rows)
+        assert summary["n"] == [0] and summary["accuracy"]["oracle"]["all"] == 1.0
+        for s in ("knockout", "elo", "random"):
+            mine = []
+            for r in recs:
+                x = r["results"][s]["all"]
+                scores = [float(i == x["pick"]) for i in range(r["n_candidates"])] if s == "random" else x["scores"]
+                mine.append({**r["rb2"], "scores": scores, "num_correct": sum(r["correct"])})
+            want, mean = _rb2_by_definition(mine)
+            got = summary["rewardbench2"][s]
+            assert got["subsets"] == pytest.approx(want) and got["score"] == pytest.approx(mean)
+            assert got["complete"]
+        if name == "perfect":
+            for s in ("knockout", "elo"):
+                got = summary["rewardbench2"][s]
+                assert all(v == 1.0 for k, v in got["subsets"].items() if k != "Ties"), got
+                assert got["ties"]["ref_accuracy"] == 1.0
+            # a round robin orders every right answer above every wrong one; a knockout's rounds reached cannot
+            # (a right answer beaten by another right one in round 1 ties with the wrong ones beaten there)
+            assert summary["rewardbench2"]["elo"]["ties"]["tied_accuracy"] == 1.0
+        assert (out / "rewardbench2.png").exists()
+    printed = capsys.readouterr().out
+    assert "| strategy | Factuality | Precise IF | Math | Safety | Focus | Ties | score |" in printed
+    bad = tmp_path / "bad.jsonl"
+    for row, field in (({**rows[0], "num_correct": 2}, "num_correct"), ({**rows[-1], "id": "x:1"}, "id"),
+                       ({**rows[0], "rejected": []}, "rejected")):  # fmt: skip
+        bad.write_text(json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=rf"bad.jsonl:1:{field}: "):
+            read_bon(bad)

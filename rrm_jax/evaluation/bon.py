@@ -4,8 +4,9 @@ Input (:func:`read_bon`): JSONL of ``{query, candidates: [str, ...], correct: [b
 answer}`` (a candidate is correct when its extracted final answer equals ``answer``: ``rrm_jax.data.answers``), or
 ``{query, answer}`` when a policy writes the candidates first (:func:`generate_candidates`); PPE's best-of-K rows
 ``{question_id, prompt, response_1..K, scores}`` (MMLU-Pro, MATH, GPQA; .jsonl, .json or .parquet) read as
-``{id, query, candidates, correct}`` (:func:`from_ppe`). For each n, a query's
-FIRST n candidates compete:
+``{id, query, candidates, correct}`` (:func:`from_ppe`); RewardBench 2's rows ``{id, prompt, chosen: [...],
+rejected: [...], num_correct, subset}`` with every row's candidates competing at once (n = all, :func:`from_rb2`,
+scored by its official rules in the summary). For each n, a query's FIRST n candidates compete:
 
 - ``knockout`` / ``elo``: the judge's tournament (``rrm_jax.judge.tournament``: n - 1 matches / a Bradley-Terry
   round-robin). The tournaments of a chunk of queries (every n, both strategies) run side by side and their
@@ -54,6 +55,7 @@ class BonItem:
     correct: tuple[bool, ...]
     answers: tuple[str | None, ...] | None = None  # extracted final answers (None: no extractor)
     answer: str | None = None  # the reference answer, when the input gave one
+    rb2: tuple[str, str] | None = None  # RewardBench 2's (subset, id): the row is scored by its rules
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -78,7 +80,7 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
             raise bad(item.field, item.message)
         if not isinstance(item, dict):
             raise bad(None, f"expected a JSON object, got {type(item).__name__}")
-        item = from_ppe(item)
+        item = from_ppe(from_rb2(item, bad))
         if not isinstance(item.get("query"), str) or not item["query"].strip():
             raise bad("query", "missing or empty (expected a string)")
         qid = item.get("id", f"{p.stem}-{n}")
@@ -110,7 +112,8 @@ def read_bon(path: str | Path, *, extract: str = "", policy: bool = False, limit
                 raise bad("correct", f"{len(correct)} entries for {len(cands)} candidates")
         elif answer is None:
             raise bad("correct", "neither 'correct' (one bool per candidate) nor 'answer' given")
-        out.append(with_candidates(BonItem(qid, item["query"], (), (), None, answer), cands, extract, correct))
+        base = BonItem(qid, item["query"], (), (), None, answer, item.get("rb2"))
+        out.append(with_candidates(base, cands, extract, correct))
     return out
 
 
@@ -152,6 +155,35 @@ def from_ppe(item: dict) -> dict:
     if "question_id" in item:
         row["id"] = item["question_id"]
     return row
+
+
+def from_rb2(item: dict, bad: Callable[[str | None, str], Exception]) -> dict:
+    """A RewardBench 2 row (``chosen`` and ``rejected`` lists, a ``subset``) as ours: the candidates are the
+    chosen then the rejected, the first ``num_correct`` correct, and the id qualified by the subset (its subsets
+    reuse ids); any other row as it is. ``bad(field, message)`` is the reader's error."""
+    if not (isinstance(item.get("chosen"), list) and "rejected" in item and "subset" in item):
+        return item
+    chosen, rejected, subset = item["chosen"], item["rejected"], item["subset"]
+    for field, texts in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise bad(field, "expected a non-empty list of strings")
+    if not isinstance(subset, str) or not subset:
+        raise bad("subset", "expected a subset name")
+    k = item.get("num_correct", len(chosen))
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(chosen):
+        raise bad("num_correct", f"expected 1..{len(chosen)} (the chosen are the correct ones), got {k!r}")
+    rid = item.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)):
+        raise bad("id", f"expected an int or string, got {type(rid).__name__}")
+    if subset == "Ties" and (not isinstance(rid, str) or rid.split(":")[0] not in ("ref", "tied")):
+        raise bad("id", f"a Ties row's id is ref:<k> or tied:<k>, got {rid!r}")
+    return {
+        "id": f"{subset}/{rid}",
+        "query": item.get("prompt"),
+        "candidates": chosen + rejected,
+        "correct": [i < k for i in range(len(chosen) + len(rejected))],
+        "rb2": (subset, str(rid)),
+    }
 
 
 def with_candidates(
@@ -203,22 +235,25 @@ def pick_chunk(
     jobs, slots = [], []
     for row, it in chunk:
         results: dict[str, dict] = {s: {} for s in strategies if s != "majority" or it.answers is not None}
-        for n in (n for n in ns if n <= len(it.candidates)):
+        for n in ns:
+            key, n = n_key(n), n or len(it.candidates)
+            if n > len(it.candidates):
+                continue
             for s in results:
                 if s == "oracle":
-                    results[s][str(n)] = {"pick": None, "correct": any(it.correct[:n])}
+                    results[s][key] = {"pick": None, "correct": any(it.correct[:n])}
                 elif s in ("random", "majority"):
                     k = pick_random(it, n, seed) if s == "random" else pick_majority(it.answers, n)
-                    results[s][str(n)] = {"pick": k, "correct": it.correct[k]}
+                    results[s][key] = {"pick": k, "correct": it.correct[k]}
             judged = [s for s in results if s in JUDGE_STRATEGIES]
             error = _misfit(judge, it, n) if judged else None
             for s in judged:
                 if error is not None:  # recorded and skipped, like eval's over-long items
-                    results[s][str(n)] = {"pick": None, "correct": None, "error": error}
+                    results[s][key] = {"pick": None, "correct": None, "error": error}
                     continue
                 tseed = derive_seed(seed, _key(it.id), n, JUDGE_STRATEGIES.index(s))
                 jobs.append(tournament.rounds_of(s, it.query, it.candidates[:n], seed=tseed))
-                slots.append((len(recs), s, n, tseed))
+                slots.append((len(recs), s, key, tseed))
         recs.append(
             {
                 "id": it.id,
@@ -226,6 +261,7 @@ def pick_chunk(
                 "n_candidates": len(it.candidates),
                 "correct": list(it.correct),
                 "answers": None if it.answers is None else list(it.answers),
+                **({"rb2": {"subset": it.rb2[0], "id": it.rb2[1]}} if it.rb2 else {}),
                 "results": results,
             }
         )
@@ -244,11 +280,12 @@ def pick_chunk(
     t0 = time.perf_counter()
     rankings = tournament.run_many(compare, jobs, with_ids=True)
     dt = time.perf_counter() - t0
-    for (r, s, n, _), rk in zip(slots, rankings):
+    for (r, s, key, _), rk in zip(slots, rankings):
         k = int(rk.best)
-        recs[r]["results"][s][str(n)] = {
+        recs[r]["results"][s][key] = {
             "pick": k,
             "correct": recs[r]["correct"][k],
+            "scores": candidate_scores(rk),
             "comparisons": rk.comparisons,
             "tokens": int(rk.tokens),
             "samples": int(rk.samples),
@@ -256,6 +293,20 @@ def pick_chunk(
     for rec in recs:
         rec["seconds"] = dt / len(recs)
     return recs
+
+
+def n_key(n: int) -> str:
+    """A records / summary key of an n; 0 is every candidate of a query ("all")."""
+    return str(n) if n else "all"
+
+
+def candidate_scores(rk: tournament.Ranking) -> list[float]:
+    """Each candidate's score in a tournament, for rules that read scores (RewardBench 2's): a knockout's rounds
+    reached, a round robin's ratings. The ratings are rounded to 1e-6 Elo points so that a symmetric record
+    ties exactly, as the fit only converges to 1e-10."""
+    if rk.strategy == "knockout":
+        return [float(x) for x in rk.reached]
+    return [round(float(x), 6) for x in rk.ratings]
 
 
 def _misfit(judge, it: BonItem, n: int) -> str | None:

@@ -49,6 +49,8 @@ def bon_main(argv: list[str], *, judge=None) -> int:
     if not items:
         print(f"rrm-jax bon: {cfg.data}: no queries", file=sys.stderr)
         return 2
+    if any(it.rb2 for it in items):  # RewardBench 2 ranks each row's candidates together, however many
+        cfg = dataclasses.replace(cfg, n=(0,))
     budget = think_budgets(cfg)[0]
     fingerprint = fingerprint_file(cfg.data)
     policy = {"path": cfg.policy} if cfg.policy else None
