@@ -226,3 +226,43 @@ def test_chunked_causal_attention_equals_full_attention():
     chunked = np.asarray(causal_attention(q, kk, v, jnp.asarray(mask), chunk=64))
     keep = mask.any(-1)  # query rows with at least one visible key (all real tokens)
     np.testing.assert_allclose(chunked[keep], full[keep], atol=1e-5)
+
+
+def test_splash_attention_equals_xla_attention_in_interpret_mode():
+    """Issue 26.1: the Pallas splash kernel (interpret mode off TPU) with rrm-jax's causal + padding mask equals
+    XLA's attention on every real query, forward and gradient, grouped-query heads, left and right padding;
+    a length that is not a multiple of its block falls back to XLA's form."""
+    from rrm_jax.core.ops import causal_attention
+
+    rng = np.random.default_rng(1)
+    b, t, h, k, hd = 2, 256, 4, 2, 32
+    q, kk, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(b, t, h, hd), (b, t, k, hd), (b, t, k, hd)])
+    real = np.ones((b, t), bool)
+    real[0, :45] = False
+    real[1, 190:] = False
+    mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real[:, None, :])
+    w = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32) * jnp.asarray(real)[:, :, None, None]
+    loss = lambda impl: lambda q, kk, v: jnp.sum(causal_attention(q, kk, v, mask, impl) * w)
+    got, want = (np.asarray(causal_attention(q, kk, v, mask, i)) for i in ("splash", "xla"))
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+    grads = [jax.grad(loss(i), argnums=(0, 1, 2))(q, kk, v) for i in ("splash", "xla")]
+    for g_splash, g_xla in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g_splash), np.asarray(g_xla), atol=1e-5)
+    short = (x[:, :200] for x in (q, kk, v))
+    np.testing.assert_array_equal(
+        np.asarray(causal_attention(*short, mask[:, :200, :200], "splash")),
+        np.asarray(causal_attention(*(x[:, :200] for x in (q, kk, v)), mask[:, :200, :200], "xla")),
+    )
+    with pytest.raises(ValueError, match="attention must be one of"):
+        causal_attention(q, kk, v, mask, "flash")
+
+
+def test_a_model_with_splash_attention_gives_xla_attentions_logits():
+    """Issue 26.1: ``attention_impl="splash"`` through the whole decoder (a no-cache forward: the train step's,
+    the log-prob passes' and the prefill's form) equals XLA's attention on real positions, padded rows included."""
+    xla, spl = (rrm_jax.init("tiny", seed=3, attention_impl=i) for i in ("xla", "splash"))
+    rows = _rows(xla.config.vocab_size, [256, 140], seed=4)
+    ids, mask, positions = padded_batch(rows, "right")
+    assert ids.shape[1] == 256
+    want, got = (np.asarray(m.logits(ids, mask, positions)) for m in (xla, spl))
+    np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)

@@ -41,6 +41,9 @@ def attention(q, k, v, mask) -> jax.Array:
     return _attend(qg, k, v, mask).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
+
+
 def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.Array:
     """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
 
@@ -49,8 +52,16 @@ def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.
     elsewhere). Otherwise queries go in chunks of ``chunk``; chunk c only scores the keys up to its own end, so
     the upper-triangle blocks are never computed (about half the score work and softmax at long T). Real
     positions match :func:`attention` exactly; a padding query whose keys are all masked gets a (meaningless)
-    uniform average over fewer keys.
+    uniform average over fewer keys. ``impl`` "splash" runs the Pallas splash kernel (:mod:`rrm_jax.core.splash`)
+    where T is a multiple of its block, and this XLA form elsewhere.
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
+    if impl == "splash":
+        from rrm_jax.core import splash
+
+        if splash.fits(q.shape[1]):
+            return splash.splash_attention(q, k, v, mask[:, -1, :])  # causal & key mask: its last row is the key mask
     if impl in ("cudnn", "auto"):
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.ops import ATTENTION_IMPLS
 from rrm_jax.core.sharding import mesh_misfit
 from rrm_jax.data.answers import EXTRACTORS
 from rrm_jax.judge.prompt import get_prompt
@@ -105,7 +106,7 @@ class TrainConfig:
     dtype: str = "float32"  # master weights
     compute_dtype: str = "bfloat16"
     remat: str = "none"  # none | dots | full
-    attention: str = "xla"
+    attention: str = "xla"  # xla | cudnn | auto | splash (rrm_jax.core.ops.causal_attention)
     mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); -1 fills the devices (of every host)
     distributed: bool = False  # one process per host: jax.distributed.initialize() first (rrm_jax.core.distributed)
     save_every: int = 50
@@ -130,6 +131,10 @@ class TrainConfig:
         checks = [
             (self.mode in ("grpo", "sft", "dpo"), f"mode must be grpo, sft or dpo, got {self.mode!r}"),
             (self.remat in ("none", "dots", "full"), f"remat must be none|dots|full, got {self.remat!r}"),
+            (
+                self.attention in ATTENTION_IMPLS,
+                f"attention must be {'|'.join(ATTENTION_IMPLS)}, got {self.attention!r}",
+            ),
             (self.grpo.advantage in ("grpo", "drgrpo", "rloo"), f"unknown grpo.advantage {self.grpo.advantage!r}"),
             (self.grpo.old_logprobs in ("sampler", "recompute"), "grpo.old_logprobs must be sampler|recompute"),
             (
