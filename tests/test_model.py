@@ -235,7 +235,7 @@ def test_splash_attention_equals_xla_attention_in_interpret_mode():
     from rrm_jax.core.ops import causal_attention
 
     rng = np.random.default_rng(1)
-    b, t, h, k, hd = 2, 256, 4, 2, 32
+    b, t, h, k, hd = 2, 256, 2, 1, 16
     q, kk, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(b, t, h, hd), (b, t, k, hd), (b, t, k, hd)])
     real = np.ones((b, t), bool)
     real[0, :45] = False
@@ -261,8 +261,8 @@ def test_a_model_with_splash_attention_gives_xla_attentions_logits():
     """Issue 26.1: ``attention_impl="splash"`` through the whole decoder (a no-cache forward: the train step's,
     the log-prob passes' and the prefill's form) equals XLA's attention on real positions, padded rows included."""
     xla, spl = (rrm_jax.init("tiny", seed=3, attention_impl=i) for i in ("xla", "splash"))
-    rows = _rows(xla.config.vocab_size, [256, 140], seed=4)
+    rows = _rows(xla.config.vocab_size, [128, 70], seed=4)
     ids, mask, positions = padded_batch(rows, "right")
-    assert ids.shape[1] == 256
+    assert ids.shape[1] == 128  # one kernel block (the op's test above has several)
     want, got = (np.asarray(m.logits(ids, mask, positions)) for m in (xla, spl))
     np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
