@@ -266,3 +266,29 @@ def test_a_model_with_splash_attention_gives_xla_attentions_logits():
     assert ids.shape[1] == 128  # one kernel block (the op's test above has several)
     want, got = (np.asarray(m.logits(ids, mask, positions)) for m in (xla, spl))
     np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+
+
+def test_splash_attention_on_a_mesh_runs_under_shard_map_and_equals_xla():
+    """Issue 26.1: on a 2 x 2 (fsdp x tensor) mesh of CPU devices the kernel runs per shard (rows over the batch
+    axes, heads over the key/value heads' axis) and the sharded forward equals XLA's attention."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+import rrm_jax
+from rrm_jax.core.splash import SplashAttention
+mesh = jax.make_mesh((1, 2, 2), ("data", "fsdp", "tensor"))
+xla = rrm_jax.init("tiny", seed=3, attention_impl="xla", mesh=mesh)
+spl = rrm_jax.init("tiny", seed=3, attention_impl="splash", mesh=mesh)
+assert isinstance(spl.module.attention_impl, SplashAttention), spl.module.attention_impl
+rng = np.random.default_rng(0)
+ids = rng.integers(0, xla.config.vocab_size, (4, 128)).astype(np.int32)
+mask = np.ones((4, 128), bool); mask[1, 100:] = False; mask[2, :30] = False
+want, got = (np.asarray(m.logits(ids, mask)) for m in (xla, spl))
+np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+print("ok")
+"""
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

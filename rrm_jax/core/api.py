@@ -22,6 +22,7 @@ from rrm_jax.core import hf_io, hub
 from rrm_jax.core.config import ConfigError, ModelConfig, resolve_config
 from rrm_jax.core.errors import CheckpointError
 from rrm_jax.core.model import Qwen2
+from rrm_jax.core.ops import attention_form
 from rrm_jax.core.params import param_axes, param_name
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
 from rrm_jax.core.specs import model_spec
@@ -132,7 +133,7 @@ def float_dtype(dtype, name: str = "dtype"):
     return out
 
 
-def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, seed=0):
+def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, seed=0, mesh=None, rules=None):
     for value, name in ((dtype, "dtype"), (compute_dtype, "compute_dtype")):
         if value is not None:
             float_dtype(value, name)
@@ -141,7 +142,7 @@ def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, see
         rngs=nnx.Rngs(seed),
         param_dtype=dtype,
         compute_dtype=compute_dtype,
-        attention_impl=attention_impl,
+        attention_impl=attention_form(attention_impl, mesh, rules),
         remat=remat,
     )
     return make, nnx.split(nnx.eval_shape(make))
@@ -183,7 +184,7 @@ def init(
     if tokenizer is not None:
         check_tokenizer_fits(cfg, tokenizer)
     mesh = as_auto(mesh)
-    make, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, seed)
+    make, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, seed, mesh, rules)
     shardings = state_shardings(abstract, mesh, rules)
     state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
     return Model(cfg, graphdef, state, mesh, rules, tokenizer)
@@ -209,7 +210,7 @@ def load(
     path = hub.resolve(path, revision)
     cfg = ModelConfig.from_json(path / "config.json")
     mesh = as_auto(mesh)
-    _, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat)
+    _, (graphdef, abstract) = _abstract(cfg, dtype, compute_dtype, attention_impl, remat, 0, mesh, rules)
     if tokenizer == "auto":  # before the weights, so a broken tokenizer file fails before the heavy part
         try:
             tokenizer = load_tokenizer(path)

@@ -44,6 +44,16 @@ def attention(q, k, v, mask) -> jax.Array:
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
+def attention_form(impl: str, mesh=None, rules=None):
+    """A model's attention form: the name, or for "splash" the kernel bound to the mesh it must shard_map over."""
+    if impl != "splash" or mesh is None:
+        return impl
+    from rrm_jax.core.sharding import DEFAULT_RULES
+    from rrm_jax.core.splash import SplashAttention
+
+    return SplashAttention(mesh, rules or DEFAULT_RULES)
+
+
 def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.Array:
     """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
 
@@ -55,13 +65,14 @@ def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.
     uniform average over fewer keys. ``impl`` "splash" runs the Pallas splash kernel (:mod:`rrm_jax.core.splash`)
     where T is a multiple of its block, and this XLA form elsewhere.
     """
-    if impl not in ATTENTION_IMPLS:
+    if isinstance(impl, str) and impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
-    if impl == "splash":
+    if impl == "splash" or not isinstance(impl, str):  # a SplashAttention on a mesh (attention_form)
         from rrm_jax.core import splash
 
         if splash.fits(q.shape[1]):
-            return splash.splash_attention(q, k, v, mask[:, -1, :])  # causal & key mask: its last row is the key mask
+            run = splash.SplashAttention() if impl == "splash" else impl
+            return run(q, k, v, mask[:, -1, :])  # causal & key mask: its last row is the key mask
     if impl in ("cudnn", "auto"):
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"

@@ -8,17 +8,23 @@ rrm-jax's mask is causal AND a key mask (padding, left or right); it maps to the
 segment ids (1 real, 0 padding) for queries and keys alike: a real query sees exactly the real keys up to itself,
 as in XLA's form; a padding query sees padding keys up to itself (it always has one, itself), and its output is
 never read. Grouped-query heads run as the kernel's multi-query form once per key/value head (a vmap over batch
-and key/value heads); the kernel is single-device, so on a sharded mesh it must run under ``shard_map`` over the
-batch and head axes (not done yet: ``attention = "splash"`` is for single-chip runs and for tests). Off TPU the
-kernel runs in Pallas' interpret mode (tests check it against XLA's attention there).
+and key/value heads). The kernel is a single-device program (XLA cannot partition a Pallas call), so on a
+mesh :class:`SplashAttention` runs it under ``shard_map``: rows split as the batch is (``rules.batch``), heads as
+the key/value heads are (``rules.kv_heads``, where it divides them; else every device holds all heads of its
+rows). Off TPU the kernel runs in Pallas' interpret mode (tests check it against XLA's attention there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules
 
 BLOCK = 128  # the kernel's query and key block: T must be a multiple (callers fall back to XLA's form)
 
@@ -44,6 +50,28 @@ def _kernel(t: int, groups: int, interpret: bool):
         block_kv_dq=BLOCK,
     )
     return sk.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret), sk.SegmentIds
+
+
+@dataclasses.dataclass(frozen=True)
+class SplashAttention:
+    """The splash kernel on ``mesh`` (None: one device), as a model's attention form (hashable: a static field)."""
+
+    mesh: Mesh | None = None
+    rules: ShardingRules = DEFAULT_RULES
+
+    def __call__(self, q, k, v, key_mask) -> jax.Array:
+        if self.mesh is None or self.mesh.size == 1:
+            return splash_attention(q, k, v, key_mask)
+        rows = self.rules.spec(("batch",), self.mesh, q.shape[:1])[0]
+        heads = self.rules.spec(("kv_heads",), self.mesh, k.shape[2:3])[0]  # divides K, so also H = K x G
+        qkv = P(rows, None, heads, None)
+        return jax.shard_map(
+            splash_attention,
+            mesh=self.mesh,
+            in_specs=(qkv, qkv, qkv, P(rows, None)),
+            out_specs=qkv,
+            check_vma=False,
+        )(q, k, v, key_mask)
 
 
 def splash_attention(q, k, v, key_mask) -> jax.Array:

@@ -24,6 +24,7 @@ from rrm_jax.core.api import Model, bucket, state_shardings
 from rrm_jax.core.config import ModelConfig, resolve_config
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import Qwen2
+from rrm_jax.core.ops import attention_form
 from rrm_jax.core.specs import model_spec
 from rrm_jax.sampler.decode import unrolled_by_default
 from rrm_jax.sampler.loop import LoopParams, PrefillChunk, SamplerLoop, SlotParams
@@ -80,7 +81,12 @@ def model_config(spec: str) -> ModelConfig:
 def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str) -> Model:
     """A Model whose state is ShapeDtypeStructs in the recipe's shardings: nothing is allocated."""
     make = lambda: Qwen2(
-        cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype, attention_impl=attention, remat=remat
+        cfg,
+        rngs=nnx.Rngs(0),
+        param_dtype=dtype,
+        compute_dtype=compute_dtype,
+        attention_impl=attention_form(attention, mesh),
+        remat=remat,
     )
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
     sh = state_shardings(abstract, mesh)
