@@ -1,0 +1,77 @@
+"""Splash attention (rrm_jax.core.splash): the Pallas kernel in interpret mode against XLA's attention."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rrm_jax
+
+
+def test_splash_attention_equals_xla_attention_in_interpret_mode():
+    """Issue 26.1: the Pallas splash kernel (interpret mode off TPU) with rrm-jax's causal + padding mask equals
+    XLA's attention on every real query, forward and gradient, grouped-query heads, left and right padding;
+    a length that is not a multiple of its block falls back to XLA's form."""
+    from rrm_jax.core.ops import causal_attention
+
+    rng = np.random.default_rng(1)
+    b, t, h, k, hd = 2, 256, 2, 1, 16
+    q, kk, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(b, t, h, hd), (b, t, k, hd), (b, t, k, hd)])
+    real = np.ones((b, t), bool)
+    real[0, :45] = False
+    real[1, 190:] = False
+    mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real[:, None, :])
+    w = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32) * jnp.asarray(real)[:, :, None, None]
+    loss = lambda impl: lambda q, kk, v: jnp.sum(causal_attention(q, kk, v, mask, impl) * w)
+    got, want = (np.asarray(causal_attention(q, kk, v, mask, i)) for i in ("splash", "xla"))
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+    grads = [jax.grad(loss(i), argnums=(0, 1, 2))(q, kk, v) for i in ("splash", "xla")]
+    for g_splash, g_xla in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g_splash), np.asarray(g_xla), atol=1e-5)
+    short = (x[:, :200] for x in (q, kk, v))
+    np.testing.assert_array_equal(
+        np.asarray(causal_attention(*short, mask[:, :200, :200], "splash")),
+        np.asarray(causal_attention(*(x[:, :200] for x in (q, kk, v)), mask[:, :200, :200], "xla")),
+    )
+    with pytest.raises(ValueError, match="attention must be one of"):
+        causal_attention(q, kk, v, mask, "flash")
+
+
+def test_a_model_with_splash_attention_gives_xla_attentions_logits():
+    """Issue 26.1: ``attention_impl="splash"`` through the whole decoder (a no-cache forward: the train step's,
+    the log-prob passes' and the prefill's form) equals XLA's attention on real positions, padded rows included."""
+    xla, spl = (rrm_jax.init("tiny", seed=3, attention_impl=i) for i in ("xla", "splash"))
+    ids = np.random.default_rng(4).integers(0, xla.config.vocab_size, (2, 128)).astype(np.int32)
+    mask = np.ones((2, 128), bool)
+    mask[1, 70:] = False  # one kernel block (the op's test above has several); right padding
+    want, got = (np.asarray(m.logits(ids, mask)) for m in (xla, spl))
+    np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+
+
+def test_splash_attention_on_a_mesh_runs_under_shard_map_and_equals_xla():
+    """Issue 26.1: on a 2 x 2 (fsdp x tensor) mesh of CPU devices the kernel runs per shard (rows over the batch
+    axes, heads over the key/value heads' axis) and the sharded forward equals XLA's attention."""
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+import rrm_jax
+from rrm_jax.core.splash import SplashAttention
+mesh = jax.make_mesh((1, 2, 2), ("data", "fsdp", "tensor"))
+xla = rrm_jax.init("tiny", seed=3, attention_impl="xla", mesh=mesh)
+spl = rrm_jax.init("tiny", seed=3, attention_impl="splash", mesh=mesh)
+assert isinstance(spl.module.attention_impl, SplashAttention), spl.module.attention_impl
+rng = np.random.default_rng(0)
+ids = rng.integers(0, xla.config.vocab_size, (4, 128)).astype(np.int32)
+mask = np.ones((4, 128), bool); mask[1, 100:] = False; mask[2, :30] = False
+want, got = (np.asarray(m.logits(ids, mask)) for m in (xla, spl))
+np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+print("ok")
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
