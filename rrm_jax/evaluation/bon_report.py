@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rrm_jax.evaluation.bon import n_key
-from rrm_jax.evaluation.scoring import REWARDBENCH2_SUBSETS, rewardbench2_scores
+from rrm_jax.evaluation.scoring import rewardbench2_scores
 
 RB2_STRATEGIES = ("knockout", "elo", "random")
 
@@ -125,10 +125,15 @@ def bon_markdown(summary: dict) -> str:
     return "\n".join(lines + ([""] + extra if extra else [])) + "\n"
 
 
+def _rb2_columns(rb2: dict) -> list[str]:
+    """The subsets scored under any strategy, in the order rewardbench2_scores gives them (the official, then
+    any other)."""
+    return list(dict.fromkeys(x for v in rb2.values() for x in v["subsets"]))
+
+
 def rb2_markdown(rb2: dict) -> list[str]:
     """RewardBench 2's table: a row per strategy, its subsets and the score (the official rules)."""
-    subs = [x for x in REWARDBENCH2_SUBSETS if any(x in v["subsets"] for v in rb2.values())]
-    subs += sorted({x for v in rb2.values() for x in v["subsets"]} - set(subs))
+    subs = _rb2_columns(rb2)
     lines = [
         "RewardBench 2 (%, its official rules over each strategy's candidate scores)",
         "",
@@ -179,7 +184,7 @@ def plot_rb2(rb2: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    subs = [x for x in REWARDBENCH2_SUBSETS if any(x in v["subsets"] for v in rb2.values())] + ["score"]
+    subs = _rb2_columns(rb2) + ["score"]
     fig, ax = plt.subplots(figsize=(1.1 * len(subs) + 2, 3.5))
     width = 0.8 / max(1, len(rb2))
     for k, (s, v) in enumerate(rb2.items()):
