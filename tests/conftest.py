@@ -14,6 +14,9 @@ if version("jaxlib").startswith("0.10."):
     TEST_XLA_FLAGS += " --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# 512-token prefill chunks (the default is 128): a chunk's cache window is a compiled program, and the judge
+# prompts of tests on tiny models run ~1100 tokens; tests about chunking pass their own prefill_chunk
+os.environ.setdefault("RRM_JAX_PREFILL_CHUNK", "512")
 # One persistent compilation cache for the session's processes (workers, CLI subprocesses), so a program that
 # several tests compile is compiled once; new per session unless the caller names one (CI does, per run).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -162,8 +162,9 @@ def test_a_round_robin_shares_its_prompt_prefixes_and_decodes_the_same(mesh1):
     cands = [f"Answer {i}: " + " ".join(f"word{k * (i + 1)}" for k in range(30 + 8 * i)) for i in range(8)]
     prompts = [judge.render(query, cands[i], cands[j]) for i in range(8) for j in range(8) if i != j]
     sampling = dataclasses.replace(BASE, max_new_tokens=4, max_slots=32)
-    shared, on = generate(model, prompts, sampling, return_stats=True)
-    alone, off = generate(model, prompts, sampling, return_stats=True, share_prefixes=False)
+    kw = dict(return_stats=True, prefill_chunk=128)  # prefixes are shared in whole chunks
+    shared, on = generate(model, prompts, sampling, **kw)
+    alone, off = generate(model, prompts, sampling, share_prefixes=False, **kw)
     assert [c.token_ids for c in shared] == [c.token_ids for c in alone]
     assert off.prefix_tokens == 0 and on.prefix_tokens > 0
     assert on.prefill_positions <= 0.6 * off.prefill_positions, (on.prefill_positions, off.prefill_positions)
@@ -175,8 +176,9 @@ def test_shared_prefixes_give_the_same_samples_as_computed_ones(model):
     head = "Which answer is better? " * 6  # 144 tokens: one whole 128-token chunk in common
     prompts = [head + tail for tail in ("first answer", "second", "a third one, longer", "4")] * 2
     sampling = dataclasses.replace(SETTINGS[2], max_new_tokens=6, max_slots=4)
-    shared, on = generate(model, prompts, sampling, return_stats=True)
-    alone, off = generate(model, prompts, sampling, return_stats=True, share_prefixes=False)
+    kw = dict(return_stats=True, prefill_chunk=128)
+    shared, on = generate(model, prompts, sampling, **kw)
+    alone, off = generate(model, prompts, sampling, share_prefixes=False, **kw)
     assert [c.token_ids for c in shared] == [c.token_ids for c in alone]
     assert on.prefix_tokens >= 128 * 7 and on.prefill_positions < off.prefill_positions
 
@@ -201,9 +203,10 @@ def test_after_warmup_no_request_waits_for_a_compile_and_outputs_are_unchanged(m
 
     # the reference: an engine of other shapes (its programs are not the warm one's), compiling as it goes; samples
     # do not depend on batch composition or slot placement
-    other = plan(requests=8, max_slots=8, batch_multiple=1, prompt_len=161, max_new=12, n_stops=1)
+    limits = dict(batch_multiple=1, prompt_len=161, max_new=12, n_stops=1, prefill_chunk=128)
+    other = plan(requests=8, max_slots=8, **limits)
     want = serve(Engine(model, other, BASE, chunk_steps=4))
-    shapes = plan(requests=4, max_slots=4, batch_multiple=1, prompt_len=161, max_new=12, n_stops=1)
+    shapes = plan(requests=4, max_slots=4, **limits)
     eng = Engine(model, shapes, BASE, chunk_steps=4)
     assert eng.warmup() == len(eng.programs()) + 1
     assert {k for k, _, _ in eng.programs()} == {"decode", "prefill"}
