@@ -47,6 +47,9 @@ def main(root: Path, runs: list[Path]) -> int:
         )
         cells = []
         for group in ("",) + JUDGEBENCH_GROUPS:
+            if not any(p["source"].startswith(group) for p in pairs):  # a partial run: their metric divides by 0
+                cells.append("–")
+                continue
             theirs = official.compute_final_metrics(pairs, True, include_fn=lambda p: p["source"].startswith(group))
             mine = 100 * (ours["groups"][group] if group else ours["overall"])
             worst = max(worst, abs(theirs - mine))
