@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rrm_jax.core.tokenizers import char_tokenizer
-from rrm_jax.demo import task
+from rrm_jax.demo import QUICK, task
 from rrm_jax.judge.parse import parse_verdict
 from rrm_jax.judge.prompt import DEMO_PROMPT, render_prompt
 
@@ -80,7 +80,7 @@ def test_quick_demo_writes_results(quick_run):
     }
     assert (out / "judge" / "config.json").exists()  # what `--stage policy` starts from
     from rrm_jax.core.configs import load
-    from rrm_jax.demo import QUICK, Recipe
+    from rrm_jax.demo import Recipe
 
     assert load(Recipe, out / "recipe.toml") == Recipe(**QUICK)  # the resolved recipe, beside the outputs
     assert s["accuracy_before_grpo"] > 0.55  # the warm start learned the format and (when it thinks) the arithmetic
@@ -101,11 +101,11 @@ def test_quick_demo_grpo_raises_heldout_accuracy_by_teaching_it_to_think(quick_r
 @pytest.mark.slow
 def test_quick_demo_feedback_loop_raises_the_policy_on_judge_verdicts_alone(quick_run):
     """The separate policy, post-trained only on the judge's knockout verdicts, is right more often on held-out
-    questions after each cycle (seed 0, the same run: 0.379 -> 0.662 -> 0.683 -> 0.683), and the
+    questions after each cycle (seed 0, the same run: 0.483 -> 0.525 -> 0.679 -> 0.679 -> 0.812), and the
     judge's best-of-8 picks beat a random pick and the majority answer among the warm-started policy's samples."""
     _, s = quick_run
     before, cycles = s["policy_accuracy_before"], s["policy_accuracy_cycles"]
-    assert len(cycles) == 3 and s["policy_accuracy_after"] == cycles[-1]
+    assert len(cycles) == QUICK["cycles"] and s["policy_accuracy_after"] == cycles[-1]
     assert cycles[-1] >= before + 0.20
     assert all(b >= a - 0.03 for a, b in zip([before] + cycles, cycles))  # rising, up to sampling noise
     bon = s["bon_accuracy"]

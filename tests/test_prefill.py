@@ -154,3 +154,4 @@ def test_attention_window_covers_the_extent_with_few_shapes():
     for lo in (1024, 2048, 4096, 8192, 16384):  # four shapes per doubling
         assert len({got[n] for n in range(lo + 1, 2 * lo + 1)}) == 4, lo
     assert window(1, 128, 100) == 100 and window(5000, 128, 3000) == 3000  # never past the cache
+    assert window(9, 8, 1000) == 128 and window(129, 8, 1000) == 256  # a finer chunk still steps by 128 slots

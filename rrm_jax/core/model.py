@@ -17,6 +17,8 @@ in :mod:`rrm_jax.core.params`; the module creates its weights from it.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -40,13 +42,28 @@ class DecoderLayers(nnx.Module):
         return {name: getattr(self, name)[...] for name in PARAMS if isinstance(getattr(self, name, None), nnx.Param)}
 
 
+def _dense(x, w, in_dims: int = 1):
+    """``x``'s last ``in_dims`` axes contracted with ``w``'s first ones, as one 2-D matmul over all positions.
+
+    The same maths as ``einsum("bt...,...->bt...")``, but XLA's CPU backend lays the 3-D form's weight gradient
+    out through a transposed copy of the activation gradient ([positions, F] -> [F, positions]), which took half
+    of a small model's train step (the MLP's backward: 80 vs 37 ms at [6400, 64] x [64, 256]); the 2-D form
+    reads both operands in place. The reshapes are free (row-major), and a batch sharding carries through them.
+    """
+    lead, contract = x.shape[: x.ndim - in_dims], x.shape[x.ndim - in_dims :]
+    k = math.prod(contract)
+    out = w.shape[in_dims:]
+    y = x.reshape(-1, k) @ w.reshape(k, -1)
+    return y.reshape(*lead, *out)
+
+
 def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl, compute_dtype, layout=SLOT_MAJOR):
     """One decoder layer. ``kv`` is (k_layer, v_layer) of a cache in ``layout``, or None; returns (x, new_kv)."""
     cd = compute_dtype
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("btd,dhk->bthk", h, p["q_proj"].astype(cd))
-    k = jnp.einsum("btd,dhk->bthk", h, p["k_proj"].astype(cd))
-    v = jnp.einsum("btd,dhk->bthk", h, p["v_proj"].astype(cd))
+    q = _dense(h, p["q_proj"].astype(cd))
+    k = _dense(h, p["k_proj"].astype(cd))
+    v = _dense(h, p["v_proj"].astype(cd))
     if "q_bias" in p:
         q, k, v = q + p["q_bias"].astype(cd), k + p["k_bias"].astype(cd), v + p["v_bias"].astype(cd)
     q = rope(q, positions, cfg.rope_theta)
@@ -57,11 +74,11 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
         o = attention(q, *(layout.per_head(c).astype(cd) for c in kv), mask)
     else:
         o = causal_attention(q, k, v, mask, impl)
-    x = x + jnp.einsum("bthk,hkd->btd", o, p["o_proj"].astype(cd))
+    x = x + _dense(o, p["o_proj"].astype(cd), in_dims=2)
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    g = jnp.einsum("btd,df->btf", h, p["gate_proj"].astype(cd))
-    u = jnp.einsum("btd,df->btf", h, p["up_proj"].astype(cd))
-    x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down_proj"].astype(cd))
+    g = _dense(h, p["gate_proj"].astype(cd))
+    u = _dense(h, p["up_proj"].astype(cd))
+    x = x + _dense(jax.nn.silu(g) * u, p["down_proj"].astype(cd))
     return x, kv
 
 

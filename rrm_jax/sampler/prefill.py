@@ -42,14 +42,20 @@ def assign(queue, free, occupant) -> list[Task]:
     return list(tasks.values())
 
 
+MIN_WINDOW_STEP = 128
+
+
 def window(extent: int, step: int, cap: int) -> int:
     """Cache slots a call attends to cover slots ``[0, extent)``: few compiled shapes, little waste.
 
-    A multiple of ``step`` up to 8 steps, then a multiple of a quarter of the power of two below ``extent``
-    (four windows per doubling), never past ``cap``. Attention reads the whole window, so a power-of-two
-    window cost a 4-chunk prefill call twice the attention it needed, and a judge's decode over 760-token rows
-    read a 1072-slot cache.
+    A multiple of ``step`` (at least :data:`MIN_WINDOW_STEP`) up to 8 steps, then a multiple of a quarter of the
+    power of two below ``extent`` (four windows per doubling), never past ``cap``. Attention reads the whole
+    window, so a power-of-two window cost a 4-chunk prefill call twice the attention it needed, and a judge's
+    decode over 760-token rows read a 1072-slot cache. Each window is a compiled program (~1-2 s on CPU), and
+    attending to fewer than 128 more slots saves less than that: a 50-token prompt in 8-token chunks compiled 7
+    prefill and 7 decode windows, now one of each.
     """
+    step = max(step, MIN_WINDOW_STEP)
     if extent <= 8 * step:
         w = -(-extent // step) * step
     else:
