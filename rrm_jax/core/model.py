@@ -27,6 +27,7 @@ from rrm_jax.core.config import ModelConfig
 from rrm_jax.core.kv_cache import SLOT_MAJOR, KVCache
 from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope
 from rrm_jax.core.params import PARAMS
+from rrm_jax.core.splash import ChunkMask, chunk_attention, chunk_fits
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -70,8 +71,10 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
         kv = layout.write(*kv, k, v, write)
-        # A cached attention runs XLA's dots: cuDNN's fused kernel is for a sequence attending to itself.
-        o = attention(q, *(layout.per_head(c).astype(cd) for c in kv), mask)
+        if isinstance(mask, ChunkMask):  # a prefill chunk under splash attention
+            o = chunk_attention(impl, q, k, v, *(layout.per_head(c) for c in kv), mask)
+        else:  # XLA's dots: cuDNN's fused kernel is for a sequence attending to itself
+            o = attention(q, *(layout.per_head(c).astype(cd) for c in kv), mask)
     else:
         o = causal_attention(q, k, v, mask, impl)
     x = x + _dense(o, p["o_proj"].astype(cd), in_dims=2)
@@ -171,6 +174,8 @@ class Qwen2(nnx.Module):
             write = None
         else:
             valid, attn_mask, write = cache.placement(mask)
+            if chunk_fits(self.attention_impl, t, cache.slots):
+                attn_mask = ChunkMask(before=cache.valid, tokens=mask)
 
         params = self.layers.stacked()
         layout = SLOT_MAJOR if cache is None else cache.layout

@@ -1,4 +1,5 @@
-"""Splash attention (Pallas, ``jax.experimental.pallas.ops.tpu``) for a sequence attending to itself.
+"""Splash attention (Pallas, ``jax.experimental.pallas.ops.tpu``): a sequence attending to itself, a prefill chunk
+to its cache.
 
 XLA's attention materialises the [rows, heads, T, T] scores; at RRM lengths (12k-token rows) those scores are the
 update's peak memory (``rrm-jax plan``). The splash kernel streams key blocks through an online softmax and skips
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,15 @@ BLOCK = 128  # the kernel's query and key block: T must be a multiple (callers f
 
 def fits(t: int) -> bool:
     return t % BLOCK == 0
+
+
+class ChunkMask(NamedTuple):
+    """A cached call's mask in the parts :func:`chunk_attention` takes (the model passes it instead of the
+    [B, T, S] mask when the kernel fits): ``before`` [B, S] the slots valid before this call, ``tokens`` [B, T]
+    the call's real tokens, written at the slots after every valid one."""
+
+    before: jax.Array
+    tokens: jax.Array
 
 
 @functools.cache
@@ -50,6 +61,19 @@ def _kernel(t: int, groups: int, interpret: bool):
         block_kv_dq=BLOCK,
     )
     return sk.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret), sk.SegmentIds
+
+
+@functools.cache
+def _prefix_kernel(c: int, w: int, groups: int, interpret: bool):
+    """Forward only, with the log-sum-exps: ``c`` queries against ``w`` keys, every pair allowed by the mask
+    (the segment ids say which keys are real)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    mask = sm.MultiHeadMask([sm.FullMask((c, w)) for _ in range(groups)])
+    blocks = sk.BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK)
+    kernel = sk.make_splash_mqa_single_device(mask, block_sizes=blocks, save_residuals=True, interpret=interpret)
+    return kernel, sk.SegmentIds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +97,25 @@ class SplashAttention:
             check_vma=False,
         )(q, k, v, key_mask)
 
+    def prefix(self, q, k, v, key_mask):
+        """:func:`prefix_attention`, per shard on a mesh (rows and key/value heads split as in ``__call__``)."""
+        if self.mesh is None or self.mesh.size == 1:
+            return prefix_attention(q, k, v, key_mask)
+        rows = self.rules.spec(("batch",), self.mesh, q.shape[:1])[0]
+        heads = self.rules.spec(("kv_heads",), self.mesh, k.shape[1:2])[0]
+        return jax.shard_map(
+            prefix_attention,
+            mesh=self.mesh,
+            in_specs=(
+                P(rows, None, heads, None),
+                P(rows, heads, None, None),
+                P(rows, heads, None, None),
+                P(rows, None),
+            ),
+            out_specs=(P(rows, heads, None, None, None), P(rows, heads, None, None)),
+            check_vma=False,
+        )(q, k, v, key_mask)
+
 
 def splash_attention(q, k, v, key_mask) -> jax.Array:
     """q [B,T,H,hd], k/v [B,T,K,hd], key_mask [B,T] bool (real tokens) -> [B,T,H,hd], causal."""
@@ -90,3 +133,48 @@ def splash_attention(q, k, v, key_mask) -> jax.Array:
 
     out = jax.vmap(one_row)(qg, kt, vt, seg)  # [B, K, G, T, hd]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
+
+
+def prefix_attention(q, k, v, key_mask):
+    """q [B,C,H,hd] against heads-major k/v [B,K,W,hd], every query seeing every key where ``key_mask`` [B,W]
+    -> (out [B,K,G,C,hd], log-sum-exp of the scaled scores [B,K,G,C] float32). A query with no real key gets
+    a log-sum-exp near the kernel's mask value (-0.7 x float32's max), so it weighs nothing in a merge."""
+    b, c, h, hd = q.shape
+    kh, w = k.shape[1], k.shape[2]
+    kernel, segment_ids = _prefix_kernel(c, w, h // kh, jax.default_backend() != "tpu")
+    qg = (q * hd**-0.5).reshape(b, c, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
+    queries = jnp.ones((c,), jnp.int32)
+
+    def one_row(qr, kr, vr, kseg):
+        ids = segment_ids(q=queries, kv=kseg)
+        return jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=ids))(qr, kr, vr)
+
+    out, (lse,) = jax.vmap(one_row)(qg, k, v, key_mask.astype(jnp.int32))
+    return out, lse.astype(jnp.float32)
+
+
+def chunk_attention(impl, q, k, v, k_cache, v_cache, mask: ChunkMask) -> jax.Array:
+    """T new tokens q/k/v [B,T,H|K,hd] attending to the cache k/v [B,K,S,hd] (heads-major, this call's keys
+    already written) under ``mask``: the same as XLA's cached attention, never holding the [T, S] scores."""
+    b, t, h, hd = q.shape
+    kh = k.shape[2]
+    run = SplashAttention() if impl == "splash" else impl
+    o_cache, lse_cache = run.prefix(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask.before)
+    # the call's own keys as the cache holds them (its dtype), so the sum equals the cached form's
+    k, v = (x.astype(k_cache.dtype).astype(q.dtype).transpose(0, 2, 1, 3) for x in (k, v))  # [B, K, T, hd]
+    qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * hd**-0.5
+    own = jnp.tril(jnp.ones((t, t), bool))[None] & mask.tokens[:, None, :]
+    scores = jnp.where(own[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    lse_own = jax.nn.logsumexp(scores, axis=-1)
+    o_own = jnp.einsum("bkgts,bksd->bkgtd", jnp.exp(scores - lse_own[..., None]).astype(v.dtype), v)
+    top = jnp.maximum(lse_cache, lse_own)
+    w_cache, w_own = jnp.exp(lse_cache - top)[..., None], jnp.exp(lse_own - top)[..., None]
+    out = (w_cache * o_cache.astype(jnp.float32) + w_own * o_own.astype(jnp.float32)) / (w_cache + w_own)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
+
+
+def chunk_fits(impl, t: int, s: int) -> bool:
+    """Whether a cached call of ``t`` tokens over ``s`` slots runs :func:`chunk_attention` under ``impl``
+    (decode steps, T = 1, keep XLA's dots: the cache is read once whatever the form)."""
+    return (impl == "splash" or isinstance(impl, SplashAttention)) and t > 1 and fits(t) and fits(s)
