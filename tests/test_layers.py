@@ -194,3 +194,29 @@ def test_training_modes_are_asked_not_branched_on():
         and (lines := _mode_branches(path.read_text(), name.startswith(("rrm_jax.training", "rrm_jax.plan"))))
     }
     assert not found, f"branches on the training mode outside rrm_jax.training.modes: {found}"
+
+
+def test_the_trainer_and_bench_device_import_without_grain():
+    """An accelerator image may lack grain and tensorflow-datasets (the lent GPUs' does): the Trainer, the step
+    and ``rrm-jax bench device`` must import without them; only the recipe loop's pipelines import grain."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("grain", "tensorflow_datasets", "tensorflow"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import rrm_jax.cli, rrm_jax.benchmarks.device
+from rrm_jax.training.trainer import Trainer
+from rrm_jax.training.step import make_train_step
+try:
+    import grain
+except ImportError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "blocked grain" in out.stdout, out.stdout  # the blocker did block

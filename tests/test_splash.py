@@ -141,18 +141,3 @@ print("ok")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
-
-
-def test_auto_attention_is_splash_on_a_tpu_mesh_only():
-    """Issue 26: the attention form is chosen in one place: "auto" binds the splash kernel to a TPU mesh, and
-    stays jax.nn.dot_product_attention's choice on any other (cuDNN on GPU, XLA on CPU)."""
-    from types import SimpleNamespace
-
-    from rrm_jax.core.ops import attention_form
-    from rrm_jax.core.splash import SplashAttention
-
-    tpu = SimpleNamespace(devices=np.array([SimpleNamespace(platform="tpu")]))
-    cpu = jax.make_mesh((1,), ("data",))
-    assert isinstance(attention_form("auto", tpu), SplashAttention) and attention_form("auto", tpu).mesh is tpu
-    assert attention_form("auto", cpu) == "auto" and attention_form("xla", tpu) == "xla"
-    assert isinstance(attention_form("splash", cpu), SplashAttention)

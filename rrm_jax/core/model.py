@@ -71,9 +71,9 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     k = rope(k, positions, cfg.rope_theta)
     if kv is not None:
         kv = layout.write(*kv, k, v, write)
-        if isinstance(mask, ChunkMask):  # a prefill chunk under splash attention
+        if isinstance(mask, ChunkMask):  # a prefill chunk under a kernel form (splash, cuDNN)
             o = chunk_attention(impl, q, k, v, *(layout.per_head(c) for c in kv), mask)
-        else:  # XLA's dots: cuDNN's fused kernel is for a sequence attending to itself
+        else:  # XLA's dots
             o = attention(q, *(layout.per_head(c).astype(cd) for c in kv), mask)
     else:
         o = causal_attention(q, k, v, mask, impl)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rrm_jax.core.errors import ConfigError
+
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     # HF numerics: statistics in float32, cast back to the activation dtype, then scale.
@@ -44,13 +46,36 @@ def attention(q, k, v, mask) -> jax.Array:
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
-def attention_form(impl: str, mesh=None, rules=None):
-    """A model's attention form: the name, or for "splash" the kernel bound to the mesh it must shard_map over.
-    "auto" is splash on a TPU mesh (``rrm-jax plan rrm-7b --topology v5p-16``: the update's temporaries 55.3 ->
-    22.1 GiB per chip, the log-prob pass's 18.0 -> 4.1) and ``jax.nn.dot_product_attention``'s choice elsewhere
-    (cuDNN's fused kernel on GPU)."""
-    if impl == "auto" and mesh is not None and mesh.devices.flat[0].platform == "tpu":
-        impl = "splash"
+def attention_form(impl: str, mesh=None, rules=None, cfg=None, dtype=None):
+    """A model's attention form, chosen here for every caller: "xla" (XLA's form, :func:`causal_attention`) or
+    the kernel object that runs it. "splash" is the Pallas kernel bound to the mesh it shard_maps over; "cudnn"
+    cuDNN's fused kernel (:mod:`rrm_jax.core.cudnn`, GPU only). "auto" is, by the mesh's platform:
+
+    - TPU: splash (``rrm-jax plan rrm-7b --topology v5p-16``: the update's temporaries 55.3 -> 22.1 GiB per chip,
+      the log-prob pass's 18.0 -> 4.1);
+    - GPU: cuDNN where it compiles for the heads of ``cfg`` (a ModelConfig) in the compute ``dtype``
+      (:func:`rrm_jax.core.cudnn.unavailable`: bf16/fp16 only), else XLA's form. It holds no [T, T] scores, as
+      splash does not on TPU; its speed against XLA's form is what ``rrm-jax bench device``'s train section
+      measures on a lent GPU (no GPU has run it yet: README, "Accelerators");
+    - CPU: XLA's form.
+    """
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    if impl == "auto":
+        if device.platform == "tpu":
+            impl = "splash"
+        elif device.platform == "gpu" and cfg is not None and dtype is not None:
+            from rrm_jax.core import cudnn
+
+            heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+            impl = "xla" if cudnn.unavailable(device, *heads, jnp.dtype(dtype)) else "cudnn"
+        else:
+            impl = "xla"
+    if impl == "cudnn":
+        if device.platform != "gpu":
+            raise ConfigError(f"attention=cudnn runs on a GPU; this mesh is {device.platform} (use auto or xla)")
+        from rrm_jax.core.cudnn import CudnnAttention
+
+        return CudnnAttention()
     if impl != "splash" or mesh is None:
         return impl
     from rrm_jax.core.sharding import DEFAULT_RULES
@@ -59,29 +84,25 @@ def attention_form(impl: str, mesh=None, rules=None):
     return SplashAttention(mesh, rules or DEFAULT_RULES)
 
 
-def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.Array:
+def causal_attention(q, k, v, mask, impl="xla", chunk: int = 128) -> jax.Array:
     """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
 
-    q [B,T,H,hd], k/v [B,T,K,hd] (as projected), ``mask`` [B, T, T] already causal. ``impl`` "cudnn" or "auto"
-    hands it to ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU; "auto" falls back to XLA
-    elsewhere). Otherwise queries go in chunks of ``chunk``; chunk c only scores the keys up to its own end, so
-    the upper-triangle blocks are never computed (about half the score work and softmax at long T). Real
-    positions match :func:`attention` exactly; a padding query whose keys are all masked gets a (meaningless)
-    uniform average over fewer keys. ``impl`` "splash" runs the Pallas splash kernel (:mod:`rrm_jax.core.splash`)
-    where T is a multiple of its block, and this XLA form elsewhere.
+    q [B,T,H,hd], k/v [B,T,K,hd] (as projected), ``mask`` [B, T, T] already causal (its last row is the key
+    mask, which the kernels take). ``impl`` is an :func:`attention_form`: a kernel object runs it (splash where
+    T is a multiple of its block, XLA's form elsewhere); a name "splash" / "cudnn" is that kernel on one device;
+    "xla" (and an unresolved "auto") is XLA's form: queries go in chunks of ``chunk``; chunk c only scores the
+    keys up to its own end, so the upper-triangle blocks are never computed (about half the score work and
+    softmax at long T). Real positions match :func:`attention` exactly; a padding query whose keys are all
+    masked gets a (meaningless) uniform average over fewer keys.
     """
     if isinstance(impl, str) and impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
-    if impl == "splash" or not isinstance(impl, str):  # a SplashAttention on a mesh (attention_form)
+    run = kernel(impl)
+    if run is not None:
         from rrm_jax.core import splash
 
-        if splash.fits(q.shape[1]):
-            run = splash.SplashAttention() if impl == "splash" else impl
-            return run(q, k, v, mask[:, -1, :])  # causal & key mask: its last row is the key mask
-    if impl in ("cudnn", "auto"):
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask[:, None], implementation=None if impl == "auto" else "cudnn"
-        )
+        if not isinstance(run, splash.SplashAttention) or splash.fits(q.shape[1]):
+            return run(q, k, v, mask[:, -1, :])
     b, t, h, hd = q.shape
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads-major [B, K, T, hd]
     if t <= chunk or t % chunk:
@@ -94,6 +115,19 @@ def causal_attention(q, k, v, mask, impl: str = "xla", chunk: int = 128) -> jax.
         outs.append(_attend(qg[:, :, :, lo:hi], kt[:, :, :hi], vt[:, :, :hi], mask[:, lo:hi, :hi]))
     out = jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def kernel(impl):
+    """The kernel object that runs ``impl`` (an :func:`attention_form`), or None for XLA's form."""
+    if impl == "splash":
+        from rrm_jax.core.splash import SplashAttention
+
+        return SplashAttention()
+    if impl == "cudnn":
+        from rrm_jax.core.cudnn import CudnnAttention
+
+        return CudnnAttention()
+    return None if isinstance(impl, str) else impl
 
 
 def _attend(qg, kt, vt, mask):

@@ -155,7 +155,8 @@ def prefix_attention(q, k, v, key_mask):
 
 def chunk_attention(impl, q, k, v, k_cache, v_cache, mask: ChunkMask) -> jax.Array:
     """T new tokens q/k/v [B,T,H|K,hd] attending to the cache k/v [B,K,S,hd] (heads-major, this call's keys
-    already written) under ``mask``: the same as XLA's cached attention, never holding the [T, S] scores."""
+    already written) under ``mask``: the same as XLA's cached attention, never holding the [T, S] scores.
+    ``impl`` is a kernel with a ``prefix`` (splash's, or cuDNN's :class:`rrm_jax.core.cudnn.CudnnAttention`)."""
     b, t, h, hd = q.shape
     kh = k.shape[2]
     run = SplashAttention() if impl == "splash" else impl
@@ -175,6 +176,9 @@ def chunk_attention(impl, q, k, v, k_cache, v_cache, mask: ChunkMask) -> jax.Arr
 
 
 def chunk_fits(impl, t: int, s: int) -> bool:
-    """Whether a cached call of ``t`` tokens over ``s`` slots runs :func:`chunk_attention` under ``impl``
-    (decode steps, T = 1, keep XLA's dots: the cache is read once whatever the form)."""
-    return (impl == "splash" or isinstance(impl, SplashAttention)) and t > 1 and fits(t) and fits(s)
+    """Whether a cached call of ``t`` tokens over ``s`` slots runs :func:`chunk_attention` under ``impl``: a
+    kernel form (splash where both are multiples of its block; cuDNN at any length). Decode steps, T = 1, keep
+    XLA's dots: the cache is read once whatever the form."""
+    if t == 1 or isinstance(impl, str) and impl != "splash":
+        return False
+    return not (impl == "splash" or isinstance(impl, SplashAttention)) or (fits(t) and fits(s))

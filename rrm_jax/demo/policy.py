@@ -77,7 +77,7 @@ def feedback_loop(judge_model, recipe, *, seed: int, log, say, bar) -> dict:
     tok = judge_model.tokenizer
     cfg = task.model_config(hidden=recipe.policy_hidden, layers=recipe.policy_layers)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    policy = init(cfg, seed=derive_seed(seed, 0x9011C7), mesh=mesh, tokenizer=tok)
+    policy = init(cfg, seed=derive_seed(seed, 0x9011C7), mesh=mesh, tokenizer=tok, dtype="float32")
     train_q, held_q = task.split_problems(seed, recipe.policy_heldout)
     rng = np.random.default_rng([seed, 0x9017])
     say(

@@ -179,7 +179,7 @@ def train_judge(recipe: Recipe, seed: int, *, log, say, console, t_start: float)
     tok = char_tokenizer()
     cfg = task.model_config(hidden=recipe.hidden, layers=recipe.layers)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    model = init(cfg, seed=seed, mesh=mesh, tokenizer=tok)
+    model = init(cfg, seed=seed, mesh=mesh, tokenizer=tok, dtype="float32")  # its float32 recipe on any device
     train_pairs, held = task.split_pairs(seed)[0], held_out(recipe, seed)
     rng = np.random.default_rng([seed, 0xDE70])
     ko_problems = [task.all_problems()[i] for i in rng.permutation(len(task.all_problems()))[: recipe.knockout_queries]]

@@ -85,7 +85,7 @@ def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, att
         rngs=nnx.Rngs(0),
         param_dtype=dtype,
         compute_dtype=compute_dtype,
-        attention_impl=attention_form(attention, mesh),
+        attention_impl=attention_form(attention, mesh, None, cfg, compute_dtype or dtype),
         remat=remat,
     )
     graphdef, abstract = nnx.split(nnx.eval_shape(make))

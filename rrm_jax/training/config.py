@@ -106,7 +106,7 @@ class TrainConfig:
     dtype: str = "float32"  # master weights
     compute_dtype: str = "bfloat16"
     remat: str = "none"  # none | dots | full
-    attention: str = "xla"  # xla | cudnn | auto | splash (rrm_jax.core.ops.causal_attention)
+    attention: str = "auto"  # auto | xla | cudnn | splash (rrm_jax.core.ops.attention_form: auto is by platform)
     mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); -1 fills the devices (of every host)
     distributed: bool = False  # one process per host: jax.distributed.initialize() first (rrm_jax.core.distributed)
     save_every: int = 50

@@ -18,14 +18,17 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grain
 import numpy as np
 
 from rrm_jax.core.distributed import barrier, is_main
 from rrm_jax.core.errors import ConfigError, DataError
 from rrm_jax.data.preference import check_pair, normalise_pair, rows
 from rrm_jax.training.rl.rollout import to_prompt, to_query_prompt
+
+if TYPE_CHECKING:
+    import grain
 
 MAX_REPORTED = 5
 
@@ -117,6 +120,14 @@ def read_training_pairs(path: Path, tokenizer, render: Callable, max_prompt_toke
     }
 
 
+def _source(items):
+    """grain's dataset over ``items``. grain is imported here: the Trainer imports this module, and only the recipe
+    loop reads through grain, so an accelerator image without grain still runs the step (rrm-jax bench device)."""
+    import grain
+
+    return grain.MapDataset.source(items)
+
+
 class _Pipeline:
     def __init__(self, ds: grain.MapDataset):
         self.ds = ds
@@ -145,7 +156,7 @@ class PairPipeline(_Pipeline):
             return to_prompt(pair, flip, render, tokenizer)
 
         ds = (
-            grain.MapDataset.source(pairs)
+            _source(pairs)
             .shuffle(seed=d.shuffle_seed)
             .repeat(None)
             .random_map(show, seed=config.seed)
@@ -196,7 +207,7 @@ class QueryPipeline(_Pipeline):
             "problems": problems,
         }
         ds = (
-            grain.MapDataset.source(items)
+            _source(items)
             .shuffle(seed=config.data.shuffle_seed)
             .repeat(None)
             .batch(config.grpo.prompts_per_step, batch_fn=list)
@@ -240,7 +251,7 @@ class SFTPipeline(_Pipeline):
             "problems": problems,
         }
         ds = (
-            grain.MapDataset.source(items)
+            _source(items)
             .shuffle(seed=config.data.shuffle_seed)
             .repeat(None)
             .batch(config.batch_size, batch_fn=lambda xs: ([x[0] for x in xs], [x[1] for x in xs]))

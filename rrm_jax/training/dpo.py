@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import grain
 import numpy as np
 
 from rrm_jax.core.errors import DataError
 from rrm_jax.core.tokenizers import chat_prompt
 from rrm_jax.data.preference import check_pair, normalise_pair
-from rrm_jax.training.data import _Pipeline, _read_jsonl, sequence_limit
+from rrm_jax.training.data import _Pipeline, _read_jsonl, _source, sequence_limit
 from rrm_jax.training.rl.rollout import bucket_len, pack
 
 
@@ -88,10 +87,5 @@ class DPOPipeline(_Pipeline):
 
     def __init__(self, path: Path, tokenizer, config):
         items, self.report = read_dpo_pairs(Path(path), tokenizer, sequence_limit(config))
-        ds = (
-            grain.MapDataset.source(items)
-            .shuffle(seed=config.data.shuffle_seed)
-            .repeat(None)
-            .batch(config.batch_size, batch_fn=list)
-        )
+        ds = _source(items).shuffle(seed=config.data.shuffle_seed).repeat(None).batch(config.batch_size, batch_fn=list)
         super().__init__(ds)

@@ -1,0 +1,122 @@
+"""cuDNN's attention form (rrm_jax.core.cudnn): its translation of rrm-jax's mask into the kernel's causal +
+lengths terms, run through jax's reference implementation of the same call, against XLA's attention; and where
+"auto" picks it. cuDNN's kernel itself runs on a GPU only: ``rrm-jax bench device`` checks it there."""
+
+from __future__ import annotations
+
+import collections
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rrm_jax
+from rrm_jax.core import cudnn
+from rrm_jax.core.cudnn import CudnnAttention
+
+REFERENCE = CudnnAttention(implementation="xla")  # the same call as on a GPU, through jax's XLA implementation
+
+
+def test_the_cudnn_form_equals_xla_attention_forward_and_gradient():
+    """Rows right-padded, left-padded, full and empty, grouped-query heads: on every real query the rolled
+    causal + lengths call equals XLA's attention, and so do the gradients of q, k and v."""
+    from rrm_jax.core.ops import causal_attention
+
+    rng = np.random.default_rng(0)
+    b, t, h, kh, hd = 4, 40, 4, 2, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.float32) for n in (h, kh, kh))
+    real = np.ones((b, t), bool)
+    real[0, 29:] = False  # right padding (training rows)
+    real[1, :13] = False  # left padding
+    real[3] = False  # an empty row (a batch's filler)
+    mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real[:, None, :])
+    w = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32) * jnp.asarray(real)[:, :, None, None]
+    got, want = (np.asarray(causal_attention(q, k, v, mask, i)) for i in (REFERENCE, "xla"))
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+    loss = lambda impl: lambda q, k, v: jnp.sum(causal_attention(q, k, v, mask, impl) * w)
+    grads = [jax.grad(loss(i), argnums=(0, 1, 2))(q, k, v) for i in (REFERENCE, "xla")]
+    for g, g_xla in zip(*grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_xla), atol=1e-5)
+
+
+def test_a_prefill_chunk_through_the_cudnn_form_equals_xla_cached_attention():
+    """A chunk attending to its row's cache: cuDNN's prefix call (lengths, its log-sum-exps) merged with the
+    chunk's own causal block equals XLA's cached attention; rows with no prefix, a long one, a partial chunk."""
+    from rrm_jax.core.kv_cache import SLOT_MAJOR, KVCache
+    from rrm_jax.core.ops import attention
+    from rrm_jax.core.splash import ChunkMask, chunk_attention, chunk_fits
+
+    rng = np.random.default_rng(1)
+    b, t, s, h, kh, hd = 3, 24, 72, 4, 2, 8
+    start, lens = np.array([0, 40, 9]), np.array([24, 7, 1])
+    before = jnp.asarray(np.arange(s)[None] < start[:, None])
+    tokens = jnp.asarray(np.arange(t)[None] < lens[:, None])
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.float32) for n in (h, kh, kh))
+    ck, cv = (jnp.asarray(rng.normal(size=(b, s, kh, hd)), jnp.float32) for _ in range(2))
+    cache = KVCache(k=ck[None], v=cv[None], valid=before, length=jnp.asarray(start, jnp.int32))
+    _, mask, write = cache.placement(tokens)
+    heads = [SLOT_MAJOR.per_head(c) for c in SLOT_MAJOR.write(ck, cv, k, v, write)]
+    assert chunk_fits(REFERENCE, t, s) and not chunk_fits(REFERENCE, 1, s) and not chunk_fits("xla", t, s)
+    want = np.asarray(attention(q, *heads, mask))
+    got = np.asarray(chunk_attention(REFERENCE, q, k, v, *heads, ChunkMask(before, tokens)))
+    real = np.asarray(tokens)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+
+
+def test_a_model_in_the_cudnn_form_gives_xla_logits_and_generations(monkeypatch):
+    """The whole decoder in the form: a padded forward's logits, and the sampler's chunked prefill (its prefix
+    call counted) giving XLA's greedy tokens and log-probs."""
+    from rrm_jax.sampler import SamplingConfig, generate
+
+    xla, cud = (rrm_jax.init("tiny", seed=3, attention_impl=i) for i in ("xla", REFERENCE))
+    assert cud.module.attention_impl is REFERENCE
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, xla.config.vocab_size, (2, 48)).astype(np.int32)
+    mask = np.ones((2, 48), bool)
+    mask[0, 31:] = False
+    mask[1, :5] = False
+    want, got = (np.asarray(m.logits(ids, mask)) for m in (xla, cud))
+    np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+
+    traced, prefix = [], CudnnAttention.prefix
+    monkeypatch.setattr(CudnnAttention, "prefix", lambda self, *a: traced.append(a[0].shape) or prefix(self, *a))
+    prompts = [rng.integers(1, xla.config.vocab_size, n).tolist() for n in (70, 3, 33)]
+    sc = SamplingConfig(max_new_tokens=3, temperature=0.0, add_eos_stop=False, max_slots=3)
+    a, b = (generate(m, prompts, sc, prefill_chunk=32) for m in (xla, cud))
+    assert traced, "no prefill chunk went through the cuDNN form"
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    np.testing.assert_allclose(np.stack([c.logprobs for c in a]), np.stack([c.logprobs for c in b]), atol=1e-4)
+
+
+def test_auto_attention_is_chosen_by_platform(monkeypatch):
+    """One place chooses: "auto" is splash on a TPU mesh, cuDNN on a GPU where it compiles for the model's heads
+    and dtype (else XLA's form), XLA's form on CPU; "cudnn" off a GPU is a one-line config error."""
+    from rrm_jax.core.errors import ConfigError
+    from rrm_jax.core.ops import attention_form
+    from rrm_jax.core.splash import SplashAttention
+
+    mesh = lambda platform: SimpleNamespace(devices=np.array([SimpleNamespace(platform=platform)]))
+    cfg = rrm_jax.core.config.resolve_config("tiny")
+    tpu, gpu, cpu = mesh("tpu"), mesh("gpu"), jax.make_mesh((1,), ("data",))
+    assert isinstance(attention_form("auto", tpu), SplashAttention) and attention_form("auto", tpu).mesh is tpu
+    assert attention_form("auto", cpu, None, cfg, jnp.bfloat16) == "xla" and attention_form("xla", tpu) == "xla"
+    assert isinstance(attention_form("splash", cpu), SplashAttention)
+    with pytest.raises(ConfigError, match="attention=cudnn runs on a GPU; this mesh is cpu"):
+        attention_form("cudnn", cpu)
+
+    asked = []
+    monkeypatch.setattr(cudnn, "unavailable", lambda dev, *a: asked.append(a) or None)
+    assert attention_form("auto", gpu, None, cfg, "bfloat16") == CudnnAttention()
+    assert asked == [(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(jnp.bfloat16))]
+    monkeypatch.setattr(cudnn, "unavailable", lambda *a: "NotImplementedError: head dim")
+    assert attention_form("auto", gpu, None, cfg, "bfloat16") == "xla"
+
+
+def test_cudnn_says_why_it_cannot_run():
+    """The probe's reasons off a GPU and for float32 (no compile is tried for either)."""
+    cpu = jax.devices("cpu")[0]
+    assert "runs on a GPU, not on cpu" in cudnn.unavailable(cpu, 4, 2, 64, jnp.dtype(jnp.bfloat16))
+    gpu = collections.namedtuple("Device", "platform")("gpu")  # hashable: the probe is cached per device
+    assert "bfloat16 or float16, not float32" in cudnn.unavailable(gpu, 4, 2, 64, jnp.dtype(jnp.float32))
