@@ -1,6 +1,7 @@
 """`rrm-jax bench device --quick` end to end on the CPU: every section present, CPU parity exact, attention n/a,
 both decode layer forms, the judge workload beside transformers, the serve bench."""
 
+import importlib.util
 import json
 
 import pytest
@@ -29,8 +30,10 @@ def test_bench_device_quick(tmp_path):
     for rows in dec["forms"].values():
         assert rows["1"]["decode_steps"] > 0 and rows["1"]["fraction_of_bandwidth_bound"] > 0
     judge = res["judge"]
-    # float32 on one CPU: the same weights and ids give transformers' greedy tokens
-    assert judge["greedy_rows_identical"] == 1.0 and judge["speedup"] > 0, judge
+    if importlib.util.find_spec("torch") is None:
+        assert judge["transformers"] == "skipped: torch is not installed"
+    else:  # float32 on one CPU: the same weights and ids give transformers' greedy tokens
+        assert judge["greedy_rows_identical"] == 1.0 and judge["speedup"] > 0, judge
     shared = DEFAULT_TOKENIZER.is_dir() and DEFAULT_DATA.is_file()
     assert judge["prompts"].startswith("PandaLM" if shared else "random ids")
     assert [r["clients"] for r in res["serve"]["rows"]] == [2] and res["serve"]["rows"][0]["errors"] == 0

@@ -49,7 +49,7 @@ def generate(
     kept for comparison. ``max_new_tokens`` optionally overrides the limit per prompt. ``refill_min`` is how
     many finished slots make the decode loop hand back for a refill (default ``slots // 4``).
     ``return_stats=True`` returns ``(completions, GenerateStats)`` (``stats``, if given, is the one filled).
-    ``unroll_layers`` picks the decode's layer form (None: unrolled on CPU, the model's scan elsewhere).
+    ``unroll_layers`` picks the decode's layer form (None: :func:`rrm_jax.sampler.decode.choose`'s, by platform).
     Prompts are prefilled in chunks of ``prefill_chunk`` tokens, up to ``prefill_rows`` prompts per call,
     interleaved with decode chunks of at most ``prefill_steps`` steps while prompts wait (running rows wait for
     at most ``max_stall`` prefill calls in a row). ``share_prefixes`` copies the KV of a prompt prefix another
