@@ -115,8 +115,10 @@ def test_auto_attention_is_chosen_by_platform(monkeypatch):
 
 
 def test_cudnn_says_why_it_cannot_run():
-    """The probe's reasons off a GPU and for float32 (no compile is tried for either)."""
+    """The probe's reasons off a GPU and for float32 (no compile is tried for either), and its compile on a
+    backend without cuDNN: jax's refusal becomes the reason, not an exception."""
     cpu = jax.devices("cpu")[0]
+    assert cudnn._compile_error(cpu, 4, 2, 16, jnp.dtype(jnp.bfloat16)) == "RuntimeError: cuDNN is not detected."
     assert "runs on a GPU, not on cpu" in cudnn.unavailable(cpu, 4, 2, 64, jnp.dtype(jnp.bfloat16))
     gpu = collections.namedtuple("Device", "platform")("gpu")  # hashable: the probe is cached per device
     assert "bfloat16 or float16, not float32" in cudnn.unavailable(gpu, 4, 2, 64, jnp.dtype(jnp.float32))

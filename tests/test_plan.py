@@ -100,6 +100,23 @@ def test_cpu_plan_matches_closed_form_bytes():
     json.dumps(p)  # the plan is plain JSON
 
 
+def test_sequence_parallel_residuals_shrink_the_update_by_at_least_the_saved_layer_inputs():
+    """Issue 26: with full remat the update saves each layer's input; split over the tensor axis (the default,
+    ``sequence_parallel``) a device holds 1/tensor of them, so the compiled update's temporaries fall by at
+    least that closed form; the log-prob pass saves nothing and so barely moves."""
+    from rrm_jax.plan import plan
+
+    shape = ["grpo.seq_bucket=512", "mesh=[1,2,4]", "remat=full", "optim.micro_batches=1"]
+    temps = {}
+    for on in ("true", "false"):
+        p = plan("tiny", "cpu-8", SMALL + shape + [f"sequence_parallel={on}"], only=("update",), progress=print)
+        temps[on] = {r["program"]: r["temp_bytes"] for r in p["programs"]}
+    cfg = resolve_config("tiny")
+    rows = p["update_batch"]["rows"] // 2  # per fsdp shard
+    saved = (cfg.num_layers + 1) * rows * 512 * cfg.hidden_size * 4  # layer inputs and the final one, float32
+    assert temps["false"]["grpo update"] - temps["true"]["grpo update"] >= saved * (1 - 1 / 4), temps
+
+
 def test_plan_cli_json_and_errors(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     # the command sets the fake device count for cpu-N itself; the suite's compile-speed flags stay

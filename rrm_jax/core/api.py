@@ -24,7 +24,7 @@ from rrm_jax.core.errors import CheckpointError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.ops import attention_form
 from rrm_jax.core.params import param_axes, param_name
-from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, as_auto
+from rrm_jax.core.sharding import DEFAULT_RULES, ResidualSharding, ShardingRules, as_auto
 from rrm_jax.core.specs import model_spec
 from rrm_jax.core.tokenizers import check_reload, load_tokenizer
 
@@ -153,6 +153,7 @@ def _abstract(cfg: ModelConfig, dtype, compute_dtype, attention_impl, remat, see
         compute_dtype=compute_dtype,
         attention_impl=attention_form(attention_impl, mesh, rules, cfg, compute_dtype or dtype),
         remat=remat,
+        residual=None if mesh is None else ResidualSharding.of(mesh, rules or DEFAULT_RULES),
     )
     return make, nnx.split(nnx.eval_shape(make))
 

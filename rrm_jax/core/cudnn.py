@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _runs(key_mask):
@@ -92,7 +93,11 @@ def unavailable(device, heads: int, kv_heads: int, head_dim: int, dtype) -> str 
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.bfloat16, jnp.float16):
         return f"cuDNN's fused attention takes bfloat16 or float16, not {dtype}"
-    sharding = jax.sharding.SingleDeviceSharding(device)
+    return _compile_error(device, heads, kv_heads, head_dim, dtype)
+
+
+def _compile_error(device, heads: int, kv_heads: int, head_dim: int, dtype) -> str | None:
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array([device]), ("d",)), jax.sharding.PartitionSpec())
     spec = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
     t = 256
     q, kv, mask = spec(1, t, heads, head_dim), spec(1, t, kv_heads, head_dim), spec(1, t, dt=jnp.bool_)

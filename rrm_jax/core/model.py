@@ -97,11 +97,13 @@ class Qwen2(nnx.Module):
         compute_dtype=None,
         attention_impl: str = "xla",
         remat: str = "none",
+        residual=None,
     ):
         self.cfg = cfg
         self.compute_dtype = jnp.dtype(compute_dtype or param_dtype)
         self.attention_impl = attention_impl
         self.remat = remat
+        self.residual = residual  # a ResidualSharding (rrm_jax.core.sharding) or None: no constraint
         # In table order, so the RNG draws (and a seed's values) follow the table.
         for name, spec in PARAMS.items():
             if spec.stacked:
@@ -188,12 +190,13 @@ class Qwen2(nnx.Module):
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
         if cache is None:
+            keep = self.residual or (lambda x: x)
 
             def body(x, p):
                 x, _ = layer(x, p, None)
-                return x, None
+                return keep(x), None
 
-            x, _ = jax.lax.scan(body, x, params)
+            x, _ = jax.lax.scan(body, keep(x), params)
             new_cache = None
         else:
 

@@ -36,6 +36,11 @@ class ShardingRules:
     mlp: str | None = "tensor"
     cache_sequence: str | None = None
     act_embed: str | None = None  # activations keep the hidden dim whole (no all-gathers inside a layer)
+    # The residual stream between layers (what full remat saves per layer) splits its positions over the tensor
+    # axis (Megatron's sequence parallelism): the layers' matmuls are tensor-parallel already, so their partial
+    # sums' all-reduce becomes a reduce-scatter and the next layer's input an all-gather (the same bytes), and the
+    # saved layer inputs shrink by the tensor axis' size (rrm-32b on v5p-64: docs/benchmarks.md, TPU plans).
+    act_sequence: str | None = "tensor"
 
     def spec(self, logical: Sequence[str | None], mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
         """PartitionSpec for logical axes; a mesh axis that does not divide the dim is dropped (replicated)."""
@@ -64,6 +69,27 @@ class ShardingRules:
 
 
 DEFAULT_RULES = ShardingRules()
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualSharding:
+    """Where a no-cache forward's residual stream [B, T, D] lies between layers: ``rules``' batch, act_sequence and
+    act_embed axes on ``mesh`` (a static field of the model, as the splash kernel's mesh is)."""
+
+    mesh: Mesh
+    rules: ShardingRules
+
+    @classmethod
+    def of(cls, mesh: Mesh, rules: ShardingRules) -> ResidualSharding | None:
+        """The constraint where it splits anything beyond the batch (its axis has devices), else None."""
+        axis = rules.act_sequence
+        return cls(mesh, rules) if axis is not None and mesh.shape.get(axis, 1) > 1 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, self.rules.sharding(self.mesh, RESIDUAL, x.shape))
+
+
+RESIDUAL = ("batch", "act_sequence", "act_embed")
 
 
 def mesh_misfit(shape: Sequence[int], n: int, axis_names: Sequence[str] = MESH_AXES) -> str | None:

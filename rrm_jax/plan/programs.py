@@ -25,6 +25,7 @@ from rrm_jax.core.config import ModelConfig, resolve_config
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import Qwen2
 from rrm_jax.core.ops import attention_form
+from rrm_jax.core.sharding import DEFAULT_RULES, ResidualSharding, ShardingRules
 from rrm_jax.core.specs import model_spec
 from rrm_jax.sampler.decode import unrolled_by_default
 from rrm_jax.sampler.loop import LoopParams, PrefillChunk, SamplerLoop, SlotParams
@@ -78,20 +79,23 @@ def model_config(spec: str) -> ModelConfig:
     )
 
 
-def abstract_model(cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str) -> Model:
+def abstract_model(
+    cfg: ModelConfig, mesh, dtype, compute_dtype, remat: str, attention: str, rules: ShardingRules = DEFAULT_RULES
+) -> Model:
     """A Model whose state is ShapeDtypeStructs in the recipe's shardings: nothing is allocated."""
     make = lambda: Qwen2(
         cfg,
         rngs=nnx.Rngs(0),
         param_dtype=dtype,
         compute_dtype=compute_dtype,
-        attention_impl=attention_form(attention, mesh, None, cfg, compute_dtype or dtype),
+        attention_impl=attention_form(attention, mesh, rules, cfg, compute_dtype or dtype),
         remat=remat,
+        residual=ResidualSharding.of(mesh, rules),
     )
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    sh = state_shardings(abstract, mesh)
+    sh = state_shardings(abstract, mesh, rules)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sh)
-    return Model(cfg, graphdef, state, mesh)
+    return Model(cfg, graphdef, state, mesh, rules)
 
 
 def device_bytes(tree) -> int:

@@ -76,7 +76,7 @@ def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progres
     mesh = make_mesh(cfg.mesh, devices=devices)
     dt, cdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.compute_dtype)
     mcfg = model_config(cfg.model)
-    model = abstract_model(mcfg, mesh, dt, cdt, cfg.remat, cfg.attention)
+    model = abstract_model(mcfg, mesh, dt, cdt, cfg.remat, cfg.attention, cfg.sharding_rules)
     judge, mode = None, mode_of(cfg)
     if mode.judged:  # the judge only decodes: loaded in the compute dtype on the policy's mesh (judge_rewards)
         judge = abstract_model(model_config(cfg.judge.model), mesh, cdt, cdt, "none", cfg.attention)

@@ -16,7 +16,7 @@ from pathlib import Path
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.ops import ATTENTION_IMPLS
-from rrm_jax.core.sharding import mesh_misfit
+from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, mesh_misfit
 from rrm_jax.data.answers import EXTRACTORS
 from rrm_jax.judge.prompt import get_prompt
 from rrm_jax.sampler.config import SamplingConfig
@@ -108,6 +108,7 @@ class TrainConfig:
     remat: str = "none"  # none | dots | full
     attention: str = "auto"  # auto | xla | cudnn | splash (rrm_jax.core.ops.attention_form: auto is by platform)
     mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); -1 fills the devices (of every host)
+    sequence_parallel: bool = True  # the residual stream between layers split over tensor (ShardingRules.act_sequence)
     distributed: bool = False  # one process per host: jax.distributed.initialize() first (rrm_jax.core.distributed)
     save_every: int = 50
     keep: int = 3
@@ -121,6 +122,10 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     dpo: DPOConfig = DPOConfig()  # mode = "dpo": batch_size pairs per step from data.path {query, chosen, rejected}
     judge: JudgeConfig = JudgeConfig()
+
+    @property
+    def sharding_rules(self) -> ShardingRules:
+        return DEFAULT_RULES if self.sequence_parallel else dataclasses.replace(DEFAULT_RULES, act_sequence=None)
 
     @property
     def policy(self) -> bool:

@@ -45,6 +45,7 @@ def build_model(cfg: TrainConfig):
         tokenizer=tok,
         remat=cfg.remat,
         attention_impl=cfg.attention,
+        rules=cfg.sharding_rules,
     )
     if model.tokenizer is None:
         raise ConfigError(f"{cfg.model}: no tokenizer; set tokenizer = 'bytes' | 'demo' | a path in the recipe")
