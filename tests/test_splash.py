@@ -54,10 +54,13 @@ def test_a_model_with_splash_attention_gives_xla_attentions_logits():
     np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
 
 
-def test_a_prefill_chunk_under_splash_equals_xla_cached_attention():
+@pytest.mark.parametrize("form", ["splash", "cudnn"])
+def test_a_prefill_chunk_under_a_kernel_equals_xla_cached_attention(form):
     """Issue 26.1: a chunk attending to its row's cache through the kernel (the cached prefix, merged with the
     chunk's own causal block by log-sum-exp) equals XLA's cached attention on every real query: rows at
-    different offsets, one with no prefix, one with a partial chunk; the mask is the cache's own placement."""
+    different offsets, one with no prefix, one with a partial chunk; the mask is the cache's own placement.
+    "cudnn" is cuDNN's call run through jax's reference implementation (tests/test_cudnn.py)."""
+    from rrm_jax.core.cudnn import CudnnAttention
     from rrm_jax.core.kv_cache import SLOT_MAJOR, KVCache
     from rrm_jax.core.ops import attention
     from rrm_jax.core.splash import ChunkMask, chunk_attention
@@ -73,7 +76,8 @@ def test_a_prefill_chunk_under_splash_equals_xla_cached_attention():
     _, mask, write = cache.placement(tokens)
     heads = [SLOT_MAJOR.per_head(c) for c in SLOT_MAJOR.write(ck, cv, k, v, write)]
     want = np.asarray(attention(q, *heads, mask))
-    got = np.asarray(chunk_attention("splash", q, k, v, *heads, ChunkMask(before, tokens)))
+    impl = "splash" if form == "splash" else CudnnAttention(implementation="xla")
+    got = np.asarray(chunk_attention(impl, q, k, v, *heads, ChunkMask(before, tokens)))
     real = np.asarray(tokens)
     np.testing.assert_allclose(got[real], want[real], atol=1e-5)
 
