@@ -128,5 +128,6 @@ def sec_serve(args, dev, clock) -> dict:
         rows = Path(tmp) / "serve.json"
         argv = f"--model {args.model} --dtype {dtype} --clients {args.serve_clients} --requests {args.serve_requests}"
         argv += f" --think {args.judge_new} --peer none --json {rows} --tokenizer {args.tokenizer} --data {args.data}"
+        argv += " --warmup false"  # the bench's own warm-up requests compile what it times, not every program
         serve.main(argv.split())
         return dict(model=args.model, dtype=dtype, think_tokens=args.judge_new, **json.loads(rows.read_text()))

@@ -210,6 +210,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--peer", default="transformers", choices=("transformers", "none"))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds a request may take")
     ap.add_argument("--json", default="", help="also write the rows here")
+    ap.add_argument(
+        "--warmup",
+        default="true",
+        choices=("true", "false"),
+        help="rrm-jax serve --warmup: compile every program first (false: only what the warm-up requests use)",
+    )
     args = ap.parse_args(argv)
     levels = sorted({int(c) for c in args.clients.split(",")})
     per_level = {c: max(c, min(max(8, 2 * c), args.requests)) for c in levels}  # at least one per client
@@ -286,7 +292,7 @@ def main(argv: list[str]) -> int:
         servers = {
             "rrm-jax": [sys.executable, "-m", "rrm_jax.cli", "serve", "--model", str(ckpt)]
             + f"{flags} --max-slots {args.slots} --max-new-tokens {args.think} --max-model-len {context} "
-            f"--max-queue {max(256, most)}".split(),
+            f"--max-queue {max(256, most)} --warmup {args.warmup}".split(),
             "transformers": ["transformers", "serve", str(ckpt)]
             + f"{flags} --continuous-batching --device cpu --host 127.0.0.1".split(),
         }

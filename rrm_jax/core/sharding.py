@@ -37,9 +37,9 @@ class ShardingRules:
     cache_sequence: str | None = None
     act_embed: str | None = None  # activations keep the hidden dim whole (no all-gathers inside a layer)
     # The residual stream between layers (what full remat saves per layer) splits its positions over the tensor
-    # axis (Megatron's sequence parallelism): the layers' matmuls are tensor-parallel already, so their partial
-    # sums' all-reduce becomes a reduce-scatter and the next layer's input an all-gather (the same bytes), and the
-    # saved layer inputs shrink by the tensor axis' size (rrm-32b on v5p-64: docs/benchmarks.md, TPU plans).
+    # axis, so the saved layer inputs shrink by that axis' size (rrm-32b on v5p-64: docs/benchmarks.md, TPU
+    # plans). Inside a layer XLA keeps the positions split and gathers the layer's weights over tensor; gathering
+    # the positions instead for tensor-parallel matmuls (Megatron's form) planned larger: 73.7 against 63.3 GiB.
     act_sequence: str | None = "tensor"
 
     def spec(self, logical: Sequence[str | None], mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
