@@ -5,6 +5,7 @@
 #   here:        bash tools/device_check.sh prepare    # .device/: the R1 tokenizer, PandaLM, the [serve] wheels
 #   device tool: run(command="bash tools/device_check.sh run", carry=[".device"], timeout_s=540)
 #
+# Flags after `run` go to `rrm-jax bench device` (`run --quick`: the CPU smoke run, to check this script here).
 # `run` writes $OUT/device.json and $OUT/device.log: `rrm-jax bench device` (every section, ~8 minutes on one
 # H200); its figures go to docs/device-<card>.json and the README's "Accelerators" table.
 set -euo pipefail
@@ -23,6 +24,7 @@ prepare)
   du -sh "$DIR"
   ;;
 run)
+  shift
   OUT=${OUT:-/tmp/device-out}
   mkdir -p "$OUT"
   PY=$(command -v python3)
@@ -31,7 +33,7 @@ run)
   # torch (the judge section) and a second process (the serve section) share the GPU with this one
   export XLA_PYTHON_CLIENT_PREALLOCATE=false RRM_JAX_HUGEPAGES=0 PYTHONPATH=$PWD
   timeout 520 "$PY" -m rrm_jax.cli bench device --tokenizer "$DIR/tokenizer" --data "$DIR/pandalm.json" \
-    --out "$OUT/device.json" 2>&1 | tee "$OUT/device.log" | grep -v "it/s\]" | tail -40
+    --out "$OUT/device.json" "$@" 2>&1 | tee "$OUT/device.log" | grep -v "it/s\]" | tail -40
   ;;
 *)
   echo "usage: bash tools/device_check.sh prepare|run" >&2

@@ -214,7 +214,7 @@ def main(argv: list[str]) -> int:
         "--warmup",
         default="true",
         choices=("true", "false"),
-        help="rrm-jax serve --warmup: compile every program first (false: only what the warm-up requests use)",
+        help="rrm-jax serve --warmup: compile every program first (false: each level is run once untimed instead)",
     )
     args = ap.parse_args(argv)
     levels = sorted({int(c) for c in args.clients.split(",")})
@@ -302,6 +302,9 @@ def main(argv: list[str]) -> int:
             with running([a.format(port=port) for a in servers[name]], port, Path(tmp) / f"{name}.log") as url:
                 send = _sender(name, url, str(ckpt), args.think, new_tokens, args.timeout)
                 warm = drive(send, pool[: args.slots], min(args.slots, max(levels)))  # compiles / first batches
+                if args.warmup == "false" and name == "rrm-jax":  # compiled on demand: each level's shapes once
+                    for c in levels:
+                        drive(send, pool[: per_level[c]], c)
                 if warm.errors:
                     raise SystemExit(f"[serve] {name} failed its warm-up; see {Path(tmp) / f'{name}.log'}")
                 for c in levels:
