@@ -111,6 +111,7 @@ def test_sequence_parallel_residuals_shrink_the_update_by_at_least_the_saved_lay
     for on in ("true", "false"):
         p = plan("tiny", "cpu-8", SMALL + shape + [f"sequence_parallel={on}"], only=("update",), progress=print)
         temps[on] = {r["program"]: r["temp_bytes"] for r in p["programs"]}
+        assert p["recipe"]["residual"] == ("tensor" if on == "true" else None)
     cfg = resolve_config("tiny")
     rows = p["update_batch"]["rows"] // 2  # per fsdp shard
     saved = (cfg.num_layers + 1) * rows * 512 * cfg.hidden_size * 4  # layer inputs and the final one, float32
@@ -168,6 +169,9 @@ def test_tiny_recipe_fits_a_v5e_8_compiled_by_libtpu():
     p = json.loads(r.stdout)
     assert p["chips"] == 8 and p["chip"] == "TPU v5e" and p["fits"]
     assert all(r["xla_flops"] > 0 for r in p["programs"])
+    # the tiny recipe's attention = "auto" is splash on a TPU mesh; its mesh has no tensor axis to split residuals
+    assert p["recipe"]["attention"] == "splash" and p["recipe"]["residual"] is None
+    assert "attention splash" in r.stderr
 
 
 def test_logprob_pass_in_micro_batches_equals_the_whole_batch():

@@ -74,7 +74,8 @@ def print_table(p: dict, file) -> None:
     r = p["recipe"]
     title = (
         f"{r['model']} ({r['params'] / 1e9:.2f}B, {r['mode']}) on {p['topology']}: {p['chips']} x {p['chip']}, "
-        f"mesh {r['mesh']}"
+        f"mesh {r['mesh']}, attention {r['attention']}"
+        + (f", residual split over {r['residual']}" if r["residual"] else "")
     )
     t = Table(
         title=title,

@@ -53,6 +53,10 @@ def residents(cfg: TrainConfig, model, state, judge) -> dict[str, int]:
 PARTS = ("update", "rollout", "judge")
 
 
+def _form_name(form) -> str:
+    return form if isinstance(form, str) else type(form).__name__.removesuffix("Attention").lower()
+
+
 def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progress=print) -> dict:
     """Compile ``recipe`` (a train TOML, shipped name, with ``key=value`` overrides) for ``topology``
     (``v5p-64``, ``cpu-8`` ...); returns the plan as a JSON-able dict. ``only``: the parts to compile (a
@@ -233,6 +237,9 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
             dtype=cfg.dtype,
             compute_dtype=cfg.compute_dtype,
             remat=cfg.remat,
+            # the forms these programs were compiled with ("auto" resolved; sequence_parallel's residual split)
+            attention=_form_name(model.module.attention_impl),
+            residual=None if model.module.residual is None else cfg.sharding_rules.act_sequence,
             params=n_params,
             judge=cfg.judge.model if judge_cfg else "",
             judge_params=judge_cfg.num_params if judge_cfg else 0,
