@@ -75,12 +75,15 @@ def test_a_model_in_the_cudnn_form_gives_xla_logits_and_generations(monkeypatch)
     np.testing.assert_allclose(np.stack([c.logprobs for c in a]), np.stack([c.logprobs for c in b]), atol=1e-4)
 
 
-def test_auto_attention_is_chosen_by_platform(monkeypatch):
-    """One place chooses: "auto" is splash on a TPU mesh, cuDNN on a GPU where it compiles for the model's heads
-    and dtype (else XLA's form), XLA's form on CPU; "cudnn" off a GPU is a one-line config error."""
+def test_accelerator_defaults_are_chosen_by_platform(monkeypatch):
+    """One place each chooses: "auto" attention is splash on a TPU mesh, cuDNN on a GPU where it compiles for the
+    model's heads and dtype (else XLA's form), XLA's form on CPU, and "cudnn" off a GPU is a one-line config
+    error; init's weights are bf16 on GPU/TPU and float32 on CPU; decode unrolls its layers on CPU and GPU."""
+    from rrm_jax.core.api import default_dtype
     from rrm_jax.core.errors import ConfigError
     from rrm_jax.core.ops import attention_form
     from rrm_jax.core.splash import SplashAttention
+    from rrm_jax.sampler.decode import unrolled_by_default
 
     mesh = lambda platform: SimpleNamespace(devices=np.array([SimpleNamespace(platform=platform)]))
     cfg = rrm_jax.core.config.resolve_config("tiny")
@@ -88,6 +91,8 @@ def test_auto_attention_is_chosen_by_platform(monkeypatch):
     assert isinstance(attention_form("auto", tpu), SplashAttention) and attention_form("auto", tpu).mesh is tpu
     assert attention_form("auto", cpu, None, cfg, jnp.bfloat16) == "xla" and attention_form("xla", tpu) == "xla"
     assert isinstance(attention_form("splash", cpu), SplashAttention)
+    assert [default_dtype(m) for m in (tpu, gpu, cpu)] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
+    assert [unrolled_by_default(m) for m in (tpu, gpu, cpu)] == [False, True, True]
     with pytest.raises(ConfigError, match="attention=cudnn runs on a GPU; this mesh is cpu"):
         attention_form("cudnn", cpu)
 
