@@ -5,6 +5,9 @@ lengths terms, run through jax's reference implementation of the same call, agai
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -75,6 +78,41 @@ def test_a_model_in_the_cudnn_form_gives_xla_logits_and_generations(monkeypatch)
     np.testing.assert_allclose(np.stack([c.logprobs for c in a]), np.stack([c.logprobs for c in b]), atol=1e-4)
 
 
+def test_the_cudnn_form_on_a_mesh_runs_per_shard_and_equals_xla():
+    """On a 2 x 2 (fsdp x tensor) mesh of CPU devices the form runs each device's rows and heads under shard_map
+    (cuDNN's partitioner takes no split positions, and the residual stream between layers has them split): the
+    sharded forward and the sampler's chunked prefill equal XLA's attention."""
+    code = """
+import numpy as np, jax
+import rrm_jax
+from rrm_jax.core import cudnn
+from rrm_jax.core.sharding import DEFAULT_RULES, make_mesh
+from rrm_jax.sampler import SamplingConfig, generate
+mesh = make_mesh((1, 2, 2))
+xla = rrm_jax.init("tiny", seed=3, attention_impl="xla", mesh=mesh)
+cud = rrm_jax.init("tiny", seed=3, attention_impl=cudnn.CudnnAttention("xla", mesh, DEFAULT_RULES), mesh=mesh)
+traced = []
+for name in ("_causal", "_prefix"):
+    f = getattr(cudnn, name)
+    setattr(cudnn, name, lambda impl, q, *a, f=f: traced.append(q.shape[0]) or f(impl, q, *a))
+rng = np.random.default_rng(0)
+ids = rng.integers(0, xla.config.vocab_size, (4, 48)).astype(np.int32)
+mask = np.ones((4, 48), bool); mask[1, 30:] = False; mask[2, :11] = False
+want, got = (np.asarray(m.logits(ids, mask)) for m in (xla, cud))
+np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
+prompts = [rng.integers(1, xla.config.vocab_size, n).tolist() for n in (70, 33, 5, 64)]
+sc = SamplingConfig(max_new_tokens=3, temperature=0.0, add_eos_stop=False, max_slots=4)
+a, b = (generate(m, prompts, sc, prefill_chunk=32) for m in (xla, cud))
+assert traced and max(traced) < 4, traced  # per shard: fewer rows than a call's
+assert [c.token_ids for c in a] == [c.token_ids for c in b]
+np.testing.assert_allclose(np.stack([c.logprobs for c in a]), np.stack([c.logprobs for c in b]), atol=1e-4)
+print("ok")
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
 def test_accelerator_defaults_are_chosen_by_platform(monkeypatch):
     """One place each chooses: "auto" attention is splash on a TPU mesh, cuDNN on a GPU where it compiles for the
     model's heads and dtype (else XLA's form), XLA's form on CPU, and "cudnn" off a GPU is a one-line config
@@ -98,7 +136,8 @@ def test_accelerator_defaults_are_chosen_by_platform(monkeypatch):
 
     asked = []
     monkeypatch.setattr(cudnn, "unavailable", lambda dev, *a: asked.append(a) or None)
-    assert attention_form("auto", gpu, None, cfg, "bfloat16") == CudnnAttention()
+    form = attention_form("auto", gpu, None, cfg, "bfloat16")
+    assert isinstance(form, CudnnAttention) and form.mesh is gpu and form.implementation == "cudnn"
     assert asked == [(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(jnp.bfloat16))]
     monkeypatch.setattr(cudnn, "unavailable", lambda *a: "NotImplementedError: head dim")
     assert attention_form("auto", gpu, None, cfg, "bfloat16") == "xla"

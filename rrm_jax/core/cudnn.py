@@ -22,6 +22,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, per_shard
 
 
 def _runs(key_mask):
@@ -40,46 +43,57 @@ def _roll(x, shift):
 
 @dataclasses.dataclass(frozen=True)
 class CudnnAttention:
-    """A model's attention form (hashable: a static field of the model), ``ops.attention_form``'s for a GPU."""
+    """A model's attention form (hashable: a static field of the model), ``ops.attention_form``'s for a GPU: on a
+    mesh of several devices each runs its own rows and heads (``sharding.per_shard``), as splash does on TPU."""
 
     implementation: str = "cudnn"  # "xla": jax's reference implementation of the same call (CPU tests)
+    mesh: Mesh | None = None
+    rules: ShardingRules = DEFAULT_RULES
 
     def __call__(self, q, k, v, key_mask) -> jax.Array:
         """q [B,T,H,hd], k/v [B,T,K,hd], key_mask [B,T] (one run of real tokens a row) -> [B,T,H,hd], causal."""
-        first, n = _runs(key_mask)
-        q, k, v = (_roll(x, first) for x in (q, k, v))
-        out = jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            is_causal=True,
-            query_seq_lengths=n,
-            key_value_seq_lengths=n,
-            implementation=self.implementation,
-        )
-        return _roll(out, -first)
+        run = functools.partial(_causal, self.implementation)
+        if self.mesh is None or self.mesh.size == 1:
+            return run(q, k, v, key_mask)
+        return per_shard(run, self.mesh, self.rules, q, k, v, key_mask)
 
     def prefix(self, q, k, v, key_mask):
         """q [B,C,H,hd] against heads-major k/v [B,K,W,hd], every query seeing every key where ``key_mask`` [B,W]
         (one run a row) -> (out [B,K,G,C,hd], log-sum-exp of the scaled scores [B,K,G,C] float32), as
         :func:`rrm_jax.core.splash.prefix_attention` gives them to ``chunk_attention``'s merge. A row with no
         real key gets a log-sum-exp of float32's lowest, so it weighs nothing there."""
-        b, c, h, hd = q.shape
-        kh = k.shape[1]
-        first, n = _runs(key_mask)
-        k, v = (_roll(x.transpose(0, 2, 1, 3), first) for x in (k, v))  # [B, W, K, hd], the run first
-        out, lse = jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            query_seq_lengths=jnp.full((b,), c, jnp.int32),
-            key_value_seq_lengths=n,
-            implementation=self.implementation,
-            return_residual=True,
-        )  # out [B, C, H, hd], lse [B, C, H]
-        lse = jnp.where(key_mask.any(axis=1)[:, None, None], lse.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        out = out.reshape(b, c, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
-        return out, lse.reshape(b, c, kh, h // kh).transpose(0, 2, 3, 1)
+        run = functools.partial(_prefix, self.implementation)
+        if self.mesh is None or self.mesh.size == 1:
+            return run(q, k, v, key_mask)
+        return per_shard(run, self.mesh, self.rules, q, k, v, key_mask, heads_major=True)
+
+
+def _causal(implementation, q, k, v, key_mask):
+    first, n = _runs(key_mask)
+    q, k, v = (_roll(x, first) for x in (q, k, v))
+    out = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, query_seq_lengths=n, key_value_seq_lengths=n, implementation=implementation
+    )
+    return _roll(out, -first)
+
+
+def _prefix(implementation, q, k, v, key_mask):
+    b, c, h, hd = q.shape
+    kh = k.shape[1]
+    first, n = _runs(key_mask)
+    k, v = (_roll(x.transpose(0, 2, 1, 3), first) for x in (k, v))  # [B, W, K, hd], the run first
+    out, lse = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        query_seq_lengths=jnp.full((b,), c, jnp.int32),
+        key_value_seq_lengths=n,
+        implementation=implementation,
+        return_residual=True,
+    )  # out [B, C, H, hd], lse [B, C, H]
+    lse = jnp.where(key_mask.any(axis=1)[:, None, None], lse.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    out = out.reshape(b, c, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
+    return out, lse.reshape(b, c, kh, h // kh).transpose(0, 2, 3, 1)
 
 
 @functools.cache

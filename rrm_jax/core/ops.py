@@ -48,7 +48,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 def attention_form(impl: str, mesh=None, rules=None, cfg=None, dtype=None):
     """A model's attention form, chosen here for every caller: "xla" (XLA's form, :func:`causal_attention`) or
-    the kernel object that runs it. "splash" is the Pallas kernel bound to the mesh it shard_maps over; "cudnn"
+    the kernel object that runs it, bound to the mesh it shard_maps over: "splash" is the Pallas kernel, "cudnn"
     cuDNN's fused kernel (:mod:`rrm_jax.core.cudnn`, GPU only). "auto" is, by the mesh's platform:
 
     - TPU: splash (``rrm-jax plan rrm-7b --topology v5p-16``: the update's temporaries 55.3 -> 22.1 GiB per chip,
@@ -74,8 +74,9 @@ def attention_form(impl: str, mesh=None, rules=None, cfg=None, dtype=None):
         if device.platform != "gpu":
             raise ConfigError(f"attention=cudnn runs on a GPU; this mesh is {device.platform} (use auto or xla)")
         from rrm_jax.core.cudnn import CudnnAttention
+        from rrm_jax.core.sharding import DEFAULT_RULES
 
-        return CudnnAttention()
+        return CudnnAttention(mesh=mesh, rules=rules or DEFAULT_RULES)
     if impl != "splash" or mesh is None:
         return impl
     from rrm_jax.core.sharding import DEFAULT_RULES

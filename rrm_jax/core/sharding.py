@@ -92,6 +92,23 @@ class ResidualSharding:
 RESIDUAL = ("batch", "act_sequence", "act_embed")
 
 
+def per_shard(fn, mesh: Mesh, rules: ShardingRules, q, k, v, key_mask, heads_major: bool = False):
+    """An attention kernel ``fn(q, k, v, key_mask)`` run on each device's own rows and heads under ``shard_map``
+    (XLA cannot partition a Pallas call, and cuDNN's partitioner takes no split positions): rows split as the
+    batch is, heads as the key/value heads are (where that axis divides them; else every device holds all heads
+    of its rows). q [B,T,H,hd]; k/v [B,S,K,hd], or [B,K,S,hd] with ``heads_major``. ``fn`` returns one array
+    like q, or (out [B,K,G,T,hd], log-sum-exp [B,K,G,T]) for a prefix call (``heads_major``)."""
+    kv_axis = 1 if heads_major else 2
+    rows = rules.spec(("batch",), mesh, q.shape[:1])[0]
+    heads = rules.spec(("kv_heads",), mesh, k.shape[kv_axis : kv_axis + 1])[0]  # divides K, so also H = K x G
+    qs = P(rows, None, heads, None)
+    kvs = P(rows, heads, None, None) if heads_major else qs
+    out = (P(rows, heads, None, None, None), P(rows, heads, None, None)) if heads_major else qs
+    return jax.shard_map(fn, mesh=mesh, in_specs=(qs, kvs, kvs, P(rows, None)), out_specs=out, check_vma=False)(
+        q, k, v, key_mask
+    )
+
+
 def mesh_misfit(shape: Sequence[int], n: int, axis_names: Sequence[str] = MESH_AXES) -> str | None:
     """Why ``shape`` (one -1 may take the devices left) cannot be laid over ``n`` devices; None when it can."""
     fixed = math.prod(s for s in shape if s != -1)

@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
-from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules
+from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, per_shard
 
 BLOCK = 128  # the kernel's query and key block: T must be a multiple (callers fall back to XLA's form)
 
@@ -86,35 +85,13 @@ class SplashAttention:
     def __call__(self, q, k, v, key_mask) -> jax.Array:
         if self.mesh is None or self.mesh.size == 1:
             return splash_attention(q, k, v, key_mask)
-        rows = self.rules.spec(("batch",), self.mesh, q.shape[:1])[0]
-        heads = self.rules.spec(("kv_heads",), self.mesh, k.shape[2:3])[0]  # divides K, so also H = K x G
-        qkv = P(rows, None, heads, None)
-        return jax.shard_map(
-            splash_attention,
-            mesh=self.mesh,
-            in_specs=(qkv, qkv, qkv, P(rows, None)),
-            out_specs=qkv,
-            check_vma=False,
-        )(q, k, v, key_mask)
+        return per_shard(splash_attention, self.mesh, self.rules, q, k, v, key_mask)
 
     def prefix(self, q, k, v, key_mask):
         """:func:`prefix_attention`, per shard on a mesh (rows and key/value heads split as in ``__call__``)."""
         if self.mesh is None or self.mesh.size == 1:
             return prefix_attention(q, k, v, key_mask)
-        rows = self.rules.spec(("batch",), self.mesh, q.shape[:1])[0]
-        heads = self.rules.spec(("kv_heads",), self.mesh, k.shape[1:2])[0]
-        return jax.shard_map(
-            prefix_attention,
-            mesh=self.mesh,
-            in_specs=(
-                P(rows, None, heads, None),
-                P(rows, heads, None, None),
-                P(rows, heads, None, None),
-                P(rows, None),
-            ),
-            out_specs=(P(rows, heads, None, None, None), P(rows, heads, None, None)),
-            check_vma=False,
-        )(q, k, v, key_mask)
+        return per_shard(prefix_attention, self.mesh, self.rules, q, k, v, key_mask, heads_major=True)
 
 
 def splash_attention(q, k, v, key_mask) -> jax.Array:
