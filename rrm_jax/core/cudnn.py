@@ -22,7 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, per_shard
 
@@ -111,7 +112,7 @@ def unavailable(device, heads: int, kv_heads: int, head_dim: int, dtype) -> str 
 
 
 def _compile_error(device, heads: int, kv_heads: int, head_dim: int, dtype) -> str | None:
-    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array([device]), ("d",)), jax.sharding.PartitionSpec())
+    sharding = NamedSharding(Mesh(np.array([device]), ("d",)), P())
     spec = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
     t = 256
     q, kv, mask = spec(1, t, heads, head_dim), spec(1, t, kv_heads, head_dim), spec(1, t, dt=jnp.bool_)
