@@ -57,7 +57,7 @@ from rrm_jax.benchmarks.train import matmul_peak
 from rrm_jax.core.api import init
 from rrm_jax.core.config import resolve_config
 from rrm_jax.core.model import Qwen2
-from rrm_jax.core.ops import attention_form
+from rrm_jax.core.ops import attention_form, form_name
 from rrm_jax.core.sharding import make_mesh
 from rrm_jax.sampler import SamplingConfig, generate
 from rrm_jax.sampler.decode import unrolled_by_default
@@ -115,7 +115,6 @@ QUICK = dict(
     repeats=1,
     budget_s=400.0,
 )
-SECTIONS = ("device", "parity", "attention", "train", "decode", "judge", "serve")
 BF16 = jnp.bfloat16
 
 
@@ -136,10 +135,6 @@ def attention_forms(dev, given: str = "") -> tuple[str, ...]:
     if given:
         return tuple(given.split(","))
     return {"gpu": ("xla", "cudnn"), "tpu": ("xla", "splash")}.get(dev.platform, ("xla",))
-
-
-def _form_name(form) -> str:
-    return form if isinstance(form, str) else type(form).__name__
 
 
 def _graphdef(cfg, compute_dtype, impl: str = "xla", dev=None):
@@ -213,7 +208,7 @@ def sec_attention(args, dev, clock) -> dict:
     state = init(cfg, seed=0, mesh=_mesh(dev), dtype=jnp.float32, compute_dtype=BF16).state
     inputs = jax.device_put(_inputs(cfg, args.attn_batch, args.attn_seq), dev)
     gpu = _is_gpu(dev)
-    auto = _form_name(attention_form("auto", _mesh(dev), None, cfg, BF16))
+    auto = form_name(attention_form("auto", _mesh(dev), None, cfg, BF16))
     out = dict(batch=args.attn_batch, seq=args.attn_seq, compute_dtype="bfloat16", auto_is=auto)
     if not gpu:
         out.update(fused_cudnn="not applicable", reason=f"{dev.platform} backend: cuDNN attention is GPU-only")
@@ -299,7 +294,7 @@ def _time_train(cfg, dev, remat: str, attention: str, args) -> dict:
 
     sec = best_seconds(run, args.repeats) / args.train_steps
     flops = 3.0 * forward_flops(cfg, b, t)
-    form = _form_name(model.module.attention_impl)
+    form = form_name(model.module.attention_impl)
     del state, model
     return dict(
         form=form,
@@ -424,6 +419,7 @@ SECTION_FNS = dict(
     judge=sec_judge,
     serve=sec_serve,
 )
+SECTIONS = tuple(SECTION_FNS)  # in the order they run
 
 
 def _write(path: str | None, res: dict) -> None:

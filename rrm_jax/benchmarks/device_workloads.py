@@ -83,31 +83,15 @@ def _transformers_generate(model, ids, new: int, dev):
     import torch
     import transformers
 
+    from rrm_jax.benchmarks.judge_workload import transformers_greedy
+
     device = "cuda" if dev.platform == "gpu" and torch.cuda.is_available() else "cpu"
     tdtype = torch.bfloat16 if jnp.dtype(model.module.compute_dtype) == BF16 else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(model, tmp)
         ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=tdtype).to(device).eval()
-    t = max(len(x) for x in ids)
-    tt = torch.zeros((len(ids), t), dtype=torch.long)
-    tm = torch.zeros_like(tt)
-    for i, x in enumerate(ids):
-        tt[i, t - len(x) :], tm[i, t - len(x) :] = torch.tensor(x), 1
-    tt, tm = tt.to(device), tm.to(device)
-
-    def run(n_new, rows=slice(None)):
-        with torch.inference_mode():
-            out = ref.generate(
-                tt[rows], attention_mask=tm[rows], max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False
-            )
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    run(2, slice(0, 2))  # warm (eager: nothing to compile)
-    t0 = time.perf_counter()
-    rows = run(new)[:, t:].tolist()
-    secs = time.perf_counter() - t0
+    pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
+    rows, secs = transformers_greedy(ref, ids, new, pad, device)
     peer = f"{transformers.__version__} on torch {torch.__version__} ({device}, {ref.config._attn_implementation})"
     return secs, rows, peer
 

@@ -56,6 +56,37 @@ def random_model(preset: str, tok, layers: int = 0, dtype=None):
     return rrm_jax.init(cfg, seed=0, mesh=mesh, tokenizer=tok, dtype=dtype or jnp.float32)
 
 
+def transformers_greedy(ref, ids, new: int, pad_id: int, device: str = "cpu") -> tuple[list[list[int]], float]:
+    """transformers ``generate`` of ``ref`` (on ``device``) over ``ids`` as one left-padded batch, greedy, exactly
+    ``new`` tokens each, after one small warm call (torch runs eagerly: nothing to compile): (new rows, seconds)."""
+    import torch
+
+    t = max(len(x) for x in ids)
+    tt = torch.zeros((len(ids), t), dtype=torch.long)
+    tm = torch.zeros_like(tt)
+    for i, x in enumerate(ids):
+        tt[i, t - len(x) :], tm[i, t - len(x) :] = torch.tensor(x), 1
+    tt, tm = tt.to(device), tm.to(device)
+
+    def run(n_new, rows=slice(None)):
+        with torch.inference_mode():
+            out = ref.generate(
+                tt[rows],
+                attention_mask=tm[rows],
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run(2, slice(0, 2))
+    out, secs = _timed(lambda: run(new))
+    return out[:, t:].tolist(), secs
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -155,26 +186,7 @@ def bench_workload(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rrm_jax.save_hf(model, tmp)
         ref = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    t = max(lens)
-    tt = torch.zeros((len(ids), t), dtype=torch.long)
-    tm = torch.zeros_like(tt)
-    for i, x in enumerate(ids):
-        tt[i, t - len(x) :], tm[i, t - len(x) :] = torch.tensor(x), 1
-
-    def hf_generate(n_new, rows=slice(None)):
-        with torch.inference_mode():
-            return ref.generate(
-                tt[rows],
-                attention_mask=tm[rows],
-                max_new_tokens=n_new,
-                min_new_tokens=n_new,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id or 0,
-            )
-
-    hf_generate(2, slice(0, 2))  # warm (torch runs eagerly: nothing to compile)
-    hf_out, hf_secs = _timed(lambda: hf_generate(new))
-    hf_tokens = hf_out[:, t:].tolist()
+    hf_tokens, hf_secs = transformers_greedy(ref, ids, new, tok.pad_token_id or 0)
 
     secs, st, outs = ours[chunks[0]]
     same = sum(o.token_ids == h for o, h in zip(outs, hf_tokens))

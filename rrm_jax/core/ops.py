@@ -118,6 +118,11 @@ def causal_attention(q, k, v, mask, impl="xla", chunk: int = 128) -> jax.Array:
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
+def form_name(form) -> str:
+    """An :func:`attention_form`'s name: "xla", "splash" or "cudnn" (what a report shows)."""
+    return form if isinstance(form, str) else type(form).__name__.removesuffix("Attention").lower()
+
+
 def kernel(impl):
     """The kernel object that runs ``impl`` (an :func:`attention_form`), or None for XLA's form."""
     if impl == "splash":

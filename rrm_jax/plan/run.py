@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from rrm_jax.core import shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.ops import form_name
 from rrm_jax.core.sharding import make_mesh, mesh_misfit
 from rrm_jax.plan import chips, roofline
 from rrm_jax.plan.programs import (
@@ -51,10 +52,6 @@ def residents(cfg: TrainConfig, model, state, judge) -> dict[str, int]:
 
 
 PARTS = ("update", "rollout", "judge")
-
-
-def _form_name(form) -> str:
-    return form if isinstance(form, str) else type(form).__name__.removesuffix("Attention").lower()
 
 
 def plan(recipe: str | None, topology: str, overrides=(), *, only=PARTS, progress=print) -> dict:
@@ -238,7 +235,7 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
             compute_dtype=cfg.compute_dtype,
             remat=cfg.remat,
             # the forms these programs were compiled with ("auto" resolved; sequence_parallel's residual split)
-            attention=_form_name(model.module.attention_impl),
+            attention=form_name(model.module.attention_impl),
             residual=None if model.module.residual is None else cfg.sharding_rules.act_sequence,
             params=n_params,
             judge=cfg.judge.model if judge_cfg else "",
