@@ -214,7 +214,9 @@ def test_bad_benchmark_items(tmp_path):
 
 
 # ------------------------------------------------------------------ TFDS ArrayRecord + grain
-def test_build_and_read_through_grain(tmp_path):
+def test_build_and_read_through_grain(tmp_path, monkeypatch):
+    import tempfile
+
     import grain
 
     from rrm_jax.data import load_pairs
@@ -224,6 +226,9 @@ def test_build_and_read_through_grain(tmp_path):
         for lab in (0, 1, None)
     ]
     src = _write_jsonl(tmp_path / "p.jsonl", rows + ['{"broken'])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(DataError, match=r"p\.jsonl:4: malformed JSON"):
         load_pairs("jsonl", src, data_dir=tmp_path / "tfds")
     pairs = load_pairs("jsonl", src, data_dir=tmp_path / "tfds", on_bad="skip")
@@ -239,6 +244,7 @@ def test_build_and_read_through_grain(tmp_path):
     _write_jsonl(src, rows[:2])
     edited = load_pairs("jsonl", src, data_dir=tmp_path / "tfds", on_bad="skip")
     assert len(edited) == 2 and edited.problems == [] and edited.data_dir != pairs.data_dir
+    assert not list(scratch.iterdir()), "a build left temp files behind"
     # grain transformations compose on top
     assert [r.label for r in pairs.dataset.filter(lambda r: r.label is not None)] == [0, 1]
 

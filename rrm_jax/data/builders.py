@@ -46,6 +46,13 @@ def _features() -> tfds.features.FeaturesDict:
     )
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+    # A first build asks gs://tfds-data for pre-computed info through a fresh `mkdtemp` it never removes: one
+    # empty temp dir per build. These sets are local files, never in the bucket.
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class PairsBuilder(tfds.core.GeneratorBasedBuilder):
     """Base builder: PairRecords from ``read_pairs(KIND, source)``; subclasses set KIND and a docstring."""
 
@@ -70,7 +77,7 @@ class PairsBuilder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return _LocalInfo(
             builder=self,
             description=(type(self).__doc__ or "").strip(),
             features=_features(),
