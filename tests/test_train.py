@@ -63,10 +63,13 @@ def tiny(mesh1):
     return rrm_jax.init("tiny", seed=0, mesh=mesh1)
 
 
-def test_gradient_accumulation_equals_full_batch(tiny):
+@pytest.mark.parametrize("remat", ["none", "full"])  # full: the layers' backward adds into the accumulator
+def test_gradient_accumulation_equals_full_batch(tiny, remat):
     batch = _batch()
     s1, m1 = _run(tiny, batch, micro=1)
-    s4, m4 = _run(tiny, batch, micro=4)
+    s4, m4 = _run(
+        tiny if remat == "none" else rrm_jax.init("tiny", seed=0, mesh=tiny.mesh, remat=remat), batch, micro=4
+    )
     for k in ("loss", "grad_norm", "kl", "clip_frac", "entropy", "pg_loss"):
         np.testing.assert_allclose(m4[0][k], m1[0][k], rtol=2e-5, err_msg=k)
     assert m1[0]["grad_norm"] > 0 and m1[0]["skipped"] == 0

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.grad_sink import scan_layers
 from rrm_jax.core.kv_cache import SLOT_MAJOR, KVCache
 from rrm_jax.core.ops import attention, causal_attention, rms_norm, rope
 from rrm_jax.core.params import PARAMS
@@ -83,6 +84,14 @@ def decoder_layer(cfg: ModelConfig, p: dict, x, positions, mask, kv, write, impl
     u = _dense(h, p["up_proj"].astype(cd))
     x = x + _dense(jax.nn.silu(g) * u, p["down_proj"].astype(cd))
     return x, kv
+
+
+def _same(x):
+    return x
+
+
+def _stack_layer(cfg, impl, compute_dtype):
+    return lambda x, p, positions, mask: decoder_layer(cfg, p, x, positions, mask, None, None, impl, compute_dtype)[0]
 
 
 class Qwen2(nnx.Module):
@@ -151,12 +160,17 @@ class Qwen2(nnx.Module):
         cache: KVCache | None = None,
         *,
         return_hidden: bool = False,
+        layer_grads: dict | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens [B, T]; positions [B, T] (default: count of real tokens so far); mask [B, T] real-token mask.
 
         Without a cache, query i attends to real keys j <= i of its own row. With a cache the T tokens are
         written at slots ``cache.length + arange(T)`` and attend to every valid slot up to their own.
         Returns float32 logits [B, T, V] (or final-normed hidden states when ``return_hidden``).
+
+        ``layer_grads`` (no cache; a train step accumulating micro-batches): a float32 buffer shaped like the
+        stacked layer weights. The layers then run under full remat through :func:`grad_sink.scan_layers`,
+        whose backward adds their gradients into it in place; the gradient reported for them is the sum.
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -189,8 +203,19 @@ class Qwen2(nnx.Module):
         elif self.remat == "dots":
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
-        if cache is None:
-            keep = self.residual or (lambda x: x)
+        if cache is None and layer_grads is not None:
+            x = scan_layers(
+                _stack_layer(cfg, self.attention_impl, self.compute_dtype),
+                self.residual or _same,
+                params,
+                layer_grads,
+                x,
+                positions,
+                attn_mask,
+            )
+            new_cache = None
+        elif cache is None:
+            keep = self.residual or _same
 
             def body(x, p):
                 x, _ = layer(x, p, None)

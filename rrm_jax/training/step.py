@@ -103,6 +103,10 @@ def _split(x: jax.Array, k: int, sharding_spec) -> jax.Array:
     return jax.lax.with_sharding_constraint(y, sharding_spec(y.ndim))
 
 
+def _in_layers(path) -> bool:
+    return getattr(path[0], "key", None) == "layers"
+
+
 _CACHE: dict = {}
 
 
@@ -140,14 +144,19 @@ def make_train_step(
 def _make_train_step(model, optim, total_updates, objective, micro_batches, donate):
     tx, schedule = make_optimizer(optim, total_updates)
     graphdef = model.graphdef
+    # Under full remat the layers' backward can add into the accumulator itself (core.grad_sink): no second
+    # stacked float32 gradient per micro-batch.
+    sink = micro_batches > 1 and model.module.remat == "full"
     mesh, rules = model.mesh, model.rules
 
     def micro_spec(ndim):
         return rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
 
-    def loss_fn(params, mb):
+    def loss_fn(params, mb, sink=None):
         module = nnx.merge(graphdef, params)
-        logp, ent = sequence_logprobs(module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], objective.chunk)
+        logp, ent = sequence_logprobs(
+            module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], objective.chunk, layer_grads=sink
+        )
         loss, metrics = objective.loss(logp, mb)
         metrics["entropy"] = jnp.sum(mb["mw"] * ent * mb["loss_mask"])
         metrics["loss"] = loss
@@ -170,8 +179,14 @@ def _make_train_step(model, optim, total_updates, objective, micro_batches, dona
 
             def body(carry, mb):
                 g_acc, m_acc = carry
-                (_, met), g = grad_fn(state.params, mb)
-                return (jax.tree_util.tree_map(jnp.add, g_acc, g), jax.tree_util.tree_map(jnp.add, m_acc, met)), None
+                if sink:
+                    (_, met), g = grad_fn(state.params, mb, {k: v[...] for k, v in g_acc["layers"].items()})
+                    # g's layers already hold g_acc's plus this micro-batch's: their backward added in place
+                    g = jax.tree_util.tree_map_with_path(lambda path, a, b: b if _in_layers(path) else a + b, g_acc, g)
+                else:
+                    (_, met), g = grad_fn(state.params, mb)
+                    g = jax.tree_util.tree_map(jnp.add, g_acc, g)
+                return (g, jax.tree_util.tree_map(jnp.add, m_acc, met)), None
 
             (grads, metrics), _ = jax.lax.scan(body, (zeros, mzeros), mbs)
         loss = metrics["loss"]

@@ -91,9 +91,10 @@ def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int =
     return lp, ent
 
 
-def sequence_logprobs(module, tokens, positions, mask, targets, chunk: int = 256):
-    """Forward a padded batch and return (log-probs of targets, entropies), both [B, T]."""
-    hidden, _ = module(tokens, positions, mask, return_hidden=True)
+def sequence_logprobs(module, tokens, positions, mask, targets, chunk: int = 256, layer_grads=None):
+    """Forward a padded batch and return (log-probs of targets, entropies), both [B, T]. ``layer_grads``: the
+    model's gradient sink (see ``Qwen2.__call__``)."""
+    hidden, _ = module(tokens, positions, mask, return_hidden=True, layer_grads=layer_grads)
     return chunked_logprobs(module, hidden, targets, chunk)
 
 
