@@ -223,6 +223,6 @@ def test_chunked_causal_attention_equals_full_attention():
     mask = np.tril(np.ones((t, t), bool))[None] & real[:, None, :]
     heads_major = lambda x: x.transpose(0, 2, 1, 3)  # attention() takes the cache's [B, K, S, hd] layout
     full = np.asarray(attention(q, heads_major(kk), heads_major(v), jnp.asarray(mask)))
-    chunked = np.asarray(causal_attention(q, kk, v, jnp.asarray(mask), chunk=64))
+    chunked = np.asarray(causal_attention(q, kk, v, jnp.asarray(real), chunk=64))
     keep = mask.any(-1)  # query rows with at least one visible key (all real tokens)
     np.testing.assert_allclose(chunked[keep], full[keep], atol=1e-5)

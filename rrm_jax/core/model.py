@@ -185,9 +185,7 @@ class Qwen2(nnx.Module):
         x = self.embed_tokens(tokens)
 
         if cache is None:
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            attn_mask = causal[None] & mask[:, None, :]
-            write = None
+            attn_mask, write = mask, None  # the layers' causal attention builds its blocks from the real tokens
         else:
             valid, attn_mask, write = cache.placement(mask)
             if chunk_fits(self.attention_impl, t, cache.slots):

@@ -85,16 +85,18 @@ def attention_form(impl: str, mesh=None, rules=None, cfg=None, dtype=None):
     return SplashAttention(mesh, rules or DEFAULT_RULES)
 
 
-def causal_attention(q, k, v, mask, impl="xla", chunk: int = 128) -> jax.Array:
-    """Attention over the sequence itself (no cache): query i only ever sees keys j <= i.
+def causal_attention(q, k, v, key_mask, impl="xla", chunk: int = 128) -> jax.Array:
+    """Attention over the sequence itself (no cache): query i only ever sees real keys j <= i of its row.
 
-    q [B,T,H,hd], k/v [B,T,K,hd] (as projected), ``mask`` [B, T, T] already causal (its last row is the key
-    mask, which the kernels take). ``impl`` is an :func:`attention_form`: a kernel object runs it (splash where
-    T is a multiple of its block, XLA's form elsewhere); a name "splash" / "cudnn" is that kernel on one device;
-    "xla" (and an unresolved "auto") is XLA's form: queries go in chunks of ``chunk``; chunk c only scores the
-    keys up to its own end, so the upper-triangle blocks are never computed (about half the score work and
-    softmax at long T). Real positions match :func:`attention` exactly; a padding query whose keys are all
-    masked gets a (meaningless) uniform average over fewer keys.
+    q [B,T,H,hd], k/v [B,T,K,hd] (as projected), ``key_mask`` [B, T] the real tokens (the kernels take it as
+    is; XLA's form builds each chunk's causal block from it, so no [B, T, T] mask is ever held: at 12k-token
+    rows that was 0.14 GiB per row, saved with the layer inputs under remat). ``impl`` is an
+    :func:`attention_form`: a kernel object runs it (splash where T is a multiple of its block, XLA's form
+    elsewhere); a name "splash" / "cudnn" is that kernel on one device; "xla" (and an unresolved "auto") is
+    XLA's form: queries go in chunks of ``chunk``; chunk c only scores the keys up to its own end, so the
+    upper-triangle blocks are never computed (about half the score work and softmax at long T). Real positions
+    match :func:`attention` exactly; a padding query whose keys are all masked gets a (meaningless) uniform
+    average over fewer keys.
     """
     if isinstance(impl, str) and impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
@@ -103,19 +105,25 @@ def causal_attention(q, k, v, mask, impl="xla", chunk: int = 128) -> jax.Array:
         from rrm_jax.core import splash
 
         if not isinstance(run, splash.SplashAttention) or splash.fits(q.shape[1]):
-            return run(q, k, v, mask[:, -1, :])
+            return run(q, k, v, key_mask)
     b, t, h, hd = q.shape
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads-major [B, K, T, hd]
     if t <= chunk or t % chunk:
-        return attention(q, kt, vt, mask)
+        return attention(q, kt, vt, causal_block(key_mask, 0, t))
     kh = kt.shape[1]
     qg = q.reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
     outs = []
     for c in range(t // chunk):  # static unroll: t // chunk blocks of growing key length
         lo, hi = c * chunk, (c + 1) * chunk
-        outs.append(_attend(qg[:, :, :, lo:hi], kt[:, :, :hi], vt[:, :, :hi], mask[:, lo:hi, :hi]))
+        outs.append(_attend(qg[:, :, :, lo:hi], kt[:, :, :hi], vt[:, :, :hi], causal_block(key_mask, lo, hi)))
     out = jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+def causal_block(key_mask, lo: int, hi: int) -> jax.Array:
+    """[B, hi - lo, hi]: whether query lo + i may see key j (j <= lo + i, and key j is real)."""
+    causal = jnp.arange(lo, hi)[:, None] >= jnp.arange(hi)[None, :]
+    return causal[None] & key_mask[:, None, :hi].astype(bool)
 
 
 def form_name(form) -> str:

@@ -41,6 +41,10 @@ class ShardingRules:
     # plans). Inside a layer XLA keeps the positions split and gathers the layer's weights over tensor; gathering
     # the positions instead for tensor-parallel matmuls (Megatron's form) planned larger: 73.7 against 63.3 GiB.
     act_sequence: str | None = "tensor"
+    # The loss's logits [rows, chunk, V] split their vocabulary over these axes, the rows gathered over them: each
+    # chunk then moves its hidden states [rows, chunk, D], not the head's gradient [D, V] (1 GiB per chunk of
+    # rrm-7b on v5p-16, and 2 GiB of float32 beside it: docs/benchmarks.md, TPU plans).
+    act_vocab: tuple[str, ...] | str | None = ("fsdp", "tensor")
 
     def spec(self, logical: Sequence[str | None], mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
         """PartitionSpec for logical axes; a mesh axis that does not divide the dim is dropped (replicated)."""
@@ -90,6 +94,37 @@ class ResidualSharding:
 
 
 RESIDUAL = ("batch", "act_sequence", "act_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitSharding:
+    """The log-prob pass's layout: logits [rows, chunk, V] with the vocabulary split over ``rules.act_vocab``'s
+    axes and the rows over the batch axes left; the head [D, V] split as the logits' vocabulary."""
+
+    mesh: Mesh
+    rules: ShardingRules
+
+    @classmethod
+    def of(cls, mesh: Mesh, rules: ShardingRules) -> LogitSharding | None:
+        """The layout where the vocabulary's axes have devices, else None (nothing to constrain)."""
+        return cls(mesh, rules) if rules.spec(("act_vocab",), mesh)[0] is not None else None
+
+    def _specs(self, vocab: int):
+        split = self.rules.spec(("act_vocab",), self.mesh, (vocab,))[0]
+        used = {split} if isinstance(split, str) else set(split or ())
+        batch = self.rules.spec(("batch",), self.mesh)[0]
+        rows = tuple(a for a in ((batch,) if isinstance(batch, str) else batch or ()) if a not in used)
+        return (rows or None), split
+
+    def hidden(self, h: jax.Array, vocab: int) -> jax.Array:
+        return jax.lax.with_sharding_constraint(h, NamedSharding(self.mesh, P(self._specs(vocab)[0], None, None)))
+
+    def logits(self, z: jax.Array) -> jax.Array:
+        rows, split = self._specs(z.shape[-1])
+        return jax.lax.with_sharding_constraint(z, NamedSharding(self.mesh, P(rows, None, split)))
+
+    def head(self, w: jax.Array) -> jax.Array:
+        return jax.lax.with_sharding_constraint(w, NamedSharding(self.mesh, P(None, self._specs(w.shape[-1])[1])))
 
 
 def per_shard(fn, mesh: Mesh, rules: ShardingRules, q, k, v, key_mask, heads_major: bool = False):

@@ -24,6 +24,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rrm_jax.core.sharding import LogitSharding
 from rrm_jax.training.config import OptimConfig
 from rrm_jax.training.objectives import Objective
 from rrm_jax.training.rl.loss import mean_weights, sequence_logprobs
@@ -148,14 +149,15 @@ def _make_train_step(model, optim, total_updates, objective, micro_batches, dona
     # stacked float32 gradient per micro-batch.
     sink = micro_batches > 1 and model.module.remat == "full"
     mesh, rules = model.mesh, model.rules
+    layout = LogitSharding.of(mesh, rules)
 
     def micro_spec(ndim):
         return rules.sharding(mesh, (None, "batch") + (None,) * (ndim - 2))
 
-    def loss_fn(params, mb, sink=None):
+    def loss_fn(params, mb, layer_grads=None):
         module = nnx.merge(graphdef, params)
         logp, ent = sequence_logprobs(
-            module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], objective.chunk, layer_grads=sink
+            module, mb["tokens"], mb["positions"], mb["mask"], mb["targets"], objective.chunk, layer_grads, layout
         )
         loss, metrics = objective.loss(logp, mb)
         metrics["entropy"] = jnp.sum(mb["mw"] * ent * mb["loss_mask"])
@@ -234,9 +236,10 @@ def make_logprob_fn(model, chunk: int = 256, micro_batches: int = 1):
 
 def _make_logprob_fn(model, chunk, micro_batches=1):
     graphdef, mesh, rules = model.graphdef, model.mesh, model.rules
+    layout = LogitSharding.of(mesh, rules)
 
     def one(params, tokens, positions, mask, targets):
-        lp, _ = sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, mask, targets, chunk)
+        lp, _ = sequence_logprobs(nnx.merge(graphdef, params), tokens, positions, mask, targets, chunk, layout=layout)
         return lp
 
     def fwd(params, tokens, positions, mask, targets):

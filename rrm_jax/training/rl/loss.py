@@ -59,12 +59,13 @@ def mean_weights(mask: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------ log-probs
-def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int = 256):
+def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int = 256, layout=None):
     """Log-prob of ``targets`` and the entropy of the next-token distribution, [B, T] float32 each.
 
     ``hidden`` [B, T, D] are the model's final-normed hidden states. The vocabulary projection runs over
     chunks of the sequence under ``jax.checkpoint``, so neither the forward nor the backward pass ever
     holds more than one [B, chunk, V] float32 logits block (the backward recomputes it per chunk).
+    ``layout`` (a :class:`~rrm_jax.core.sharding.LogitSharding`, on a mesh) splits each block's vocabulary.
     """
     b, t, d = hidden.shape
     c = max(1, min(chunk, t))
@@ -75,15 +76,25 @@ def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int =
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
     hs = hidden.reshape(b, n, c, d).swapaxes(0, 1)
     ts = targets.reshape(b, n, c).swapaxes(0, 1)
+    head = module.head_weight()
+    vocab = head.shape[-1]
+    if layout is not None:
+        head = layout.head(head)
 
     @jax.checkpoint
     def one(args):
         h, tgt = args
-        z = module.logits_from_hidden(h)  # [B, c, V] float32
+        if layout is not None:
+            h = layout.hidden(h, vocab)
+        # cast per chunk: the head's gradient then sums over chunks in its own (float32) dtype
+        z = module.logits_from_hidden(h, head.astype(module.compute_dtype))  # [B, c, V] float32
+        if layout is not None:
+            z = layout.logits(z)
         lse = jax.nn.logsumexp(z, axis=-1)
-        lp = jnp.take_along_axis(z, tgt[..., None], axis=-1)[..., 0] - lse
+        # a masked sum, not a gather: over a split vocabulary a gather would assemble the whole block first
+        picked = jnp.sum(jnp.where(jnp.arange(vocab) == tgt[..., None], z, 0.0), axis=-1)
         ent = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
-        return lp, ent
+        return picked - lse, ent
 
     lp, ent = jax.lax.map(one, (hs, ts))
     lp = lp.swapaxes(0, 1).reshape(b, n * c)[:, :t]
@@ -91,11 +102,11 @@ def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int =
     return lp, ent
 
 
-def sequence_logprobs(module, tokens, positions, mask, targets, chunk: int = 256, layer_grads=None):
+def sequence_logprobs(module, tokens, positions, mask, targets, chunk: int = 256, layer_grads=None, layout=None):
     """Forward a padded batch and return (log-probs of targets, entropies), both [B, T]. ``layer_grads``: the
-    model's gradient sink (see ``Qwen2.__call__``)."""
+    model's gradient sink (see ``Qwen2.__call__``); ``layout``: see :func:`chunked_logprobs`."""
     hidden, _ = module(tokens, positions, mask, return_hidden=True, layer_grads=layer_grads)
-    return chunked_logprobs(module, hidden, targets, chunk)
+    return chunked_logprobs(module, hidden, targets, chunk, layout)
 
 
 # ------------------------------------------------------------------------------------------ losses
