@@ -5,8 +5,9 @@
   only exists inside the jitted function (``nnx.merge(graphdef, params)``), so the jit boundary carries
   arrays alone: explicit in/out shardings and a donated state.
 * The batch is split into micro-batches (strided, so each keeps the data-parallel sharding) and gradients
-  are accumulated with ``lax.scan``. Loss weights come from the whole batch first (see rl.loss), so the
-  accumulated gradient equals the full-batch gradient whatever the aggregation mode.
+  are accumulated with ``lax.scan`` (under full remat the layers' backward adds into the accumulator in place:
+  core.grad_sink). Loss weights come from the whole batch first (see rl.loss), so the accumulated gradient
+  equals the full-batch gradient whatever the aggregation mode.
 * A non-finite loss or gradient norm leaves params and optimizer state untouched (the step is counted in
   ``skipped``); a NaN never reaches the weights, hence never a checkpoint.
 """
