@@ -91,8 +91,10 @@ def chunked_logprobs(module, hidden: jax.Array, targets: jax.Array, chunk: int =
         if layout is not None:
             z = layout.logits(z)
         lse = jax.nn.logsumexp(z, axis=-1)
-        # a masked sum, not a gather: over a split vocabulary a gather would assemble the whole block first
-        picked = jnp.sum(jnp.where(jnp.arange(vocab) == tgt[..., None], z, 0.0), axis=-1)
+        if layout is None:
+            picked = jnp.take_along_axis(z, tgt[..., None], axis=-1)[..., 0]
+        else:  # a masked sum: over a split vocabulary a gather would assemble the whole block first
+            picked = jnp.sum(jnp.where(jnp.arange(vocab) == tgt[..., None], z, 0.0), axis=-1)
         ent = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
         return picked - lse, ent
 
