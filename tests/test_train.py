@@ -79,18 +79,20 @@ def test_gradient_accumulation_equals_full_batch(tiny, remat):
     assert not np.allclose(np.asarray(s1.params["embed"][...]), np.asarray(tiny.state["embed"][...]))
 
 
-def test_sharded_step_matches_single_device(tiny):
+# full remat with micro-batches: the layers' backward adds into the accumulator, with split residuals (core.grad_sink)
+@pytest.mark.parametrize("remat, micro", [("none", 1), ("full", 2)])
+def test_sharded_step_matches_single_device(tiny, remat, micro):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake CPU) devices")
     from rrm_jax.core.sharding import make_mesh
 
     mesh8 = make_mesh((2, 2, 2))
-    m8 = rrm_jax.init("tiny", seed=0, mesh=mesh8)
+    m8 = rrm_jax.init("tiny", seed=0, mesh=mesh8, remat=remat)
     m8 = m8.with_state(jax.device_put(tiny.state, m8.state_shardings))
     assert m8.batch_multiple() == 4
     batch = _batch()
     s1, m1 = _run(tiny, batch, micro=1, steps=2)
-    s8, mm = _run(m8, batch, micro=1, steps=2)
+    s8, mm = _run(m8, batch, micro=micro, steps=2)
     assert len(s8.params["layers"]["q_proj"][...].sharding.device_set) == 8
     # optimizer moments follow the params' sharding
     mu = jax.tree_util.tree_leaves(s8.opt_state)
