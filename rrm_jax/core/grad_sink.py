@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def scan_layers(layer, keep, params: dict, sink: dict, x: jax.Array, *context) -> jax.Array:
     """``x`` through ``layer(x, p, *context) -> x`` for each layer's slice ``p`` of the stacked ``params``.
 
@@ -26,11 +27,6 @@ def scan_layers(layer, keep, params: dict, sink: dict, x: jax.Array, *context) -
     ``jax.grad`` the gradient reported for ``params`` is ``sink`` + d(loss)/d(params), in ``sink``'s dtype;
     ``sink`` itself and ``context`` (positions, masks) get none.
     """
-    return _stack(layer, keep, params, sink, x, *context)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _stack(layer, keep, params, sink, x, *context):
     return _forward(layer, keep, params, x, context)[0]
 
 
@@ -41,12 +37,12 @@ def _forward(layer, keep, params, x, context):
     return jax.lax.scan(body, keep(x), params)
 
 
-def _stack_fwd(layer, keep, params, sink, x, *context):
+def _scan_fwd(layer, keep, params, sink, x, *context):
     out, inputs = _forward(layer, keep, params, x, context)
     return out, (params, sink, inputs, context)
 
 
-def _stack_bwd(layer, keep, res, ct):
+def _scan_bwd(layer, keep, res, ct):
     params, sink, inputs, context = res
 
     def body(carry, i):
@@ -62,4 +58,4 @@ def _stack_bwd(layer, keep, res, ct):
     return (acc, None, ct_x) + (None,) * len(context)
 
 
-_stack.defvjp(_stack_fwd, _stack_bwd)
+scan_layers.defvjp(_scan_fwd, _scan_bwd)

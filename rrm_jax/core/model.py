@@ -201,25 +201,18 @@ class Qwen2(nnx.Module):
         elif self.remat == "dots":
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
-        if cache is None and layer_grads is not None:
-            x = scan_layers(
-                _stack_layer(cfg, self.attention_impl, self.compute_dtype),
-                self.residual or _same,
-                params,
-                layer_grads,
-                x,
-                positions,
-                attn_mask,
-            )
-            new_cache = None
-        elif cache is None:
+        if cache is None:
             keep = self.residual or _same
+            if layer_grads is not None:
+                step = _stack_layer(cfg, self.attention_impl, self.compute_dtype)
+                x = scan_layers(step, keep, params, layer_grads, x, positions, attn_mask)
+            else:
 
-            def body(x, p):
-                x, _ = layer(x, p, None)
-                return keep(x), None
+                def body(x, p):
+                    x, _ = layer(x, p, None)
+                    return keep(x), None
 
-            x, _ = jax.lax.scan(body, keep(x), params)
+                x, _ = jax.lax.scan(body, keep(x), params)
             new_cache = None
         else:
 
