@@ -174,6 +174,32 @@ def test_tiny_recipe_fits_a_v5e_8_compiled_by_libtpu():
     assert "attention splash" in r.stderr
 
 
+@pytest.mark.skipif(not chips.have_libtpu(), reason="libtpu is not installed (pip install 'rrm-jax[tpu]')")
+def test_offload_puts_the_saved_layer_inputs_in_host_memory_compiled_by_libtpu():
+    """remat = "offload" against "full" on the same v5e-8 update: the host holds exactly the layer inputs full remat
+    saves (layers x one micro-batch's rows per chip x tokens x hidden, float32 in the tiny recipe). What that frees
+    on the chip shows at RRM shapes only (docs/benchmarks.md); at the tiny model's, the copies' staging is more."""
+    cfg = resolve_config("tiny")
+    update = {}
+    for remat in ("full", "offload"):
+        cmd = [sys.executable, "-m", "rrm_jax.cli", "plan", "tiny", "--topology", "v5e-8", "--only", "update"]
+        sets = SMALL + [f"remat={remat}"]
+        r = subprocess.run(
+            cmd + [a for s in sets for a in ("--set", s)] + ["--json", "-"], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        update[remat] = next(x for x in json.loads(r.stdout)["programs"] if x["program"] == "grpo update")
+        assert ("GiB per chip in host memory" in r.stderr) == (remat == "offload"), r.stderr[-2000:]
+    rows_per_chip = 16 // 8 // 2  # 16 rows over 8 chips, in 2 micro-batches
+    lanes = -(-cfg.hidden_size // 128) * 128  # a TPU array's minor dimension is laid out in 128-lane tiles
+    saved = cfg.num_layers * rows_per_chip * 64 * lanes * 4
+    assert update["full"]["host_temp_bytes"] == 0
+    assert update["offload"]["host_temp_bytes"] == saved
+    # out and back in each of the 2 micro-batches, over the update's roofline time
+    rate = 2 * saved * 2 / update["offload"]["seconds_per_call"]
+    assert update["offload"]["host_bytes_per_s"] == pytest.approx(rate)
+
+
 def test_logprob_pass_in_micro_batches_equals_the_whole_batch():
     """The plan found the trainer's log-prob pass (old policy, reference) running the whole rollout batch at once;
     it now runs in the recipe's micro-batches. Same log-probs, row for row."""

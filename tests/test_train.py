@@ -63,7 +63,8 @@ def tiny(mesh1):
     return rrm_jax.init("tiny", seed=0, mesh=mesh1)
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])  # full: the layers' backward adds into the accumulator
+# full: the layers' backward adds into the accumulator; offload: the same, its saved layer inputs in host memory
+@pytest.mark.parametrize("remat", ["none", "full", "offload"])
 def test_gradient_accumulation_equals_full_batch(tiny, remat):
     batch = _batch()
     s1, m1 = _run(tiny, batch, micro=1)
@@ -79,8 +80,9 @@ def test_gradient_accumulation_equals_full_batch(tiny, remat):
     assert not np.allclose(np.asarray(s1.params["embed"][...]), np.asarray(tiny.state["embed"][...]))
 
 
-# full remat with micro-batches: the layers' backward adds into the accumulator, with split residuals (core.grad_sink)
-@pytest.mark.parametrize("remat, micro", [("none", 1), ("full", 2)])
+# full remat with micro-batches: the layers' backward adds into the accumulator, with split residuals (core.grad_sink);
+# offload with one: the same stack without an accumulator, its saved inputs copied to host memory and back
+@pytest.mark.parametrize("remat, micro", [("none", 1), ("full", 2), ("offload", 1)])
 def test_sharded_step_matches_single_device(tiny, remat, micro):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake CPU) devices")

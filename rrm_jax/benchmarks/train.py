@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rrm_jax.benchmarks.forward import best_seconds, forward_flops
+from rrm_jax.core.model import REMAT
 
 
 def matmul_peak(n: int, dtype, repeats: int = 5) -> float:
@@ -190,7 +191,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--micro-batches", type=int, default=1)
-    ap.add_argument("--remat", default="none", choices=("none", "dots", "full"))
+    ap.add_argument("--remat", default="none", choices=REMAT)
     ap.add_argument("--attention", default="xla")
     ap.add_argument("--compute-dtype", default="bfloat16" if jax.default_backend() != "cpu" else "float32")
     ap.add_argument("--chunk", type=int, default=256, help="log-prob sequence chunk")

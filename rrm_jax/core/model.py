@@ -94,6 +94,11 @@ def _stack_layer(cfg, impl, compute_dtype):
     return lambda x, p, positions, mask: decoder_layer(cfg, p, x, positions, mask, None, None, impl, compute_dtype)[0]
 
 
+# none: autodiff saves everything; dots: matmul outputs saved, the rest recomputed; full: each layer's input saved,
+# the layer recomputed in the backward; offload: as full, the saved inputs in host memory (core.grad_sink)
+REMAT = ("none", "dots", "full", "offload")
+
+
 class Qwen2(nnx.Module):
     """Qwen2-family causal LM. ``__call__(tokens, positions, mask, cache)`` -> (logits | hidden, cache)."""
 
@@ -171,6 +176,7 @@ class Qwen2(nnx.Module):
         ``layer_grads`` (no cache; a train step accumulating micro-batches): a float32 buffer shaped like the
         stacked layer weights. The layers then run under full remat through :func:`grad_sink.scan_layers`,
         whose backward adds their gradients into it in place; the gradient reported for them is the sum.
+        ``remat = "offload"`` always runs them there, with the saved layer inputs in host memory.
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -203,9 +209,9 @@ class Qwen2(nnx.Module):
 
         if cache is None:
             keep = self.residual or _same
-            if layer_grads is not None:
+            if layer_grads is not None or self.remat == "offload":
                 step = _stack_layer(cfg, self.attention_impl, self.compute_dtype)
-                x = scan_layers(step, keep, params, layer_grads, x, positions, attn_mask)
+                x = scan_layers(step, keep, self.remat == "offload", params, layer_grads, x, positions, attn_mask)
             else:
 
                 def body(x, p):

@@ -114,6 +114,13 @@ def print_table(p: dict, file) -> None:
         )
     console = Console(file=file, width=160)
     console.print(t)
+    for row in p["programs"]:
+        if row.get("host_temp_bytes"):
+            console.print(
+                f"{row['program']}: {gib(row['host_temp_bytes'])} GiB per chip in host memory, beside the peak "
+                '(remat = "offload": the saved layer inputs, copied out and back once per micro-batch, '
+                f"{row['host_bytes_per_s'] / 1e9:.1f} GB/s per chip of host link at the roofline time)"
+            )
     console.print(
         f"update MFU (6 N tokens / peak x time): {p['update_mfu']:.1%}; step (rollout batch) "
         f"~{p['step_seconds']:.1f} s at the roofline; compile seconds {p['compile_seconds']}"

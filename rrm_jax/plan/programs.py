@@ -54,6 +54,7 @@ class Program:
     note: str = ""
     shapes: dict = dataclasses.field(default_factory=dict)  # what roofline.program_cost needs
     role: str = "policy"  # policy | judge: whose architecture it runs
+    host: int = 0  # temporaries in host memory (remat = "offload": the saved layer inputs); not in ``peak``
 
     @property
     def peak(self) -> int:
@@ -156,6 +157,7 @@ def _measure(name, lowered, args, calls, resident, note="", **kw) -> Program:
         float(ca.get("flops", 0.0)),
         float(ca.get("bytes accessed", 0.0)),
         note,
+        host=int(ma.host_temp_size_in_bytes),
         **kw,
     )
 

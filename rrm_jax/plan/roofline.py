@@ -42,7 +42,7 @@ def program_cost(
     master/compute dtype; ``state_bytes`` the train state, ``kv_bytes`` a KV cache, all per chip."""
     if name.endswith("update"):
         rows, t = shapes["rows"], shapes["row_tokens"]
-        passes = 4 if remat == "full" else 3  # forward + backward (2x); full remat recomputes the forward
+        passes = 4 if remat in ("full", "offload") else 3  # forward + backward (2x); + the recomputed forward
         flops = passes * forward_flops(cfg, rows * t, t / 2)
         # each micro-batch reads the weights for its forward, recompute and backward; the optimizer
         # reads and writes the whole train state once

@@ -196,6 +196,9 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
                 output_bytes=p.output,
                 alias_bytes=p.alias,
                 temp_bytes=p.temp,
+                host_temp_bytes=p.host,
+                # out and back once per micro-batch: the host link this takes to stay under the roofline time
+                host_bytes_per_s=2 * p.host * p.shapes.get("micro_batches", 1) / t if t else 0.0,
                 code_bytes=p.code,
                 resident_bytes=p.resident,
                 peak_bytes=p.peak,

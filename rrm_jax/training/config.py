@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
+from rrm_jax.core.model import REMAT
 from rrm_jax.core.ops import ATTENTION_IMPLS
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, mesh_misfit
 from rrm_jax.data.answers import EXTRACTORS
@@ -105,7 +106,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"  # master weights
     compute_dtype: str = "bfloat16"
-    remat: str = "none"  # none | dots | full
+    remat: str = "none"  # none | dots | full | offload (rrm_jax.core.model.REMAT)
     attention: str = "auto"  # auto | xla | cudnn | splash (rrm_jax.core.ops.attention_form: auto is by platform)
     mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); -1 fills the devices (of every host)
     sequence_parallel: bool = True  # the residual stream between layers split over tensor (ShardingRules.act_sequence)
@@ -135,7 +136,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.mode in ("grpo", "sft", "dpo"), f"mode must be grpo, sft or dpo, got {self.mode!r}"),
-            (self.remat in ("none", "dots", "full"), f"remat must be none|dots|full, got {self.remat!r}"),
+            (self.remat in REMAT, f"remat must be {'|'.join(REMAT)}, got {self.remat!r}"),
             (
                 self.attention in ATTENTION_IMPLS,
                 f"attention must be {'|'.join(ATTENTION_IMPLS)}, got {self.attention!r}",

@@ -148,7 +148,7 @@ def _make_train_step(model, optim, total_updates, objective, micro_batches, dona
     graphdef = model.graphdef
     # Under full remat the layers' backward can add into the accumulator itself (core.grad_sink): no second
     # stacked float32 gradient per micro-batch.
-    sink = micro_batches > 1 and model.module.remat == "full"
+    sink = micro_batches > 1 and model.module.remat in ("full", "offload")
     mesh, rules = model.mesh, model.rules
     layout = LogitSharding.of(mesh, rules)
 
