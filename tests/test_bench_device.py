@@ -25,6 +25,10 @@ def test_bench_device_quick(tmp_path):
     assert res["attention"]["fused_cudnn"] == "not applicable" and res["attention"]["auto_is"] == "xla"
     train = res["train"]["forms"]
     assert list(train) == ["xla"] and train["xla"]["step_s"] > 0 and 0 < train["xla"]["mfu"] < 1
+    # remat = "offload" beside "full": the same first loss (the same forward), each timed
+    off = res["train"]["offload"]["runs"]
+    assert off["offload"]["step_s"] > 0 and off["full"]["step_s"] > 0
+    assert off["offload"]["first_loss"] == pytest.approx(off["full"]["first_loss"], rel=1e-6)
     dec = res["decode"]
     assert dec["default_form"] == "unrolled" and set(dec["forms"]) == {"unrolled", "scan"}
     for rows in dec["forms"].values():

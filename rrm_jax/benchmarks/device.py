@@ -337,6 +337,18 @@ def sec_train(args, dev, clock) -> dict:
                 traceback.print_exc()
                 r[f"error_remat_{remat}"] = _err(e)
                 gc.collect()
+    # The 7B/32B recipes' remat = "offload" against "full", the same step side by side: what copying each layer's
+    # input to host memory and back costs on this card (never measured on a GPU before this section)
+    if out["forms"] and clock() >= 90:
+        form, pair = next(iter(out["forms"])), {}
+        out["offload"] = dict(attention=form, runs=pair)
+        for remat in ("full", "offload"):
+            try:
+                pair[remat] = _time_train(cfg, dev, remat, form, args)
+            except Exception as e:
+                traceback.print_exc()
+                pair[remat] = dict(error=_err(e))
+                gc.collect()
     return out
 
 

@@ -73,6 +73,15 @@ def report_lines(res: dict) -> list[str]:
                 )
             else:
                 rows.append(f"{form}: {str(r.get('skipped') or next(iter(r.values()), ''))[:80]}")
+        runs = (s.get("offload") or {}).get("runs", {})
+        if runs:
+            rows.append(
+                "remat "
+                + " vs ".join(
+                    f"{k} {1e3 * r['step_s']:.1f} ms/step" if "step_s" in r else f"{k}: {r.get('error', '')[:60]}"
+                    for k, r in runs.items()
+                )
+            )
         peak = s["matmul_peak_flops_per_s"] / 1e12
         return f"{s['batch']}x{s['seq']}, of a measured {peak:.2f} TFLOP/s bf16 matmul | " + " | ".join(rows)
 
