@@ -281,7 +281,7 @@ def _params(preset: str) -> int:
     return m["num_layers"] * layer + m["vocab_size"] * h * (1 if m["tie_word_embeddings"] else 2) + h
 
 
-def test_large_recipe_loads_marks_every_value_and_fits_its_slice(tmp_path):
+def test_large_recipe_loads_marks_every_value_and_fits_its_slice(tmp_path, monkeypatch):
     import dataclasses
 
     from rrm_jax.core import shipped
@@ -305,6 +305,20 @@ def test_large_recipe_loads_marks_every_value_and_fits_its_slice(tmp_path):
     preflight(runnable, LARGE_DEVICES)
     with pytest.raises(ConfigError, match="mesh"):
         preflight(runnable, 30)
+    # its remat = "offload" keeps the saved layer inputs in host memory: devices without that space are told so
+    import jax
+
+    class NoHostMemory:
+        platform = "gpu"
+
+        def addressable_memories(self):
+            return [type("Memory", (), {"kind": "device"})()]
+
+    assert cfg.remat == "offload"
+    monkeypatch.setattr(jax, "devices", lambda *a: [NoHostMemory()])
+    with pytest.raises(ConfigError, match=r'remat="offload": gpu devices here have no host memory.*remat="full"'):
+        preflight(runnable, LARGE_DEVICES)
+    monkeypatch.undo()
     mesh = [LARGE_DEVICES // math.prod(s for s in cfg.mesh if s != -1) if s == -1 else s for s in cfg.mesh]
     assert math.prod(mesh) == LARGE_DEVICES
     rows = cfg.grpo.prompts_per_step * cfg.grpo.group_size

@@ -316,6 +316,15 @@ def preflight(cfg: TrainConfig, devices: int | None) -> None:
     why = mesh_misfit(cfg.mesh, devices)
     if why:
         raise ConfigError(f"TrainConfig.mesh={list(cfg.mesh)}: {why}; e.g. mesh=[1,-1,1] (FSDP over all {devices})")
+    if cfg.remat == "offload":
+        import jax
+
+        dev = jax.devices()[0]
+        if "pinned_host" not in {m.kind for m in dev.addressable_memories()}:
+            raise ConfigError(
+                f'TrainConfig.remat="offload": {dev.platform} devices here have no host memory space (pinned_host) '
+                'to keep the saved layer inputs in; use remat="full"'
+            )
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
