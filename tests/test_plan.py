@@ -185,7 +185,7 @@ def test_offload_puts_the_saved_layer_inputs_in_host_memory_compiled_by_libtpu()
         cmd = [sys.executable, "-m", "rrm_jax.cli", "plan", "tiny", "--topology", "v5e-8", "--only", "update"]
         sets = SMALL + [f"remat={remat}"]
         r = subprocess.run(
-            cmd + [a for s in sets for a in ("--set", s)] + ["--json", "-"], capture_output=True, text=True
+            cmd + [a for s in sets for a in ("--set", s)] + ["--json", "-"], capture_output=True, text=True, timeout=600
         )
         assert r.returncode == 0, r.stderr[-3000:]
         update[remat] = next(x for x in json.loads(r.stdout)["programs"] if x["program"] == "grpo update")

@@ -5,9 +5,9 @@
   only exists inside the jitted function (``nnx.merge(graphdef, params)``), so the jit boundary carries
   arrays alone: explicit in/out shardings and a donated state.
 * The batch is split into micro-batches (strided, so each keeps the data-parallel sharding) and gradients
-  are accumulated with ``lax.scan`` (under full remat the layers' backward adds into the accumulator in place:
-  core.grad_sink). Loss weights come from the whole batch first (see rl.loss), so the accumulated gradient
-  equals the full-batch gradient whatever the aggregation mode.
+  are accumulated with ``lax.scan`` (under full or offload remat the layers' backward adds into the accumulator
+  in place: core.grad_sink). Loss weights come from the whole batch first (see rl.loss), so the accumulated
+  gradient equals the full-batch gradient whatever the aggregation mode.
 * A non-finite loss or gradient norm leaves params and optimizer state untouched (the step is counted in
   ``skipped``); a NaN never reaches the weights, hence never a checkpoint.
 """
@@ -146,8 +146,8 @@ def make_train_step(
 def _make_train_step(model, optim, total_updates, objective, micro_batches, donate):
     tx, schedule = make_optimizer(optim, total_updates)
     graphdef = model.graphdef
-    # Under full remat the layers' backward can add into the accumulator itself (core.grad_sink): no second
-    # stacked float32 gradient per micro-batch.
+    # Under full remat (offload's too) the layers' backward can add into the accumulator itself (core.grad_sink):
+    # no second stacked float32 gradient per micro-batch.
     sink = micro_batches > 1 and model.module.remat in ("full", "offload")
     mesh, rules = model.mesh, model.rules
     layout = LogitSharding.of(mesh, rules)
