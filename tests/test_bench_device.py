@@ -26,7 +26,7 @@ def test_bench_device_quick(tmp_path):
     train = res["train"]["forms"]
     assert list(train) == ["xla"] and train["xla"]["step_s"] > 0 and 0 < train["xla"]["mfu"] < 1
     # remat = "offload" beside "full": the same first loss (the same forward), each timed
-    off = res["train"]["offload"]["runs"]
+    off = res["remat"]["runs"]
     assert off["offload"]["step_s"] > 0 and off["full"]["step_s"] > 0
     assert off["offload"]["first_loss"] == pytest.approx(off["full"]["first_loss"], rel=1e-6)
     dec = res["decode"]

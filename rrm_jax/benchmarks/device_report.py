@@ -73,15 +73,6 @@ def report_lines(res: dict) -> list[str]:
                 )
             else:
                 rows.append(f"{form}: {str(r.get('skipped') or next(iter(r.values()), ''))[:80]}")
-        runs = (s.get("offload") or {}).get("runs", {})
-        if runs:
-            rows.append(
-                "remat "
-                + " vs ".join(
-                    f"{k} {1e3 * r['step_s']:.1f} ms/step" if "step_s" in r else f"{k}: {r.get('error', '')[:60]}"
-                    for k, r in runs.items()
-                )
-            )
         peak = s["matmul_peak_flops_per_s"] / 1e12
         return f"{s['batch']}x{s['seq']}, of a measured {peak:.2f} TFLOP/s bf16 matmul | " + " | ".join(rows)
 
@@ -114,6 +105,16 @@ def report_lines(res: dict) -> list[str]:
         return f"{text} ({s['prompts'][:40]})"
 
     line("judge", judge)
+    line(
+        "remat",
+        lambda s: (
+            f"{s['batch']}x{s['seq']} {s['attention']} | "
+            + " | ".join(
+                f"{k} {1e3 * r['step_s']:.1f} ms/step" if "step_s" in r else f"{k}: {r.get('error', '')[:60]}"
+                for k, r in s["runs"].items()
+            )
+        ),
+    )
     line(
         "serve",
         lambda s: (
