@@ -42,3 +42,27 @@ def test_the_gradient_reported_is_the_sink_plus_autodiffs(mesh1, remat):
     for name in ("embed", "final_norm"):  # outside the stack: autodiff's own gradient, no sink
         _close(summed[name][...], plain[name][...])
     assert float(jnp.abs(plain["layers"]["q_proj"][...]).max()) > 0
+
+
+def test_offload_with_splash_equals_xla_attentions_gradient(mesh1):
+    """remat = "offload" keeps what the splash kernel names (its output and log-sum-exps) beside each layer's input,
+    and its backward rebuilds each layer's pullback from them (that the compiled backward then runs no forward
+    kernel is checked where the kernel compiles: tests/test_plan.py, libtpu). The gradient, splash in Pallas'
+    interpret mode here, equals plain autodiff through XLA's attention."""
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, 500, (2, 128)), jnp.int32)
+    mask = jnp.asarray(np.arange(128)[None] < np.array([[128], [70]]))  # one full row, one right-padded
+    reference = rrm_jax.init("tiny", seed=0, mesh=mesh1, attention_impl="xla")
+    model = rrm_jax.init("tiny", seed=0, mesh=mesh1, remat="offload", attention_impl="splash")
+    weights = jnp.asarray(rng.normal(size=(2, 128, reference.config.hidden_size)), jnp.float32) * mask[..., None]
+
+    def grad(model):
+        def loss(params):
+            hidden, _ = nnx.merge(model.graphdef, params)(tokens, None, mask, return_hidden=True)
+            return jnp.sum(hidden * weights)
+
+        return jax.grad(loss)(model.state)
+
+    want, got = grad(reference), grad(model)
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "attn_norm"):
+        _close(got["layers"][name][...], want["layers"][name][...])

@@ -200,6 +200,32 @@ def test_offload_puts_the_saved_layer_inputs_in_host_memory_compiled_by_libtpu()
     assert update["offload"]["host_bytes_per_s"] == pytest.approx(rate)
 
 
+@pytest.mark.skipif(not chips.have_libtpu(), reason="libtpu is not installed (pip install 'rrm-jax[tpu]')")
+def test_offload_runs_splash_forward_once_per_layer_compiled_by_libtpu():
+    """The tiny update compiled for a v5e-8 runs splash as Mosaic kernels (custom calls; a plan once compiled them
+    in Pallas' interpret mode, a loop of XLA ops, since the host's backend is the CPU's). Under "full" each
+    layer's backward runs the forward kernel again to recompute; under "offload" it takes the forward's saved
+    output and log-sum-exps, so forward kernels are exactly as many as the backward's dq kernels."""
+    from collections import Counter
+
+    from rrm_jax.core.sharding import make_mesh
+    from rrm_jax.plan.programs import abstract_model, model_config, train_state, update_step
+    from rrm_jax.training.config import load_config
+
+    devices = chips.devices(chips.parse("v5e-8"))
+    for remat in ("full", "offload"):
+        cfg = load_config(ROOT / "train" / "tiny.toml", SMALL + ["grpo.seq_bucket=256", f"remat={remat}"])
+        model = abstract_model(
+            model_config(cfg.model), make_mesh(cfg.mesh, devices=devices), cfg.dtype, cfg.compute_dtype, remat, "auto"
+        )
+        fn, batch = update_step(cfg, model, 1)
+        hlo = fn.lower(train_state(cfg, model, 1), batch).compile().as_text()
+        calls = [line for line in hlo.splitlines() if " custom-call(" in line and "splash_mqa_" in line]
+        kinds = Counter(re.search(r"splash_mqa_(fwd|dq|dkv)", line).group(1) for line in calls)
+        assert kinds["dq"] > 0 and kinds["dkv"] == kinds["dq"], (remat, kinds)
+        assert kinds["fwd"] > kinds["dq"] if remat == "full" else kinds["fwd"] == kinds["dq"], (remat, kinds)
+
+
 def test_logprob_pass_in_micro_batches_equals_the_whole_batch():
     """The plan found the trainer's log-prob pass (old policy, reference) running the whole rollout batch at once;
     it now runs in the recipe's micro-batches. Same log-probs, row for row."""

@@ -96,7 +96,7 @@ def test_a_splash_model_prefills_through_the_kernel_to_the_float64_reference(tmp
     model = rrm_jax.load(tmp_path, dtype=jnp.float32, attention_impl="splash")
     traced = []
     kernel = splash.prefix_attention
-    monkeypatch.setattr(splash, "prefix_attention", lambda *a: traced.append(a[2].shape) or kernel(*a))
+    monkeypatch.setattr(splash, "prefix_attention", lambda *a, **kw: traced.append(a[2].shape) or kernel(*a, **kw))
     rng = np.random.default_rng(2)
     prompts = [rng.integers(1, 300, n).tolist() for n in (1, 128, 300, 700)]
     new = 4
@@ -133,7 +133,7 @@ np.testing.assert_allclose(got[mask], want[mask], atol=2e-5, rtol=1e-5)
 from rrm_jax.core import splash
 from rrm_jax.sampler import SamplingConfig, generate
 traced, kernel = [], splash.prefix_attention
-splash.prefix_attention = lambda *a: traced.append(a[0].shape) or kernel(*a)
+splash.prefix_attention = lambda *a, **kw: traced.append(a[0].shape) or kernel(*a, **kw)
 prompts = [rng.integers(1, xla.config.vocab_size, n).tolist() for n in (300, 129, 5, 256)]
 sc = SamplingConfig(max_new_tokens=3, temperature=0.0, add_eos_stop=False, max_slots=4)
 a, b = (generate(m, prompts, sc, prefill_chunk=128) for m in (xla, spl))

@@ -22,8 +22,7 @@ JSON is rewritten after every section, so a run cut off by its wall-clock limit 
   ``generate`` (torch on the same device) on the same weights and ids.
 * ``serve``: ``rrm-jax bench serve --peer none``: ``rrm-jax serve`` on the same workload at a few client counts
   (req/s, completion tok/s, latency), beside the offline ``Judge.compare_many`` bar; needs the ``[serve]`` extra.
-* ``remat``: the train step with ``remat = "offload"`` (the saved layer inputs in host memory, the 7B/32B recipes'
-  form) beside ``"full"``: what the copies cost on this card.
+* ``remat``: the train step with ``remat = "offload"`` (the 7B/32B recipes') beside ``"full"`` on this card.
 * ``compile``: compile seconds of the forward, of generate (first call minus a warm one) and of the train step.
 
 On a GPU run it with ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (``tools/device_check.sh`` does): the judge section
@@ -343,14 +342,12 @@ def sec_train(args, dev, clock) -> dict:
 
 
 def sec_remat(args, dev, clock) -> dict:
-    """The big recipes' remat = "offload" against "full": the train section's step with the platform's default
-    attention, side by side. Last, so that it only takes what the other sections left of the budget."""
-    cfg = resolve_config(args.model)
+    """The train step with remat = "offload" beside "full", the default attention; last, on the time left."""
     form = attention_forms(dev, "auto")[0]
     out = dict(model=args.model, batch=args.train_batch, seq=args.train_seq, attention=form, runs={})
     for remat in ("full", "offload"):
         try:
-            out["runs"][remat] = _time_train(cfg, dev, remat, form, args)
+            out["runs"][remat] = _time_train(resolve_config(args.model), dev, remat, form, args)
         except Exception as e:
             traceback.print_exc()
             out["runs"][remat] = dict(error=_err(e))

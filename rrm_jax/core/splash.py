@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from rrm_jax.core.grad_sink import SAVE
 from rrm_jax.core.sharding import DEFAULT_RULES, ShardingRules, per_shard
 
 BLOCK = 128  # the kernel's query and key block: T must be a multiple (callers fall back to XLA's form)
@@ -59,7 +60,13 @@ def _kernel(t: int, groups: int, interpret: bool):
         block_q_dq=BLOCK,
         block_kv_dq=BLOCK,
     )
-    return sk.make_splash_mqa_single_device(mask, block_sizes=blocks, interpret=interpret), sk.SegmentIds
+    # its output and log-sum-exps named: remat = "offload" keeps them, and the backward's recompute skips this kernel.
+    # Built outside any trace: it is cached, and its mask arrays made inside make_jaxpr would be that trace's tracers
+    with jax.ensure_compile_time_eval():
+        kernel = sk.make_splash_mqa_single_device(
+            mask, block_sizes=blocks, residual_checkpoint_name=SAVE, interpret=interpret
+        )
+    return kernel, sk.SegmentIds
 
 
 @functools.cache
@@ -71,7 +78,8 @@ def _prefix_kernel(c: int, w: int, groups: int, interpret: bool):
 
     mask = sm.MultiHeadMask([sm.FullMask((c, w)) for _ in range(groups)])
     blocks = sk.BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK)
-    kernel = sk.make_splash_mqa_single_device(mask, block_sizes=blocks, save_residuals=True, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # cached: see _kernel
+        kernel = sk.make_splash_mqa_single_device(mask, block_sizes=blocks, save_residuals=True, interpret=interpret)
     return kernel, sk.SegmentIds
 
 
@@ -83,22 +91,31 @@ class SplashAttention:
     rules: ShardingRules = DEFAULT_RULES
 
     def __call__(self, q, k, v, key_mask) -> jax.Array:
+        fn = functools.partial(splash_attention, interpret=_interpret(self.mesh))
         if self.mesh is None or self.mesh.size == 1:
-            return splash_attention(q, k, v, key_mask)
-        return per_shard(splash_attention, self.mesh, self.rules, q, k, v, key_mask)
+            return fn(q, k, v, key_mask)
+        return per_shard(fn, self.mesh, self.rules, q, k, v, key_mask)
 
     def prefix(self, q, k, v, key_mask):
         """:func:`prefix_attention`, per shard on a mesh (rows and key/value heads split as in ``__call__``)."""
+        fn = functools.partial(prefix_attention, interpret=_interpret(self.mesh))
         if self.mesh is None or self.mesh.size == 1:
-            return prefix_attention(q, k, v, key_mask)
-        return per_shard(prefix_attention, self.mesh, self.rules, q, k, v, key_mask, heads_major=True)
+            return fn(q, k, v, key_mask)
+        return per_shard(fn, self.mesh, self.rules, q, k, v, key_mask, heads_major=True)
 
 
-def splash_attention(q, k, v, key_mask) -> jax.Array:
+def _interpret(mesh: Mesh | None) -> bool:
+    """Pallas' interpret mode unless the program is for TPUs. The mesh's devices say which: `rrm-jax plan` compiles
+    for a TPU slice from a CPU host, whose default backend is the CPU's (there, interpreted, the kernel was a loop
+    of XLA ops, not the Mosaic kernel the slice runs)."""
+    return (jax.default_backend() if mesh is None else mesh.devices.flat[0].platform) != "tpu"
+
+
+def splash_attention(q, k, v, key_mask, interpret: bool | None = None) -> jax.Array:
     """q [B,T,H,hd], k/v [B,T,K,hd], key_mask [B,T] bool (real tokens) -> [B,T,H,hd], causal."""
     b, t, h, hd = q.shape
     kh = k.shape[2]
-    kernel, segment_ids = _kernel(t, h // kh, jax.default_backend() != "tpu")
+    kernel, segment_ids = _kernel(t, h // kh, _interpret(None) if interpret is None else interpret)
     # The kernel does not scale the scores; scaling q first is the same product.
     qg = (q * hd**-0.5).reshape(b, t, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, hd]
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, hd]
@@ -112,13 +129,13 @@ def splash_attention(q, k, v, key_mask) -> jax.Array:
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd).astype(q.dtype)
 
 
-def prefix_attention(q, k, v, key_mask):
+def prefix_attention(q, k, v, key_mask, interpret: bool | None = None):
     """q [B,C,H,hd] against heads-major k/v [B,K,W,hd], every query seeing every key where ``key_mask`` [B,W]
     -> (out [B,K,G,C,hd], log-sum-exp of the scaled scores [B,K,G,C] float32). A query with no real key gets
     a log-sum-exp near the kernel's mask value (-0.7 x float32's max), so it weighs nothing in a merge."""
     b, c, h, hd = q.shape
     kh, w = k.shape[1], k.shape[2]
-    kernel, segment_ids = _prefix_kernel(c, w, h // kh, jax.default_backend() != "tpu")
+    kernel, segment_ids = _prefix_kernel(c, w, h // kh, _interpret(None) if interpret is None else interpret)
     qg = (q * hd**-0.5).reshape(b, c, kh, h // kh, hd).transpose(0, 2, 3, 1, 4)
     queries = jnp.ones((c,), jnp.int32)
 

@@ -118,7 +118,7 @@ def print_table(p: dict, file) -> None:
         if row.get("host_temp_bytes"):
             console.print(
                 f"{row['program']}: {gib(row['host_temp_bytes'])} GiB per chip in host memory, beside the peak "
-                '(remat = "offload": the saved layer inputs, copied out and back once per micro-batch, '
+                '(remat = "offload": what the backward reuses, copied out and back once per micro-batch, '
                 f"{row['host_bytes_per_s'] / 1e9:.1f} GB/s per chip of host link at the roofline time)"
             )
     console.print(

@@ -54,7 +54,7 @@ class Program:
     note: str = ""
     shapes: dict = dataclasses.field(default_factory=dict)  # what roofline.program_cost needs
     role: str = "policy"  # policy | judge: whose architecture it runs
-    host: int = 0  # temporaries in host memory (remat = "offload": the saved layer inputs); not in ``peak``
+    host: int = 0  # temporaries in host memory (remat = "offload": what the backward reuses); not in ``peak``
 
     @property
     def peak(self) -> int:

@@ -32,6 +32,7 @@ def program_cost(
     shapes: dict,
     *,
     remat: str,
+    attention: str = "xla",
     param_bytes: int,
     compute_bytes: int,
     state_bytes: int,
@@ -39,11 +40,14 @@ def program_cost(
     chips: int,
 ) -> tuple[float, float]:
     """(FLOPs, HBM bytes) per chip per call. ``param_bytes``/``compute_bytes``: the whole model in its
-    master/compute dtype; ``state_bytes`` the train state, ``kv_bytes`` a KV cache, all per chip."""
+    master/compute dtype; ``state_bytes`` the train state, ``kv_bytes`` a KV cache, all per chip; ``attention``
+    the form compiled (under ``remat = "offload"`` splash's forward is not recomputed: core.grad_sink)."""
     if name.endswith("update"):
         rows, t = shapes["rows"], shapes["row_tokens"]
         passes = 4 if remat in ("full", "offload") else 3  # forward + backward (2x); + the recomputed forward
         flops = passes * forward_flops(cfg, rows * t, t / 2)
+        if remat == "offload" and attention == "splash":  # the recompute takes the kernel's saved outputs
+            flops -= forward_flops(cfg, rows * t, t / 2) - forward_flops(cfg, rows * t, 0)
         # each micro-batch reads the weights for its forward, recompute and backward; the optimizer
         # reads and writes the whole train state once
         reads = shapes["micro_batches"] * passes * compute_bytes / chips + 2 * state_bytes

@@ -180,6 +180,7 @@ def report(cfg, topo, mcfg, model, programs, res, rollout, judge_rollout, timing
             mc,
             p.shapes,
             remat=cfg.remat,
+            attention=form_name(model.module.attention_impl),
             param_bytes=mc.num_params * size(pdt),
             compute_bytes=mc.num_params * size(cfg.compute_dtype),
             state_bytes=res["train_state"],
