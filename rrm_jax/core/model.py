@@ -95,7 +95,8 @@ def _stack_layer(cfg, impl, compute_dtype):
 
 
 # none: autodiff saves everything; dots: matmul outputs saved, the rest recomputed; full: each layer's input saved,
-# the layer recomputed in the backward; offload: as full, the saved inputs in host memory (core.grad_sink)
+# the layer recomputed in the backward; offload: as full, but the saved inputs and the attention kernel's outputs
+# (so its forward is not recomputed) in host memory (core.grad_sink)
 REMAT = ("none", "dots", "full", "offload")
 
 
@@ -176,7 +177,7 @@ class Qwen2(nnx.Module):
         ``layer_grads`` (no cache; a train step accumulating micro-batches): a float32 buffer shaped like the
         stacked layer weights. The layers then run under full remat through :func:`grad_sink.scan_layers`,
         whose backward adds their gradients into it in place; the gradient reported for them is the sum.
-        ``remat = "offload"`` always runs them there, with the saved layer inputs in host memory.
+        ``remat = "offload"`` always runs them there, keeping what their backward reuses in host memory.
         """
         cfg = self.cfg
         b, t = tokens.shape
