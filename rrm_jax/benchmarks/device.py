@@ -343,11 +343,11 @@ def sec_train(args, dev, clock) -> dict:
 
 def sec_remat(args, dev, clock) -> dict:
     """The train step with remat = "offload" beside "full", the default attention; last, on the time left."""
-    form = attention_forms(dev, "auto")[0]
+    cfg, form = resolve_config(args.model), "auto"
     out = dict(model=args.model, batch=args.train_batch, seq=args.train_seq, attention=form, runs={})
     for remat in ("full", "offload"):
         try:
-            out["runs"][remat] = _time_train(resolve_config(args.model), dev, remat, form, args)
+            out["runs"][remat] = _time_train(cfg, dev, remat, form, args)
         except Exception as e:
             traceback.print_exc()
             out["runs"][remat] = dict(error=_err(e))

@@ -98,6 +98,7 @@ def _stack_layer(cfg, impl, compute_dtype):
 # the layer recomputed in the backward; offload: as full, but the saved inputs and the attention kernel's outputs
 # (so its forward is not recomputed) in host memory (core.grad_sink)
 REMAT = ("none", "dots", "full", "offload")
+RECOMPUTES_LAYERS = ("full", "offload")  # the modes whose backward recomputes each layer from its saved input
 
 
 class Qwen2(nnx.Module):

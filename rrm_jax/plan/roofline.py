@@ -10,6 +10,7 @@ per token, and bytes for the weights and caches each call must read at least onc
 from __future__ import annotations
 
 from rrm_jax.core.config import ModelConfig
+from rrm_jax.core.model import RECOMPUTES_LAYERS
 
 
 def matmul_params(cfg: ModelConfig) -> tuple[int, int]:
@@ -44,7 +45,7 @@ def program_cost(
     the form compiled (under ``remat = "offload"`` splash's forward is not recomputed: core.grad_sink)."""
     if name.endswith("update"):
         rows, t = shapes["rows"], shapes["row_tokens"]
-        passes = 4 if remat in ("full", "offload") else 3  # forward + backward (2x); + the recomputed forward
+        passes = 4 if remat in RECOMPUTES_LAYERS else 3  # forward + backward (2x); + the recomputed forward
         flops = passes * forward_flops(cfg, rows * t, t / 2)
         if remat == "offload" and attention == "splash":  # the recompute takes the kernel's saved outputs
             flops -= forward_flops(cfg, rows * t, t / 2) - forward_flops(cfg, rows * t, 0)

@@ -13,6 +13,8 @@ import typing
 import warnings
 from pathlib import Path
 
+import jax
+
 from rrm_jax.core import configs, shipped
 from rrm_jax.core.errors import ConfigError
 from rrm_jax.core.model import REMAT
@@ -317,8 +319,6 @@ def preflight(cfg: TrainConfig, devices: int | None) -> None:
     if why:
         raise ConfigError(f"TrainConfig.mesh={list(cfg.mesh)}: {why}; e.g. mesh=[1,-1,1] (FSDP over all {devices})")
     if cfg.remat == "offload":
-        import jax
-
         dev = jax.devices()[0]
         if "pinned_host" not in {m.kind for m in dev.addressable_memories()}:
             raise ConfigError(

@@ -25,6 +25,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rrm_jax.core.model import RECOMPUTES_LAYERS
 from rrm_jax.core.sharding import LogitSharding
 from rrm_jax.training.config import OptimConfig
 from rrm_jax.training.objectives import Objective
@@ -148,7 +149,7 @@ def _make_train_step(model, optim, total_updates, objective, micro_batches, dona
     graphdef = model.graphdef
     # Under full remat (offload's too) the layers' backward can add into the accumulator itself (core.grad_sink):
     # no second stacked float32 gradient per micro-batch.
-    sink = micro_batches > 1 and model.module.remat in ("full", "offload")
+    sink = micro_batches > 1 and model.module.remat in RECOMPUTES_LAYERS
     mesh, rules = model.mesh, model.rules
     layout = LogitSharding.of(mesh, rules)
 
